@@ -1,0 +1,665 @@
+//! The pipeline YAML, parsed 1:1 into types with no logic (the "spec").
+//! Every list element is parsed on its own so that all mistakes are reported together.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::error::{ConfigErrors, ConfigProblem};
+
+/// A whole pipeline file: sites, sources and stages.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub path: PathBuf,
+    pub text: String,
+    pub header: HeaderSpec,
+    pub sites: Vec<Spanned<SiteSpec>>,
+    pub sources: Vec<Spanned<SourceSpec>>,
+    pub stages: Vec<StageEntry>,
+}
+
+/// The top-level keys of a pipeline file other than the three lists.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderSpec {
+    /// Name of the pipeline (study and protocol version, for example).
+    pub pipeline: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Folder of the raw site exports, relative to this YAML file.
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    /// Output folder (runs, cache, `current`), relative to this YAML file.
+    #[serde(default)]
+    pub out_dir: Option<String>,
+    /// Plausible dates: earlier or later dates reject their row.
+    #[serde(default)]
+    pub dates: DatePolicySpec,
+    /// Columns that identify a person; their values are masked in logs and messages.
+    #[serde(default)]
+    pub identifying: Vec<String>,
+    #[serde(default)]
+    sites: IgnoredList,
+    #[serde(default)]
+    sources: IgnoredList,
+    #[serde(default)]
+    stages: IgnoredList,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct IgnoredList(#[serde(default)] Vec<IgnoredAny>);
+
+/// The window of plausible dates (DOMAIN: before 1990 or after the run date rejects).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatePolicySpec {
+    /// Earliest plausible date, `YYYY-MM-DD`.
+    #[serde(default = "default_min_date")]
+    pub min: String,
+    /// Latest plausible date, `YYYY-MM-DD`; empty means the run date.
+    #[serde(default)]
+    pub max: Option<String>,
+}
+
+impl Default for DatePolicySpec {
+    fn default() -> Self {
+        DatePolicySpec {
+            min: default_min_date(),
+            max: None,
+        }
+    }
+}
+
+fn default_min_date() -> String {
+    "1990-01-01".to_string()
+}
+
+/// A study site: its folder of exports and the dialect its files are written in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    pub name: String,
+    /// Folder under `data_dir`; defaults to the site name.
+    #[serde(default)]
+    pub folder: Option<String>,
+    pub dialect: DialectSpec,
+}
+
+/// How one site writes its CSV files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialectSpec {
+    /// Field delimiter: `,`, `;`, `|` or `tab`.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Text encoding: `utf-8` (a BOM is skipped) or `latin-1`.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    /// Decimal mark: `.` or `,`.
+    #[serde(default = "default_decimal")]
+    pub decimal: String,
+    /// Date formats tried in order (strftime, e.g. `%d.%m.%Y`, `%d-%b-%Y`).
+    #[serde(default = "default_date_formats")]
+    pub date_formats: Vec<String>,
+    /// Cell values that mean "missing", compared after trimming.
+    #[serde(default = "default_missing")]
+    pub missing: Vec<String>,
+    /// How subject ids are normalised to the canonical id.
+    #[serde(default)]
+    pub subject_id: Option<SubjectIdSpec>,
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+fn default_encoding() -> String {
+    "utf-8".into()
+}
+fn default_decimal() -> String {
+    ".".into()
+}
+fn default_date_formats() -> Vec<String> {
+    vec!["%Y-%m-%d".into()]
+}
+/// The missing-value tokens of DOMAIN.md section 2.
+pub fn default_missing() -> Vec<String> {
+    ["", "NA", "N/A", "ND", ".", "-"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// A regex rewrite that turns a site's spelling of a subject id into the canonical id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectIdSpec {
+    /// Regex matched against the trimmed id; the whole id must match.
+    pub pattern: String,
+    /// Replacement with capture groups (`${1}${2}`).
+    pub replace: String,
+    /// Upper-case the result.
+    #[serde(default)]
+    pub uppercase: bool,
+}
+
+/// One data stream (for example the diary) exported by one or more sites.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub name: String,
+    /// File glob inside each site's folder, e.g. `diary_*.csv`.
+    pub files: String,
+    /// Sites that export this stream; defaults to every site.
+    #[serde(default)]
+    pub sites: Option<Vec<String>>,
+    /// How the export date is read from a file name.
+    #[serde(default)]
+    pub export_date: Option<ExportDateSpec>,
+    /// Largest fraction of a file's rows that may be rejected before the run fails.
+    #[serde(default = "default_reject_limit")]
+    pub reject_limit: f64,
+    /// Canonical columns, in output order.
+    pub columns: Vec<Spanned<ColumnSpec>>,
+}
+
+fn default_reject_limit() -> f64 {
+    0.25
+}
+
+/// Where the export date sits in a file name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportDateSpec {
+    /// Regex with one capture group around the date.
+    pub pattern: String,
+    /// strftime format of the captured date.
+    pub format: String,
+}
+
+/// One canonical column of a source, the headers it may have and its checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    /// `subject`, `string`, `int`, `float` or `date`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Header spellings used by the sites (matched ignoring case and surrounding spaces).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// A missing value rejects the row.
+    #[serde(default)]
+    pub required: bool,
+    /// The column may be absent from a file; its values are then missing.
+    #[serde(default)]
+    pub optional: bool,
+    /// Smallest plausible value (number, or date for date columns).
+    #[serde(default)]
+    pub min: Option<Bound>,
+    /// Largest plausible value.
+    #[serde(default)]
+    pub max: Option<Bound>,
+    /// Allowed values, matched ignoring case; the value is written as listed here.
+    #[serde(default)]
+    pub allowed: Option<Vec<String>>,
+    /// Regex the (trimmed) value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// A range bound: a number, or a `YYYY-MM-DD` date.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Bound {
+    Number(f64),
+    Text(String),
+}
+
+/// The keys every stage has; the rest of the stage's mapping is its kind's parameters.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StageCommon {
+    /// Stage name = the name of the table it produces.
+    pub name: Spanned<String>,
+    /// Stage kind (see the stage kind list).
+    pub kind: Spanned<String>,
+    /// Tables this stage reads.
+    #[serde(default)]
+    pub inputs: Vec<Spanned<String>>,
+    /// Write this table to the published output folder.
+    #[serde(default)]
+    pub publish: bool,
+    /// Sort keys of the published table; defaults to every column in order.
+    #[serde(default)]
+    pub sort_by: Vec<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Keys of [`StageCommon`], removed before a kind's parameters are parsed.
+pub const COMMON_STAGE_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "inputs",
+    "publish",
+    "sort_by",
+    "description",
+];
+
+/// A stage as written: its common keys and where it starts in the file.
+#[derive(Debug, Clone)]
+pub struct StageEntry {
+    pub index: usize,
+    pub line: u64,
+    pub column: u64,
+    pub common: StageCommon,
+}
+
+impl PipelineSpec {
+    /// Reads and parses a pipeline file, collecting every problem.
+    pub fn load(path: &Path) -> Result<PipelineSpec, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigProblem {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read pipeline file: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Parses pipeline text; `path` is used for messages and relative folders.
+    pub fn parse(path: &Path, text: String) -> Result<PipelineSpec, ConfigErrors> {
+        let mut problems = Vec::new();
+        let header = match serde_saphyr::from_str::<HeaderSpec>(&text) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                problems.push(yaml_problem(path, &e));
+                None
+            }
+        };
+        // Without a readable header the lists cannot be found either.
+        let Some(header) = header else {
+            return Err(ConfigErrors(problems));
+        };
+        let sites = parse_list::<SiteSpec>(path, &text, "sites", &mut problems);
+        let sources = parse_list::<SourceSpec>(path, &text, "sources", &mut problems);
+        let mut stages = Vec::new();
+        let count = list_len(&text, "stages");
+        for index in 0..count {
+            let seed = PathSeed::new(
+                vec![Step::Key("stages"), Step::Index(index)],
+                PhantomData::<Spanned<StageCommon>>,
+            );
+            match serde_saphyr::with_deserializer_from_str(&text, |de| seed.deserialize(de)) {
+                Ok(Some(c)) => stages.push(StageEntry {
+                    index,
+                    line: c.referenced.line(),
+                    column: c.referenced.column(),
+                    common: c.value,
+                }),
+                Ok(None) => {}
+                Err(e) => problems.push(yaml_problem(path, &e)),
+            }
+        }
+        if stages.is_empty() && count == 0 {
+            problems.push(ConfigProblem {
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: "the pipeline has no stages".into(),
+                hint: Some("add a `stages:` list; each stage has a name, a kind and its inputs".into()),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigErrors(problems));
+        }
+        Ok(PipelineSpec {
+            path: path.to_path_buf(),
+            text,
+            header,
+            sites,
+            sources,
+            stages,
+        })
+    }
+
+    /// Parses the kind-specific parameters of stage `index` as `T`.
+    pub fn stage_params<T>(&self, index: usize) -> Result<T, ConfigProblem>
+    where
+        T: for<'de> Deserialize<'de>,
+    {
+        let seed = PathSeed::new(
+            vec![Step::Key("stages"), Step::Index(index)],
+            ParamsSeed::<T>(PhantomData),
+        );
+        match serde_saphyr::with_deserializer_from_str(&self.text, |de| seed.deserialize(de)) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(ConfigProblem {
+                file: self.path.clone(),
+                line: 0,
+                column: 0,
+                message: format!("stage #{index} vanished while parsing its parameters"),
+                hint: None,
+            }),
+            Err(e) => Err(yaml_problem(&self.path, &e)),
+        }
+    }
+
+    /// Folder that relative paths in the YAML are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// Turns a YAML parse error into a located problem.
+pub fn yaml_problem(path: &Path, e: &serde_saphyr::Error) -> ConfigProblem {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let rendered = e.to_string();
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid YAML")
+        .trim()
+        .trim_start_matches("error: ")
+        .to_string();
+    ConfigProblem {
+        file: path.to_path_buf(),
+        line,
+        column,
+        message,
+        hint: hint_for(&rendered),
+    }
+}
+
+fn hint_for(rendered: &str) -> Option<String> {
+    if rendered.contains("unknown field") {
+        Some("check the spelling; the README lists every key of each section".into())
+    } else if rendered.contains("missing field") {
+        Some("this key is required here".into())
+    } else if rendered.contains("invalid type") {
+        Some("the value has the wrong type for this key".into())
+    } else {
+        None
+    }
+}
+
+fn list_len(text: &str, key: &'static str) -> usize {
+    let seed = PathSeed::new(vec![Step::Key(key)], PhantomData::<Vec<IgnoredAny>>);
+    serde_saphyr::with_deserializer_from_str(text, |de| seed.deserialize(de))
+        .ok()
+        .flatten()
+        .map(|v| v.len())
+        .unwrap_or(0)
+}
+
+fn parse_list<T>(
+    path: &Path,
+    text: &str,
+    key: &'static str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<Spanned<T>>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    let mut out = Vec::new();
+    for index in 0..list_len(text, key) {
+        let seed = PathSeed::new(
+            vec![Step::Key(key), Step::Index(index)],
+            PhantomData::<Spanned<T>>,
+        );
+        match serde_saphyr::with_deserializer_from_str(text, |de| seed.deserialize(de)) {
+            Ok(Some(v)) => out.push(v),
+            Ok(None) => {}
+            Err(e) => problems.push(yaml_problem(path, &e)),
+        }
+    }
+    out
+}
+
+/// One step of a path into the YAML document.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// Walks the live YAML deserializer down `path` and hands the node there to `leaf`,
+/// skipping everything else, so the leaf keeps exact source locations.
+struct PathSeed<S> {
+    path: Vec<Step>,
+    leaf: S,
+}
+
+impl<S> PathSeed<S> {
+    fn new(path: Vec<Step>, leaf: S) -> Self {
+        PathSeed { path, leaf }
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for PathSeed<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.path.is_empty() {
+            return self.leaf.deserialize(d).map(Some);
+        }
+        d.deserialize_any(PathVisitor {
+            path: self.path,
+            leaf: Some(self.leaf),
+        })
+    }
+}
+
+struct PathVisitor<S> {
+    path: Vec<Step>,
+    leaf: Option<S>,
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for PathVisitor<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a mapping or a list")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<KeyOrOther>()? {
+            match (self.path[0], key, self.leaf.take()) {
+                (Step::Key(want), KeyOrOther::Key(k), Some(leaf)) if k == want => {
+                    let rest = self.path[1..].to_vec();
+                    found = map.next_value_seed(PathSeed::new(rest, leaf))?;
+                }
+                (_, _, leaf) => {
+                    self.leaf = leaf;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            match (self.path[0], self.leaf.take()) {
+                (Step::Index(want), Some(leaf)) if want == i => {
+                    let rest = self.path[1..].to_vec();
+                    match seq.next_element_seed(PathSeed::new(rest, leaf))? {
+                        Some(v) => found = v,
+                        None => break,
+                    }
+                }
+                (_, leaf) => {
+                    self.leaf = leaf;
+                    if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(found)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A mapping key: a string, or anything else (skipped).
+enum KeyOrOther {
+    Key(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for KeyOrOther {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyOrOther;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeyOrOther, E> {
+                Ok(KeyOrOther::Key(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<KeyOrOther, E> {
+                Ok(KeyOrOther::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<KeyOrOther, E> {
+                Ok(KeyOrOther::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<KeyOrOther, E> {
+                Ok(KeyOrOther::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeyOrOther, E> {
+                Ok(KeyOrOther::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<KeyOrOther, E> {
+                Ok(KeyOrOther::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Deserializes a stage mapping as `T`, leaving out the common stage keys.
+struct ParamsSeed<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for ParamsSeed<T> {
+    type Value = T;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        d.deserialize_map(ParamsVisitor::<T>(PhantomData))
+    }
+}
+
+struct ParamsVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ParamsVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a stage mapping")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(WithoutCommonKeys(map)))
+    }
+}
+
+struct WithoutCommonKeys<A>(A);
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for WithoutCommonKeys<A> {
+    type Error = A::Error;
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        loop {
+            match self.0.next_key::<String>()? {
+                None => return Ok(None),
+                Some(k) if COMMON_STAGE_KEYS.contains(&k.as_str()) => {
+                    self.0.next_value::<IgnoredAny>()?;
+                }
+                Some(k) => {
+                    let de: de::value::StringDeserializer<A::Error> = k.into_deserializer();
+                    return seed.deserialize(de).map(Some);
+                }
+            }
+        }
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.0.next_value_seed(seed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct P {
+        key: Vec<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    }
+
+    const YAML: &str = "pipeline: t\nsites: []\nsources: []\nstages:\n  - name: a\n    kind: dedupe\n    inputs: [x]\n    key: [s, d]\n  - name: b\n    kind: dedupe\n    key: [s]\n    limit: nope\n";
+
+    #[test]
+    fn stage_params_skip_common_keys_and_keep_locations() {
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), YAML.into()).unwrap();
+        assert_eq!(spec.stages.len(), 2);
+        assert_eq!(spec.stages[1].line, 9);
+        let p: P = spec.stage_params(0).unwrap();
+        assert_eq!(p.key, vec!["s", "d"]);
+        let err = spec.stage_params::<P>(1).unwrap_err();
+        assert_eq!(err.line, 12, "{err}");
+    }
+
+    #[test]
+    fn every_bad_list_element_is_reported() {
+        let yaml = "pipeline: t\nsites:\n  - name: a\n    colour: red\n    dialect: {}\n  - name: b\n    dialect: {delimiter: 3, bogus: 1}\nstages:\n  - name: s\n    kind: sql\n";
+        let err = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert_eq!(err.0[0].line, 4);
+        assert_eq!(err.0[1].line, 7);
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_located() {
+        let yaml = "pipeline: t\nstagez: []\nstages:\n  - name: s\n    kind: sql\n";
+        let err = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap_err();
+        assert_eq!(err.0[0].line, 2, "{err}");
+    }
+}
