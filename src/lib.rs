@@ -4,8 +4,8 @@
 pub mod cli;
 pub mod dialect;
 pub mod error;
-pub mod generate;
 pub mod inspect;
+pub mod log;
 pub mod manifest;
 pub mod plan;
 pub mod publish;

@@ -59,8 +59,25 @@ pub struct StageOutput {
     pub table: LazyFrame,
     /// Rejected rows, in the schema of [`crate::rejects`].
     pub rejects: Option<DataFrame>,
-    /// Rows collapsed or superseded, in the schema of [`crate::rejects::dropped_schema`].
+    /// Rows collapsed or superseded (columns [`crate::rejects::DROPPED_COLUMNS`]).
     pub dropped: Option<DataFrame>,
+    /// Raw files read (ingest only).
+    pub files: Vec<FileRead>,
+}
+
+/// One raw file as read by an ingest stage.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FileRead {
+    pub source: String,
+    pub site: String,
+    /// Path relative to the data folder (SRCFILE).
+    pub file: String,
+    pub bytes: u64,
+    /// blake3 of the content.
+    pub hash: String,
+    pub export_date: String,
+    /// Data records read (the header is not a row).
+    pub rows: u64,
 }
 
 impl StageOutput {
@@ -69,6 +86,7 @@ impl StageOutput {
             table,
             rejects: None,
             dropped: None,
+            files: Vec::new(),
         }
     }
 }
@@ -79,6 +97,7 @@ pub enum Arity {
     None,
     One,
     AtLeastOne,
+    Any,
     Exactly(usize),
 }
 
@@ -154,5 +173,25 @@ impl Kind {
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
         }
+    }
+}
+
+/// A stage context for unit tests of kinds: a minimal pipeline, run date 2026-11-25.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    pub fn ctx_for<R>(f: impl FnOnce(&StageCtx) -> R) -> R {
+        let yaml = "pipeline: test\nstages:\n  - name: t\n    kind: sql\n    query: SELECT 1\n";
+        let spec = PipelineSpec::parse(Path::new("test.yaml"), yaml.into()).expect("test yaml");
+        let ctx = StageCtx {
+            name: "t",
+            spec: &spec,
+            run_date: NaiveDate::from_ymd_opt(2026, 11, 25).expect("date"),
+            data_dir: Path::new("."),
+            base_dir: Path::new("."),
+            sources: &[],
+        };
+        f(&ctx)
     }
 }

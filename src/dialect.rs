@@ -1,0 +1,265 @@
+//! A site's CSV dialect, compiled from its YAML, and the parsing of raw cell text into typed
+//! values (dates, numbers, subject ids) under that dialect.
+
+use std::collections::HashSet;
+
+use chrono::NaiveDate;
+use regex::Regex;
+
+use crate::spec::{DialectSpec, SubjectIdSpec};
+
+/// Text encodings a site may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Utf8,
+    Latin1,
+}
+
+/// A checked dialect, ready to read files with.
+#[derive(Debug, Clone)]
+pub struct Dialect {
+    pub delimiter: u8,
+    pub encoding: Encoding,
+    pub decimal_comma: bool,
+    pub date_formats: Vec<String>,
+    missing: HashSet<String>,
+    subject_id: Option<SubjectIdRule>,
+}
+
+/// A compiled subject-id normalisation rule.
+#[derive(Debug, Clone)]
+pub struct SubjectIdRule {
+    pattern: Regex,
+    replace: String,
+    uppercase: bool,
+}
+
+impl SubjectIdRule {
+    pub fn compile(spec: &SubjectIdSpec) -> Result<Self, String> {
+        let anchored = format!("^(?:{})$", spec.pattern);
+        let pattern = Regex::new(&anchored)
+            .map_err(|e| format!("subject_id pattern `{}` is not a valid regex: {e}", spec.pattern))?;
+        Ok(SubjectIdRule {
+            pattern,
+            replace: spec.replace.clone(),
+            uppercase: spec.uppercase,
+        })
+    }
+
+    /// The canonical id, or None when the id does not match the rule.
+    pub fn apply(&self, raw: &str) -> Option<String> {
+        let caps = self.pattern.captures(raw.trim())?;
+        let mut out = String::new();
+        caps.expand(&self.replace, &mut out);
+        if self.uppercase {
+            out = out.to_uppercase();
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+impl Dialect {
+    /// Compiles a dialect; returns every problem found.
+    pub fn compile(spec: &DialectSpec) -> Result<Dialect, Vec<String>> {
+        let mut problems = Vec::new();
+        let delimiter = match spec.delimiter.as_str() {
+            "tab" | "\\t" | "\t" => b'\t',
+            d if d.len() == 1 && d.is_ascii() => d.as_bytes()[0],
+            d => {
+                problems.push(format!(
+                    "delimiter `{d}` is not one ASCII character (use `,`, `;`, `|` or `tab`)"
+                ));
+                b','
+            }
+        };
+        let encoding = match spec.encoding.to_ascii_lowercase().replace('_', "-").as_str() {
+            "utf-8" | "utf8" => Encoding::Utf8,
+            "latin-1" | "latin1" | "iso-8859-1" | "windows-1252" | "cp1252" => Encoding::Latin1,
+            e => {
+                problems.push(format!("encoding `{e}` is not supported (use utf-8 or latin-1)"));
+                Encoding::Utf8
+            }
+        };
+        let decimal_comma = match spec.decimal.as_str() {
+            "." => false,
+            "," => true,
+            d => {
+                problems.push(format!("decimal mark `{d}` must be `.` or `,`"));
+                false
+            }
+        };
+        if decimal_comma && delimiter == b',' {
+            problems.push("a decimal comma needs a delimiter other than `,`".into());
+        }
+        for f in &spec.date_formats {
+            if let Err(e) = check_date_format(f) {
+                problems.push(e);
+            }
+        }
+        if spec.date_formats.is_empty() {
+            problems.push("date_formats is empty: give at least one format".into());
+        }
+        let subject_id = match spec.subject_id.as_ref().map(SubjectIdRule::compile) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
+                problems.push(e);
+                None
+            }
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Dialect {
+            delimiter,
+            encoding,
+            decimal_comma,
+            date_formats: spec.date_formats.clone(),
+            missing: spec.missing.iter().map(|m| m.trim().to_string()).collect(),
+            subject_id,
+        })
+    }
+
+    /// True when the trimmed cell is one of the site's missing-value tokens.
+    pub fn is_missing(&self, cell: &str) -> bool {
+        self.missing.contains(cell)
+    }
+
+    /// Parses a date with the site's formats, in order.
+    pub fn parse_date(&self, cell: &str) -> Option<NaiveDate> {
+        self.date_formats
+            .iter()
+            .find_map(|f| parse_date_with(cell, f))
+    }
+
+    /// Parses a number, honouring the site's decimal mark.
+    pub fn parse_float(&self, cell: &str) -> Option<f64> {
+        let v: f64 = if self.decimal_comma {
+            if cell.contains('.') {
+                return None;
+            }
+            cell.replacen(',', ".", 1).parse().ok()?
+        } else {
+            cell.parse().ok()?
+        };
+        v.is_finite().then_some(v)
+    }
+
+    /// Parses a whole number; `3.0` is accepted as 3, `3.5` is not.
+    pub fn parse_int(&self, cell: &str) -> Option<i64> {
+        if let Ok(v) = cell.parse::<i64>() {
+            return Some(v);
+        }
+        let f = self.parse_float(cell)?;
+        (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+    }
+
+    /// Normalises a subject id; without a rule the trimmed id is kept.
+    pub fn subject_id(&self, cell: &str) -> Option<String> {
+        match &self.subject_id {
+            Some(rule) => rule.apply(cell),
+            None => Some(cell.trim().to_string()),
+        }
+    }
+}
+
+fn parse_date_with(cell: &str, format: &str) -> Option<NaiveDate> {
+    // Fast path for ISO dates, the most common format by far.
+    if format == "%Y-%m-%d" {
+        let b = cell.as_bytes();
+        if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+            let y: i32 = cell[0..4].parse().ok()?;
+            let m: u32 = cell[5..7].parse().ok()?;
+            let d: u32 = cell[8..10].parse().ok()?;
+            return NaiveDate::from_ymd_opt(y, m, d);
+        }
+    }
+    NaiveDate::parse_from_str(cell, format).ok()
+}
+
+fn check_date_format(format: &str) -> Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
+        return Err(format!("date format `{format}` is not a valid strftime format"));
+    }
+    let has = |s: &str| format.contains(s);
+    if !(has("%Y") || has("%y")) || !(has("%m") || has("%b") || has("%B")) || !has("%d") {
+        return Err(format!(
+            "date format `{format}` must contain a year (%Y), a month (%m or %b) and a day (%d)"
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a raw file to UTF-8 text for the given encoding; a UTF-8 BOM is dropped.
+/// Invalid UTF-8 is not an error here: rows containing it are rejected one by one.
+pub fn decode(bytes: &[u8], encoding: Encoding) -> std::borrow::Cow<'_, [u8]> {
+    match encoding {
+        Encoding::Utf8 => {
+            std::borrow::Cow::Borrowed(bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes))
+        }
+        Encoding::Latin1 => {
+            let (text, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes);
+            match text {
+                std::borrow::Cow::Borrowed(s) => std::borrow::Cow::Borrowed(s.as_bytes()),
+                std::borrow::Cow::Owned(s) => std::borrow::Cow::Owned(s.into_bytes()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialect(yaml: &str) -> Dialect {
+        let spec: DialectSpec = serde_saphyr::from_str(yaml).unwrap();
+        Dialect::compile(&spec).unwrap()
+    }
+
+    #[test]
+    fn dates_in_every_site_format() {
+        let d = dialect("date_formats: ['%Y-%m-%d', '%d.%m.%Y', '%m/%d/%Y', '%d-%b-%Y']");
+        let want = NaiveDate::from_ymd_opt(2014, 3, 7);
+        for s in ["2014-03-07", "07.03.2014", "3/7/2014", "07-Mar-2014"] {
+            assert_eq!(d.parse_date(s), want, "{s}");
+        }
+        assert_eq!(d.parse_date("2014-02-30"), None);
+        assert_eq!(d.parse_date("yesterday"), None);
+    }
+
+    #[test]
+    fn decimal_comma_sites() {
+        let d = dialect("delimiter: ';'\ndecimal: ','");
+        assert_eq!(d.parse_float("1,25"), Some(1.25));
+        assert_eq!(d.parse_float("1.25"), None);
+        assert_eq!(d.parse_int("3,0"), Some(3));
+        let d = dialect("{}");
+        assert_eq!(d.parse_float("1,25"), None);
+        assert_eq!(d.parse_float("NaN"), None);
+        assert_eq!(d.parse_int("3.5"), None);
+    }
+
+    #[test]
+    fn subject_ids_normalise_to_one_canonical_id() {
+        let d = dialect("subject_id: {pattern: '([A-Za-z])[-_ ]?0*([0-9]+)', replace: '${1}${2}', uppercase: true}");
+        for s in ["C01", "c1", " C-1 ", "C1"] {
+            assert_eq!(d.subject_id(s).as_deref(), Some("C1"), "{s}");
+        }
+        assert_eq!(d.subject_id("patient one"), None);
+    }
+
+    #[test]
+    fn bad_dialects_report_every_problem() {
+        let spec: DialectSpec =
+            serde_saphyr::from_str("delimiter: ';;'\nencoding: ebcdic\ndate_formats: ['%d']").unwrap();
+        let errs = Dialect::compile(&spec).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn latin1_decodes_and_bom_is_dropped() {
+        assert_eq!(&*decode(b"M\xfcller", Encoding::Latin1), "Müller".as_bytes());
+        assert_eq!(&*decode(b"\xEF\xBB\xBFa,b", Encoding::Utf8), b"a,b");
+    }
+}

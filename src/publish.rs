@@ -1,0 +1,191 @@
+//! The output folder: the run lock, run folders, Parquet writing with provenance in the footer,
+//! and the atomic switch of `current` to a finished run.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::error::RunError;
+
+/// Key-value metadata written into every table's Parquet footer.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub pipeline: String,
+    pub pipeline_hash: String,
+    pub table: String,
+    pub stage_fingerprint: String,
+    pub engine_version: String,
+}
+
+impl Provenance {
+    fn pairs(&self) -> Vec<(String, String)> {
+        vec![
+            ("studyflow.pipeline".into(), self.pipeline.clone()),
+            ("studyflow.pipeline_hash".into(), self.pipeline_hash.clone()),
+            ("studyflow.table".into(), self.table.clone()),
+            ("studyflow.stage_fingerprint".into(), self.stage_fingerprint.clone()),
+            ("studyflow.engine_version".into(), self.engine_version.clone()),
+        ]
+    }
+}
+
+/// The exclusive lock on an output folder, held for the whole run.
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+    /// What the previous holder left, when it died without cleaning up.
+    pub stale: Option<String>,
+}
+
+impl RunLock {
+    /// Takes the lock of `out_dir` or says who holds it.
+    pub fn acquire(out_dir: &Path) -> Result<RunLock, RunError> {
+        fs::create_dir_all(out_dir).map_err(|e| RunError::io(out_dir, e))?;
+        let path = out_dir.join(".lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| RunError::io(&path, e))?;
+        let mut previous = String::new();
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let _ = file.read_to_string(&mut previous);
+                return Err(RunError::Locked {
+                    dir: out_dir.to_path_buf(),
+                    holder: if previous.trim().is_empty() {
+                        "unknown process".into()
+                    } else {
+                        previous.trim().to_string()
+                    },
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(RunError::io(&path, e)),
+        }
+        let _ = file.read_to_string(&mut previous);
+        // The OS frees a dead process's lock; what it wrote tells us a run died here.
+        let stale = (!previous.trim().is_empty()).then(|| previous.trim().to_string());
+        let me = format!(
+            "pid {} on {} since {}",
+            std::process::id(),
+            hostname(),
+            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+        );
+        file.set_len(0).map_err(|e| RunError::io(&path, e))?;
+        file.rewind().map_err(|e| RunError::io(&path, e))?;
+        file.write_all(me.as_bytes()).map_err(|e| RunError::io(&path, e))?;
+        file.sync_all().map_err(|e| RunError::io(&path, e))?;
+        Ok(RunLock { file, stale })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // A clean exit empties the lock file; a crash leaves the holder's line behind.
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "this host".into())
+}
+
+/// Writes `df` as Parquet (zstd, statistics) to `path` via a temporary file and a rename.
+/// Returns the size in bytes and the blake3 of the file.
+pub fn write_parquet(df: &mut DataFrame, path: &Path, prov: &Provenance) -> Result<(u64, String), RunError> {
+    let tmp = tmp_name(path);
+    let mut file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    ParquetWriter::new(&mut file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_statistics(StatisticsOptions::full())
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(prov.pairs())))
+        .finish(df)
+        .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+    file.sync_all().map_err(|e| RunError::io(&tmp, e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
+    hash_file(path)
+}
+
+/// Writes bytes to `path` via a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let tmp = tmp_name(path);
+    let mut file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| RunError::io(&tmp, e))?;
+    file.sync_all().map_err(|e| RunError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))
+}
+
+/// Size and blake3 of a file.
+pub fn hash_file(path: &Path) -> Result<(u64, String), RunError> {
+    let bytes = fs::read(path).map_err(|e| RunError::io(path, e))?;
+    Ok((bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string()))
+}
+
+fn tmp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Points `out_dir/current` at `runs/<run_id>` in one atomic rename.
+pub fn switch_current(out_dir: &Path, run_id: &str) -> Result<(), RunError> {
+    let link = out_dir.join("current");
+    let tmp = out_dir.join(format!(".current.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let target = Path::new("runs").join(run_id);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&target, &tmp).map_err(|e| RunError::io(&tmp, e))?;
+    #[cfg(not(unix))]
+    fs::write(&tmp, target.to_string_lossy().as_bytes()).map_err(|e| RunError::io(&tmp, e))?;
+    fs::rename(&tmp, &link).map_err(|e| RunError::io(&link, e))?;
+    sync_dir(out_dir);
+    Ok(())
+}
+
+/// The run folder `current` points at, if any.
+pub fn current_run(out_dir: &Path) -> Option<PathBuf> {
+    let link = out_dir.join("current");
+    let target = fs::read_link(&link).ok()?;
+    let dir = out_dir.join(target);
+    dir.is_dir().then_some(dir)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes unfinished run folders left by runs that died (never the published one).
+pub fn sweep_unfinished(out_dir: &Path) {
+    let runs = out_dir.join("runs");
+    let Ok(entries) = fs::read_dir(&runs) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "partial") {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
+}
+
+/// Test-only failpoints: `STUDYFLOW_FAILPOINT=<name>` makes the run fail at that step, and
+/// `STUDYFLOW_FAILPOINT_ACTION=abort` kills the process there instead.
+pub fn failpoint(name: &str) -> Result<(), RunError> {
+    match std::env::var("STUDYFLOW_FAILPOINT") {
+        Ok(v) if v == name => {
+            if std::env::var("STUDYFLOW_FAILPOINT_ACTION").as_deref() == Ok("abort") {
+                std::process::abort();
+            }
+            Err(RunError::Failpoint(name.to_string()))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,232 @@
+//! `dedupe`: one row per natural key. Identical rows in one file collapse, differing rows with
+//! one key in one file are rejected as a conflict, and a newer export supersedes an older one.
+
+use polars::prelude::*;
+use serde::Deserialize;
+
+use crate::spec::PipelineSpec;
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+
+/// Parameters of a `dedupe` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dedupe {
+    /// Columns of the natural key.
+    pub key: Vec<String>,
+}
+
+/// Columns that say where a row came from; they are not compared between duplicates.
+pub const LINEAGE: &[&str] = &["SITE", "SRCFILE", "SRCLINE", "EXPORTDT"];
+
+const SIG: &str = "__sig";
+const ORDER: &str = "__order";
+
+impl Stage for Dedupe {
+    fn row_level(&self) -> bool {
+        true
+    }
+
+    fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
+        if self.key.is_empty() {
+            vec!["`key` needs at least one column".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn run(&self, _ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
+        let input = inputs.first();
+        let names: Vec<String> = input
+            .get_column_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for k in &self.key {
+            if !names.contains(k) {
+                anyhow::bail!(
+                    "key column `{k}` is not in the input; columns: {}",
+                    names.join(", ")
+                );
+            }
+        }
+        for l in ["SRCFILE", "SRCLINE", "EXPORTDT"] {
+            if !names.contains(&l.to_string()) {
+                anyhow::bail!("the input has no `{l}` column: dedupe needs rows straight from an ingest");
+            }
+        }
+        let values: Vec<Expr> = names
+            .iter()
+            .filter(|n| !LINEAGE.contains(&n.as_str()))
+            .map(|n| col(n.as_str()).cast(DataType::String).fill_null(lit("\u{1}")))
+            .collect();
+        let key: Vec<Expr> = self.key.iter().map(|k| col(k.as_str())).collect();
+        let mut key_file = key.clone();
+        key_file.push(col("SRCFILE"));
+        let mut key_file_sig = key_file.clone();
+        key_file_sig.push(col(SIG));
+
+        // Within one file: identical rows keep their first line; differing rows conflict.
+        let marked = input
+            .clone()
+            .lazy()
+            .with_columns([
+                concat_str(values, "\u{1f}", false).alias(SIG),
+                concat_str([col("EXPORTDT").cast(DataType::String), col("SRCFILE")], "|", false)
+                    .alias(ORDER),
+            ])
+            .with_columns([
+                col("SRCLINE").min().over(&key_file_sig)?.alias("__keepline"),
+                col(SIG).n_unique().over(&key_file)?.gt(lit(1)).alias("__conflict"),
+                len().over(&key_file)?.alias("__nkey"),
+            ])
+            .collect()?;
+
+        let key_text = concat_str(
+            self.key
+                .iter()
+                .map(|k| {
+                    concat_str(
+                        [lit(format!("{k}=")), col(k.as_str()).cast(DataType::String).fill_null(lit("null"))],
+                        "",
+                        false,
+                    )
+                })
+                .collect::<Vec<_>>(),
+            ", ",
+            false,
+        );
+        let rejects = marked
+            .clone()
+            .lazy()
+            .filter(col("__conflict"))
+            .select([
+                col("SRCFILE"),
+                col("SRCLINE"),
+                col("SITE"),
+                lit(self.key.join("+")).alias("COLUMN"),
+                key_text.clone().alias("RAWVALUE"),
+                lit("conflict").alias("RULE"),
+                concat_str(
+                    [
+                        col("__nkey").cast(DataType::String),
+                        lit(" rows of this file share the key ("),
+                        key_text,
+                        lit(") but differ in their values; all of them are rejected"),
+                    ],
+                    "",
+                    false,
+                )
+                .alias("REASON"),
+            ])
+            .collect()?;
+
+        let collapsed = marked
+            .clone()
+            .lazy()
+            .filter(col("__conflict").not().and(col("SRCLINE").neq(col("__keepline"))))
+            .select([
+                col("SRCFILE"),
+                col("SRCLINE"),
+                col("SITE"),
+                lit("collapsed").alias("FATE"),
+                col("SRCFILE").alias("KEPTFILE"),
+                col("__keepline").alias("KEPTLINE"),
+            ]);
+
+        // Across files: the newest export (then the last file path) wins each key.
+        let survivors = marked
+            .lazy()
+            .filter(col("__conflict").not().and(col("SRCLINE").eq(col("__keepline"))))
+            .with_columns([col(ORDER).max().over(&key)?.alias("__newest")])
+            .with_columns([
+                col("SRCFILE")
+                    .filter(col(ORDER).eq(col("__newest")))
+                    .first()
+                    .over(&key)?
+                    .alias("__winfile"),
+                col("SRCLINE")
+                    .filter(col(ORDER).eq(col("__newest")))
+                    .first()
+                    .over(&key)?
+                    .alias("__winline"),
+            ])
+            .collect()?;
+        let superseded = survivors
+            .clone()
+            .lazy()
+            .filter(col(ORDER).neq(col("__newest")))
+            .select([
+                col("SRCFILE"),
+                col("SRCLINE"),
+                col("SITE"),
+                lit("superseded").alias("FATE"),
+                col("__winfile").alias("KEPTFILE"),
+                col("__winline").alias("KEPTLINE"),
+            ]);
+        let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
+        let table = survivors
+            .lazy()
+            .filter(col(ORDER).eq(col("__newest")))
+            .select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
+        Ok(StageOutput {
+            table,
+            rejects: Some(rejects),
+            dropped: Some(dropped),
+            files: Vec::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::tests_support::ctx_for;
+
+    fn table() -> DataFrame {
+        // file a (older export): C1/d1 twice identical, C1/d2 conflict, C2/d1 once
+        // file b (newer export): C2/d1 corrected -> supersedes a's C2/d1
+        let d = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = |s: &str| (d(s) - d("1970-01-01")).num_days() as i32;
+        df!(
+            "SITE" => ["A"; 6],
+            "SRCFILE" => ["a", "a", "a", "a", "a", "b"],
+            "SRCLINE" => [2i64, 3, 4, 5, 6, 2],
+            "EXPORTDT" => [days("2017-01-01"), days("2017-01-01"), days("2017-01-01"), days("2017-01-01"), days("2017-01-01"), days("2017-06-30")],
+            "subject" => ["C1", "C1", "C1", "C1", "C2", "C2"],
+            "date" => ["d1", "d1", "d2", "d2", "d1", "d1"],
+            "score" => [Some(1i64), Some(1), Some(2), Some(3), None, Some(4)],
+        )
+        .unwrap()
+        .lazy()
+        .with_column(col("EXPORTDT").cast(DataType::Date))
+        .collect()
+        .unwrap()
+    }
+
+    #[test]
+    fn collapse_conflict_and_supersede() {
+        let stage = Dedupe {
+            key: vec!["subject".into(), "date".into()],
+        };
+        let inputs = Inputs {
+            tables: vec![("x".into(), table())],
+        };
+        let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
+        let kept = out.table.sort(["SRCFILE", "SRCLINE"], Default::default()).collect().unwrap();
+        let lines: Vec<(String, i64)> = kept
+            .column("SRCFILE").unwrap().str().unwrap().into_no_null_iter()
+            .zip(kept.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter())
+            .map(|(f, l)| (f.to_string(), l))
+            .collect();
+        assert_eq!(lines, vec![("a".to_string(), 2), ("b".to_string(), 2)]);
+        let rej = out.rejects.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
+        assert_eq!(rej.column("SRCLINE").unwrap().i64().unwrap().into_no_null_vec(), vec![4, 5]);
+        assert_eq!(rej.column("RULE").unwrap().str().unwrap().get(0), Some("conflict"));
+        let dropped = out.dropped.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
+        let fates: Vec<&str> = dropped.column("FATE").unwrap().str().unwrap().into_no_null_iter().collect();
+        assert_eq!(fates, vec!["collapsed", "superseded"]);
+        assert_eq!(dropped.column("KEPTFILE").unwrap().str().unwrap().get(1), Some("b"));
+        // Row fate: 6 in = 2 kept + 2 rejected + 2 set aside.
+        assert_eq!(kept.height() + rej.height() + dropped.height(), 6);
+    }
+}

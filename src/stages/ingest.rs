@@ -1,0 +1,714 @@
+//! `ingest`: reads every file of one source in its site's dialect into one typed table.
+//! Each row keeps its site, file and physical line; rows that cannot be read become rejects.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use polars::prelude::*;
+use rayon::prelude::*;
+use regex::Regex;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::dialect::{self, Dialect};
+use crate::error::DataError;
+use crate::rejects::RejectsBuilder;
+use crate::source::{ResolvedSource, SourceFile};
+use crate::spec::{Bound, ColumnSpec, PipelineSpec};
+use crate::stages::{Arity, FileRead, Inputs, Stage, StageCtx, StageOutput};
+
+/// Parameters of an `ingest` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingest {
+    /// Name of the source (under `sources:`) to read.
+    pub source: String,
+}
+
+/// The types a source column can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Subject,
+    String,
+    Int,
+    Float,
+    Date,
+}
+
+impl ColumnType {
+    pub fn parse(s: &str) -> Option<ColumnType> {
+        Some(match s {
+            "subject" => ColumnType::Subject,
+            "string" => ColumnType::String,
+            "int" => ColumnType::Int,
+            "float" => ColumnType::Float,
+            "date" => ColumnType::Date,
+            _ => return None,
+        })
+    }
+}
+
+/// Checks the columns of a source; returns every problem as a message.
+pub fn check_columns(columns: &[Spanned<ColumnSpec>]) -> Vec<(u64, u64, String)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for c in columns {
+        let at = (c.referenced.line(), c.referenced.column());
+        let c = &c.value;
+        if !seen.insert(c.name.clone()) {
+            out.push((at.0, at.1, format!("column `{}` is listed twice", c.name)));
+        }
+        if let Err(e) = CompiledColumn::compile(c, NaiveDate::MIN, NaiveDate::MAX) {
+            out.push((at.0, at.1, e));
+        }
+    }
+    out
+}
+
+/// A source column ready to parse cells.
+#[derive(Debug)]
+struct CompiledColumn {
+    name: String,
+    ty: ColumnType,
+    /// Normalised header spellings.
+    headers: Vec<String>,
+    required: bool,
+    optional: bool,
+    min: Option<f64>,
+    max: Option<f64>,
+    min_date: NaiveDate,
+    max_date: NaiveDate,
+    /// lower-case value -> canonical spelling
+    allowed: Option<HashMap<String, String>>,
+    allowed_list: String,
+    pattern: Option<Regex>,
+}
+
+fn normalise_header(h: &str) -> String {
+    h.trim_start_matches('\u{feff}')
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn date_bound(b: &Option<Bound>, what: &str) -> Result<Option<NaiveDate>, String> {
+    match b {
+        None => Ok(None),
+        Some(Bound::Text(t)) => NaiveDate::parse_from_str(t, "%Y-%m-%d")
+            .map(Some)
+            .map_err(|_| format!("{what} `{t}` is not a date (YYYY-MM-DD)")),
+        Some(Bound::Number(n)) => Err(format!("{what} {n} of a date column must be a date (YYYY-MM-DD)")),
+    }
+}
+
+fn num_bound(b: &Option<Bound>, what: &str) -> Result<Option<f64>, String> {
+    match b {
+        None => Ok(None),
+        Some(Bound::Number(n)) => Ok(Some(*n)),
+        Some(Bound::Text(t)) => Err(format!("{what} `{t}` must be a number")),
+    }
+}
+
+impl CompiledColumn {
+    fn compile(c: &ColumnSpec, min_date: NaiveDate, max_date: NaiveDate) -> Result<Self, String> {
+        let ty = ColumnType::parse(&c.ty).ok_or_else(|| {
+            format!(
+                "column `{}` has unknown type `{}` (use subject, string, int, float or date)",
+                c.name, c.ty
+            )
+        })?;
+        let (min, max, min_date, max_date) = if ty == ColumnType::Date {
+            let lo = date_bound(&c.min, "min")?.unwrap_or(min_date);
+            let hi = date_bound(&c.max, "max")?.unwrap_or(max_date);
+            (None, None, lo, hi)
+        } else {
+            (num_bound(&c.min, "min")?, num_bound(&c.max, "max")?, min_date, max_date)
+        };
+        let pattern = match &c.pattern {
+            Some(p) => Some(
+                Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|e| format!("column `{}`: pattern is not a valid regex: {e}", c.name))?,
+            ),
+            None => None,
+        };
+        let allowed = c.allowed.as_ref().map(|vals| {
+            vals.iter()
+                .map(|v| (v.trim().to_lowercase(), v.clone()))
+                .collect::<HashMap<_, _>>()
+        });
+        let mut headers: Vec<String> = c.headers.iter().map(|h| normalise_header(h)).collect();
+        headers.push(normalise_header(&c.name));
+        Ok(CompiledColumn {
+            name: c.name.clone(),
+            ty,
+            headers,
+            required: c.required,
+            optional: c.optional,
+            min,
+            max,
+            min_date,
+            max_date,
+            allowed_list: c.allowed.clone().unwrap_or_default().join(", "),
+            allowed,
+            pattern,
+        })
+    }
+}
+
+/// One parsed cell.
+#[derive(Debug, Clone)]
+enum Cell {
+    Null,
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Date(i32),
+}
+
+/// A failed cell: rule and reason.
+struct Failure {
+    rule: &'static str,
+    reason: String,
+}
+
+fn fail(rule: &'static str, reason: String) -> Failure {
+    Failure { rule, reason }
+}
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+
+fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failure> {
+    let cell = raw.trim();
+    if d.is_missing(cell) {
+        if c.required {
+            return Err(fail("required", format!("`{}` is missing", c.name)));
+        }
+        return Ok(Cell::Null);
+    }
+    let value = match c.ty {
+        ColumnType::Subject => match d.subject_id(cell) {
+            Some(id) => Cell::Str(id),
+            None => {
+                return Err(fail(
+                    "subject_id",
+                    format!("`{cell}` is not a subject id that the site's id rule recognises"),
+                ));
+            }
+        },
+        ColumnType::String => Cell::Str(cell.to_string()),
+        ColumnType::Int => match d.parse_int(cell) {
+            Some(v) => Cell::Int(v),
+            None => return Err(fail("parse", format!("`{cell}` is not a whole number"))),
+        },
+        ColumnType::Float => match d.parse_float(cell) {
+            Some(v) => Cell::Float(v),
+            None => {
+                let mark = if d.decimal_comma { "comma" } else { "point" };
+                return Err(fail(
+                    "parse",
+                    format!("`{cell}` is not a number (this site writes a decimal {mark})"),
+                ));
+            }
+        },
+        ColumnType::Date => match d.parse_date(cell) {
+            Some(date) => {
+                if date < c.min_date {
+                    return Err(fail(
+                        "date_range",
+                        format!("date {date} is before {}, not plausible", c.min_date),
+                    ));
+                }
+                if date > c.max_date {
+                    return Err(fail(
+                        "date_range",
+                        format!("date {date} is after {}, not plausible", c.max_date),
+                    ));
+                }
+                Cell::Date((date - EPOCH).num_days() as i32)
+            }
+            None => {
+                return Err(fail(
+                    "parse",
+                    format!(
+                        "`{cell}` is not a date in the site's formats ({})",
+                        d.date_formats.join(", ")
+                    ),
+                ));
+            }
+        },
+    };
+    let number = match &value {
+        Cell::Int(v) => Some(*v as f64),
+        Cell::Float(v) => Some(*v),
+        _ => None,
+    };
+    if let Some(v) = number {
+        let below = c.min.is_some_and(|m| v < m);
+        let above = c.max.is_some_and(|m| v > m);
+        if below || above {
+            let lo = c.min.map(|m| m.to_string()).unwrap_or_else(|| "-inf".into());
+            let hi = c.max.map(|m| m.to_string()).unwrap_or_else(|| "inf".into());
+            return Err(fail(
+                "range",
+                format!("{v} is outside the plausible range {lo} to {hi} for `{}`", c.name),
+            ));
+        }
+    }
+    if let Cell::Str(s) = &value {
+        if let Some(p) = &c.pattern {
+            if !p.is_match(s) {
+                return Err(fail(
+                    "pattern",
+                    format!("`{s}` does not match the pattern of `{}`", c.name),
+                ));
+            }
+        }
+        if let Some(allowed) = &c.allowed {
+            return match allowed.get(&s.to_lowercase()) {
+                Some(canon) => Ok(Cell::Str(canon.clone())),
+                None => Err(fail(
+                    "allowed",
+                    format!("`{s}` is not one of {} for `{}`", c.allowed_list, c.name),
+                )),
+            };
+        }
+    }
+    Ok(value)
+}
+
+/// Column buffers of one file.
+enum Buffer {
+    Str(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Date(Vec<Option<i32>>),
+}
+
+impl Buffer {
+    fn new(ty: ColumnType) -> Buffer {
+        match ty {
+            ColumnType::Subject | ColumnType::String => Buffer::Str(Vec::new()),
+            ColumnType::Int => Buffer::Int(Vec::new()),
+            ColumnType::Float => Buffer::Float(Vec::new()),
+            ColumnType::Date => Buffer::Date(Vec::new()),
+        }
+    }
+
+    fn push(&mut self, cell: Cell) {
+        match (self, cell) {
+            (Buffer::Str(v), Cell::Str(s)) => v.push(Some(s)),
+            (Buffer::Int(v), Cell::Int(x)) => v.push(Some(x)),
+            (Buffer::Float(v), Cell::Float(x)) => v.push(Some(x)),
+            (Buffer::Date(v), Cell::Date(x)) => v.push(Some(x)),
+            (Buffer::Str(v), _) => v.push(None),
+            (Buffer::Int(v), _) => v.push(None),
+            (Buffer::Float(v), _) => v.push(None),
+            (Buffer::Date(v), _) => v.push(None),
+        }
+    }
+
+    fn into_column(self, name: &str) -> PolarsResult<Column> {
+        Ok(match self {
+            Buffer::Str(v) => Column::new(name.into(), v),
+            Buffer::Int(v) => Column::new(name.into(), v),
+            Buffer::Float(v) => Column::new(name.into(), v),
+            Buffer::Date(v) => Column::new(name.into(), v).cast(&DataType::Date)?,
+        })
+    }
+}
+
+/// What reading one file gave.
+struct FileResult {
+    table: DataFrame,
+    rejects: RejectsBuilder,
+    read: FileRead,
+}
+
+fn bad(file: &SourceFile, msg: String) -> DataError {
+    DataError::BadSource(format!("{}: {msg}", file.path.display()))
+}
+
+/// Maps each canonical column to its field index in the header (None: optional and absent).
+fn map_header(
+    file: &SourceFile,
+    header: &[String],
+    columns: &[CompiledColumn],
+) -> Result<Vec<Option<usize>>, DataError> {
+    let normalised: Vec<String> = header.iter().map(|h| normalise_header(h)).collect();
+    let mut out = Vec::with_capacity(columns.len());
+    for c in columns {
+        let hits: Vec<usize> = normalised
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| c.headers.contains(h))
+            .map(|(i, _)| i)
+            .collect();
+        match hits.as_slice() {
+            [i] => out.push(Some(*i)),
+            [] if c.optional => out.push(None),
+            [] => {
+                let found: Vec<&str> = header.iter().map(|h| h.trim()).collect();
+                let closest = found
+                    .iter()
+                    .map(|f| {
+                        let score = c
+                            .headers
+                            .iter()
+                            .map(|h| strsim::normalized_levenshtein(h, &normalise_header(f)))
+                            .fold(0.0, f64::max);
+                        (score, *f)
+                    })
+                    .filter(|(score, _)| *score >= 0.4)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, f)| f);
+                return Err(bad(
+                    file,
+                    format!(
+                        "column `{}` not found (looked for headers: {}); columns found: {}{}",
+                        c.name,
+                        c.headers.join(", "),
+                        found.join(", "),
+                        closest.map(|c| format!("; closest match: `{c}`")).unwrap_or_default()
+                    ),
+                ));
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(|i| header[*i].trim()).collect();
+                return Err(bad(
+                    file,
+                    format!(
+                        "column `{}` matches several headers ({}); keep one or rename the others",
+                        c.name,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult, DataError> {
+    let bytes = std::fs::read(&file.path).map_err(|e| bad(file, format!("cannot read: {e}")))?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let d: &Dialect = &file.dialect;
+    let text = dialect::decode(&bytes, d.encoding);
+    if text.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(bad(
+            file,
+            format!("the file is empty ({} bytes): not even a header line", bytes.len()),
+        ));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(d.delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&text[..]);
+    let mut records = reader.byte_records();
+    let header_rec = match records.next() {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Err(bad(file, format!("cannot read the header: {e}"))),
+        None => return Err(bad(file, "no header line".into())),
+    };
+    let header: Vec<String> = header_rec
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    let mapping = map_header(file, &header, columns)?;
+    let mut buffers: Vec<Buffer> = columns.iter().map(|c| Buffer::new(c.ty)).collect();
+    let mut lines: Vec<i64> = Vec::new();
+    let mut rejects = RejectsBuilder::default();
+    let mut rows = 0u64;
+    let mut parsed: Vec<Cell> = Vec::with_capacity(columns.len());
+    for rec in records {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                // The csv reader only fails on I/O; a bad record still has a position.
+                let line = e.position().map(|p| p.line() as i64).unwrap_or(0);
+                rows += 1;
+                rejects.push(&file.rel, line, &file.site, "", "", "columns", format!("unreadable record: {e}"));
+                continue;
+            }
+        };
+        rows += 1;
+        let line = rec.position().map(|p| p.line() as i64).unwrap_or(0);
+        if rec.len() != header.len() {
+            let raw = String::from_utf8_lossy(rec.as_slice()).chars().take(120).collect::<String>();
+            rejects.push(
+                &file.rel,
+                line,
+                &file.site,
+                "",
+                &raw,
+                "columns",
+                format!("the record has {} fields but the header has {}", rec.len(), header.len()),
+            );
+            continue;
+        }
+        parsed.clear();
+        let mut failure = None;
+        for (c, idx) in columns.iter().zip(&mapping) {
+            let Some(idx) = idx else {
+                parsed.push(Cell::Null);
+                continue;
+            };
+            let field = rec.get(*idx).unwrap_or(b"");
+            let raw = match std::str::from_utf8(field) {
+                Ok(s) => s,
+                Err(_) => {
+                    failure = Some((
+                        c,
+                        String::from_utf8_lossy(field).into_owned(),
+                        fail(
+                            "encoding",
+                            format!(
+                                "`{}` holds bytes that are not valid UTF-8 (is the file Latin-1?)",
+                                c.name
+                            ),
+                        ),
+                    ));
+                    break;
+                }
+            };
+            match parse_cell(c, d, raw) {
+                Ok(cell) => parsed.push(cell),
+                Err(f) => {
+                    failure = Some((c, raw.to_string(), f));
+                    break;
+                }
+            }
+        }
+        match failure {
+            Some((c, raw, f)) => rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason),
+            None => {
+                for (b, cell) in buffers.iter_mut().zip(parsed.drain(..)) {
+                    b.push(cell);
+                }
+                lines.push(line);
+            }
+        }
+    }
+    let n = lines.len();
+    let export_days = (file.export_date - EPOCH).num_days() as i32;
+    let mut cols = vec![
+        Column::new_scalar("SITE".into(), Scalar::from(PlSmallStr::from(file.site.as_str())), n),
+        Column::new_scalar("SRCFILE".into(), Scalar::from(PlSmallStr::from(file.rel.as_str())), n),
+        Column::new("SRCLINE".into(), lines),
+        Column::new("EXPORTDT".into(), vec![export_days; n])
+            .cast(&DataType::Date)
+            .map_err(|e| bad(file, e.to_string()))?,
+    ];
+    for (b, c) in buffers.into_iter().zip(columns) {
+        cols.push(b.into_column(&c.name).map_err(|e| bad(file, e.to_string()))?);
+    }
+    let table = DataFrame::new(n, cols).map_err(|e| bad(file, e.to_string()))?;
+    Ok(FileResult {
+        table,
+        rejects,
+        read: FileRead {
+            source: String::new(),
+            site: file.site.clone(),
+            file: file.rel.clone(),
+            bytes: bytes.len() as u64,
+            hash,
+            export_date: file.export_date.to_string(),
+            rows,
+        },
+    })
+}
+
+/// The date window of the pipeline: `dates.min` to `dates.max` or the run date.
+pub fn date_window(spec: &PipelineSpec, run_date: NaiveDate) -> (NaiveDate, NaiveDate) {
+    let min = NaiveDate::parse_from_str(&spec.header.dates.min, "%Y-%m-%d")
+        .unwrap_or(NaiveDate::from_ymd_opt(1990, 1, 1).expect("valid date"));
+    let max = spec
+        .header
+        .dates
+        .max
+        .as_deref()
+        .and_then(|m| NaiveDate::parse_from_str(m, "%Y-%m-%d").ok())
+        .unwrap_or(run_date);
+    (min, max)
+}
+
+impl Ingest {
+    fn source<'a>(&self, sources: &'a [ResolvedSource]) -> anyhow::Result<&'a ResolvedSource> {
+        sources
+            .iter()
+            .find(|s| s.name == self.source)
+            .ok_or_else(|| anyhow::anyhow!("source `{}` is not defined", self.source))
+    }
+}
+
+impl Stage for Ingest {
+    fn arity(&self) -> Arity {
+        Arity::None
+    }
+
+    fn row_level(&self) -> bool {
+        true
+    }
+
+    fn reads_source(&self) -> Option<&str> {
+        Some(&self.source)
+    }
+
+    fn check(&self, spec: &PipelineSpec) -> Vec<String> {
+        if spec.sources.iter().any(|s| s.value.name == self.source) {
+            return Vec::new();
+        }
+        let names = spec.sources.iter().map(|s| s.value.name.as_str());
+        let hint = crate::closest(&self.source, names)
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+        vec![format!("source `{}` is not defined under `sources:`{hint}", self.source)]
+    }
+
+    fn run(&self, ctx: &StageCtx, _inputs: &Inputs) -> anyhow::Result<StageOutput> {
+        let source = self.source(ctx.sources)?;
+        let (min_date, max_date) = date_window(ctx.spec, ctx.run_date);
+        let columns = source
+            .spec
+            .columns
+            .iter()
+            .map(|c| CompiledColumn::compile(&c.value, min_date, max_date))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DataError::BadSource)?;
+        let results: Vec<FileResult> = source
+            .files
+            .par_iter()
+            .map(|f| read_file(f, &columns))
+            .collect::<Result<_, _>>()?;
+        let mut tables = Vec::with_capacity(results.len());
+        let mut rejects = RejectsBuilder::default();
+        let mut files = Vec::with_capacity(results.len());
+        for r in results {
+            tables.push(r.table.lazy());
+            rejects.append(r.rejects);
+            let mut read = r.read;
+            read.source = source.name.clone();
+            files.push(read);
+        }
+        let table = concat(tables, UnionArgs::default())?;
+        Ok(StageOutput {
+            table,
+            rejects: Some(rejects.finish()?),
+            dropped: None,
+            files,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::DialectSpec;
+    use std::sync::Arc;
+
+    fn column(yaml: &str) -> CompiledColumn {
+        let spec: ColumnSpec = serde_saphyr::from_str(yaml).unwrap();
+        CompiledColumn::compile(
+            &spec,
+            NaiveDate::from_ymd_opt(1990, 1, 1).unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 25).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn dialect(yaml: &str) -> Dialect {
+        let spec: DialectSpec = serde_saphyr::from_str(yaml).unwrap();
+        Dialect::compile(&spec).unwrap()
+    }
+
+    fn write(dir: &std::path::Path, name: &str, bytes: &[u8], d: Dialect) -> SourceFile {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        SourceFile {
+            site: "A".into(),
+            path,
+            rel: format!("a/{name}"),
+            export_date: NaiveDate::from_ymd_opt(2017, 6, 30).unwrap(),
+            dialect: Arc::new(d),
+        }
+    }
+
+    fn diary_columns() -> Vec<CompiledColumn> {
+        vec![
+            column("{name: subject, type: subject, headers: ['Patient ID'], required: true}"),
+            column("{name: date, type: date, headers: [Datum], required: true}"),
+            column("{name: fever, type: int, min: 0, max: 4}"),
+            column("{name: note, type: string, optional: true}"),
+        ]
+    }
+
+    #[test]
+    fn line_numbers_are_physical_lines_with_embedded_newlines() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = b"Patient ID;Datum;Fever;note\r\nC01;07.03.2014;1;\"two\r\nlines; here\"\r\nc-2;08.03.2014;NA;x\r\n";
+        let d = dialect("{delimiter: ';', decimal: ',', date_formats: ['%d.%m.%Y'], subject_id: {pattern: '([A-Za-z])[-]?0*([0-9]+)', replace: '${1}${2}', uppercase: true}}");
+        let f = write(dir.path(), "diary_2017-06-30.csv", csv, d);
+        let r = read_file(&f, &diary_columns()).unwrap();
+        assert_eq!(r.read.rows, 2);
+        let lines: Vec<i64> = r.table.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter().collect();
+        assert_eq!(lines, vec![2, 4]);
+        let ids: Vec<&str> = r.table.column("subject").unwrap().str().unwrap().into_no_null_iter().collect();
+        assert_eq!(ids, vec!["C1", "C2"]);
+        assert_eq!(r.table.column("fever").unwrap().null_count(), 1);
+    }
+
+    #[test]
+    fn bad_cells_reject_the_row_naming_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "Patient ID,Datum,fever\nC1,2014-03-07,7\nC1,1889-03-07,1\nC1,2091-01-01,1\nC1,2014-02-30,1\nC1,NA,1\nC1,2014-03-08,1,extra\nC1,2014-03-09,2\n";
+        let f = write(dir.path(), "d_2017-06-30.csv", csv.as_bytes(), dialect("{}"));
+        let r = read_file(&f, &diary_columns()).unwrap();
+        assert_eq!(r.read.rows, 7);
+        assert_eq!(r.table.height(), 1);
+        let rej = r.rejects.finish().unwrap();
+        let rules: Vec<&str> = rej.column("RULE").unwrap().str().unwrap().into_no_null_iter().collect();
+        assert_eq!(rules, vec!["range", "date_range", "date_range", "parse", "required", "columns"]);
+        let cols: Vec<&str> = rej.column("COLUMN").unwrap().str().unwrap().into_no_null_iter().collect();
+        assert_eq!(cols[..5], ["fever", "date", "date", "date", "date"]);
+    }
+
+    #[test]
+    fn missing_column_names_the_file_the_columns_and_the_closest_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "d_2017-06-30.csv", b"Patient Id,Date,fever\n", dialect("{}"));
+        let cols = vec![column("{name: subject, type: subject, headers: ['Patient ID']}"), column("{name: date, type: date, headers: [Datum]}")];
+        let err = read_file(&f, &cols).err().unwrap().to_string();
+        assert!(err.contains("d_2017-06-30.csv"), "{err}");
+        assert!(err.contains("column `date` not found"), "{err}");
+        assert!(err.contains("columns found: Patient Id, Date, fever"), "{err}");
+        assert!(err.contains("closest match: `Date`"), "{err}");
+    }
+
+    #[test]
+    fn allowed_values_take_the_canonical_spelling() {
+        let c = column("{name: group, type: string, allowed: [CANDLE, SAVI, OTHER]}");
+        let d = dialect("{}");
+        assert!(matches!(parse_cell(&c, &d, " candle "), Ok(Cell::Str(s)) if s == "CANDLE"));
+        assert_eq!(parse_cell(&c, &d, "AGS").err().unwrap().rule, "allowed");
+    }
+
+    #[test]
+    fn empty_and_header_only_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "e_2017-06-30.csv", b"", dialect("{}"));
+        assert!(read_file(&f, &diary_columns()).err().unwrap().to_string().contains("empty"));
+        let f = write(dir.path(), "h_2017-06-30.csv", b"Patient ID,Datum,fever", dialect("{}"));
+        let r = read_file(&f, &diary_columns()).unwrap();
+        assert_eq!((r.read.rows, r.table.height()), (0, 0));
+    }
+
+    #[test]
+    fn invalid_utf8_rejects_the_row_as_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(dir.path(), "x_2017-06-30.csv", b"Patient ID,Datum,fever,note\nC1,2014-03-07,1,M\xfcller\n", dialect("{}"));
+        let r = read_file(&f, &diary_columns()).unwrap();
+        let rej = r.rejects.finish().unwrap();
+        assert_eq!(rej.column("RULE").unwrap().str().unwrap().get(0), Some("encoding"));
+    }
+}

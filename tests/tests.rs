@@ -1,0 +1,9 @@
+//! Integration tests, compiled as one binary. Each module drives studyflow on fixture folders.
+
+mod workdir;
+
+mod bad_input;
+mod config_errors;
+mod fixture_two_sites;
+mod publish_atomic;
+mod row_fate_property;
