@@ -100,7 +100,7 @@ impl Problems<'_> {
 pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
     let mut p = Problems {
         spec: &spec,
-        list: Vec::new(),
+        list: spec.problems.clone(),
     };
     if chrono::NaiveDate::parse_from_str(&spec.header.dates.min, "%Y-%m-%d").is_err() {
         p.at(1, 1, format!("dates.min `{}` is not a date (YYYY-MM-DD)", spec.header.dates.min), None);
@@ -235,12 +235,6 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
             Vec::new()
         }
     };
-
-    for e in &spec.stages {
-        if e.common.sort_by.is_empty() && e.common.publish {
-            // Default sort is every column; nothing to check.
-        }
-    }
 
     if !p.list.is_empty() {
         return Err(ConfigErrors(p.list));

@@ -129,11 +129,16 @@ fn fingerprint(plan: &Plan, id: usize, inputs: &[&str], files: &[FileRead]) -> S
         h.update(i.as_bytes());
     }
     if let Some(src) = s.kind.stage().reads_source() {
+        // Hash what the YAML says, not compiled forms (no locations, no hash-map order).
         if let Some(spec) = plan.spec.sources.iter().find(|x| x.value.name == src) {
-            h.update(format!("{:?}", spec.value).as_bytes());
+            let s = &spec.value;
+            h.update(format!("{:?}{:?}{:?}{:?}{}", s.name, s.files, s.sites, s.export_date, s.reject_limit).as_bytes());
+            for c in &s.columns {
+                h.update(format!("{:?}", c.value).as_bytes());
+            }
         }
-        for site in &plan.sites {
-            h.update(format!("{:?}", site).as_bytes());
+        for site in &plan.spec.sites {
+            h.update(format!("{:?}", site.value).as_bytes());
         }
         h.update(format!("{:?}", plan.spec.header.dates).as_bytes());
     }
@@ -263,8 +268,8 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<HashMa
     let ns = counts.column("n")?.cast(&DataType::UInt64)?;
     let ns = ns.u64()?;
     Ok(files
-        .into_iter()
-        .zip(ns.into_iter())
+        .iter()
+        .zip(ns.iter())
         .filter_map(|(f, n)| Some((f?.to_string(), n?)))
         .collect())
 }
@@ -436,8 +441,8 @@ fn check_reject_limits(plan: &Plan, fates: &[FileFate], rejects: &DataFrame) -> 
         let rules = top.column("RULE")?.str()?.clone();
         let ns = top.column("n")?.cast(&DataType::UInt64)?;
         let reasons: Vec<String> = rules
-            .into_iter()
-            .zip(ns.u64()?.into_iter())
+            .iter()
+            .zip(ns.u64()?.iter())
             .map(|(r, n)| format!("{} ({})", r.unwrap_or("?"), n.unwrap_or(0)))
             .collect();
         let ex = mine.limit(3).collect()?;

@@ -44,7 +44,7 @@ proptest! {
         w.write("data/nih/diary_2017-07-31.csv", format!("{header}{}\n", rows_a.join("\n")).as_bytes());
         w.write("data/nih/diary_2017-08-31.csv", format!("{header}{}\n", rows_b.join("\n")).as_bytes());
         // Reject limits are not under test here.
-        let yaml = std::fs::read_to_string(w.path("pipeline.yaml")).unwrap().replace("reject_limit: 0.5", "reject_limit: 1.0");
+        let yaml = std::fs::read_to_string(w.path("pipeline.yaml")).unwrap().replace("reject_limit: 0.8", "reject_limit: 1.0");
         w.write("pipeline.yaml", yaml.as_bytes());
         let o = w.run_pipeline();
         assert_exit(&o, 0);

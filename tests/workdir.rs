@@ -87,9 +87,9 @@ pub fn reject_rules(df: &DataFrame) -> Vec<(String, i64, String)> {
     let f = df.column("SRCFILE").unwrap().str().unwrap().clone();
     let l = df.column("SRCLINE").unwrap().i64().unwrap().clone();
     let r = df.column("RULE").unwrap().str().unwrap().clone();
-    f.into_iter()
-        .zip(l.into_iter())
-        .zip(r.into_iter())
+    f.iter()
+        .zip(l.iter())
+        .zip(r.iter())
         .map(|((f, l), r)| (f.unwrap().to_string(), l.unwrap(), r.unwrap().to_string()))
         .collect()
 }
@@ -101,7 +101,7 @@ pub fn strs(df: &DataFrame, column: &str) -> Vec<String> {
         .unwrap()
         .str()
         .unwrap()
-        .into_iter()
+        .iter()
         .map(|v| v.unwrap_or("null").to_string())
         .collect()
 }

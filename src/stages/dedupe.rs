@@ -180,7 +180,7 @@ impl Stage for Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::tests_support::ctx_for;
+    use crate::stages::tests_support::{ctx_for, ints, strings};
 
     fn table() -> DataFrame {
         // file a (older export): C1/d1 twice identical, C1/d2 conflict, C2/d1 once
@@ -213,17 +213,13 @@ mod tests {
         };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
         let kept = out.table.sort(["SRCFILE", "SRCLINE"], Default::default()).collect().unwrap();
-        let lines: Vec<(String, i64)> = kept
-            .column("SRCFILE").unwrap().str().unwrap().into_no_null_iter()
-            .zip(kept.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter())
-            .map(|(f, l)| (f.to_string(), l))
-            .collect();
-        assert_eq!(lines, vec![("a".to_string(), 2), ("b".to_string(), 2)]);
+        assert_eq!(strings(&kept, "SRCFILE"), ["a", "b"]);
+        assert_eq!(ints(&kept, "SRCLINE"), [Some(2), Some(2)]);
         let rej = out.rejects.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
-        assert_eq!(rej.column("SRCLINE").unwrap().i64().unwrap().into_no_null_vec(), vec![4, 5]);
+        assert_eq!(ints(&rej, "SRCLINE"), [Some(4), Some(5)]);
         assert_eq!(rej.column("RULE").unwrap().str().unwrap().get(0), Some("conflict"));
         let dropped = out.dropped.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
-        let fates: Vec<&str> = dropped.column("FATE").unwrap().str().unwrap().into_no_null_iter().collect();
+        let fates = strings(&dropped, "FATE");
         assert_eq!(fates, vec!["collapsed", "superseded"]);
         assert_eq!(dropped.column("KEPTFILE").unwrap().str().unwrap().get(1), Some("b"));
         // Row fate: 6 in = 2 kept + 2 rejected + 2 set aside.

@@ -318,6 +318,31 @@ impl Buffer {
     }
 }
 
+/// Physical line numbers from byte offsets, counting `\n` as we go (records come in order).
+/// The csv reader's own line counter is not used: it miscounts after CRLF line ends.
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    line: i64,
+}
+
+impl LineCounter {
+    fn line(&mut self, text: &[u8], byte: u64) -> i64 {
+        let mut byte = (byte as usize).min(text.len());
+        // After a CRLF the reader reports the record at the `\n`; a record never starts there.
+        while byte < text.len() && (text[byte] == b'\n' || text[byte] == b'\r') {
+            byte += 1;
+        }
+        if byte >= self.offset {
+            self.line += text[self.offset..byte].iter().filter(|&&b| b == b'\n').count() as i64;
+        } else {
+            self.line = text[..byte].iter().filter(|&&b| b == b'\n').count() as i64;
+        }
+        self.offset = byte;
+        self.line + 1
+    }
+}
+
 /// What reading one file gave.
 struct FileResult {
     table: DataFrame,
@@ -421,19 +446,20 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
     let mut rejects = RejectsBuilder::default();
     let mut rows = 0u64;
     let mut parsed: Vec<Cell> = Vec::with_capacity(columns.len());
+    let mut lines_at = LineCounter::default();
     for rec in records {
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
                 // The csv reader only fails on I/O; a bad record still has a position.
-                let line = e.position().map(|p| p.line() as i64).unwrap_or(0);
+                let line = e.position().map(|p| lines_at.line(&text, p.byte())).unwrap_or(0);
                 rows += 1;
                 rejects.push(&file.rel, line, &file.site, "", "", "columns", format!("unreadable record: {e}"));
                 continue;
             }
         };
         rows += 1;
-        let line = rec.position().map(|p| p.line() as i64).unwrap_or(0);
+        let line = rec.position().map(|p| lines_at.line(&text, p.byte())).unwrap_or(0);
         if rec.len() != header.len() {
             let raw = String::from_utf8_lossy(rec.as_slice()).chars().take(120).collect::<String>();
             rejects.push(
@@ -605,6 +631,7 @@ impl Stage for Ingest {
 mod tests {
     use super::*;
     use crate::spec::DialectSpec;
+    use crate::stages::tests_support::{ints, strings};
     use std::sync::Arc;
 
     fn column(yaml: &str) -> CompiledColumn {
@@ -651,10 +678,8 @@ mod tests {
         let f = write(dir.path(), "diary_2017-06-30.csv", csv, d);
         let r = read_file(&f, &diary_columns()).unwrap();
         assert_eq!(r.read.rows, 2);
-        let lines: Vec<i64> = r.table.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter().collect();
-        assert_eq!(lines, vec![2, 4]);
-        let ids: Vec<&str> = r.table.column("subject").unwrap().str().unwrap().into_no_null_iter().collect();
-        assert_eq!(ids, vec!["C1", "C2"]);
+        assert_eq!(ints(&r.table, "SRCLINE"), [Some(2), Some(4)]);
+        assert_eq!(strings(&r.table, "subject"), ["C1", "C2"]);
         assert_eq!(r.table.column("fever").unwrap().null_count(), 1);
     }
 
@@ -667,22 +692,22 @@ mod tests {
         assert_eq!(r.read.rows, 7);
         assert_eq!(r.table.height(), 1);
         let rej = r.rejects.finish().unwrap();
-        let rules: Vec<&str> = rej.column("RULE").unwrap().str().unwrap().into_no_null_iter().collect();
+        let rules = strings(&rej, "RULE");
         assert_eq!(rules, vec!["range", "date_range", "date_range", "parse", "required", "columns"]);
-        let cols: Vec<&str> = rej.column("COLUMN").unwrap().str().unwrap().into_no_null_iter().collect();
+        let cols = strings(&rej, "COLUMN");
         assert_eq!(cols[..5], ["fever", "date", "date", "date", "date"]);
     }
 
     #[test]
     fn missing_column_names_the_file_the_columns_and_the_closest_match() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "d_2017-06-30.csv", b"Patient Id,Date,fever\n", dialect("{}"));
+        let f = write(dir.path(), "d_2017-06-30.csv", b"Patient Id,Dat,fever\n", dialect("{}"));
         let cols = vec![column("{name: subject, type: subject, headers: ['Patient ID']}"), column("{name: date, type: date, headers: [Datum]}")];
         let err = read_file(&f, &cols).err().unwrap().to_string();
         assert!(err.contains("d_2017-06-30.csv"), "{err}");
         assert!(err.contains("column `date` not found"), "{err}");
-        assert!(err.contains("columns found: Patient Id, Date, fever"), "{err}");
-        assert!(err.contains("closest match: `Date`"), "{err}");
+        assert!(err.contains("columns found: Patient Id, Dat, fever"), "{err}");
+        assert!(err.contains("closest match: `Dat`"), "{err}");
     }
 
     #[test]

@@ -194,4 +194,34 @@ pub mod tests_support {
         };
         f(&ctx)
     }
+
+    /// Values of a column as text (`null` for missing), for assertions.
+    pub fn strings(df: &DataFrame, column: &str) -> Vec<String> {
+        let c = df.column(column).expect("column").cast(&DataType::String).expect("cast");
+        c.str()
+            .expect("str")
+            .iter()
+            .map(|v| v.unwrap_or("null").to_string())
+            .collect()
+    }
+
+    /// Values of an integer column, for assertions.
+    pub fn ints(df: &DataFrame, column: &str) -> Vec<Option<i64>> {
+        let c = df.column(column).expect("column").cast(&DataType::Int64).expect("cast");
+        c.i64().expect("i64").iter().collect()
+    }
+
+    /// A Date column from `YYYY-MM-DD` strings (for `df!`).
+    pub fn dates(days: &[&str]) -> Series {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("date");
+        let v: Vec<Option<i32>> = days
+            .iter()
+            .map(|d| {
+                NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .ok()
+                    .map(|d| (d - epoch).num_days() as i32)
+            })
+            .collect();
+        Series::new("d".into(), v).cast(&DataType::Date).expect("date cast")
+    }
 }

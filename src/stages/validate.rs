@@ -37,7 +37,8 @@ pub struct Rule {
     /// Regex the value must match.
     #[serde(default)]
     pub pattern: Option<String>,
-    /// A SQL condition that must hold, e.g. `end IS NULL OR end >= start`.
+    /// A SQL condition that must hold, e.g. `"end" IS NULL OR "end" >= start` (quote column
+    /// names that are SQL words).
     #[serde(default)]
     pub check: Option<String>,
     /// Reason shown in the rejects; a default is written from the rule.
@@ -88,7 +89,7 @@ impl Rule {
             out.push((
                 "allowed",
                 c().cast(DataType::String)
-                    .is_in(lit(set).implode(), false)
+                    .is_in(lit(set).implode(false), false)
                     .not()
                     .and(c().is_not_null()),
                 format!("`{}` is not one of {}", self.column, allowed.join(", ")),
@@ -170,7 +171,7 @@ impl Stage for Validate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::tests_support::ctx_for;
+    use crate::stages::tests_support::{ctx_for, ints, strings};
 
     #[test]
     fn first_failed_rule_rejects_the_row() {
@@ -184,15 +185,15 @@ mod tests {
             "end" => [Some(2i64), Some(2), Some(2), Some(2), Some(4)],
         )
         .unwrap();
-        let yaml = "rules:\n  - {column: dose, required: true, min: 0}\n  - {column: regimen, allowed: [escalation, optimal]}\n  - {column: end, check: 'end IS NULL OR end >= start', reason: end before start}\n";
+        let yaml = "rules:\n  - {column: dose, required: true, min: 0}\n  - {column: regimen, allowed: [escalation, optimal]}\n  - {column: end, check: '\"end\" IS NULL OR \"end\" >= start', reason: end before start}\n";
         let stage: Validate = serde_saphyr::from_str(yaml).unwrap();
         assert!(stage.check(&ctx_for(|c| c.spec.clone())).is_empty());
         let inputs = Inputs { tables: vec![("t".into(), t)] };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
         let kept = out.table.collect().unwrap();
-        assert_eq!(kept.column("SRCLINE").unwrap().i64().unwrap().into_no_null_vec(), vec![2]);
+        assert_eq!(ints(&kept, "SRCLINE"), [Some(2)]);
         let rej = out.rejects.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
-        let rules: Vec<&str> = rej.column("RULE").unwrap().str().unwrap().into_no_null_iter().collect();
+        let rules = strings(&rej, "RULE");
         assert_eq!(rules, vec!["required", "range", "allowed", "check"]);
         assert_eq!(rej.column("REASON").unwrap().str().unwrap().get(3), Some("end before start"));
     }
