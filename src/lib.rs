@@ -5,6 +5,7 @@ pub mod cli;
 pub mod dialect;
 pub mod error;
 pub mod generate;
+pub mod growth;
 pub mod inspect;
 pub mod manifest;
 pub mod plan;
