@@ -715,4 +715,33 @@ stature,F,102.5,0.002744306,130.5573839,0.046340046
             "age 2.5 y outside the reference range 2.0-2.125 y"
         );
     }
+
+    /// Cases and Z-scores from rcpchgrowth (tests/oracle/growth_oracle.py wrote the file;
+    /// it names the rcpchgrowth version). DOMAIN 4.3: |dZ| < 0.01 against an independent
+    /// implementation. rcpchgrowth interpolates height and weight cubically, we linearly.
+    #[test]
+    fn agrees_with_rcpchgrowth_oracle() {
+        let table = LmsTable::from_csv(include_str!("../data/reference/cdc2000_lms.csv")).unwrap();
+        let cases = include_str!("../tests/fixtures/growth_oracle_cases.csv");
+        let mut reader = csv::ReaderBuilder::new()
+            .comment(Some(b'#'))
+            .from_reader(cases.as_bytes());
+        let (mut n, mut worst, mut worst_case) = (0, 0.0f64, String::new());
+        for record in reader.records() {
+            let r = record.unwrap();
+            let (sex, chart) = (&r[0], &r[1]);
+            let days: i64 = r[4].parse().unwrap();
+            let x: f64 = r[5].parse().unwrap();
+            let want: f64 = r[6].parse().unwrap();
+            let lms = table.lms_at(chart, sex, age_months(days)).unwrap();
+            let dz = (lms_z(x, lms).unwrap() - want).abs();
+            if dz > worst {
+                (worst, worst_case) = (dz, format!("{sex} {chart} {days} days, {x}"));
+            }
+            n += 1;
+        }
+        assert!(n >= 300, "only {n} oracle cases");
+        eprintln!("rcpchgrowth oracle: {n} cases, max |dZ| = {worst:.2e} ({worst_case})");
+        assert!(worst < 0.01, "max |dZ| = {worst} at {worst_case}");
+    }
 }
