@@ -263,6 +263,8 @@ impl GrowthZscore {
         )?;
         require_date(visits, visits_name, &c.date)?;
         require_date(subjects, subjects_name, &c.birth_date)?;
+        require_numeric(visits, visits_name, &c.height)?;
+        require_numeric(visits, visits_name, &c.weight)?;
         let subject_ids = subjects.column(&c.subject)?.cast(&DataType::String)?;
         let mut seen = HashSet::new();
         if let Some(twice) = subject_ids
@@ -412,6 +414,14 @@ fn require_date(df: &DataFrame, table: &str, name: &str) -> anyhow::Result<()> {
     let dtype = df.column(name)?.dtype();
     if dtype != &DataType::Date {
         bail!("column `{name}` of `{table}` must be a date, found {dtype}");
+    }
+    Ok(())
+}
+
+fn require_numeric(df: &DataFrame, table: &str, name: &str) -> anyhow::Result<()> {
+    let dtype = df.column(name)?.dtype();
+    if !dtype.is_primitive_numeric() {
+        bail!("column `{name}` of `{table}` must be a number, found {dtype}");
     }
     Ok(())
 }
@@ -737,6 +747,19 @@ mod tests {
         assert_eq!(
             e,
             "`subjects` must have one row per subject; `M1` appears more than once"
+        );
+        let text_heights = visits
+            .clone()
+            .lazy()
+            .with_column(col("height_cm").cast(DataType::String))
+            .collect()
+            .unwrap();
+        let e = stage
+            .visits_with_subjects(&text_heights, "visits", &subjects, "subjects")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "column `height_cm` of `visits` must be a number, found str"
         );
         assert_eq!(
             stage.reference_files(dir),
