@@ -464,6 +464,17 @@ impl Stage for GrowthZscore {
             .with_context(|| format!("cannot read growth reference `{}`", path.display()))?;
         let table = LmsTable::from_csv(&text)
             .with_context(|| format!("growth reference `{}`", path.display()))?;
+        for p in self.parameters() {
+            if !table.charts().contains(&p.chart) {
+                bail!(
+                    "growth reference `{}` has no chart `{}` for {} (charts: {})",
+                    path.display(),
+                    p.chart,
+                    p.code,
+                    table.charts().join(", ")
+                );
+            }
+        }
         let reference = GrowthReference {
             table,
             age_window: self.age_window(),
