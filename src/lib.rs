@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod dialect;
 pub mod error;
+pub mod generate;
+pub mod growth;
 pub mod inspect;
 pub mod log;
 pub mod manifest;

@@ -12,6 +12,7 @@ use crate::source::ResolvedSource;
 use crate::spec::PipelineSpec;
 
 pub mod dedupe;
+pub mod growth_zscore;
 pub mod ingest;
 pub mod sql;
 pub mod validate;
@@ -134,11 +135,12 @@ pub enum Kind {
     Ingest(ingest::Ingest),
     Validate(validate::Validate),
     Dedupe(dedupe::Dedupe),
+    GrowthZscore(growth_zscore::GrowthZscore),
     Sql(sql::Sql),
 }
 
 /// YAML names of every kind, for messages.
-pub const KIND_NAMES: &[&str] = &["ingest", "validate", "dedupe", "sql"];
+pub const KIND_NAMES: &[&str] = &["ingest", "validate", "dedupe", "sql", "growth_zscore"];
 
 impl Kind {
     /// Parses stage `index` of `spec` as the kind named `kind`.
@@ -148,6 +150,7 @@ impl Kind {
             "validate" => Kind::Validate(spec.stage_params(index)?),
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
+            "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -172,6 +175,7 @@ impl Kind {
             Kind::Validate(s) => s,
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
+            Kind::GrowthZscore(s) => s,
         }
     }
 }
