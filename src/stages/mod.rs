@@ -11,7 +11,9 @@ use crate::error::ConfigProblem;
 use crate::source::ResolvedSource;
 use crate::spec::PipelineSpec;
 
+pub mod convert_units;
 pub mod dedupe;
+pub mod diary_score;
 pub mod ingest;
 pub mod sql;
 pub mod validate;
@@ -116,10 +118,19 @@ pub enum Kind {
     Validate(validate::Validate),
     Dedupe(dedupe::Dedupe),
     Sql(sql::Sql),
+    ConvertUnits(convert_units::ConvertUnits),
+    DiaryScore(diary_score::DiaryScore),
 }
 
 /// YAML names of every kind, for messages.
-pub const KIND_NAMES: &[&str] = &["ingest", "validate", "dedupe", "sql"];
+pub const KIND_NAMES: &[&str] = &[
+    "ingest",
+    "validate",
+    "dedupe",
+    "sql",
+    "convert_units",
+    "diary_score",
+];
 
 impl Kind {
     /// Parses stage `index` of `spec` as the kind named `kind`.
@@ -129,6 +140,8 @@ impl Kind {
             "validate" => Kind::Validate(spec.stage_params(index)?),
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
+            "convert_units" => Kind::ConvertUnits(spec.stage_params(index)?),
+            "diary_score" => Kind::DiaryScore(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -153,6 +166,8 @@ impl Kind {
             Kind::Validate(s) => s,
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
+            Kind::ConvertUnits(s) => s,
+            Kind::DiaryScore(s) => s,
         }
     }
 }

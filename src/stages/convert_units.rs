@@ -1,0 +1,894 @@
+//! Stage kind `convert_units`: measured values to one canonical unit per parameter.
+//! Owns the unit table from the YAML, unit-spelling normalisation and censored-value parsing.
+
+use std::fmt::{self, Display};
+use std::marker::PhantomData;
+
+use anyhow::{Context, bail};
+use polars::prelude::*;
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+
+use crate::spec::PipelineSpec;
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+
+/// Converts values to the canonical unit of their parameter (DOMAIN.md 4.1); the parameters,
+/// their unit spellings, factors and plausibility limits are all configuration.
+///
+/// Two table shapes share one `parameters` table:
+///
+/// * **long** (labs, questionnaires), one measurement per row: `parameter`, `value` and `unit`
+///   name the columns holding the parameter name, the value and the unit as written. The name
+///   maps to a code of `parameters` through the code itself or its `synonyms`, ignoring case and
+///   surrounding spaces. The output keeps every input column except `value` and `unit` and adds
+///   `PARAMCD`, `PARAM` (label), `AVAL` (Float64, canonical unit), `AVALU` (canonical unit),
+///   `ORIGVAL` (value as written, text), `ORIGU` (unit as written) and `CENSOR` (`<`, `>`, null).
+/// * **wide** (visits), several measurements per row: each entry of `columns` is
+///   `{value, unit, parameter, output}` and adds the Float64 column `output` holding `value` in
+///   the canonical unit of `parameter` (a code of `parameters`); input columns are all kept.
+///
+/// ```yaml
+/// - name: labs_std
+///   kind: convert_units
+///   inputs: [labs]
+///   parameter: analyte
+///   value: value
+///   unit: unit
+///   decimal: site                 # site (default), "." or ","
+///   parameters:
+///     CRP:
+///       label: C-reactive protein
+///       unit: mg/L                # canonical; accepted with factor 1 even when not listed
+///       synonyms: [c-reactive protein, c reactive protein]
+///       units: {mg/L: 1, mg/dL: 10}   # spelling -> factor to the canonical unit
+///       min: 0                    # plausibility limits in the canonical unit, inclusive
+///     CREAT:
+///       label: Creatinine
+///       unit: mg/dL
+///       units: {mg/dL: 1, umol/L: 1/88.42}   # a factor may be a fraction, kept unrounded
+/// ```
+///
+/// Rules:
+/// * Unit spellings match ignoring case and all spaces, reading `µ` and `μ` as `u`
+///   (`mg/dl` = `MG/DL` = `mg / dL`); any other variant (`in`, `inch`, `lbs`) must be listed.
+/// * A text value is a number, in the long shape optionally preceded by `<` or `>`: a censored
+///   value keeps its limit as AVAL and the sign in CENSOR. The decimal mark is the one of the
+///   row's site dialect (`decimal: site`, by the `SITE` column; `.` for a site the pipeline does
+///   not declare) or the one given. The other mark, thousands separators and exponents make a
+///   value not a number: `1,250` is never guessed to be 1.25 or 1250. Numeric columns are used
+///   as they are.
+/// * A dropped row gives one reject, for the first check it fails, in this order: `required`
+///   (no parameter name), `parameter` (unknown name), `parse` (not a number; in the wide shape
+///   also a censored value), `unit` (unit unknown for the parameter, or missing while a value
+///   is present), `range` (converted value outside `min`..`max`). The wide shape runs the checks
+///   column by column in the order of `columns`, and one failing column rejects the whole row.
+/// * A row without a value is kept with a null AVAL; its unit, when written, must still be
+///   known. A row with neither value nor unit is kept as a missing measurement.
+/// * `unit_optional: true` on a parameter reads a missing unit as its canonical unit (for
+///   unitless scores); otherwise a missing unit never defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertUnits {
+    /// Long shape: column with the parameter name as written (e.g. `analyte`).
+    #[serde(default)]
+    pub parameter: Option<String>,
+    /// Long shape: column with the value (text as written, or a number).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Long shape: column with the unit as written.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Wide shape: the measurements of a row.
+    #[serde(default)]
+    pub columns: Vec<UnitColumn>,
+    /// The unit table: parameter code -> its definition, in the order written.
+    pub parameters: Ordered<ParameterSpec>,
+    /// Decimal mark of text values: `site` (the row's site dialect), `.` or `,`.
+    #[serde(default)]
+    pub decimal: DecimalMark,
+}
+
+/// One measurement of a wide table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitColumn {
+    /// Column with the value.
+    pub value: String,
+    /// Column with its unit.
+    pub unit: String,
+    /// Code of the parameter under `parameters`.
+    pub parameter: String,
+    /// New Float64 column with the value in the canonical unit (e.g. `height_cm`).
+    pub output: String,
+}
+
+/// One parameter of the unit table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterSpec {
+    /// Label written to PARAM.
+    pub label: String,
+    /// Canonical unit, written to AVALU.
+    pub unit: String,
+    /// Other names of the parameter in the sites' exports (the code is always a name).
+    #[serde(default)]
+    pub synonyms: Vec<String>,
+    /// Accepted unit spellings and their factor to the canonical unit (number or `a/b`).
+    #[serde(default)]
+    pub units: Ordered<Factor>,
+    /// Smallest plausible value in the canonical unit.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Largest plausible value in the canonical unit.
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// A missing unit means the canonical unit (unitless scores only).
+    #[serde(default)]
+    pub unit_optional: bool,
+}
+
+/// A conversion factor: a number, or a fraction `a/b` kept unrounded (`1/88.42`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Factor {
+    Number(f64),
+    Fraction(String),
+}
+
+impl Factor {
+    /// The factor as a number; it must be finite and positive.
+    fn value(&self) -> Result<f64, String> {
+        let v = match self {
+            Factor::Number(v) => *v,
+            Factor::Fraction(text) => {
+                let number = |s: &str| s.trim().parse::<f64>().ok();
+                match text.split_once('/') {
+                    Some((a, b)) => match (number(a), number(b)) {
+                        (Some(a), Some(b)) => a / b,
+                        _ => return Err(format!("`{text}` is not a number or a fraction a/b")),
+                    },
+                    None => number(text)
+                        .ok_or_else(|| format!("`{text}` is not a number or a fraction a/b"))?,
+                }
+            }
+        };
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(format!("factor {v} must be a positive number"))
+        }
+    }
+}
+
+/// Where the decimal mark of text values comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum DecimalMark {
+    /// The `decimal` of the dialect of the row's site.
+    #[default]
+    #[serde(rename = "site")]
+    Site,
+    #[serde(rename = ".")]
+    Dot,
+    #[serde(rename = ",")]
+    Comma,
+}
+
+/// A YAML mapping kept in the order it was written (messages list units as configured).
+#[derive(Debug, Clone, Default)]
+pub struct Ordered<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for OrderedVisitor<V> {
+            type Value = Ordered<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered<V>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, V>()? {
+                    entries.push(entry);
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        d.deserialize_map(OrderedVisitor(PhantomData))
+    }
+}
+
+/// The unit table checked and flattened for lookups.
+struct UnitTable {
+    parameters: Vec<Parameter>,
+    /// Normalised name -> code.
+    names: Vec<(String, String)>,
+    /// `code SEP normalised unit` -> factor.
+    factors: Vec<(String, f64)>,
+}
+
+struct Parameter {
+    code: String,
+    label: String,
+    unit: String,
+    min: Option<f64>,
+    max: Option<f64>,
+    /// Normalised canonical unit when a missing unit means it.
+    default_unit: Option<String>,
+    /// The accepted spellings, for messages.
+    accepted: String,
+    /// The plausible range, for messages.
+    limits: String,
+}
+
+const SEP: &str = "\u{1f}";
+/// A number with `.` as decimal mark, optionally censored by `<` or `>`.
+const NUMBER: &str = r"^(?:([<>])\s*)?([+-]?(?:\d+(?:\.\d*)?|\.\d+))$";
+
+/// The name key of a parameter name: trimmed, lower case.
+fn name_key(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// The key of a unit spelling: lower case, no spaces, `µ`/`μ` as `u`.
+fn unit_key(s: &str) -> String {
+    s.to_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| if c == 'µ' || c == 'μ' { 'u' } else { c })
+        .collect()
+}
+
+fn name_key_expr(e: Expr) -> Expr {
+    e.str().strip_chars(lit(NULL)).str().to_lowercase()
+}
+
+/// [`unit_key`] as an expression; an empty spelling is a missing unit.
+fn unit_key_expr(e: Expr) -> Expr {
+    let key = e
+        .str()
+        .to_lowercase()
+        .str()
+        .replace_all(lit("[µμ]"), lit("u"), false)
+        .str()
+        .replace_all(lit(r"\s"), lit(""), false);
+    when(key.clone().eq(lit("")))
+        .then(lit(NULL).cast(DataType::String))
+        .otherwise(key)
+}
+
+/// Looks `key` up in a small table; keys not in it give null.
+fn lookup(key: Expr, keys: Vec<String>, values: Series) -> Expr {
+    let dtype = values.dtype().clone();
+    let keys = Series::new("keys".into(), keys);
+    key.replace_strict(lit(keys), lit(values), Some(lit(NULL)), Some(dtype))
+}
+
+fn number_text(v: f64) -> String {
+    format!("{v}")
+}
+
+impl ConvertUnits {
+    fn is_long(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Checks the parameters and flattens the unit table, collecting every problem.
+    fn compile(&self) -> Result<UnitTable, Vec<String>> {
+        let mut problems = Vec::new();
+        let long_keys = [&self.parameter, &self.value, &self.unit];
+        let long_set = long_keys.iter().filter(|k| k.is_some()).count();
+        match (long_set, self.columns.is_empty()) {
+            (3, true) | (0, false) => {}
+            (0, true) => problems.push(
+                "set `parameter`, `value` and `unit` (long table) or `columns` (wide table)".into(),
+            ),
+            (_, false) => problems.push(
+                "`columns` (wide table) cannot be combined with `parameter`, `value` or `unit` (long table)"
+                    .into(),
+            ),
+            (_, true) => {
+                problems.push("a long table needs all of `parameter`, `value` and `unit`".into())
+            }
+        }
+        if self.parameters.0.is_empty() {
+            problems.push("`parameters` is empty".into());
+        }
+        let mut table = UnitTable {
+            parameters: Vec::new(),
+            names: Vec::new(),
+            factors: Vec::new(),
+        };
+        for (code, p) in &self.parameters.0 {
+            let at = format!("parameters.{code}");
+            if table.parameters.iter().any(|q| &q.code == code) {
+                problems.push(format!("{at}: the parameter is defined twice"));
+                continue;
+            }
+            let canonical = unit_key(&p.unit);
+            if canonical.is_empty() {
+                problems.push(format!("{at}.unit: the canonical unit is empty"));
+            }
+            let mut seen: Vec<(String, String)> = Vec::new();
+            if !p.units.0.iter().any(|(s, _)| unit_key(s) == canonical) {
+                seen.push((canonical.clone(), p.unit.clone()));
+                table.factors.push((format!("{code}{SEP}{canonical}"), 1.0));
+            }
+            for (spelling, factor) in &p.units.0 {
+                let key = unit_key(spelling);
+                if key.is_empty() {
+                    problems.push(format!("{at}.units: an empty unit spelling"));
+                    continue;
+                }
+                if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                    problems.push(format!(
+                        "{at}.units: `{spelling}` and `{first}` are one spelling once case, spaces and µ are ignored; list it once"
+                    ));
+                    continue;
+                }
+                match factor.value() {
+                    Ok(f) if key == canonical && f != 1.0 => problems.push(format!(
+                        "{at}.units: the canonical unit `{spelling}` must have factor 1, not {f}"
+                    )),
+                    Ok(f) => table.factors.push((format!("{code}{SEP}{key}"), f)),
+                    Err(e) => problems.push(format!("{at}.units.{spelling}: {e}")),
+                }
+                seen.push((key, spelling.clone()));
+            }
+            if let (Some(lo), Some(hi)) = (p.min, p.max)
+                && lo > hi
+            {
+                problems.push(format!("{at}: min {lo} is above max {hi}"));
+            }
+            for name in std::iter::once(code).chain(&p.synonyms) {
+                let key = name_key(name);
+                if key.is_empty() {
+                    problems.push(format!("{at}.synonyms: an empty name"));
+                    continue;
+                }
+                match table.names.iter().find(|(k, _)| *k == key) {
+                    Some((_, other)) if other != code => problems.push(format!(
+                        "{at}.synonyms: `{name}` is already a name of {other}"
+                    )),
+                    Some(_) => {}
+                    None => table.names.push((key, code.clone())),
+                }
+            }
+            let unit = &p.unit;
+            let limits = match (p.min, p.max) {
+                (Some(lo), Some(hi)) => format!("{} to {} {unit}", number_text(lo), number_text(hi)),
+                (Some(lo), None) => format!("at least {} {unit}", number_text(lo)),
+                (None, Some(hi)) => format!("at most {} {unit}", number_text(hi)),
+                (None, None) => String::new(),
+            };
+            table.parameters.push(Parameter {
+                code: code.clone(),
+                label: p.label.clone(),
+                unit: p.unit.clone(),
+                min: p.min,
+                max: p.max,
+                default_unit: p.unit_optional.then(|| canonical.clone()),
+                accepted: seen
+                    .iter()
+                    .map(|(_, s)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                limits,
+            });
+        }
+        let codes: Vec<&str> = table.parameters.iter().map(|p| p.code.as_str()).collect();
+        let mut outputs: Vec<&str> = Vec::new();
+        for c in &self.columns {
+            if !codes.contains(&c.parameter.as_str()) {
+                problems.push(format!(
+                    "columns: parameter `{}` is not defined under `parameters` (defined: {})",
+                    c.parameter,
+                    codes.join(", ")
+                ));
+            }
+            let is_input = self
+                .columns
+                .iter()
+                .any(|d| d.value == c.output || d.unit == c.output);
+            if outputs.contains(&c.output.as_str()) || is_input {
+                problems.push(format!(
+                    "columns: output `{}` is written twice or overwrites an input column",
+                    c.output
+                ));
+            }
+            outputs.push(&c.output);
+        }
+        if problems.is_empty() {
+            Ok(table)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The decimal mark of each row, `.` or `,`.
+    fn mark_expr(&self, ctx: &StageCtx, schema: &Schema) -> Expr {
+        match self.decimal {
+            DecimalMark::Dot => lit("."),
+            DecimalMark::Comma => lit(","),
+            DecimalMark::Site => {
+                let mut names = Vec::new();
+                let mut marks = Vec::new();
+                for site in &ctx.spec.sites {
+                    if !names.contains(&site.value.name) {
+                        names.push(site.value.name.clone());
+                        marks.push(site.value.dialect.decimal.clone());
+                    }
+                }
+                if schema.contains("SITE") && marks.iter().any(|m| m == ",") {
+                    let marks = Series::new("marks".into(), marks);
+                    lookup(col("SITE").cast(DataType::String), names, marks).fill_null(lit("."))
+                } else {
+                    lit(".")
+                }
+            }
+        }
+    }
+}
+
+/// Names of the working columns of measurement `i`.
+struct Work {
+    raw: String,
+    num: String,
+    censor: String,
+    unit: String,
+    ukey: String,
+    factor: String,
+    aval: String,
+}
+
+impl Work {
+    fn new(i: usize) -> Work {
+        let n = |s: &str| format!("__cu_{s}_{i}");
+        Work {
+            raw: n("raw"),
+            num: n("num"),
+            censor: n("censor"),
+            unit: n("unit"),
+            ukey: n("ukey"),
+            factor: n("factor"),
+            aval: n("aval"),
+        }
+    }
+}
+
+/// What a measurement's checks need to know about its parameter, as expressions.
+struct ParamExprs {
+    code: Expr,
+    min: Expr,
+    max: Expr,
+    unit: Expr,
+    accepted: Expr,
+    limits: Expr,
+    default_unit: Expr,
+}
+
+impl ParamExprs {
+    /// By lookup on a column of codes (long shape).
+    fn by_code(table: &UnitTable, code: Expr) -> ParamExprs {
+        let keys: Vec<String> = table.parameters.iter().map(|p| p.code.clone()).collect();
+        let text = |f: &dyn Fn(&Parameter) -> Option<String>| {
+            let values: Vec<Option<String>> = table.parameters.iter().map(f).collect();
+            lookup(code.clone(), keys.clone(), Series::new("v".into(), values))
+        };
+        let number = |f: &dyn Fn(&Parameter) -> Option<f64>| {
+            let values: Vec<Option<f64>> = table.parameters.iter().map(f).collect();
+            lookup(code.clone(), keys.clone(), Series::new("v".into(), values))
+        };
+        ParamExprs {
+            min: number(&|p| p.min),
+            max: number(&|p| p.max),
+            unit: text(&|p| Some(p.unit.clone())),
+            accepted: text(&|p| Some(p.accepted.clone())),
+            limits: text(&|p| Some(p.limits.clone())),
+            default_unit: text(&|p| p.default_unit.clone()),
+            code,
+        }
+    }
+
+    /// As literals (wide shape).
+    fn literal(p: &Parameter) -> ParamExprs {
+        let number = |v: Option<f64>| match v {
+            Some(v) => lit(v),
+            None => lit(NULL).cast(DataType::Float64),
+        };
+        ParamExprs {
+            code: lit(p.code.clone()),
+            min: number(p.min),
+            max: number(p.max),
+            unit: lit(p.unit.clone()),
+            accepted: lit(p.accepted.clone()),
+            limits: lit(p.limits.clone()),
+            default_unit: match &p.default_unit {
+                Some(u) => lit(u.clone()),
+                None => lit(NULL).cast(DataType::String),
+            },
+        }
+    }
+}
+
+/// A reason to drop a row; the first that holds wins.
+struct Check {
+    cond: Expr,
+    rule: &'static str,
+    column: String,
+    raw: Expr,
+    reason: Expr,
+}
+
+/// One measurement: a value column and a unit column of one parameter.
+struct Measurement<'a> {
+    work: Work,
+    value: &'a str,
+    unit: &'a str,
+    value_is_text: bool,
+    param: ParamExprs,
+    /// Wide shape: a censored value cannot be kept.
+    censor_allowed: bool,
+}
+
+impl Measurement<'_> {
+    /// Working columns, in the order they can be computed.
+    fn columns(&self, mark: &Expr, factor_keys: &[(String, f64)]) -> [Vec<Expr>; 3] {
+        let w = &self.work;
+        let raw = col(self.value).cast(DataType::String);
+        let (num, censor) = if self.value_is_text {
+            let comma = mark.clone().eq(lit(","));
+            let text = col(self.value).str().strip_chars(lit(NULL));
+            // The other mark is never read: `1,250` at a `.` site may be a thousands separator.
+            let foreign = when(comma.clone())
+                .then(text.clone().str().contains_literal(lit(".")))
+                .otherwise(text.clone().str().contains_literal(lit(",")));
+            let dotted = when(comma)
+                .then(text.clone().str().replace_all(lit(","), lit("."), true))
+                .otherwise(text);
+            let usable = when(foreign)
+                .then(lit(NULL).cast(DataType::String))
+                .otherwise(dotted);
+            (
+                usable
+                    .clone()
+                    .str()
+                    .extract(lit(NUMBER), 2)
+                    .cast(DataType::Float64),
+                usable.str().extract(lit(NUMBER), 1),
+            )
+        } else {
+            (
+                col(self.value).cast(DataType::Float64),
+                lit(NULL).cast(DataType::String),
+            )
+        };
+        let ukey = unit_key_expr(col(self.unit).cast(DataType::String))
+            .fill_null(self.param.default_unit.clone());
+        let first = vec![
+            raw.alias(&w.raw),
+            num.alias(&w.num),
+            censor.alias(&w.censor),
+            col(self.unit).cast(DataType::String).alias(&w.unit),
+            ukey.alias(&w.ukey),
+        ];
+        let keys: Vec<String> = factor_keys.iter().map(|(k, _)| k.clone()).collect();
+        let factors = Series::new(
+            "factors".into(),
+            factor_keys.iter().map(|(_, f)| *f).collect::<Vec<f64>>(),
+        );
+        let factor_key = concat_str([self.param.code.clone(), col(&w.ukey)], SEP, false);
+        let second = vec![lookup(factor_key, keys, factors).alias(&w.factor)];
+        let third = vec![(col(&w.num) * col(&w.factor)).alias(&w.aval)];
+        [first, second, third]
+    }
+
+    fn checks(&self) -> PolarsResult<Vec<Check>> {
+        let w = &self.work;
+        let p = &self.param;
+        let mut checks = vec![Check {
+            cond: col(&w.raw).is_not_null().and(col(&w.num).is_null()),
+            rule: "parse",
+            column: self.value.to_string(),
+            raw: col(&w.raw),
+            reason: format_str(
+                "`{}` is not a number for {} (decimal mark `{}`, no thousands separator)",
+                &[col(&w.raw), p.code.clone(), col("__cu_mark")],
+            )?,
+        }];
+        if !self.censor_allowed {
+            checks.push(Check {
+                cond: col(&w.censor).is_not_null(),
+                rule: "parse",
+                column: self.value.to_string(),
+                raw: col(&w.raw),
+                reason: format_str(
+                    "censored value `{}` for {} cannot be kept in this wide table",
+                    &[col(&w.raw), p.code.clone()],
+                )?,
+            });
+        }
+        checks.push(Check {
+            cond: col(&w.ukey).is_not_null().and(col(&w.factor).is_null()),
+            rule: "unit",
+            column: self.unit.to_string(),
+            raw: col(&w.unit),
+            reason: format_str(
+                "unknown unit `{}` for {}; accepted: {}",
+                &[col(&w.unit), p.code.clone(), p.accepted.clone()],
+            )?,
+        });
+        checks.push(Check {
+            cond: col(&w.ukey).is_null().and(col(&w.num).is_not_null()),
+            rule: "unit",
+            column: self.unit.to_string(),
+            raw: col(&w.unit),
+            reason: format_str(
+                "missing unit for {} value `{}`; accepted: {}",
+                &[p.code.clone(), col(&w.raw), p.accepted.clone()],
+            )?,
+        });
+        let aval = col(&w.aval);
+        let below = aval.clone().lt(p.min.clone()).fill_null(lit(false));
+        let above = aval.clone().gt(p.max.clone()).fill_null(lit(false));
+        checks.push(Check {
+            cond: below.or(above),
+            rule: "range",
+            column: self.value.to_string(),
+            raw: col(&w.raw),
+            reason: format_str(
+                "{} {} {} (written `{} {}`) is outside the plausible range {}",
+                &[
+                    p.code.clone(),
+                    aval.round(6, RoundMode::HalfToEven).cast(DataType::String),
+                    p.unit.clone(),
+                    col(&w.raw),
+                    col(&w.unit).fill_null(lit("")),
+                    p.limits.clone(),
+                ],
+            )?,
+        });
+        Ok(checks)
+    }
+}
+
+/// RULE, COLUMN, RAWVALUE and REASON of the first check that holds (null when none does).
+fn first_failure(checks: Vec<Check>) -> Vec<Expr> {
+    let null = || lit(NULL).cast(DataType::String);
+    let (mut rule, mut column, mut raw, mut reason) = (null(), null(), null(), null());
+    for c in checks.into_iter().rev() {
+        let cond = c.cond.fill_null(lit(false));
+        rule = when(cond.clone()).then(lit(c.rule)).otherwise(rule);
+        column = when(cond.clone()).then(lit(c.column)).otherwise(column);
+        raw = when(cond.clone())
+            .then(c.raw.cast(DataType::String))
+            .otherwise(raw);
+        reason = when(cond).then(c.reason).otherwise(reason);
+    }
+    vec![
+        rule.alias("RULE"),
+        column.alias("COLUMN"),
+        raw.alias("RAWVALUE"),
+        reason.alias("REASON"),
+    ]
+}
+
+/// The rejects of the annotated rows, in the shape of [`crate::rejects`].
+fn rejects_of(annotated: &DataFrame) -> PolarsResult<DataFrame> {
+    let schema = annotated.schema();
+    let text = |name: &str| {
+        if schema.contains(name) {
+            col(name).cast(DataType::String)
+        } else {
+            lit(NULL).cast(DataType::String).alias(name)
+        }
+    };
+    let line = if schema.contains("SRCLINE") {
+        col("SRCLINE").cast(DataType::Int64)
+    } else {
+        lit(NULL).cast(DataType::Int64).alias("SRCLINE")
+    };
+    annotated
+        .clone()
+        .lazy()
+        .filter(col("RULE").is_not_null())
+        .select([
+            text("SRCFILE"),
+            line,
+            text("SITE"),
+            col("COLUMN"),
+            col("RAWVALUE"),
+            col("RULE"),
+            col("REASON"),
+        ])
+        .collect()
+}
+
+fn require_column(schema: &Schema, name: &str, what: &str) -> anyhow::Result<()> {
+    if schema.contains(name) {
+        return Ok(());
+    }
+    let names: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+    bail!(
+        "{what} column `{name}` is not in the input (columns: {})",
+        names.join(", ")
+    )
+}
+
+fn is_text(schema: &Schema, name: &str) -> anyhow::Result<bool> {
+    match schema.get(name) {
+        Some(DataType::String) => Ok(true),
+        Some(dt) if dt.is_primitive_numeric() || dt.is_null() => Ok(false),
+        Some(dt) => bail!("value column `{name}` is {dt}, not text or a number"),
+        None => Ok(false),
+    }
+}
+
+impl Stage for ConvertUnits {
+    fn row_level(&self) -> bool {
+        true
+    }
+
+    fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
+        self.compile().err().unwrap_or_default()
+    }
+
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
+        let table = self
+            .compile()
+            .map_err(|p| anyhow::anyhow!("stage `{}`: {}", ctx.name, p.join("; ")))?;
+        let input = inputs.first();
+        let schema = input.schema().clone();
+        let mark = self.mark_expr(ctx, &schema);
+
+        let mut measurements = Vec::new();
+        let mut checks = Vec::new();
+        let mut frame = input.clone().lazy().with_column(mark.alias("__cu_mark"));
+        if let (Some(p), Some(v), Some(u)) = (&self.parameter, &self.value, &self.unit) {
+            require_column(&schema, p, "parameter")?;
+            require_column(&schema, v, "value")?;
+            require_column(&schema, u, "unit")?;
+            let names = table.names.iter().map(|(k, _)| k.clone()).collect();
+            let codes = Series::new(
+                "codes".into(),
+                table.names.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+            );
+            let code = lookup(name_key_expr(col("__cu_name")), names, codes);
+            frame = frame.with_columns([
+                col(p.as_str()).cast(DataType::String).alias("__cu_name"),
+            ]);
+            frame = frame.with_columns([code.alias("__cu_code")]);
+            let param = ParamExprs::by_code(&table, col("__cu_code"));
+            frame = frame.with_columns([
+                param.unit.clone().alias("__cu_avalu"),
+                lookup(
+                    col("__cu_code"),
+                    table.parameters.iter().map(|q| q.code.clone()).collect(),
+                    Series::new(
+                        "labels".into(),
+                        table
+                            .parameters
+                            .iter()
+                            .map(|q| q.label.clone())
+                            .collect::<Vec<_>>(),
+                    ),
+                )
+                .alias("__cu_param"),
+            ]);
+            checks.push(Check {
+                cond: col("__cu_name").is_null(),
+                rule: "required",
+                column: p.clone(),
+                raw: col("__cu_name"),
+                reason: lit(format!("missing {p}: the row names no parameter")),
+            });
+            let known: Vec<&str> = table.parameters.iter().map(|q| q.code.as_str()).collect();
+            checks.push(Check {
+                cond: col("__cu_code").is_null(),
+                rule: "parameter",
+                column: p.clone(),
+                raw: col("__cu_name"),
+                reason: format_str(
+                    &format!(
+                        "unknown {p} `{{}}`; known parameters: {} (or their synonyms)",
+                        known.join(", ").replace('{', "{{").replace('}', "}}")
+                    ),
+                    &[col("__cu_name")],
+                )?,
+            });
+            measurements.push(Measurement {
+                work: Work::new(0),
+                value: v,
+                unit: u,
+                value_is_text: is_text(&schema, v)?,
+                param,
+                censor_allowed: true,
+            });
+        } else {
+            for (i, c) in self.columns.iter().enumerate() {
+                require_column(&schema, &c.value, "value")?;
+                require_column(&schema, &c.unit, "unit")?;
+                let Some(p) = table.parameters.iter().find(|p| p.code == c.parameter) else {
+                    bail!("parameter `{}` is not defined", c.parameter);
+                };
+                measurements.push(Measurement {
+                    work: Work::new(i),
+                    value: &c.value,
+                    unit: &c.unit,
+                    value_is_text: is_text(&schema, &c.value)?,
+                    param: ParamExprs::literal(p),
+                    censor_allowed: false,
+                });
+            }
+        }
+        let steps: Vec<[Vec<Expr>; 3]> = measurements
+            .iter()
+            .map(|m| m.columns(&col("__cu_mark"), &table.factors))
+            .collect();
+        for step in 0..3 {
+            let exprs: Vec<Expr> = steps.iter().flat_map(|s| s[step].clone()).collect();
+            frame = frame.with_columns(exprs);
+        }
+        for m in &measurements {
+            checks.extend(m.checks()?);
+        }
+        let annotated = frame
+            .with_columns(first_failure(checks))
+            .collect()
+            .with_context(|| format!("stage `{}`: converting units", ctx.name))?;
+
+        let kept = annotated.clone().lazy().filter(col("RULE").is_null());
+        let output: Vec<Expr> = if self.is_long() {
+            let (v, u) = (
+                self.value.as_deref().unwrap_or_default(),
+                self.unit.as_deref().unwrap_or_default(),
+            );
+            let w = &measurements[0].work;
+            let added = [
+                col("__cu_code").alias("PARAMCD"),
+                col("__cu_param").alias("PARAM"),
+                col(&w.aval).alias("AVAL"),
+                col("__cu_avalu").alias("AVALU"),
+                col(&w.raw).alias("ORIGVAL"),
+                col(&w.unit).alias("ORIGU"),
+                col(&w.censor).alias("CENSOR"),
+            ];
+            let kept_inputs: Vec<&str> = schema
+                .iter_names()
+                .map(|n| n.as_str())
+                .filter(|n| *n != v && *n != u)
+                .collect();
+            for name in ["PARAMCD", "PARAM", "AVAL", "AVALU", "ORIGVAL", "ORIGU", "CENSOR"] {
+                if kept_inputs.contains(&name) {
+                    bail!("stage `{}`: the input already has a column `{name}`", ctx.name);
+                }
+            }
+            kept_inputs.into_iter().map(col).chain(added).collect()
+        } else {
+            for c in &self.columns {
+                if schema.contains(&c.output) {
+                    bail!(
+                        "stage `{}`: the input already has a column `{}`",
+                        ctx.name,
+                        c.output
+                    );
+                }
+            }
+            schema
+                .iter_names()
+                .map(|n| col(n.as_str()))
+                .chain(
+                    self.columns
+                        .iter()
+                        .zip(&measurements)
+                        .map(|(c, m)| col(&m.work.aval).alias(&c.output)),
+                )
+                .collect()
+        };
+        let rejects = rejects_of(&annotated)?;
+        Ok(StageOutput {
+            table: kept.select(output),
+            rejects: Some(rejects),
+            dropped: None,
+        })
+    }
+}
