@@ -1,10 +1,10 @@
 //! Stage kind `convert_units`: measured values to one canonical unit per parameter.
 //! Owns the unit table from the YAML, unit-spelling normalisation and censored-value parsing.
 
-use std::fmt::{self, Display};
+use std::fmt;
 use std::marker::PhantomData;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use polars::prelude::*;
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -174,8 +174,14 @@ pub enum DecimalMark {
 }
 
 /// A YAML mapping kept in the order it was written (messages list units as configured).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Ordered<V>(pub Vec<(String, V)>);
+
+impl<V> Default for Ordered<V> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -261,6 +267,11 @@ fn lookup(key: Expr, keys: Vec<String>, values: Series) -> Expr {
     let dtype = values.dtype().clone();
     let keys = Series::new("keys".into(), keys);
     key.replace_strict(lit(keys), lit(values), Some(lit(NULL)), Some(dtype))
+}
+
+/// `text` as a literal part of a `format_str` template.
+fn literal_braces(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
 }
 
 fn number_text(v: f64) -> String {
@@ -355,7 +366,9 @@ impl ConvertUnits {
             }
             let unit = &p.unit;
             let limits = match (p.min, p.max) {
-                (Some(lo), Some(hi)) => format!("{} to {} {unit}", number_text(lo), number_text(hi)),
+                (Some(lo), Some(hi)) => {
+                    format!("{} to {} {unit}", number_text(lo), number_text(hi))
+                }
                 (Some(lo), None) => format!("at least {} {unit}", number_text(lo)),
                 (None, Some(hi)) => format!("at most {} {unit}", number_text(hi)),
                 (None, None) => String::new(),
@@ -534,10 +547,14 @@ impl Measurement<'_> {
     /// Working columns, in the order they can be computed.
     fn columns(&self, mark: &Expr, factor_keys: &[(String, f64)]) -> [Vec<Expr>; 3] {
         let w = &self.work;
-        let raw = col(self.value).cast(DataType::String);
+        let mut raw = col(self.value).cast(DataType::String);
         let (num, censor) = if self.value_is_text {
             let comma = mark.clone().eq(lit(","));
             let text = col(self.value).str().strip_chars(lit(NULL));
+            // Blank text is a missing value, as a blank unit is a missing unit.
+            raw = when(text.clone().eq(lit("")))
+                .then(lit(NULL).cast(DataType::String))
+                .otherwise(raw);
             // The other mark is never read: `1,250` at a `.` site may be a thousands separator.
             let foreign = when(comma.clone())
                 .then(text.clone().str().contains_literal(lit(".")))
@@ -750,12 +767,14 @@ impl Stage for ConvertUnits {
             let names = table.names.iter().map(|(k, _)| k.clone()).collect();
             let codes = Series::new(
                 "codes".into(),
-                table.names.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+                table
+                    .names
+                    .iter()
+                    .map(|(_, c)| c.clone())
+                    .collect::<Vec<_>>(),
             );
             let code = lookup(name_key_expr(col("__cu_name")), names, codes);
-            frame = frame.with_columns([
-                col(p.as_str()).cast(DataType::String).alias("__cu_name"),
-            ]);
+            frame = frame.with_columns([col(p.as_str()).cast(DataType::String).alias("__cu_name")]);
             frame = frame.with_columns([code.alias("__cu_code")]);
             let param = ParamExprs::by_code(&table, col("__cu_code"));
             frame = frame.with_columns([
@@ -789,8 +808,9 @@ impl Stage for ConvertUnits {
                 raw: col("__cu_name"),
                 reason: format_str(
                     &format!(
-                        "unknown {p} `{{}}`; known parameters: {} (or their synonyms)",
-                        known.join(", ").replace('{', "{{").replace('}', "}}")
+                        "unknown {} `{{}}`; known parameters: {} (or their synonyms)",
+                        literal_braces(p),
+                        literal_braces(&known.join(", "))
                     ),
                     &[col("__cu_name")],
                 )?,
@@ -834,7 +854,7 @@ impl Stage for ConvertUnits {
         let annotated = frame
             .with_columns(first_failure(checks))
             .collect()
-            .with_context(|| format!("stage `{}`: converting units", ctx.name))?;
+            .map_err(|e| anyhow::anyhow!("stage `{}`: converting units: {e}", ctx.name))?;
 
         let kept = annotated.clone().lazy().filter(col("RULE").is_null());
         let output: Vec<Expr> = if self.is_long() {
@@ -857,9 +877,14 @@ impl Stage for ConvertUnits {
                 .map(|n| n.as_str())
                 .filter(|n| *n != v && *n != u)
                 .collect();
-            for name in ["PARAMCD", "PARAM", "AVAL", "AVALU", "ORIGVAL", "ORIGU", "CENSOR"] {
+            for name in [
+                "PARAMCD", "PARAM", "AVAL", "AVALU", "ORIGVAL", "ORIGU", "CENSOR",
+            ] {
                 if kept_inputs.contains(&name) {
-                    bail!("stage `{}`: the input already has a column `{name}`", ctx.name);
+                    bail!(
+                        "stage `{}`: the input already has a column `{name}`",
+                        ctx.name
+                    );
                 }
             }
             kept_inputs.into_iter().map(col).chain(added).collect()
@@ -890,5 +915,592 @@ impl Stage for ConvertUnits {
             rejects: Some(rejects),
             dropped: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::NaiveDate;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LABS: &str = r#"
+  - name: labs_std
+    kind: convert_units
+    inputs: [labs]
+    parameter: analyte
+    value: value
+    unit: unit
+    parameters:
+      CRP:
+        label: C-reactive protein
+        unit: mg/L
+        synonyms: [c-reactive protein]
+        units: {mg/L: 1, mg/dL: 10}
+        min: 0
+        max: 1000
+      CREAT:
+        label: Creatinine
+        unit: mg/dL
+        units: {mg/dL: 1, umol/L: 1/88.42}
+        min: 0
+"#;
+
+    const VISITS: &str = r#"
+  - name: visits_std
+    kind: convert_units
+    inputs: [visits]
+    columns:
+      - {value: height, unit: height_unit, parameter: HEIGHT, output: height_cm}
+      - {value: weight, unit: weight_unit, parameter: WEIGHT, output: weight_kg}
+    parameters:
+      HEIGHT:
+        label: Height
+        unit: cm
+        units: {cm: 1, in: 2.54, inch: 2.54, inches: 2.54, m: 100}
+        min: 40
+        max: 220
+      WEIGHT:
+        label: Weight
+        unit: kg
+        units: {kg: 1, lb: 0.45359237, lbs: 0.45359237, g: 0.001}
+        min: 2
+        max: 200
+"#;
+
+    /// A pipeline with a `.` site (nih) and a `,` site (eu) around one stage.
+    fn spec(stage: &str) -> PipelineSpec {
+        let text = format!(
+            "pipeline: t\nsites:\n  - name: nih\n    dialect: {{}}\n  - name: eu\n    dialect: {{decimal: \",\"}}\nstages:{stage}"
+        );
+        PipelineSpec::parse(Path::new("p.yaml"), text).unwrap()
+    }
+
+    fn convert(spec: &PipelineSpec, input: DataFrame) -> (DataFrame, DataFrame) {
+        convert_with(spec, 0, input)
+    }
+
+    fn convert_with(spec: &PipelineSpec, index: usize, input: DataFrame) -> (DataFrame, DataFrame) {
+        let stage: ConvertUnits = spec.stage_params(index).unwrap();
+        assert_eq!(stage.check(spec), Vec::<String>::new());
+        let ctx = StageCtx {
+            name: "t",
+            spec,
+            run_date: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+            data_dir: Path::new("."),
+            base_dir: Path::new("."),
+            sources: &[],
+        };
+        let inputs = Inputs {
+            tables: vec![("in".into(), input)],
+        };
+        let out = stage.run(&ctx, &inputs).unwrap();
+        (out.table.collect().unwrap(), out.rejects.unwrap())
+    }
+
+    fn labs(rows: &[(&str, Option<&str>, Option<&str>, Option<&str>)]) -> DataFrame {
+        let n = rows.len();
+        df!(
+            "SRCFILE" => vec!["site/labs.csv"; n],
+            "SRCLINE" => (2..2 + n as i64).collect::<Vec<_>>(),
+            "SITE" => rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            "subject" => vec!["C1"; n],
+            "analyte" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            "value" => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            "unit" => rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    fn floats(df: &DataFrame, name: &str) -> Vec<Option<f64>> {
+        df.column(name).unwrap().f64().unwrap().iter().collect()
+    }
+
+    fn texts(df: &DataFrame, name: &str) -> Vec<Option<String>> {
+        df.column(name)
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|s| s.map(str::to_string))
+            .collect()
+    }
+
+    fn lines(df: &DataFrame) -> Vec<i64> {
+        df.column("SRCLINE")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect()
+    }
+
+    fn assert_close(got: &[Option<f64>], want: &[Option<f64>]) {
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (g, w) in got.iter().zip(want) {
+            match (g, w) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}"),
+                (None, None) => {}
+                _ => panic!("{got:?} vs {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unit_spellings_of_one_unit_convert_alike() {
+        let input = labs(&[
+            ("nih", Some("CRP"), Some("1.2"), Some("mg/dl")),
+            ("nih", Some(" crp "), Some("0.5"), Some("MG/DL")),
+            (
+                "nih",
+                Some("C-Reactive Protein"),
+                Some("3"),
+                Some("mg / dL"),
+            ),
+            ("nih", Some("CREAT"), Some("88.42"), Some("umol/L")),
+            ("nih", Some("CREAT"), Some("176.84"), Some("µmol/L")),
+            ("nih", Some("creat"), Some("1"), Some("μmol/l")),
+            ("nih", Some("CREAT"), Some("0.9"), Some("mg/dL")),
+        ]);
+        let (out, rejects) = convert(&spec(LABS), input);
+        assert_eq!(rejects.height(), 0, "{rejects}");
+        assert_close(
+            &floats(&out, "AVAL"),
+            &[
+                Some(12.0),
+                Some(5.0),
+                Some(30.0),
+                Some(1.0),
+                Some(2.0),
+                Some(1.0 / 88.42),
+                Some(0.9),
+            ],
+        );
+        let codes = texts(&out, "PARAMCD");
+        assert_eq!(codes[2].as_deref(), Some("CRP"));
+        assert_eq!(codes[5].as_deref(), Some("CREAT"));
+        assert_eq!(texts(&out, "AVALU")[0].as_deref(), Some("mg/L"));
+        assert_eq!(texts(&out, "PARAM")[3].as_deref(), Some("Creatinine"));
+        assert_eq!(texts(&out, "ORIGU")[1].as_deref(), Some("MG/DL"));
+        assert_eq!(texts(&out, "ORIGVAL")[4].as_deref(), Some("176.84"));
+        let names: Vec<&str> = out.get_column_names().iter().map(|n| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "SRCFILE", "SRCLINE", "SITE", "subject", "analyte", "PARAMCD", "PARAM", "AVAL",
+                "AVALU", "ORIGVAL", "ORIGU", "CENSOR"
+            ]
+        );
+    }
+
+    #[test]
+    fn censored_values_keep_their_limit_and_sign() {
+        let input = labs(&[
+            ("nih", Some("CRP"), Some("<0.5"), Some("mg/L")),
+            ("nih", Some("CRP"), Some("> 100"), Some("mg/dL")),
+            ("nih", Some("CRP"), Some("4"), Some("mg/L")),
+        ]);
+        let (out, rejects) = convert(&spec(LABS), input);
+        assert_eq!(rejects.height(), 0, "{rejects}");
+        assert_close(&floats(&out, "AVAL"), &[Some(0.5), Some(1000.0), Some(4.0)]);
+        assert_eq!(
+            texts(&out, "CENSOR"),
+            [Some("<".to_string()), Some(">".to_string()), None]
+        );
+        assert_eq!(texts(&out, "ORIGVAL")[1].as_deref(), Some("> 100"));
+    }
+
+    #[test]
+    fn decimal_mark_is_the_sites() {
+        let input = labs(&[
+            ("eu", Some("CRP"), Some("1,25"), Some("mg/L")),
+            ("nih", Some("CRP"), Some("1.25"), Some("mg/L")),
+            ("nih", Some("CRP"), Some("1,25"), Some("mg/L")),
+            ("eu", Some("CRP"), Some("1.250"), Some("mg/L")),
+            ("eu", Some("CRP"), Some("<0,5"), Some("mg/dL")),
+        ]);
+        let (out, rejects) = convert(&spec(LABS), input);
+        assert_close(&floats(&out, "AVAL"), &[Some(1.25), Some(1.25), Some(5.0)]);
+        assert_eq!(lines(&rejects), [4, 5]);
+        assert_eq!(
+            texts(&rejects, "RULE"),
+            [Some("parse".into()), Some("parse".into())]
+        );
+        assert_eq!(
+            texts(&rejects, "REASON")[0].as_deref(),
+            Some("`1,25` is not a number for CRP (decimal mark `.`, no thousands separator)")
+        );
+        assert_eq!(texts(&rejects, "RAWVALUE")[1].as_deref(), Some("1.250"));
+    }
+
+    #[test]
+    fn unknown_unit_and_parameter_are_rejected_with_reasons() {
+        let input = labs(&[
+            ("nih", Some("CRP"), Some("2"), Some("mg/dL2")),
+            ("nih", Some("ESR"), Some("10"), Some("mm/h")),
+            ("nih", Some("CRP"), Some("3"), None),
+            ("nih", None, Some("3"), Some("mg/L")),
+            ("nih", Some("CRP"), Some("abc"), Some("mg/L")),
+            ("nih", Some("CRP"), Some("1"), Some("mg/L")),
+        ]);
+        let (out, rejects) = convert(&spec(LABS), input);
+        assert_eq!(lines(&out), [7]);
+        assert_eq!(lines(&rejects), [2, 3, 4, 5, 6]);
+        let rules: Vec<_> = texts(&rejects, "RULE").into_iter().flatten().collect();
+        assert_eq!(rules, ["unit", "parameter", "unit", "required", "parse"]);
+        let columns: Vec<_> = texts(&rejects, "COLUMN").into_iter().flatten().collect();
+        assert_eq!(columns, ["unit", "analyte", "unit", "analyte", "value"]);
+        let reasons: Vec<_> = texts(&rejects, "REASON").into_iter().flatten().collect();
+        assert_eq!(
+            reasons[0],
+            "unknown unit `mg/dL2` for CRP; accepted: mg/L, mg/dL"
+        );
+        assert_eq!(
+            reasons[1],
+            "unknown analyte `ESR`; known parameters: CRP, CREAT (or their synonyms)"
+        );
+        assert_eq!(
+            reasons[2],
+            "missing unit for CRP value `3`; accepted: mg/L, mg/dL"
+        );
+        let raw = texts(&rejects, "RAWVALUE");
+        assert_eq!(raw[0].as_deref(), Some("mg/dL2"));
+        assert_eq!(raw[2], None);
+        assert_eq!(
+            texts(&rejects, "SRCFILE")[0].as_deref(),
+            Some("site/labs.csv")
+        );
+        assert_eq!(texts(&rejects, "SITE")[0].as_deref(), Some("nih"));
+        let names: Vec<&str> = rejects
+            .get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "SRCFILE", "SRCLINE", "SITE", "COLUMN", "RAWVALUE", "RULE", "REASON"
+            ]
+        );
+    }
+
+    #[test]
+    fn out_of_range_after_conversion_is_rejected() {
+        let input = labs(&[
+            ("nih", Some("CRP"), Some("200"), Some("mg/dL")),
+            ("nih", Some("CRP"), Some("100"), Some("mg/dL")),
+            ("nih", Some("CRP"), Some("-1"), Some("mg/L")),
+        ]);
+        let (out, rejects) = convert(&spec(LABS), input);
+        assert_eq!(lines(&out), [3]);
+        assert_eq!(lines(&rejects), [2, 4]);
+        assert_eq!(
+            texts(&rejects, "REASON")[0].as_deref(),
+            Some(
+                "CRP 2000.0 mg/L (written `200 mg/dL`) is outside the plausible range 0 to 1000 mg/L"
+            )
+        );
+        assert_eq!(texts(&rejects, "COLUMN")[1].as_deref(), Some("value"));
+    }
+
+    #[test]
+    fn a_missing_value_is_kept_with_null_aval() {
+        let input = labs(&[
+            ("nih", Some("CRP"), None, None),
+            ("nih", Some("CRP"), None, Some("mg/dL")),
+            ("nih", Some("CRP"), None, Some("furlongs")),
+            ("nih", Some("CRP"), Some(" "), Some(" ")),
+        ]);
+        let (out, rejects) = convert(&spec(LABS), input);
+        assert_eq!(lines(&out), [2, 3, 5]);
+        assert_close(&floats(&out, "AVAL"), &[None, None, None]);
+        assert_eq!(texts(&out, "AVALU")[0].as_deref(), Some("mg/L"));
+        assert_eq!(texts(&rejects, "RULE"), [Some("unit".to_string())]);
+    }
+
+    #[test]
+    fn numeric_value_columns_are_used_as_they_are() {
+        let yaml = r#"
+  - name: q
+    kind: convert_units
+    parameter: instrument
+    value: score
+    unit: unit
+    parameters:
+      MDGLOBAL:
+        label: Physician global assessment (VAS)
+        unit: mm
+        units: {mm: 1, cm: 10}
+        min: 0
+        max: 100
+"#;
+        let input = df!(
+            "SRCLINE" => [2i64, 3, 4],
+            "instrument" => ["mdglobal", "MDGLOBAL", "MDGLOBAL"],
+            "score" => [4.5, 45.0, 12.0],
+            "unit" => ["cm", "mm", "cm"],
+        )
+        .unwrap();
+        let (out, rejects) = convert(&spec(yaml), input);
+        assert_close(&floats(&out, "AVAL"), &[Some(45.0), Some(45.0)]);
+        assert_eq!(texts(&out, "ORIGVAL")[0].as_deref(), Some("4.5"));
+        assert_eq!(lines(&rejects), [4]);
+        assert_eq!(texts(&rejects, "SRCFILE"), [None]);
+    }
+
+    fn visits() -> DataFrame {
+        df!(
+            "SRCLINE" => (2..10i64).collect::<Vec<_>>(),
+            "SITE" => ["nih"; 8],
+            "height" => [Some(150.0), Some(60.0), Some(1.5), Some(60.0), Some(300.0), Some(150.0), None, Some(10.0)],
+            "height_unit" => [Some("cm"), Some("in"), Some("M"), Some("Inches"), Some("cm"), Some("cm"), None, Some("inch")],
+            "weight" => [40.0, 100.0, 40000.0, 88.0, 40.0, 40.0, 20.0, 20.0],
+            "weight_unit" => ["kg", "lb", "g", "LBS", "kg", "stone", "kg", "kg"],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn wide_columns_convert_to_their_canonical_columns() {
+        let (out, rejects) = convert(&spec(VISITS), visits());
+        assert_eq!(lines(&out), [2, 3, 4, 5, 8]);
+        assert_close(
+            &floats(&out, "height_cm"),
+            &[Some(150.0), Some(152.4), Some(150.0), Some(152.4), None],
+        );
+        assert_close(
+            &floats(&out, "weight_kg"),
+            &[
+                Some(40.0),
+                Some(45.359237),
+                Some(40.0),
+                Some(88.0 * 0.45359237),
+                Some(20.0),
+            ],
+        );
+        assert_close(&floats(&out, "height")[..2], &[Some(150.0), Some(60.0)]);
+        assert_eq!(lines(&rejects), [6, 7, 9]);
+        let columns: Vec<_> = texts(&rejects, "COLUMN").into_iter().flatten().collect();
+        assert_eq!(columns, ["height", "weight_unit", "height"]);
+        let reasons: Vec<_> = texts(&rejects, "REASON").into_iter().flatten().collect();
+        assert_eq!(
+            reasons[1],
+            "unknown unit `stone` for WEIGHT; accepted: kg, lb, lbs, g"
+        );
+        assert_eq!(
+            reasons[2],
+            "HEIGHT 25.4 cm (written `10.0 inch`) is outside the plausible range 40 to 220 cm"
+        );
+    }
+
+    #[test]
+    fn wide_text_values_reject_censoring() {
+        let input = df!(
+            "SRCLINE" => [2i64, 3],
+            "height" => ["<50", "150"],
+            "height_unit" => ["cm", "cm"],
+            "weight" => [Some(40.0), None],
+            "weight_unit" => [Some("kg"), None],
+        )
+        .unwrap();
+        let (out, rejects) = convert(&spec(VISITS), input);
+        assert_eq!(lines(&out), [3]);
+        assert_close(&floats(&out, "weight_kg"), &[None]);
+        assert_eq!(texts(&rejects, "RULE"), [Some("parse".to_string())]);
+    }
+
+    #[test]
+    fn check_reports_every_table_mistake() {
+        let yaml = r#"
+  - name: bad
+    kind: convert_units
+    parameter: analyte
+    columns:
+      - {value: h, unit: hu, parameter: HEIGHT, output: h}
+    parameters:
+      CRP:
+        label: CRP
+        unit: mg/L
+        units: {mg/dl: 10, MG/DL: 10, mg/L: 2, x: 1/0, y: ten}
+        min: 5
+        max: 1
+      HGB:
+        label: Hemoglobin
+        unit: g/dL
+        synonyms: [crp]
+"#;
+        let s = spec(yaml);
+        let stage: ConvertUnits = s.stage_params(0).unwrap();
+        let problems = stage.check(&s);
+        let expected = [
+            "cannot be combined",
+            "`MG/DL` and `mg/dl` are one spelling",
+            "canonical unit `mg/L` must have factor 1",
+            "units.x: factor inf",
+            "units.y: `ten` is not a number",
+            "min 5 is above max 1",
+            "`crp` is already a name of CRP",
+            "parameter `HEIGHT` is not defined",
+            "output `h` is written twice or overwrites",
+        ];
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        for (p, e) in problems.iter().zip(expected) {
+            assert!(p.contains(e), "{p} does not contain {e}");
+        }
+    }
+
+    #[test]
+    fn fractions_are_kept_unrounded() {
+        let f = Factor::Fraction("1/88.42".into()).value().unwrap();
+        assert_eq!(f, 1.0 / 88.42);
+        assert_eq!(Factor::Fraction("2.54".into()).value().unwrap(), 2.54);
+    }
+
+    /// The stanzas shipped for the reference pipeline, as the stages of a pipeline.
+    fn reference() -> PipelineSpec {
+        let stanzas: String = include_str!("../../docs/units-stanzas.yaml")
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect();
+        spec(&format!("\n{stanzas}"))
+    }
+
+    #[test]
+    fn reference_stanzas_are_valid() {
+        let s = reference();
+        assert_eq!(s.stages.len(), 4);
+        for (i, entry) in s.stages.iter().enumerate() {
+            let kind = crate::stages::Kind::parse(&s, i, &entry.common.kind.value).unwrap();
+            assert_eq!(kind.stage().check(&s), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn reference_lab_table_converts_domain_factors() {
+        let input = labs(&[
+            ("nih", Some("HGB"), Some("8"), Some("mmol/L")),
+            ("nih", Some("ALC"), Some("1500"), Some("cells/uL")),
+            ("nih", Some("Platelets"), Some("250"), Some("10^3/uL")),
+            ("nih", Some("PLT"), Some("250"), Some("K/µL")),
+            ("nih", Some("IP-10"), Some("1.2"), Some("ng/mL")),
+            ("nih", Some("IFN score"), Some("35.2"), None),
+            ("nih", Some("CRP"), Some("<5"), Some("mg/L")),
+            ("eu", Some("Hb"), Some("12,5"), Some("g/dL")),
+            ("eu", Some("Hb"), Some("125"), Some("g/L")),
+            (
+                "nih",
+                Some("BK PCR"),
+                Some("not detected"),
+                Some("copies/mL"),
+            ),
+        ]);
+        let (out, rejects) = convert_with(&reference(), 0, input);
+        assert_close(
+            &floats(&out, "AVAL"),
+            &[
+                Some(8.0 * 1.611),
+                Some(1.5),
+                Some(250.0),
+                Some(250.0),
+                Some(1200.0),
+                Some(35.2),
+                Some(5.0),
+                Some(12.5),
+                Some(12.5),
+            ],
+        );
+        let codes: Vec<_> = texts(&out, "PARAMCD").into_iter().flatten().collect();
+        assert_eq!(
+            codes,
+            [
+                "HGB", "LYMPH", "PLAT", "PLAT", "IP10", "IFNSCORE", "CRP", "HGB", "HGB"
+            ]
+        );
+        assert_eq!(texts(&out, "AVALU")[1].as_deref(), Some("10^9/L"));
+        assert_eq!(texts(&out, "ORIGU")[5], None);
+        assert_eq!(lines(&rejects), [11]);
+    }
+
+    #[test]
+    fn reference_questionnaires_convert_vas_cm_to_mm() {
+        let input = df!(
+            "SRCLINE" => [2i64, 3, 4],
+            "instrument" => ["PEDSQL", "ptglobal", "MDGLOBAL"],
+            "score" => [85.0, 3.2, 120.0],
+            "unit" => ["%", "cm", "mm"],
+        )
+        .unwrap();
+        let (out, rejects) = convert_with(&reference(), 1, input);
+        assert_close(&floats(&out, "AVAL"), &[Some(85.0), Some(32.0)]);
+        assert_eq!(texts(&rejects, "RULE"), [Some("range".to_string())]);
+    }
+
+    fn analyte() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("CRP".to_string())),
+            Just(Some(" c-reactive protein".to_string())),
+            Just(Some("creat".to_string())),
+            "[a-zA-Z ]{0,6}".prop_map(Some),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            "[<> ]?-?[0-9]{0,4}[.,]?[0-9]{0,3}".prop_map(Some),
+            "[ -~]{0,6}".prop_map(Some),
+        ]
+    }
+
+    fn unit() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            prop::sample::select(vec![
+                "mg/L", "mg/dl", "MG / DL", "µmol/L", "umol/l", "mg/dL"
+            ])
+            .prop_map(|s| Some(s.to_string())),
+            "[a-zA-Zµμ/ 0-9^]{0,6}".prop_map(Some),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn every_row_is_kept_or_rejected_once(
+            rows in prop::collection::vec(
+                (prop::bool::ANY, analyte(), value(), unit()),
+                1..20,
+            )
+        ) {
+            let rows: Vec<(&str, Option<&str>, Option<&str>, Option<&str>)> = rows
+                .iter()
+                .map(|(eu, a, v, u)| {
+                    (if *eu { "eu" } else { "nih" }, a.as_deref(), v.as_deref(), u.as_deref())
+                })
+                .collect();
+            let n = rows.len();
+            let (out, rejects) = convert(&spec(LABS), labs(&rows));
+            prop_assert_eq!(out.height() + rejects.height(), n);
+            let mut all: Vec<i64> = lines(&out).into_iter().chain(lines(&rejects)).collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (2..2 + n as i64).collect::<Vec<_>>());
+            for name in ["RULE", "REASON", "COLUMN"] {
+                prop_assert_eq!(rejects.column(name).unwrap().null_count(), 0);
+            }
+            let aval = floats(&out, "AVAL");
+            let origval = texts(&out, "ORIGVAL");
+            for (a, o) in aval.iter().zip(&origval) {
+                prop_assert_eq!(a.is_some(), o.is_some());
+                if let Some(a) = a {
+                    prop_assert!(*a >= 0.0);
+                }
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! Owns the minimum-items rule; every diary day is kept, scored or flagged.
 
 use anyhow::bail;
+use polars::lazy::dsl::sum_horizontal;
 use polars::prelude::*;
 use serde::Deserialize;
 
@@ -130,5 +131,92 @@ impl Stage for DiaryScore {
                     .collect::<Vec<_>>(),
             );
         Ok(StageOutput::table(table))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::NaiveDate;
+
+    use super::*;
+
+    fn score(input: DataFrame) -> DataFrame {
+        let yaml = "pipeline: t\nstages:\n  - name: d\n    kind: diary_score\n    inputs: [diary]\n    items: [fever, rash, msk_pain, headache, fatigue, organ]\n";
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        let stage: DiaryScore = spec.stage_params(0).unwrap();
+        assert_eq!(stage.min_items, 4);
+        assert!(stage.check(&spec).is_empty());
+        let ctx = StageCtx {
+            name: "d",
+            spec: &spec,
+            run_date: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+            data_dir: Path::new("."),
+            base_dir: Path::new("."),
+            sources: &[],
+        };
+        let inputs = Inputs {
+            tables: vec![("diary".into(), input)],
+        };
+        stage.run(&ctx, &inputs).unwrap().table.collect().unwrap()
+    }
+
+    #[test]
+    fn days_with_fewer_than_four_items_are_kept_unscored_and_flagged() {
+        let input = df!(
+            "SRCLINE" => [2i64, 3, 4, 5],
+            "fever" =>    [Some(1i64), Some(1), Some(1), None],
+            "rash" =>     [Some(2i64), None,    Some(2), None],
+            "msk_pain" => [Some(3i64), Some(2), None,    None],
+            "headache" => [Some(4i64), None,    None,    None],
+            "fatigue" =>  [Some(0i64), Some(3), Some(0), None],
+            "organ" =>    [Some(2i64), Some(0), None,    None],
+        )
+        .unwrap();
+        let out = score(input);
+        assert_eq!(out.height(), 4);
+        // 6/6: (1+2+3+4+0+2)/6 = 2; 4/6: (1+2+3+0)/4 = 1.5; 3/6 and 0/6: null.
+        let scores: Vec<Option<f64>> = out
+            .column("DIARYSCORE")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(scores, [Some(2.0), Some(1.5), None, None]);
+        let n: Vec<Option<i64>> = out
+            .column("NITEMS")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(n, [Some(6), Some(4), Some(3), Some(0)]);
+        let flags: Vec<Option<&str>> = out
+            .column("DSFLAG")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .collect();
+        let few = Some("fewer than 4 of 6 items");
+        assert_eq!(flags, [None, None, few, few]);
+        let lines: Vec<Option<i64>> = out
+            .column("SRCLINE")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(4), Some(5)]);
+    }
+
+    #[test]
+    fn check_rejects_impossible_minimum() {
+        let yaml = "pipeline: t\nstages:\n  - name: d\n    kind: diary_score\n    items: [a, a]\n    min_items: 3\n";
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        let stage: DiaryScore = spec.stage_params(0).unwrap();
+        assert_eq!(stage.check(&spec).len(), 2, "{:?}", stage.check(&spec));
     }
 }
