@@ -279,10 +279,6 @@ fn number_text(v: f64) -> String {
 }
 
 impl ConvertUnits {
-    fn is_long(&self) -> bool {
-        self.columns.is_empty()
-    }
-
     /// Checks the parameters and flattens the unit table, collecting every problem.
     fn compile(&self) -> Result<UnitTable, Vec<String>> {
         let mut problems = Vec::new();
@@ -468,19 +464,20 @@ impl Work {
     }
 }
 
-/// What a measurement's checks need to know about its parameter, as expressions.
+/// What a measurement needs to know about its parameter, as expressions looked up by code.
 struct ParamExprs {
     code: Expr,
+    label: Expr,
+    unit: Expr,
     min: Expr,
     max: Expr,
-    unit: Expr,
     accepted: Expr,
     limits: Expr,
     default_unit: Expr,
 }
 
 impl ParamExprs {
-    /// By lookup on a column of codes (long shape).
+    /// Looks the parameter up by `code`: a column of codes (long) or a literal (wide).
     fn by_code(table: &UnitTable, code: Expr) -> ParamExprs {
         let keys: Vec<String> = table.parameters.iter().map(|p| p.code.clone()).collect();
         let text = |f: &dyn Fn(&Parameter) -> Option<String>| {
@@ -492,33 +489,14 @@ impl ParamExprs {
             lookup(code.clone(), keys.clone(), Series::new("v".into(), values))
         };
         ParamExprs {
+            label: text(&|p| Some(p.label.clone())),
+            unit: text(&|p| Some(p.unit.clone())),
             min: number(&|p| p.min),
             max: number(&|p| p.max),
-            unit: text(&|p| Some(p.unit.clone())),
             accepted: text(&|p| Some(p.accepted.clone())),
             limits: text(&|p| Some(p.limits.clone())),
             default_unit: text(&|p| p.default_unit.clone()),
             code,
-        }
-    }
-
-    /// As literals (wide shape).
-    fn literal(p: &Parameter) -> ParamExprs {
-        let number = |v: Option<f64>| match v {
-            Some(v) => lit(v),
-            None => lit(NULL).cast(DataType::Float64),
-        };
-        ParamExprs {
-            code: lit(p.code.clone()),
-            min: number(p.min),
-            max: number(p.max),
-            unit: lit(p.unit.clone()),
-            accepted: lit(p.accepted.clone()),
-            limits: lit(p.limits.clone()),
-            default_unit: match &p.default_unit {
-                Some(u) => lit(u.clone()),
-                None => lit(NULL).cast(DataType::String),
-            },
         }
     }
 }
@@ -609,7 +587,7 @@ impl Measurement<'_> {
             raw: col(&w.raw),
             reason: format_str(
                 "`{}` is not a number for {} (decimal mark `{}`, no thousands separator)",
-                &[col(&w.raw), p.code.clone(), col("__cu_mark")],
+                &[col(&w.raw), p.code.clone(), col(MARK)],
             )?,
         }];
         if !self.censor_allowed {
@@ -740,6 +718,183 @@ fn is_text(schema: &Schema, name: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// What a table shape adds around its measurements.
+struct Shape<'a> {
+    /// Columns computed before the measurements.
+    before: Vec<Expr>,
+    /// Checks that come before the measurements' own.
+    checks: Vec<Check>,
+    measurements: Vec<Measurement<'a>>,
+    /// The output columns, selected from the annotated rows.
+    output: Vec<Expr>,
+}
+
+const MARK: &str = "__cu_mark";
+const NAME: &str = "__cu_name";
+const CODE: &str = "__cu_code";
+const LONG_OUTPUTS: [&str; 7] = [
+    "PARAMCD", "PARAM", "AVAL", "AVALU", "ORIGVAL", "ORIGU", "CENSOR",
+];
+
+impl ConvertUnits {
+    fn long_shape<'a>(
+        &self,
+        table: &UnitTable,
+        schema: &Schema,
+        (p, v, u): (&'a str, &'a str, &'a str),
+    ) -> anyhow::Result<Shape<'a>> {
+        require_column(schema, p, "parameter")?;
+        require_column(schema, v, "value")?;
+        require_column(schema, u, "unit")?;
+        let kept: Vec<&str> = schema
+            .iter_names()
+            .map(|n| n.as_str())
+            .filter(|n| *n != v && *n != u)
+            .collect();
+        if let Some(name) = LONG_OUTPUTS.iter().find(|n| kept.contains(n)) {
+            bail!("the input already has a column `{name}`");
+        }
+        let name = col(p).cast(DataType::String);
+        let codes = Series::new(
+            "codes".into(),
+            table
+                .names
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect::<Vec<_>>(),
+        );
+        let names = table.names.iter().map(|(k, _)| k.clone()).collect();
+        let code = lookup(name_key_expr(name.clone()), names, codes);
+        let known: Vec<&str> = table.parameters.iter().map(|q| q.code.as_str()).collect();
+        let checks = vec![
+            Check {
+                cond: col(NAME).is_null(),
+                rule: "required",
+                column: p.to_string(),
+                raw: col(NAME),
+                reason: lit(format!("missing {p}: the row names no parameter")),
+            },
+            Check {
+                cond: col(CODE).is_null(),
+                rule: "parameter",
+                column: p.to_string(),
+                raw: col(NAME),
+                reason: format_str(
+                    &format!(
+                        "unknown {} `{{}}`; known parameters: {} (or their synonyms)",
+                        literal_braces(p),
+                        literal_braces(&known.join(", "))
+                    ),
+                    &[col(NAME)],
+                )?,
+            },
+        ];
+        let param = ParamExprs::by_code(table, col(CODE));
+        let work = Work::new(0);
+        let output = kept
+            .into_iter()
+            .map(col)
+            .chain([
+                col(CODE).alias("PARAMCD"),
+                param.label.clone().alias("PARAM"),
+                col(&work.aval).alias("AVAL"),
+                param.unit.clone().alias("AVALU"),
+                col(&work.raw).alias("ORIGVAL"),
+                col(&work.unit).alias("ORIGU"),
+                col(&work.censor).alias("CENSOR"),
+            ])
+            .collect();
+        let measurement = Measurement {
+            work,
+            value: v,
+            unit: u,
+            value_is_text: is_text(schema, v)?,
+            param,
+            censor_allowed: true,
+        };
+        Ok(Shape {
+            before: vec![name.alias(NAME), code.alias(CODE)],
+            checks,
+            measurements: vec![measurement],
+            output,
+        })
+    }
+
+    fn wide_shape(&self, table: &UnitTable, schema: &Schema) -> anyhow::Result<Shape<'_>> {
+        let mut measurements = Vec::new();
+        let mut before = Vec::new();
+        let mut output: Vec<Expr> = schema.iter_names().map(|n| col(n.as_str())).collect();
+        for (i, c) in self.columns.iter().enumerate() {
+            require_column(schema, &c.value, "value")?;
+            require_column(schema, &c.unit, "unit")?;
+            if schema.contains(&c.output) {
+                bail!("the input already has a column `{}`", c.output);
+            }
+            // A column of the code, not a literal: lookups on a literal give one row.
+            let code = format!("{CODE}_{i}");
+            before.push(lit(c.parameter.clone()).alias(&code));
+            let work = Work::new(i);
+            output.push(col(&work.aval).alias(&c.output));
+            measurements.push(Measurement {
+                work,
+                value: &c.value,
+                unit: &c.unit,
+                value_is_text: is_text(schema, &c.value)?,
+                param: ParamExprs::by_code(table, col(&code)),
+                censor_allowed: false,
+            });
+        }
+        Ok(Shape {
+            before,
+            checks: Vec::new(),
+            measurements,
+            output,
+        })
+    }
+
+    fn convert(&self, ctx: &StageCtx, input: &DataFrame) -> anyhow::Result<StageOutput> {
+        let table = self.compile().map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+        let schema = input.schema().clone();
+        let shape = match (&self.parameter, &self.value, &self.unit) {
+            (Some(p), Some(v), Some(u)) => self.long_shape(&table, &schema, (p, v, u))?,
+            _ => self.wide_shape(&table, &schema)?,
+        };
+        let mut frame = input
+            .clone()
+            .lazy()
+            .with_column(self.mark_expr(ctx, &schema).alias(MARK));
+        if !shape.before.is_empty() {
+            frame = frame.with_columns(shape.before);
+        }
+        let steps: Vec<[Vec<Expr>; 3]> = shape
+            .measurements
+            .iter()
+            .map(|m| m.columns(&col(MARK), &table.factors))
+            .collect();
+        for step in 0..3 {
+            frame = frame.with_columns(
+                steps
+                    .iter()
+                    .flat_map(|s| s[step].clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let mut checks = shape.checks;
+        for m in &shape.measurements {
+            checks.extend(m.checks()?);
+        }
+        let annotated = frame.with_columns(first_failure(checks)).collect()?;
+        Ok(StageOutput {
+            rejects: Some(rejects_of(&annotated)?),
+            table: annotated
+                .lazy()
+                .filter(col("RULE").is_null())
+                .select(shape.output),
+            dropped: None,
+        })
+    }
+}
+
 impl Stage for ConvertUnits {
     fn row_level(&self) -> bool {
         true
@@ -750,174 +905,10 @@ impl Stage for ConvertUnits {
     }
 
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
-        let table = self
-            .compile()
-            .map_err(|p| anyhow::anyhow!("stage `{}`: {}", ctx.name, p.join("; ")))?;
-        let input = inputs.first();
-        let schema = input.schema().clone();
-        let mark = self.mark_expr(ctx, &schema);
-
-        let mut measurements = Vec::new();
-        let mut checks = Vec::new();
-        let mut frame = input.clone().lazy().with_column(mark.alias("__cu_mark"));
-        if let (Some(p), Some(v), Some(u)) = (&self.parameter, &self.value, &self.unit) {
-            require_column(&schema, p, "parameter")?;
-            require_column(&schema, v, "value")?;
-            require_column(&schema, u, "unit")?;
-            let names = table.names.iter().map(|(k, _)| k.clone()).collect();
-            let codes = Series::new(
-                "codes".into(),
-                table
-                    .names
-                    .iter()
-                    .map(|(_, c)| c.clone())
-                    .collect::<Vec<_>>(),
-            );
-            let code = lookup(name_key_expr(col("__cu_name")), names, codes);
-            frame = frame.with_columns([col(p.as_str()).cast(DataType::String).alias("__cu_name")]);
-            frame = frame.with_columns([code.alias("__cu_code")]);
-            let param = ParamExprs::by_code(&table, col("__cu_code"));
-            frame = frame.with_columns([
-                param.unit.clone().alias("__cu_avalu"),
-                lookup(
-                    col("__cu_code"),
-                    table.parameters.iter().map(|q| q.code.clone()).collect(),
-                    Series::new(
-                        "labels".into(),
-                        table
-                            .parameters
-                            .iter()
-                            .map(|q| q.label.clone())
-                            .collect::<Vec<_>>(),
-                    ),
-                )
-                .alias("__cu_param"),
-            ]);
-            checks.push(Check {
-                cond: col("__cu_name").is_null(),
-                rule: "required",
-                column: p.clone(),
-                raw: col("__cu_name"),
-                reason: lit(format!("missing {p}: the row names no parameter")),
-            });
-            let known: Vec<&str> = table.parameters.iter().map(|q| q.code.as_str()).collect();
-            checks.push(Check {
-                cond: col("__cu_code").is_null(),
-                rule: "parameter",
-                column: p.clone(),
-                raw: col("__cu_name"),
-                reason: format_str(
-                    &format!(
-                        "unknown {} `{{}}`; known parameters: {} (or their synonyms)",
-                        literal_braces(p),
-                        literal_braces(&known.join(", "))
-                    ),
-                    &[col("__cu_name")],
-                )?,
-            });
-            measurements.push(Measurement {
-                work: Work::new(0),
-                value: v,
-                unit: u,
-                value_is_text: is_text(&schema, v)?,
-                param,
-                censor_allowed: true,
-            });
-        } else {
-            for (i, c) in self.columns.iter().enumerate() {
-                require_column(&schema, &c.value, "value")?;
-                require_column(&schema, &c.unit, "unit")?;
-                let Some(p) = table.parameters.iter().find(|p| p.code == c.parameter) else {
-                    bail!("parameter `{}` is not defined", c.parameter);
-                };
-                measurements.push(Measurement {
-                    work: Work::new(i),
-                    value: &c.value,
-                    unit: &c.unit,
-                    value_is_text: is_text(&schema, &c.value)?,
-                    param: ParamExprs::literal(p),
-                    censor_allowed: false,
-                });
-            }
-        }
-        let steps: Vec<[Vec<Expr>; 3]> = measurements
-            .iter()
-            .map(|m| m.columns(&col("__cu_mark"), &table.factors))
-            .collect();
-        for step in 0..3 {
-            let exprs: Vec<Expr> = steps.iter().flat_map(|s| s[step].clone()).collect();
-            frame = frame.with_columns(exprs);
-        }
-        for m in &measurements {
-            checks.extend(m.checks()?);
-        }
-        let annotated = frame
-            .with_columns(first_failure(checks))
-            .collect()
-            .map_err(|e| anyhow::anyhow!("stage `{}`: converting units: {e}", ctx.name))?;
-
-        let kept = annotated.clone().lazy().filter(col("RULE").is_null());
-        let output: Vec<Expr> = if self.is_long() {
-            let (v, u) = (
-                self.value.as_deref().unwrap_or_default(),
-                self.unit.as_deref().unwrap_or_default(),
-            );
-            let w = &measurements[0].work;
-            let added = [
-                col("__cu_code").alias("PARAMCD"),
-                col("__cu_param").alias("PARAM"),
-                col(&w.aval).alias("AVAL"),
-                col("__cu_avalu").alias("AVALU"),
-                col(&w.raw).alias("ORIGVAL"),
-                col(&w.unit).alias("ORIGU"),
-                col(&w.censor).alias("CENSOR"),
-            ];
-            let kept_inputs: Vec<&str> = schema
-                .iter_names()
-                .map(|n| n.as_str())
-                .filter(|n| *n != v && *n != u)
-                .collect();
-            for name in [
-                "PARAMCD", "PARAM", "AVAL", "AVALU", "ORIGVAL", "ORIGU", "CENSOR",
-            ] {
-                if kept_inputs.contains(&name) {
-                    bail!(
-                        "stage `{}`: the input already has a column `{name}`",
-                        ctx.name
-                    );
-                }
-            }
-            kept_inputs.into_iter().map(col).chain(added).collect()
-        } else {
-            for c in &self.columns {
-                if schema.contains(&c.output) {
-                    bail!(
-                        "stage `{}`: the input already has a column `{}`",
-                        ctx.name,
-                        c.output
-                    );
-                }
-            }
-            schema
-                .iter_names()
-                .map(|n| col(n.as_str()))
-                .chain(
-                    self.columns
-                        .iter()
-                        .zip(&measurements)
-                        .map(|(c, m)| col(&m.work.aval).alias(&c.output)),
-                )
-                .collect()
-        };
-        let rejects = rejects_of(&annotated)?;
-        Ok(StageOutput {
-            table: kept.select(output),
-            rejects: Some(rejects),
-            dropped: None,
-        })
+        self.convert(ctx, inputs.first())
+            .map_err(|e| anyhow::anyhow!("stage `{}`: {e:#}", ctx.name))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -1001,7 +992,10 @@ mod tests {
         (out.table.collect().unwrap(), out.rejects.unwrap())
     }
 
-    fn labs(rows: &[(&str, Option<&str>, Option<&str>, Option<&str>)]) -> DataFrame {
+    /// A lab row: site, analyte, value and unit as written.
+    type LabRow<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+    fn labs(rows: &[LabRow]) -> DataFrame {
         let n = rows.len();
         df!(
             "SRCFILE" => vec!["site/labs.csv"; n],
@@ -1135,6 +1129,25 @@ mod tests {
             Some("`1,25` is not a number for CRP (decimal mark `.`, no thousands separator)")
         );
         assert_eq!(texts(&rejects, "RAWVALUE")[1].as_deref(), Some("1.250"));
+    }
+
+    #[test]
+    fn a_fixed_decimal_mark_overrides_the_sites() {
+        let yaml = LABS.replace("unit: unit\n", "unit: unit\n    decimal: \",\"\n");
+        let input = labs(&[
+            ("nih", Some("CRP"), Some("1,5"), Some("mg/L")),
+            ("nih", Some("CRP"), Some("1.5"), Some("mg/L")),
+        ]);
+        let (out, rejects) = convert(&spec(&yaml), input);
+        assert_close(&floats(&out, "AVAL"), &[Some(1.5)]);
+        assert_eq!(
+            texts(&rejects, "REASON")[0].as_deref(),
+            Some("`1.5` is not a number for CRP (decimal mark `,`, no thousands separator)")
+        );
+        let yaml = LABS.replace("unit: unit\n", "unit: unit\n    decimal: \".\"\n");
+        let input = labs(&[("eu", Some("CRP"), Some("1,5"), Some("mg/L"))]);
+        let (_, rejects) = convert(&spec(&yaml), input);
+        assert_eq!(texts(&rejects, "RULE"), [Some("parse".to_string())]);
     }
 
     #[test]
@@ -1300,17 +1313,45 @@ mod tests {
     #[test]
     fn wide_text_values_reject_censoring() {
         let input = df!(
-            "SRCLINE" => [2i64, 3],
-            "height" => ["<50", "150"],
-            "height_unit" => ["cm", "cm"],
-            "weight" => [Some(40.0), None],
-            "weight_unit" => [Some("kg"), None],
+            "SRCLINE" => [2i64, 3, 4],
+            "height" => ["<50", "150", "1,5"],
+            "height_unit" => ["cm", "cm", "m"],
+            "weight" => [Some(40.0), None, Some(40.0)],
+            "weight_unit" => [Some("kg"), None, Some("kg")],
         )
         .unwrap();
         let (out, rejects) = convert(&spec(VISITS), input);
         assert_eq!(lines(&out), [3]);
         assert_close(&floats(&out, "weight_kg"), &[None]);
-        assert_eq!(texts(&rejects, "RULE"), [Some("parse".to_string())]);
+        assert_eq!(
+            texts(&rejects, "REASON"),
+            [
+                Some("censored value `<50` for HEIGHT cannot be kept in this wide table".into()),
+                Some(
+                    "`1,5` is not a number for HEIGHT (decimal mark `.`, no thousands separator)"
+                        .into()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_all_missing_inputs_convert_without_error() {
+        let (out, rejects) = convert(&spec(LABS), labs(&[]));
+        assert_eq!((out.height(), rejects.height()), (0, 0));
+        assert_eq!(out.width(), 12);
+        let (out, rejects) = convert(&spec(VISITS), visits().head(Some(0)));
+        assert_eq!((out.height(), rejects.height()), (0, 0));
+        let input = df!(
+            "SRCLINE" => [2i64],
+            "height" => [None::<f64>],
+            "height_unit" => [None::<&str>],
+            "weight" => [None::<f64>],
+            "weight_unit" => [None::<&str>],
+        )
+        .unwrap();
+        let (out, rejects) = convert(&spec(VISITS), input);
+        assert_eq!((out.height(), rejects.height()), (1, 0));
     }
 
     #[test]
@@ -1478,7 +1519,7 @@ mod tests {
                 1..20,
             )
         ) {
-            let rows: Vec<(&str, Option<&str>, Option<&str>, Option<&str>)> = rows
+            let rows: Vec<LabRow> = rows
                 .iter()
                 .map(|(eu, a, v, u)| {
                     (if *eu { "eu" } else { "nih" }, a.as_deref(), v.as_deref(), u.as_deref())
