@@ -22,7 +22,8 @@ use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
 ///   maps to a code of `parameters` through the code itself or its `synonyms`, ignoring case and
 ///   surrounding spaces. The output keeps every input column except `value` and `unit` and adds
 ///   `PARAMCD`, `PARAM` (label), `AVAL` (Float64, canonical unit), `AVALU` (canonical unit),
-///   `ORIGVAL` (value as written, text), `ORIGU` (unit as written) and `CENSOR` (`<`, `>`, null).
+///   `ORIGVAL` (value as written, as text), `ORIGU` (unit as written) and `CENSOR` (`<`, `>`,
+///   null).
 /// * **wide** (visits), several measurements per row: each entry of `columns` is
 ///   `{value, unit, parameter, output}` and adds the Float64 column `output` holding `value` in
 ///   the canonical unit of `parameter` (a code of `parameters`); input columns are all kept.
@@ -62,8 +63,9 @@ use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
 ///   also a censored value), `unit` (unit unknown for the parameter, or missing while a value
 ///   is present), `range` (converted value outside `min`..`max`). The wide shape runs the checks
 ///   column by column in the order of `columns`, and one failing column rejects the whole row.
-/// * A row without a value is kept with a null AVAL; its unit, when written, must still be
-///   known. A row with neither value nor unit is kept as a missing measurement.
+/// * A row without a value (null or blank) is kept with a null AVAL (or `output`); its unit,
+///   when written, must still be known. A row with neither value nor unit is kept as a
+///   missing measurement.
 /// * `unit_optional: true` on a parameter reads a missing unit as its canonical unit (for
 ///   unitless scores); otherwise a missing unit never defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -274,10 +276,6 @@ fn literal_braces(text: &str) -> String {
     text.replace('{', "{{").replace('}', "}}")
 }
 
-fn number_text(v: f64) -> String {
-    format!("{v}")
-}
-
 impl ConvertUnits {
     /// Checks the parameters and flattens the unit table, collecting every problem.
     fn compile(&self) -> Result<UnitTable, Vec<String>> {
@@ -363,10 +361,10 @@ impl ConvertUnits {
             let unit = &p.unit;
             let limits = match (p.min, p.max) {
                 (Some(lo), Some(hi)) => {
-                    format!("{} to {} {unit}", number_text(lo), number_text(hi))
+                    format!("{lo} to {hi} {unit}")
                 }
-                (Some(lo), None) => format!("at least {} {unit}", number_text(lo)),
-                (None, Some(hi)) => format!("at most {} {unit}", number_text(hi)),
+                (Some(lo), None) => format!("at least {lo} {unit}"),
+                (None, Some(hi)) => format!("at most {hi} {unit}"),
                 (None, None) => String::new(),
             };
             table.parameters.push(Parameter {
