@@ -11,8 +11,10 @@ use crate::error::ConfigProblem;
 use crate::source::ResolvedSource;
 use crate::spec::PipelineSpec;
 
+pub mod convert_units;
 pub mod dedupe;
 pub mod growth_zscore;
+pub mod diary_score;
 pub mod ingest;
 pub mod sql;
 pub mod validate;
@@ -137,10 +139,12 @@ pub enum Kind {
     Dedupe(dedupe::Dedupe),
     GrowthZscore(growth_zscore::GrowthZscore),
     Sql(sql::Sql),
+    ConvertUnits(convert_units::ConvertUnits),
+    DiaryScore(diary_score::DiaryScore),
 }
 
 /// YAML names of every kind, for messages.
-pub const KIND_NAMES: &[&str] = &["ingest", "validate", "dedupe", "sql", "growth_zscore"];
+pub const KIND_NAMES: &[&str] = &["__KINDS__"];
 
 impl Kind {
     /// Parses stage `index` of `spec` as the kind named `kind`.
@@ -151,6 +155,8 @@ impl Kind {
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
             "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
+            "convert_units" => Kind::ConvertUnits(spec.stage_params(index)?),
+            "diary_score" => Kind::DiaryScore(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -176,6 +182,8 @@ impl Kind {
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
             Kind::GrowthZscore(s) => s,
+            Kind::ConvertUnits(s) => s,
+            Kind::DiaryScore(s) => s,
         }
     }
 }

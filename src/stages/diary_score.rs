@@ -1,0 +1,222 @@
+//! Stage kind `diary_score`: the daily symptom diary score (DOMAIN.md 4.4).
+//! Owns the minimum-items rule; every diary day is kept, scored or flagged.
+
+use anyhow::bail;
+use polars::lazy::dsl::sum_horizontal;
+use polars::prelude::*;
+use serde::Deserialize;
+
+use crate::spec::PipelineSpec;
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+
+/// Scores each diary day: the mean of its non-missing item scores, when at least `min_items`
+/// items are present; otherwise the score is null and the day is flagged, never dropped.
+///
+/// ```yaml
+/// - name: diary_scored
+///   kind: diary_score
+///   inputs: [diary]
+///   items: [fever, rash, msk_pain, headache, fatigue, organ]
+///   min_items: 4
+/// ```
+///
+/// Adds `DIARYSCORE` (Float64), `NITEMS` (Int64, items present) and `DSFLAG` (text such as
+/// "fewer than 4 of 6 items", null when scored); every input column is kept. The item range
+/// (0-4) is checked where the diary is ingested, not here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiaryScore {
+    /// Item columns (integer or float scores).
+    pub items: Vec<String>,
+    /// Fewest present items for a day to be scored.
+    #[serde(default = "default_min_items")]
+    pub min_items: usize,
+}
+
+fn default_min_items() -> usize {
+    4
+}
+
+const OUTPUTS: [&str; 3] = ["DIARYSCORE", "NITEMS", "DSFLAG"];
+
+impl Stage for DiaryScore {
+    fn row_level(&self) -> bool {
+        true
+    }
+
+    fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.items.is_empty() {
+            problems.push("`items` is empty".to_string());
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            if self.items[..i].contains(item) {
+                problems.push(format!("item `{item}` is listed twice"));
+            }
+        }
+        if self.min_items == 0 || self.min_items > self.items.len() {
+            problems.push(format!(
+                "`min_items` is {}; it must be between 1 and the number of items ({})",
+                self.min_items,
+                self.items.len()
+            ));
+        }
+        problems
+    }
+
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
+        let problems = self.check(ctx.spec);
+        if !problems.is_empty() {
+            bail!("stage `{}`: {}", ctx.name, problems.join("; "));
+        }
+        let input = inputs.first();
+        let schema = input.schema();
+        for item in &self.items {
+            match schema.get(item) {
+                Some(dt) if dt.is_primitive_numeric() || dt.is_null() => {}
+                Some(dt) => bail!(
+                    "stage `{}`: item column `{item}` is {dt}, not a number",
+                    ctx.name
+                ),
+                None => bail!(
+                    "stage `{}`: item column `{item}` is not in the input",
+                    ctx.name
+                ),
+            }
+        }
+        for name in OUTPUTS {
+            if schema.contains(name) {
+                bail!(
+                    "stage `{}`: the input already has a column `{name}`",
+                    ctx.name
+                );
+            }
+        }
+        let items: Vec<Expr> = self
+            .items
+            .iter()
+            .map(|i| col(i.as_str()).cast(DataType::Float64))
+            .collect();
+        let present: Vec<Expr> = items
+            .iter()
+            .map(|e| e.clone().is_not_null().cast(DataType::Int64))
+            .collect();
+        let count = sum_horizontal(present, true)?;
+        let sum = sum_horizontal(items, true)?;
+        let enough = col("NITEMS").gt_eq(lit(self.min_items as i64));
+        let flag = format!(
+            "fewer than {} of {} items",
+            self.min_items,
+            self.items.len()
+        );
+        let table = input
+            .clone()
+            .lazy()
+            .with_column(count.alias("NITEMS"))
+            .with_columns([
+                when(enough.clone())
+                    .then(sum / col("NITEMS").cast(DataType::Float64))
+                    .otherwise(lit(NULL).cast(DataType::Float64))
+                    .alias("DIARYSCORE"),
+                when(enough)
+                    .then(lit(NULL).cast(DataType::String))
+                    .otherwise(lit(flag))
+                    .alias("DSFLAG"),
+            ])
+            .select(
+                schema
+                    .iter_names()
+                    .map(|n| col(n.as_str()))
+                    .chain(OUTPUTS.map(col))
+                    .collect::<Vec<_>>(),
+            );
+        Ok(StageOutput::table(table))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use chrono::NaiveDate;
+
+    use super::*;
+
+    fn score(input: DataFrame) -> DataFrame {
+        let yaml = "pipeline: t\nstages:\n  - name: d\n    kind: diary_score\n    inputs: [diary]\n    items: [fever, rash, msk_pain, headache, fatigue, organ]\n";
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        let stage: DiaryScore = spec.stage_params(0).unwrap();
+        assert_eq!(stage.min_items, 4);
+        assert!(stage.check(&spec).is_empty());
+        let ctx = StageCtx {
+            name: "d",
+            spec: &spec,
+            run_date: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
+            data_dir: Path::new("."),
+            base_dir: Path::new("."),
+            sources: &[],
+        };
+        let inputs = Inputs {
+            tables: vec![("diary".into(), input)],
+        };
+        stage.run(&ctx, &inputs).unwrap().table.collect().unwrap()
+    }
+
+    #[test]
+    fn days_with_fewer_than_four_items_are_kept_unscored_and_flagged() {
+        let input = df!(
+            "SRCLINE" => [2i64, 3, 4, 5],
+            "fever" =>    [Some(1i64), Some(1), Some(1), None],
+            "rash" =>     [Some(2i64), None,    Some(2), None],
+            "msk_pain" => [Some(3i64), Some(2), None,    None],
+            "headache" => [Some(4i64), None,    None,    None],
+            "fatigue" =>  [Some(0i64), Some(3), Some(0), None],
+            "organ" =>    [Some(2i64), Some(0), None,    None],
+        )
+        .unwrap();
+        let out = score(input);
+        assert_eq!(out.height(), 4);
+        // 6/6: (1+2+3+4+0+2)/6 = 2; 4/6: (1+2+3+0)/4 = 1.5; 3/6 and 0/6: null.
+        let scores: Vec<Option<f64>> = out
+            .column("DIARYSCORE")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(scores, [Some(2.0), Some(1.5), None, None]);
+        let n: Vec<Option<i64>> = out
+            .column("NITEMS")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(n, [Some(6), Some(4), Some(3), Some(0)]);
+        let flags: Vec<Option<&str>> = out
+            .column("DSFLAG")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .collect();
+        let few = Some("fewer than 4 of 6 items");
+        assert_eq!(flags, [None, None, few, few]);
+        let lines: Vec<Option<i64>> = out
+            .column("SRCLINE")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(4), Some(5)]);
+    }
+
+    #[test]
+    fn check_rejects_impossible_minimum() {
+        let yaml = "pipeline: t\nstages:\n  - name: d\n    kind: diary_score\n    items: [a, a]\n    min_items: 3\n";
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        let stage: DiaryScore = spec.stage_params(0).unwrap();
+        assert_eq!(stage.check(&spec).len(), 2, "{:?}", stage.check(&spec));
+    }
+}
