@@ -14,6 +14,7 @@ use crate::spec::PipelineSpec;
 pub mod dedupe;
 pub mod ingest;
 pub mod sql;
+pub mod steroid_equivalent;
 pub mod validate;
 
 /// What a stage sees of the run besides its input tables.
@@ -116,10 +117,11 @@ pub enum Kind {
     Validate(validate::Validate),
     Dedupe(dedupe::Dedupe),
     Sql(sql::Sql),
+    SteroidEquivalent(steroid_equivalent::SteroidEquivalent),
 }
 
 /// YAML names of every kind, for messages.
-pub const KIND_NAMES: &[&str] = &["ingest", "validate", "dedupe", "sql"];
+pub const KIND_NAMES: &[&str] = &["ingest", "validate", "dedupe", "sql", "steroid_equivalent"];
 
 impl Kind {
     /// Parses stage `index` of `spec` as the kind named `kind`.
@@ -129,6 +131,7 @@ impl Kind {
             "validate" => Kind::Validate(spec.stage_params(index)?),
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
+            "steroid_equivalent" => Kind::SteroidEquivalent(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -153,6 +156,7 @@ impl Kind {
             Kind::Validate(s) => s,
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
+            Kind::SteroidEquivalent(s) => s,
         }
     }
 }
