@@ -502,9 +502,9 @@ fn days_between(from: Expr, to: Expr) -> PolarsResult<Expr> {
     )
 }
 
-fn explode_days(lf: LazyFrame, column: &str) -> LazyFrame {
+fn explode_rows(lf: LazyFrame, columns: &[&str]) -> LazyFrame {
     lf.explode(
-        cols([column]),
+        cols(columns.iter().copied()),
         ExplodeOptions {
             empty_as_null: false,
             keep_nulls: false,
@@ -512,7 +512,8 @@ fn explode_days(lf: LazyFrame, column: &str) -> LazyFrame {
     )
 }
 
-/// Left-joins the weight of each (subject, ADT) row as of that day in one direction:
+/// Left-joins the weight of each (`_sid`, `ADT`) row as of that day in one direction
+/// (both sides sorted by day within `_sid`):
 /// columns `_w_<tag>` (kg) and `_wdt_<tag>` (its date).
 fn join_weight(
     days: LazyFrame,
@@ -522,7 +523,7 @@ fn join_weight(
     tag: &str,
 ) -> LazyFrame {
     let right = weights.select([
-        col("subject"),
+        col("_sid"),
         col("_wdt").alias(format!("_wdt_{tag}")),
         col("_w").alias(format!("_w_{tag}")),
     ]);
@@ -534,8 +535,8 @@ fn join_weight(
             strategy,
             tolerance: Some(Scalar::from(i32::from(tolerance_days))),
             tolerance_str: None,
-            left_by: Some(vec!["subject".into()]),
-            right_by: Some(vec!["subject".into()]),
+            left_by: Some(vec!["_sid".into()]),
+            right_by: Some(vec!["_sid".into()]),
             allow_eq: true,
             check_sortedness: false,
         })))
@@ -629,6 +630,7 @@ impl Stage for SteroidEquivalent {
             )
             .group_by([col("subject")])
             .agg([col("_event").min().alias("_first")]);
+        // `_sid` numbers the subjects in name order: a cheap key for joins and sorting.
         let span = visits
             .filter(col("subject").is_not_null().and(col("date").is_not_null()))
             .group_by([col("subject")])
@@ -637,9 +639,11 @@ impl Stage for SteroidEquivalent {
                 first_event,
                 [col("subject")],
                 [col("subject")],
-                JoinArgs::new(JoinType::Left),
+                JoinArgs::new(JoinType::Inner),
             )
             .sort(["subject"], SortMultipleOptions::default())
+            .with_row_index("_sid", None)
+            .with_column(col("_sid").cast(DataType::Int64))
             .collect()?;
 
         let checked = self.checked_orders(orders, &lookups)?;
@@ -679,13 +683,19 @@ impl Stage for SteroidEquivalent {
             ],
             UnionArgs::default(),
         )?
-        .sort(["SRCFILE", "SRCLINE"], SortMultipleOptions::default())
+        .sort(
+            ["SRCFILE", "SRCLINE", "_rule", "_column", "_raw"],
+            SortMultipleOptions::default().with_nulls_last(true),
+        )
         .collect()?;
         let rejects = self.rejects_frame(&lookups, &rejected)?;
 
-        let order_days = self.order_days(accepted.filter(col("_last").is_not_null()))?;
-        let table = self.daily(span, order_days)?;
-        let table = self.with_weights(table, weights);
+        // Small (one row per order): computed once, as it feeds several parts of the plan.
+        let orders = self
+            .order_spans(accepted.filter(col("_last").is_not_null()))
+            .collect()?;
+        let daily = self.daily(&span, orders.lazy())?;
+        let table = self.with_weights(daily, weights, &span);
         Ok(StageOutput {
             table,
             rejects: Some(rejects),
@@ -848,9 +858,10 @@ impl SteroidEquivalent {
         )
     }
 
-    /// One row per accepted order and active day inside the span: subject, ADT, the order's
-    /// fixed mg (`_mg`), its mg per kg of weight (`_mg_per_kg`) and `_per_kg` (0 or 1).
-    fn order_days(&self, accepted: LazyFrame) -> PolarsResult<LazyFrame> {
+    /// Accepted orders clipped to the span: `_sid`, first and last active day (`_from`, `_to`,
+    /// days since 1970 as i32), the order's fixed mg a day (`_mg`), its mg a day per kg of
+    /// weight (`_mg_per_kg`) and `_per_kg` (0 or 1). Orders without a day in the span drop out.
+    fn order_spans(&self, accepted: LazyFrame) -> LazyFrame {
         // Next strictly later start of the same canonical drug, which closes an ongoing order.
         let same_as_next = col("subject")
             .eq(col("subject").shift(lit(-1)))
@@ -870,18 +881,18 @@ impl SteroidEquivalent {
                     .alias("_next"),
             );
         let end = when(col("end").is_not_null())
-            .then(col("end"))
+            .then(date_days(col("end")))
             .when(col("_next").is_not_null())
-            .then(days_to_date(date_days(col("_next")) - lit(1)))
-            .otherwise(col("_last"));
+            .then(date_days(col("_next")) - lit(1))
+            .otherwise(date_days(col("_last")));
         let from = when(col("start").lt(col("_first")))
-            .then(col("_first"))
-            .otherwise(col("start"));
-        let to = when(col("_end").lt(col("_last")))
+            .then(date_days(col("_first")))
+            .otherwise(date_days(col("start")));
+        let to = when(col("_end").lt(date_days(col("_last"))))
             .then(col("_end"))
-            .otherwise(col("_last"));
+            .otherwise(date_days(col("_last")));
         let mg_per_day = col("dose") * col("_per_day") * col("_factor");
-        let days = accepted
+        accepted
             .join(
                 next_start,
                 [col("subject"), col("_drug"), col("start")],
@@ -889,11 +900,10 @@ impl SteroidEquivalent {
                 JoinArgs::new(JoinType::Left),
             )
             .with_column(end.alias("_end"))
-            .with_columns([from.alias("_from"), to.alias("_to")])
-            .filter(col("_from").lt_eq(col("_to")))
             .select([
-                col("subject"),
-                days_between(col("_from"), col("_to"))?.alias("ADT"),
+                col("_sid"),
+                from.alias("_from"),
+                to.alias("_to"),
                 when(col("_per_kg"))
                     .then(lit(0.0))
                     .otherwise(mg_per_day.clone())
@@ -903,46 +913,109 @@ impl SteroidEquivalent {
                     .otherwise(lit(0.0))
                     .alias("_mg_per_kg"),
                 col("_per_kg").cast(DataType::Int64),
-            ]);
-        Ok(explode_days(days, "ADT"))
+            ])
+            .filter(col("_from").lt_eq(col("_to")))
     }
 
-    /// Every subject-day of the span with that day's summed order doses (0 without orders).
-    fn daily(&self, span: DataFrame, order_days: LazyFrame) -> PolarsResult<LazyFrame> {
-        // Sums run over values sorted within the day, so the float result does not depend on
+    /// Every subject-day of the span (`subject`, `_sid`, `ADT`, in that order) with that
+    /// day's summed order doses (0 without orders): `_mg`, `_mg_per_kg`, `_n_per_kg`, `NORDERS`.
+    ///
+    /// The span of each subject is cut at every order's first day and the day after its last,
+    /// so the same orders are active on every day of a piece; each piece is summed once and
+    /// then exploded to its days (same result as exploding every order to days and summing per
+    /// day, without grouping millions of rows).
+    fn daily(&self, span: &DataFrame, orders: LazyFrame) -> PolarsResult<LazyFrame> {
+        let span_days = span.clone().lazy().select([
+            col("_sid"),
+            date_days(col("_first")).alias("_first"),
+            date_days(col("_last")).alias("_last"),
+        ]);
+        let cuts = concat(
+            [
+                orders
+                    .clone()
+                    .select([col("_sid"), col("_from").alias("_cut")]),
+                orders
+                    .clone()
+                    .select([col("_sid"), (col("_to") + lit(1)).alias("_cut")]),
+                span_days
+                    .clone()
+                    .select([col("_sid"), col("_first").alias("_cut")]),
+                span_days.select([col("_sid"), (col("_last") + lit(1)).alias("_cut")]),
+            ],
+            UnionArgs::default(),
+        )?
+        .unique(None, UniqueKeepStrategy::Any)
+        .sort(["_sid", "_cut"], SortMultipleOptions::default());
+        // A piece runs from one cut to the day before the next cut of the same subject.
+        let pieces = cuts
+            .select([
+                col("_sid"),
+                col("_cut").alias("_piece_from"),
+                when(col("_sid").eq(col("_sid").shift(lit(-1))))
+                    .then(col("_cut").shift(lit(-1)) - lit(1))
+                    .otherwise(lit(NULL).cast(DataType::Int32))
+                    .alias("_piece_to"),
+            ])
+            .filter(col("_piece_to").is_not_null())
+            .with_row_index("_piece", None)
+            .collect()?
+            .lazy();
+        // Sums run over values sorted within the piece, so the float result does not depend on
         // the row order polars happens to group in (byte-identical reruns).
         let sorted_sum = |c: &str| col(c).sort(SortOptions::default()).sum();
-        let per_day = order_days.group_by([col("subject"), col("ADT")]).agg([
-            sorted_sum("_mg").alias("_mg"),
-            sorted_sum("_mg_per_kg").alias("_mg_per_kg"),
-            col("_per_kg").sum().alias("_n_per_kg"),
-            len().cast(DataType::Int64).alias("NORDERS"),
-        ]);
-        let grid = span
-            .lazy()
-            .filter(col("_first").lt_eq(col("_last")))
+        let per_piece = pieces
+            .clone()
+            .select([col("_piece"), col("_sid"), col("_piece_from")])
+            .join(
+                orders,
+                [col("_sid")],
+                [col("_sid")],
+                JoinArgs::new(JoinType::Inner),
+            )
+            .filter(
+                col("_from")
+                    .lt_eq(col("_piece_from"))
+                    .and(col("_piece_from").lt_eq(col("_to"))),
+            )
+            .group_by([col("_piece")])
+            .agg([
+                sorted_sum("_mg").alias("_mg"),
+                sorted_sum("_mg_per_kg").alias("_mg_per_kg"),
+                col("_per_kg").sum().alias("_n_per_kg"),
+                len().cast(DataType::Int64).alias("NORDERS"),
+            ]);
+        let days = pieces
+            .join_builder()
+            .with(per_piece)
+            .on([col("_piece")])
+            .how(JoinType::Left)
+            .maintain_order(MaintainOrderJoin::Left)
+            .finish()
+            .join_builder()
+            .with(span.clone().lazy().select([col("subject"), col("_sid")]))
+            .on([col("_sid")])
+            .how(JoinType::Left)
+            .maintain_order(MaintainOrderJoin::Left)
+            .finish()
             .select([
                 col("subject"),
-                days_between(col("_first"), col("_last"))?.alias("ADT"),
-            ]);
-        Ok(explode_days(grid, "ADT")
-            .sort(["subject", "ADT"], SortMultipleOptions::default())
-            .join(
-                per_day,
-                [col("subject"), col("ADT")],
-                [col("subject"), col("ADT")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .with_columns([
+                col("_sid"),
+                days_between(
+                    days_to_date(col("_piece_from")),
+                    days_to_date(col("_piece_to")),
+                )?
+                .alias("ADT"),
                 col("_mg").fill_null(lit(0.0)),
                 col("_mg_per_kg").fill_null(lit(0.0)),
                 col("_n_per_kg").fill_null(lit(0)),
                 col("NORDERS").fill_null(lit(0)),
-            ]))
+            ]);
+        Ok(explode_rows(days, &["ADT"]))
     }
 
     /// Adds the as-of weight, mg, mg/kg/day and the reason when there is no weight.
-    fn with_weights(&self, daily: LazyFrame, weights: LazyFrame) -> LazyFrame {
+    fn with_weights(&self, daily: LazyFrame, weights: LazyFrame, span: &DataFrame) -> LazyFrame {
         let weights = weights
             .select([
                 col("subject"),
@@ -955,10 +1028,15 @@ impl SteroidEquivalent {
                     .and(col("_wdt").is_not_null())
                     .and(col("_w").gt(lit(0.0))),
             )
-            .group_by([col("subject"), col("_wdt")])
+            .join(
+                span.clone().lazy().select([col("subject"), col("_sid")]),
+                [col("subject")],
+                [col("subject")],
+                JoinArgs::new(JoinType::Inner),
+            )
+            .group_by([col("_sid"), col("_wdt")])
             .agg([col("_w").sort(SortOptions::default()).mean()])
-            .sort(["subject", "_wdt"], SortMultipleOptions::default());
-        let daily = daily.sort(["subject", "ADT"], SortMultipleOptions::default());
+            .sort(["_sid", "_wdt"], SortMultipleOptions::default());
         let daily = join_weight(
             daily,
             weights.clone(),
@@ -994,9 +1072,11 @@ impl SteroidEquivalent {
                 "{no_weight}; an active order is dosed in mg/kg, so PREDMG is null too"
             )))
             .otherwise(lit(no_weight));
+        // `_sid` numbers subjects in USUBJID order: a cheaper sort key than the name.
         daily
             .with_columns([weight.alias("WEIGHT_KG"), weight_date.alias("WEIGHT_DT")])
             .with_column(mg.alias("PREDMG"))
+            .sort(["_sid", "ADT"], SortMultipleOptions::default())
             .select([
                 col("subject").alias("USUBJID"),
                 col("ADT"),
@@ -1007,7 +1087,6 @@ impl SteroidEquivalent {
                 col("NORDERS"),
                 reason.alias("WTREASON"),
             ])
-            .sort(["USUBJID", "ADT"], SortMultipleOptions::default())
     }
 }
 
@@ -1019,6 +1098,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::stages::{KIND_NAMES, Kind};
 
     /// The reference drug and frequency tables (DOMAIN.md 4.2), as the pipeline ships them.
     const STAGE_YAML: &str = "pipeline: t
@@ -1808,12 +1888,40 @@ stages:
         assert!(err.contains("closest: `doseunit`"), "{err}");
     }
 
+    #[test]
+    fn empty_inputs_give_an_empty_table_with_the_output_schema() {
+        let mut no_orders = orders(&[]);
+        // An all-missing column may arrive untyped.
+        no_orders
+            .with_column(Column::full_null("end".into(), 0, &DataType::Null))
+            .unwrap();
+        let r = run_with(&stage(), no_orders, weights(&[]), dated(&[]), dated(&[]));
+        assert_eq!(r.daily.height(), 0);
+        assert_eq!(r.daily.width(), 8);
+        assert_eq!(
+            r.daily.column("PREDMG").unwrap().dtype(),
+            &DataType::Float64
+        );
+        assert_eq!(r.rejects.height(), 0);
+    }
+
+    #[test]
+    fn kind_is_registered_under_its_yaml_name() {
+        let spec = spec_of(STAGE_YAML);
+        let kind = Kind::parse(&spec, 0, "steroid_equivalent").unwrap();
+        assert!(matches!(kind, Kind::SteroidEquivalent(_)));
+        assert!(KIND_NAMES.contains(&"steroid_equivalent"));
+    }
+
     const PROP_DRUGS: &[(&str, f64)] = &[
         ("prednisone", 1.0),
         ("Medrol", 1.25),
         ("methylprednisolone", 1.25),
         ("dexamethasone", 5.0 / 0.75),
+        // Unknown: rejected, so it neither counts nor closes an ongoing order.
+        ("Predisone", 0.0),
     ];
+    const PROP_UNKNOWN_DRUG: usize = 4;
     const PROP_FREQUENCIES: &[(&str, f64)] = &[
         ("QD", 1.0),
         ("BID", 2.0),
@@ -1830,12 +1938,11 @@ stages:
         #[test]
         fn daily_series_covers_the_span_once_and_sums_every_order(
             order_rows in prop::collection::vec(
-                (0..2usize, 0..4usize, 0..40u8, 0..4usize, 0..40i32, prop::option::of(0..15i32)),
+                (0..2usize, 0..5usize, 0..40u8, 0..4usize, 0..40i32, prop::option::of(0..15i32)),
                 0..8,
             ),
             visit_rows in prop::collection::vec((0..2usize, 0..50i32), 0..5),
         ) {
-            let base = day("2020-01-01");
             let subjects = ["A", "B"];
             let date_text = |offset: i32| {
                 (NaiveDate::from_ymd_opt(2020, 1, 1).unwrap() + chrono::Days::new(offset as u64))
@@ -1872,10 +1979,17 @@ stages:
             let mut want_total = 0.0;
             let mut want_active_days = 0i64;
             let mut want_rows = 0usize;
+            let mut want_rejects = 0usize;
             for s in 0..2 {
                 let visits: Vec<i32> = visit_rows.iter().filter(|v| v.0 == s).map(|v| v.1).collect();
-                let Some(&last) = visits.iter().max() else { continue };
                 let mine: Vec<&PropOrder> = order_rows.iter().filter(|o| o.0 == s).collect();
+                let unknown = mine.iter().filter(|o| o.1 == PROP_UNKNOWN_DRUG).count();
+                let Some(&last) = visits.iter().max() else {
+                    // Unknown drugs are rejected as `drug`, the others as `span`.
+                    want_rejects += mine.len();
+                    continue;
+                };
+                want_rejects += unknown;
                 let first = mine
                     .iter()
                     .flat_map(|o| [Some(o.4), o.5.map(|l| o.4 + l)])
@@ -1884,12 +1998,16 @@ stages:
                     .min()
                     .unwrap_or(last);
                 want_rows += (last - first + 1) as usize;
-                for o in &mine {
+                for o in mine.iter().filter(|o| o.1 != PROP_UNKNOWN_DRUG) {
                     let end = match o.5 {
                         Some(len) => o.4 + len,
                         None => mine
                             .iter()
-                            .filter(|p| canonical(p.1) == canonical(o.1) && p.4 > o.4)
+                            .filter(|p| {
+                                p.1 != PROP_UNKNOWN_DRUG
+                                    && canonical(p.1) == canonical(o.1)
+                                    && p.4 > o.4
+                            })
                             .map(|p| p.4 - 1)
                             .min()
                             .unwrap_or(last),
@@ -1902,6 +2020,7 @@ stages:
             }
 
             let d = &r.daily;
+            prop_assert_eq!(r.rejects.height(), want_rejects);
             prop_assert_eq!(d.height(), want_rows);
             let keys = d.select(["USUBJID", "ADT"]).unwrap();
             prop_assert_eq!(keys.is_duplicated().unwrap().sum(), Some(0));
@@ -1920,7 +2039,6 @@ stages:
                     prop_assert!(ids[i] > ids[i - 1]);
                 }
             }
-            let _ = base;
         }
     }
 }
