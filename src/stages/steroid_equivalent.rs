@@ -1395,7 +1395,8 @@ stages:
             &[],
             &[("C1", "2020-01-06")],
         );
-        // 01-01..01-03: first order (10 mg); 01-04..01-06: second order (5 mg) up to the final visit.
+        // 01-01..01-03: first order (10 mg); 01-04..01-06: second order (5 mg), which runs
+        // up to the final visit.
         assert_close(&mg(&r.daily), &[10.0, 10.0, 10.0, 5.0, 5.0, 5.0]);
         assert_eq!(ints(&r.daily, "NORDERS"), [1, 1, 1, 1, 1, 1]);
     }
@@ -1981,7 +1982,8 @@ stages:
             let mut want_rows = 0usize;
             let mut want_rejects = 0usize;
             for s in 0..2 {
-                let visits: Vec<i32> = visit_rows.iter().filter(|v| v.0 == s).map(|v| v.1).collect();
+                let visits: Vec<i32> =
+                    visit_rows.iter().filter(|v| v.0 == s).map(|v| v.1).collect();
                 let mine: Vec<&PropOrder> = order_rows.iter().filter(|o| o.0 == s).collect();
                 let unknown = mine.iter().filter(|o| o.1 == PROP_UNKNOWN_DRUG).count();
                 let Some(&last) = visits.iter().max() else {
@@ -2027,7 +2029,12 @@ stages:
             let mgs = mg(d);
             prop_assert!(mgs.iter().all(|v| *v >= 0.0));
             let total: f64 = mgs.iter().sum();
-            prop_assert!((total - want_total).abs() <= 1e-9 * want_total.max(1.0), "{} vs {}", total, want_total);
+            prop_assert!(
+                (total - want_total).abs() <= 1e-9 * want_total.max(1.0),
+                "{} vs {}",
+                total,
+                want_total
+            );
             prop_assert_eq!(ints(d, "NORDERS").iter().sum::<i64>(), want_active_days);
             // Consecutive days within each subject.
             let adt = days_of(d, "ADT");
