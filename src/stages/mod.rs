@@ -17,6 +17,7 @@ pub mod growth_zscore;
 pub mod diary_score;
 pub mod ingest;
 pub mod sql;
+pub mod steroid_equivalent;
 pub mod validate;
 
 /// What a stage sees of the run besides its input tables.
@@ -139,11 +140,6 @@ pub enum Kind {
     Dedupe(dedupe::Dedupe),
     GrowthZscore(growth_zscore::GrowthZscore),
     Sql(sql::Sql),
-    ConvertUnits(convert_units::ConvertUnits),
-    DiaryScore(diary_score::DiaryScore),
-}
-
-/// YAML names of every kind, for messages.
 pub const KIND_NAMES: &[&str] = &["__KINDS__"];
 
 impl Kind {
@@ -157,6 +153,7 @@ impl Kind {
             "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
             "convert_units" => Kind::ConvertUnits(spec.stage_params(index)?),
             "diary_score" => Kind::DiaryScore(spec.stage_params(index)?),
+            "steroid_equivalent" => Kind::SteroidEquivalent(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -184,6 +181,7 @@ impl Kind {
             Kind::GrowthZscore(s) => s,
             Kind::ConvertUnits(s) => s,
             Kind::DiaryScore(s) => s,
+            Kind::SteroidEquivalent(s) => s,
         }
     }
 }
