@@ -527,6 +527,24 @@ mod tests {
     }
 
     #[test]
+    fn more_sites_than_dialects_cycle_them_and_empty_sites_get_header_only_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(dir.path(), 5, 1, 3);
+        o.sites = 7;
+        let summary = generate(&o).unwrap();
+        assert_eq!(summary.export_files, 7 * 14);
+        let files: Vec<_> = fs::read_dir(dir.path().join("nih_3")).unwrap().collect();
+        assert_eq!(files.len(), 14);
+        // Site 6 (`nih_3`) has no subject: its files hold the header alone.
+        for f in files {
+            let text = fs::read_to_string(f.unwrap().path()).unwrap();
+            assert_eq!(text.lines().count(), 1, "{text}");
+        }
+        let spec = reference_pipeline(7, "x", "y");
+        assert!(spec.contains("  - name: sao_paulo_2\n    dialect:\n      delimiter: tab\n"));
+    }
+
+    #[test]
     fn without_dirt_every_row_is_accepted_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = options(dir.path(), 5, 1, 9);
@@ -913,6 +931,17 @@ mod tests {
         }
         // Every record has exactly one fate, so rows per file = clean + defects.
         assert_eq!(fate_of.len(), records.len());
+        let mut per_file: BTreeMap<&str, usize> = BTreeMap::new();
+        for (file, _) in fate_of.keys() {
+            *per_file.entry(file.as_str()).or_default() += 1;
+        }
+        for (file, n) in &per_file {
+            assert_eq!(
+                records.keys().filter(|(f, _)| f == file).count(),
+                *n,
+                "{file}"
+            );
+        }
         for f in read_csv(&truth.join("files.csv")) {
             let n = records
                 .keys()

@@ -195,6 +195,12 @@ fn round_mg(mg: f64) -> (f64, u8) {
     (v, decimals_of(v))
 }
 
+// No two orders of a subject start on the same day, so that dirt in the drug name (part of
+// the natural key as written) can never create a key conflict the truth does not expect.
+fn start_is_free(orders: &[Order], start: NaiveDate) -> bool {
+    orders.iter().all(|o| o.start != start)
+}
+
 fn steroid_orders(course: &Course, rng: &mut ChaCha8Rng) -> Vec<Order> {
     let mut orders = Vec::new();
     let last = course.last_visit;
@@ -265,7 +271,7 @@ fn steroid_orders(course: &Course, rng: &mut ChaCha8Rng) -> Vec<Order> {
                 {
                     let hc_start = plus(stop, 1);
                     let hc_end = plus(hc_start, days(rng, 90, 180));
-                    if hc_start < plus(last, -7) {
+                    if hc_start < plus(last, -7) && start_is_free(&orders, hc_start) {
                         orders.push(Order {
                             drug: pick(rng, HYDROCORTISONE),
                             dose: if rng.random_bool(0.5) { 2.5 } else { 5.0 },
@@ -297,7 +303,9 @@ fn steroid_orders(course: &Course, rng: &mut ChaCha8Rng) -> Vec<Order> {
                 break;
             }
             let start = plus(window_start, days(rng, 0, span));
-            if taken.iter().any(|t| days_between(*t, start).abs() < 60) {
+            if taken.iter().any(|t| days_between(*t, start).abs() < 60)
+                || !start_is_free(&orders, start)
+            {
                 continue;
             }
             taken.push(start);
@@ -339,7 +347,7 @@ fn steroid_orders(course: &Course, rng: &mut ChaCha8Rng) -> Vec<Order> {
     if rng.random_bool(0.15) {
         let span = days_between(course.enrol, last).max(1);
         let start = plus(course.enrol, days(rng, 0, span - 1));
-        if start < plus(last, -6) {
+        if start < plus(last, -6) && start_is_free(&orders, start) {
             let per_kg = rng.random_bool(0.5);
             let weight = course.weight_kg(start);
             let (dose, decimals) = if per_kg {
@@ -624,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn steroid_keys_are_unique_and_dates_ordered() {
+    fn steroid_orders_start_on_distinct_days_and_end_after_they_start() {
         for k in 0..18 {
             let c = course(k);
             let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -635,10 +643,7 @@ mod tests {
                     assert!(e <= c.last_visit);
                 }
                 for b in &orders[i + 1..] {
-                    assert!(
-                        !(a.start == b.start && a.drug == b.drug),
-                        "{k}: duplicate key"
-                    );
+                    assert_ne!(a.start, b.start, "{k}: two orders start on one day");
                 }
             }
         }
