@@ -50,9 +50,7 @@ pub enum Command {
         run_date: Option<chrono::NaiveDate>,
     },
     /// Show the stages in execution order without reading data.
-    Plan {
-        pipeline: Option<PathBuf>,
-    },
+    Plan { pipeline: Option<PathBuf> },
     /// Check pipeline YAML files; every problem is listed with file, line and column.
     Validate {
         /// Pipeline files (default: pipelines/reference.yaml).
@@ -152,7 +150,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 let plan = load_plan(&pipeline_path(pipeline))?;
                 let out_dir = plan.out_dir(out.as_ref());
                 let current = crate::publish::current_run(&out_dir).ok_or_else(|| {
-                    anyhow::anyhow!("no published run in {}: run the pipeline first", out_dir.display())
+                    anyhow::anyhow!(
+                        "no published run in {}: run the pipeline first",
+                        out_dir.display()
+                    )
                 })?;
                 current.join(format!("{table}.parquet"))
             };

@@ -37,8 +37,12 @@ pub struct SubjectIdRule {
 impl SubjectIdRule {
     pub fn compile(spec: &SubjectIdSpec) -> Result<Self, String> {
         let anchored = format!("^(?:{})$", spec.pattern);
-        let pattern = Regex::new(&anchored)
-            .map_err(|e| format!("subject_id pattern `{}` is not a valid regex: {e}", spec.pattern))?;
+        let pattern = Regex::new(&anchored).map_err(|e| {
+            format!(
+                "subject_id pattern `{}` is not a valid regex: {e}",
+                spec.pattern
+            )
+        })?;
         Ok(SubjectIdRule {
             pattern,
             replace: spec.replace.clone(),
@@ -72,11 +76,18 @@ impl Dialect {
                 b','
             }
         };
-        let encoding = match spec.encoding.to_ascii_lowercase().replace('_', "-").as_str() {
+        let encoding = match spec
+            .encoding
+            .to_ascii_lowercase()
+            .replace('_', "-")
+            .as_str()
+        {
             "utf-8" | "utf8" => Encoding::Utf8,
             "latin-1" | "latin1" | "iso-8859-1" | "windows-1252" | "cp1252" => Encoding::Latin1,
             e => {
-                problems.push(format!("encoding `{e}` is not supported (use utf-8 or latin-1)"));
+                problems.push(format!(
+                    "encoding `{e}` is not supported (use utf-8 or latin-1)"
+                ));
                 Encoding::Utf8
             }
         };
@@ -180,7 +191,9 @@ fn parse_date_with(cell: &str, format: &str) -> Option<NaiveDate> {
 fn check_date_format(format: &str) -> Result<(), String> {
     use chrono::format::{Item, StrftimeItems};
     if StrftimeItems::new(format).any(|i| matches!(i, Item::Error)) {
-        return Err(format!("date format `{format}` is not a valid strftime format"));
+        return Err(format!(
+            "date format `{format}` is not a valid strftime format"
+        ));
     }
     let has = |s: &str| format.contains(s);
     if !(has("%Y") || has("%y")) || !(has("%m") || has("%b") || has("%B")) || !has("%d") {
@@ -242,7 +255,9 @@ mod tests {
 
     #[test]
     fn subject_ids_normalise_to_one_canonical_id() {
-        let d = dialect("subject_id: {pattern: '([A-Za-z])[-_ ]?0*([0-9]+)', replace: '${1}${2}', uppercase: true}");
+        let d = dialect(
+            "subject_id: {pattern: '([A-Za-z])[-_ ]?0*([0-9]+)', replace: '${1}${2}', uppercase: true}",
+        );
         for s in ["C01", "c1", " C-1 ", "C1"] {
             assert_eq!(d.subject_id(s).as_deref(), Some("C1"), "{s}");
         }
@@ -252,14 +267,18 @@ mod tests {
     #[test]
     fn bad_dialects_report_every_problem() {
         let spec: DialectSpec =
-            serde_saphyr::from_str("delimiter: ';;'\nencoding: ebcdic\ndate_formats: ['%d']").unwrap();
+            serde_saphyr::from_str("delimiter: ';;'\nencoding: ebcdic\ndate_formats: ['%d']")
+                .unwrap();
         let errs = Dialect::compile(&spec).unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
     }
 
     #[test]
     fn latin1_decodes_and_bom_is_dropped() {
-        assert_eq!(&*decode(b"M\xfcller", Encoding::Latin1), "Müller".as_bytes());
+        assert_eq!(
+            &*decode(b"M\xfcller", Encoding::Latin1),
+            "Müller".as_bytes()
+        );
         assert_eq!(&*decode(b"\xEF\xBB\xBFa,b", Encoding::Utf8), b"a,b");
     }
 }

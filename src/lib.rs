@@ -25,7 +25,12 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     let w = word.trim().to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (strsim::normalized_levenshtein(&w, &c.trim().to_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::normalized_levenshtein(&w, &c.trim().to_lowercase()),
+                c,
+            )
+        })
         .filter(|(score, _)| *score >= 0.4)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)

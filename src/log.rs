@@ -67,7 +67,9 @@ impl Log {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(len);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} stages {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} stages {msg}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar

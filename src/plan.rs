@@ -103,11 +103,24 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
         list: spec.problems.clone(),
     };
     if chrono::NaiveDate::parse_from_str(&spec.header.dates.min, "%Y-%m-%d").is_err() {
-        p.at(1, 1, format!("dates.min `{}` is not a date (YYYY-MM-DD)", spec.header.dates.min), None);
+        p.at(
+            1,
+            1,
+            format!(
+                "dates.min `{}` is not a date (YYYY-MM-DD)",
+                spec.header.dates.min
+            ),
+            None,
+        );
     }
     if let Some(max) = &spec.header.dates.max {
         if chrono::NaiveDate::parse_from_str(max, "%Y-%m-%d").is_err() {
-            p.at(1, 1, format!("dates.max `{max}` is not a date (YYYY-MM-DD)"), None);
+            p.at(
+                1,
+                1,
+                format!("dates.max `{max}` is not a date (YYYY-MM-DD)"),
+                None,
+            );
         }
     }
 
@@ -117,12 +130,21 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
     for s in &spec.sites {
         let (line, col) = (s.referenced.line(), s.referenced.column());
         if !site_names.insert(s.value.name.clone()) {
-            p.at(line, col, format!("site `{}` is defined twice", s.value.name), None);
+            p.at(
+                line,
+                col,
+                format!("site `{}` is defined twice", s.value.name),
+                None,
+            );
         }
         match Dialect::compile(&s.value.dialect) {
             Ok(d) => sites.push(ResolvedSite {
                 name: s.value.name.clone(),
-                folder: s.value.folder.clone().unwrap_or_else(|| s.value.name.clone()),
+                folder: s
+                    .value
+                    .folder
+                    .clone()
+                    .unwrap_or_else(|| s.value.name.clone()),
                 dialect: Arc::new(d),
             }),
             Err(errs) => {
@@ -139,19 +161,37 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
         let (line, col) = (s.referenced.line(), s.referenced.column());
         let src = &s.value;
         if !source_names.insert(src.name.clone()) {
-            p.at(line, col, format!("source `{}` is defined twice", src.name), None);
+            p.at(
+                line,
+                col,
+                format!("source `{}` is defined twice", src.name),
+                None,
+            );
         }
         if let Some(only) = &src.sites {
             for site in only {
                 if !site_names.contains(site) {
                     let hint = crate::closest(site, site_names.iter().map(String::as_str))
                         .map(|c| format!("did you mean `{c}`?"));
-                    p.at(line, col, format!("source `{}` names unknown site `{site}`", src.name), hint);
+                    p.at(
+                        line,
+                        col,
+                        format!("source `{}` names unknown site `{site}`", src.name),
+                        hint,
+                    );
                 }
             }
         }
         if !(0.0..=1.0).contains(&src.reject_limit) {
-            p.at(line, col, format!("source `{}`: reject_limit must be between 0 and 1", src.name), None);
+            p.at(
+                line,
+                col,
+                format!(
+                    "source `{}`: reject_limit must be between 0 and 1",
+                    src.name
+                ),
+                None,
+            );
         }
         if let Some(r) = &src.export_date {
             if let Err(e) = crate::source::ExportDateRule::compile(&r.pattern, &r.format) {
@@ -162,11 +202,21 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
             p.at(l, c, format!("source `{}`: {msg}", src.name), None);
         }
         if src.columns.is_empty() {
-            p.at(line, col, format!("source `{}` lists no columns", src.name), None);
+            p.at(
+                line,
+                col,
+                format!("source `{}` lists no columns", src.name),
+                None,
+            );
         }
     }
     if spec.sites.is_empty() && !spec.sources.is_empty() {
-        p.at(1, 1, "sources are defined but no sites".into(), Some("add a `sites:` list with each site's folder and dialect".into()));
+        p.at(
+            1,
+            1,
+            "sources are defined but no sites".into(),
+            Some("add a `sites:` list with each site's folder and dialect".into()),
+        );
     }
 
     // Stages: names, kinds, parameters.
@@ -176,15 +226,33 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
         let name = &e.common.name;
         let (line, col) = (name.referenced.line(), name.referenced.column());
         if RESERVED_TABLES.contains(&name.value.as_str()) {
-            p.at(line, col, format!("stage name `{}` is reserved for a table studyflow writes itself", name.value), None);
+            p.at(
+                line,
+                col,
+                format!(
+                    "stage name `{}` is reserved for a table studyflow writes itself",
+                    name.value
+                ),
+                None,
+            );
         }
         if by_name.insert(name.value.clone(), i).is_some() {
-            p.at(line, col, format!("stage `{}` is defined twice", name.value), Some("stage names are table names and must be unique".into()));
+            p.at(
+                line,
+                col,
+                format!("stage `{}` is defined twice", name.value),
+                Some("stage names are table names and must be unique".into()),
+            );
         }
         match Kind::parse(&spec, e.index, &e.common.kind.value) {
             Ok(k) => {
                 for msg in k.stage().check(&spec) {
-                    p.at(e.line, e.column, format!("stage `{}`: {msg}", name.value), None);
+                    p.at(
+                        e.line,
+                        e.column,
+                        format!("stage `{}`: {msg}", name.value),
+                        None,
+                    );
                 }
                 kinds.push(Some(k));
             }
@@ -205,11 +273,16 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
                 None => {
                     let hint = crate::closest(&input.value, by_name.keys().map(String::as_str))
                         .map(|c| format!("did you mean `{c}`?"))
-                        .or_else(|| Some("inputs name other stages (a stage's name is its table)".into()));
+                        .or_else(|| {
+                            Some("inputs name other stages (a stage's name is its table)".into())
+                        });
                     p.at(
                         input.referenced.line(),
                         input.referenced.column(),
-                        format!("stage `{}` reads unknown input `{}`", e.common.name.value, input.value),
+                        format!(
+                            "stage `{}` reads unknown input `{}`",
+                            e.common.name.value, input.value
+                        ),
                         hint,
                     );
                 }
@@ -224,7 +297,10 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
     let order = match topo_order(&input_ids) {
         Ok(o) => o,
         Err(cycle) => {
-            let path: Vec<&str> = cycle.iter().map(|&i| spec.stages[i].common.name.value.as_str()).collect();
+            let path: Vec<&str> = cycle
+                .iter()
+                .map(|&i| spec.stages[i].common.name.value.as_str())
+                .collect();
             let first = &spec.stages[cycle[0]];
             p.at(
                 first.line,
@@ -266,7 +342,12 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
     }
     let mut depth = vec![0usize; stages.len()];
     for i in 0..stages.len() {
-        depth[i] = stages[i].input_ids.iter().map(|&j| depth[j] + 1).max().unwrap_or(0);
+        depth[i] = stages[i]
+            .input_ids
+            .iter()
+            .map(|&j| depth[j] + 1)
+            .max()
+            .unwrap_or(0);
     }
     let max_depth = depth.iter().copied().max().unwrap_or(0);
     let mut waves = vec![Vec::new(); max_depth + 1];
@@ -375,7 +456,11 @@ pub fn ancestors(plan: &Plan, id: usize) -> HashSet<usize> {
 
 /// Input name -> stage ids map, for messages.
 pub fn names(plan: &Plan) -> HashMap<&str, usize> {
-    plan.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect()
+    plan.stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect()
 }
 
 #[cfg(test)]
@@ -399,10 +484,26 @@ mod tests {
     fn reports_every_problem_with_its_line() {
         let yaml = "pipeline: t\nstages:\n  - name: a\n    kind: sql\n    inputs: [c]\n    query: SELECT 1\n  - name: a\n    kind: sqll\n  - name: c\n    kind: sql\n    inputs: [a, nope]\n    query: SELECT 1\n";
         let err = plan(yaml).unwrap_err();
-        let msgs: Vec<String> = err.0.iter().map(|p| format!("{}:{}", p.line, p.message)).collect();
-        assert!(msgs.iter().any(|m| m.starts_with("7:") && m.contains("defined twice")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("8:") && m.contains("unknown stage kind `sqll`")), "{msgs:?}");
-        assert!(msgs.iter().any(|m| m.starts_with("11:") && m.contains("unknown input `nope`")), "{msgs:?}");
+        let msgs: Vec<String> = err
+            .0
+            .iter()
+            .map(|p| format!("{}:{}", p.line, p.message))
+            .collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("7:") && m.contains("defined twice")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("8:") && m.contains("unknown stage kind `sqll`")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("11:") && m.contains("unknown input `nope`")),
+            "{msgs:?}"
+        );
     }
 
     #[test]

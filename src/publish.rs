@@ -25,8 +25,14 @@ impl Provenance {
             ("studyflow.pipeline".into(), self.pipeline.clone()),
             ("studyflow.pipeline_hash".into(), self.pipeline_hash.clone()),
             ("studyflow.table".into(), self.table.clone()),
-            ("studyflow.stage_fingerprint".into(), self.stage_fingerprint.clone()),
-            ("studyflow.engine_version".into(), self.engine_version.clone()),
+            (
+                "studyflow.stage_fingerprint".into(),
+                self.stage_fingerprint.clone(),
+            ),
+            (
+                "studyflow.engine_version".into(),
+                self.engine_version.clone(),
+            ),
         ]
     }
 }
@@ -78,7 +84,8 @@ impl RunLock {
         );
         file.set_len(0).map_err(|e| RunError::io(&path, e))?;
         file.rewind().map_err(|e| RunError::io(&path, e))?;
-        file.write_all(me.as_bytes()).map_err(|e| RunError::io(&path, e))?;
+        file.write_all(me.as_bytes())
+            .map_err(|e| RunError::io(&path, e))?;
         file.sync_all().map_err(|e| RunError::io(&path, e))?;
         Ok(RunLock { file, stale })
     }
@@ -100,7 +107,11 @@ fn hostname() -> String {
 
 /// Writes `df` as Parquet (zstd, statistics) to `path` via a temporary file and a rename.
 /// Returns the size in bytes and the blake3 of the file.
-pub fn write_parquet(df: &mut DataFrame, path: &Path, prov: &Provenance) -> Result<(u64, String), RunError> {
+pub fn write_parquet(
+    df: &mut DataFrame,
+    path: &Path,
+    prov: &Provenance,
+) -> Result<(u64, String), RunError> {
     let tmp = tmp_name(path);
     let mut file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
     ParquetWriter::new(&mut file)
@@ -127,11 +138,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
 /// Size and blake3 of a file.
 pub fn hash_file(path: &Path) -> Result<(u64, String), RunError> {
     let bytes = fs::read(path).map_err(|e| RunError::io(path, e))?;
-    Ok((bytes.len() as u64, blake3::hash(&bytes).to_hex().to_string()))
+    Ok((
+        bytes.len() as u64,
+        blake3::hash(&bytes).to_hex().to_string(),
+    ))
 }
 
 fn tmp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -167,7 +184,9 @@ fn sync_dir(dir: &Path) {
 /// Removes unfinished run folders left by runs that died (never the published one).
 pub fn sweep_unfinished(out_dir: &Path) {
     let runs = out_dir.join("runs");
-    let Ok(entries) = fs::read_dir(&runs) else { return };
+    let Ok(entries) = fs::read_dir(&runs) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "partial") {

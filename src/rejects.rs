@@ -100,4 +100,5 @@ pub fn from_filter(
 }
 
 /// Columns of the set-aside rows: which raw row, its fate, and the row that was kept instead.
-pub const DROPPED_COLUMNS: &[&str] = &["SRCFILE", "SRCLINE", "SITE", "FATE", "KEPTFILE", "KEPTLINE"];
+pub const DROPPED_COLUMNS: &[&str] =
+    &["SRCFILE", "SRCLINE", "SITE", "FATE", "KEPTFILE", "KEPTLINE"];

@@ -49,7 +49,11 @@ struct Done {
 
 fn new_run_id() -> String {
     let now = chrono::Utc::now();
-    format!("{}-{:05}", now.format("%Y%m%dT%H%M%S%.3fZ"), std::process::id() % 100_000)
+    format!(
+        "{}-{:05}",
+        now.format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id() % 100_000
+    )
 }
 
 /// Runs the whole plan and publishes it.
@@ -58,10 +62,14 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
     let started_utc = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let data_dir = plan.data_dir(opts.data_dir.as_ref());
     let out_dir = plan.out_dir(opts.out_dir.as_ref());
-    let run_date = opts.run_date.unwrap_or_else(|| chrono::Local::now().date_naive());
+    let run_date = opts
+        .run_date
+        .unwrap_or_else(|| chrono::Local::now().date_naive());
     let lock = RunLock::acquire(&out_dir)?;
     if let Some(stale) = &lock.stale {
-        log.warn(&format!("a previous run did not finish ({stale}); its partial output is discarded"));
+        log.warn(&format!(
+            "a previous run did not finish ({stale}); its partial output is discarded"
+        ));
     }
     publish::sweep_unfinished(&out_dir);
 
@@ -85,7 +93,17 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
             return Err(e);
         }
     };
-    let outcome = finish(plan, &done, &partial, &run_id, run_date, &started_utc, started, opts, log);
+    let outcome = finish(
+        plan,
+        &done,
+        &partial,
+        &run_id,
+        run_date,
+        &started_utc,
+        started,
+        opts,
+        log,
+    );
     match outcome {
         Ok(manifest) => {
             publish::failpoint("publish")?;
@@ -101,7 +119,10 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         Err(e) => {
             let failed = runs.join(format!("{run_id}.failed"));
             if std::fs::rename(&partial, &failed).is_ok() && e.is::<DataError>() {
-                log.warn(&format!("nothing was published; the failed run's rejects are in {}", failed.display()));
+                log.warn(&format!(
+                    "nothing was published; the failed run's rejects are in {}",
+                    failed.display()
+                ));
             }
             Err(e)
         }
@@ -109,7 +130,11 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
 }
 
 fn resolve_sources(plan: &Plan, data_dir: &std::path::Path) -> anyhow::Result<Vec<ResolvedSource>> {
-    let used: Vec<&str> = plan.stages.iter().filter_map(|s| s.kind.stage().reads_source()).collect();
+    let used: Vec<&str> = plan
+        .stages
+        .iter()
+        .filter_map(|s| s.kind.stage().reads_source())
+        .collect();
     let mut out = Vec::new();
     for s in &plan.spec.sources {
         if used.contains(&s.value.name.as_str()) {
@@ -132,7 +157,13 @@ fn fingerprint(plan: &Plan, id: usize, inputs: &[&str], files: &[FileRead]) -> S
         // Hash what the YAML says, not compiled forms (no locations, no hash-map order).
         if let Some(spec) = plan.spec.sources.iter().find(|x| x.value.name == src) {
             let s = &spec.value;
-            h.update(format!("{:?}{:?}{:?}{:?}{}", s.name, s.files, s.sites, s.export_date, s.reject_limit).as_bytes());
+            h.update(
+                format!(
+                    "{:?}{:?}{:?}{:?}{}",
+                    s.name, s.files, s.sites, s.export_date, s.reject_limit
+                )
+                .as_bytes(),
+            );
             for c in &s.columns {
                 h.update(format!("{:?}", c.value).as_bytes());
             }
@@ -175,10 +206,12 @@ fn execute(
                 let mut tables = Vec::new();
                 let mut input_fps = Vec::new();
                 for (&j, name) in s.input_ids.iter().zip(&s.inputs) {
-                    let slot = slots[j].lock().map_err(|_| RunError::Internal("poisoned stage slot".into()))?;
-                    let d = slot
-                        .as_ref()
-                        .ok_or_else(|| RunError::Internal(format!("input `{name}` of `{}` did not run", s.name)))?;
+                    let slot = slots[j]
+                        .lock()
+                        .map_err(|_| RunError::Internal("poisoned stage slot".into()))?;
+                    let d = slot.as_ref().ok_or_else(|| {
+                        RunError::Internal(format!("input `{name}` of `{}` did not run", s.name))
+                    })?;
                     tables.push((name.clone(), d.table.clone()));
                     input_fps.push(d.fingerprint.clone());
                 }
@@ -196,7 +229,10 @@ fn execute(
                     .stage()
                     .run(&ctx, &Inputs { tables })
                     .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
-                let table = out.table.collect().map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+                let table = out
+                    .table
+                    .collect()
+                    .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
                 let fp_inputs: Vec<&str> = input_fps.iter().map(String::as_str).collect();
                 let fingerprint = fingerprint(plan, id, &fp_inputs, &out.files);
                 let seconds = t0.elapsed().as_secs_f64();
@@ -227,7 +263,9 @@ fn execute(
                     rows_in,
                     seconds,
                 };
-                *slots[id].lock().map_err(|_| RunError::Internal("poisoned stage slot".into()))? = Some(done);
+                *slots[id]
+                    .lock()
+                    .map_err(|_| RunError::Internal("poisoned stage slot".into()))? = Some(done);
                 Ok(())
             })
             .collect::<anyhow::Result<Vec<()>>>()?;
@@ -238,7 +276,9 @@ fn execute(
         .map(|m| {
             m.into_inner()
                 .map_err(|_| RunError::Internal("poisoned stage slot".into()).into())
-                .and_then(|d| d.ok_or_else(|| RunError::Internal("a stage did not run".into()).into()))
+                .and_then(|d| {
+                    d.ok_or_else(|| RunError::Internal("a stage did not run".into()).into())
+                })
         })
         .collect()
 }
@@ -263,7 +303,10 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<HashMa
     if let Some(f) = filter {
         lf = lf.filter(f);
     }
-    let counts = lf.group_by([col("SRCFILE")]).agg([len().alias("n")]).collect()?;
+    let counts = lf
+        .group_by([col("SRCFILE")])
+        .agg([len().alias("n")])
+        .collect()?;
     let files = counts.column("SRCFILE")?.str()?.clone();
     let ns = counts.column("n")?.cast(&DataType::UInt64)?;
     let ns = ns.u64()?;
@@ -280,11 +323,16 @@ fn row_fate(plan: &Plan, done: &[Done]) -> anyhow::Result<Vec<FileFate>> {
     let lineage_child = |i: usize| -> Vec<usize> {
         plan.consumers(i)
             .into_iter()
-            .filter(|&j| plan.stages[j].kind.stage().row_level() && plan.stages[j].input_ids.first() == Some(&i))
+            .filter(|&j| {
+                plan.stages[j].kind.stage().row_level()
+                    && plan.stages[j].input_ids.first() == Some(&i)
+            })
             .collect()
     };
     for (id, s) in plan.stages.iter().enumerate() {
-        let Some(source) = s.kind.stage().reads_source() else { continue };
+        let Some(source) = s.kind.stage().reads_source() else {
+            continue;
+        };
         // Walk to every terminal of the row-level chain, keeping the path.
         let mut stack = vec![vec![id]];
         while let Some(path) = stack.pop() {
@@ -355,12 +403,19 @@ fn all_rejects(plan: &Plan, done: &[Done]) -> anyhow::Result<DataFrame> {
     for (id, d) in done.iter().enumerate() {
         if let Some(r) = &d.rejects {
             if r.height() > 0 {
-                parts.push(r.clone().lazy().with_column(lit(plan.stages[id].name.clone()).alias("STAGE")));
+                parts.push(
+                    r.clone()
+                        .lazy()
+                        .with_column(lit(plan.stages[id].name.clone()).alias("STAGE")),
+                );
             }
         }
     }
     let mut table = if parts.is_empty() {
-        crate::rejects::empty()?.lazy().with_column(lit("").alias("STAGE")).limit(0)
+        crate::rejects::empty()?
+            .lazy()
+            .with_column(lit("").alias("STAGE"))
+            .limit(0)
     } else {
         concat(parts, UnionArgs::default())?
     };
@@ -411,14 +466,19 @@ fn all_dropped(done: &[Done]) -> anyhow::Result<DataFrame> {
         )?);
     }
     Ok(concat(parts, UnionArgs::default())?
-        .sort_by_exprs([col("SRCFILE"), col("SRCLINE")], SortMultipleOptions::default())
+        .sort_by_exprs(
+            [col("SRCFILE"), col("SRCLINE")],
+            SortMultipleOptions::default(),
+        )
         .collect()?)
 }
 
 fn check_reject_limits(plan: &Plan, fates: &[FileFate], rejects: &DataFrame) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for f in fates {
-        let Some(src) = plan.spec.sources.iter().find(|s| s.value.name == f.source) else { continue };
+        let Some(src) = plan.spec.sources.iter().find(|s| s.value.name == f.source) else {
+            continue;
+        };
         let limit = src.value.reject_limit;
         if f.read == 0 {
             continue;
@@ -427,7 +487,10 @@ fn check_reject_limits(plan: &Plan, fates: &[FileFate], rejects: &DataFrame) -> 
         if frac <= limit {
             continue;
         }
-        let mine = rejects.clone().lazy().filter(col("SRCFILE").eq(lit(f.file.clone())));
+        let mine = rejects
+            .clone()
+            .lazy()
+            .filter(col("SRCFILE").eq(lit(f.file.clone())));
         let top = mine
             .clone()
             .group_by([col("RULE")])
@@ -448,8 +511,18 @@ fn check_reject_limits(plan: &Plan, fates: &[FileFate], rejects: &DataFrame) -> 
         let ex = mine.limit(3).collect()?;
         let mut examples = Vec::new();
         for i in 0..ex.height() {
-            let get = |c: &str| ex.column(c).ok().and_then(|c| c.get(i).ok()).map(|v| v.to_string()).unwrap_or_default();
-            examples.push(format!("line {}: {}", get("SRCLINE"), get("REASON").trim_matches('"')));
+            let get = |c: &str| {
+                ex.column(c)
+                    .ok()
+                    .and_then(|c| c.get(i).ok())
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
+            examples.push(format!(
+                "line {}: {}",
+                get("SRCLINE"),
+                get("REASON").trim_matches('"')
+            ));
         }
         failures.push(format!(
             "{}: {} of {} rows rejected ({:.1}%), above the limit of {:.1}% for source `{}`\n  top reasons: {}\n  examples:\n    {}",
@@ -467,14 +540,21 @@ fn check_reject_limits(plan: &Plan, fates: &[FileFate], rejects: &DataFrame) -> 
         Ok(())
     } else {
         failures.dedup();
-        Err(DataError::RejectLimit(format!("reject limit exceeded, nothing published:\n{}", failures.join("\n"))).into())
+        Err(DataError::RejectLimit(format!(
+            "reject limit exceeded, nothing published:\n{}",
+            failures.join("\n")
+        ))
+        .into())
     }
 }
 
 /// Sorts a published table by its keys (every column when none are given).
 fn sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<DataFrame> {
     let by: Vec<Expr> = if keys.is_empty() {
-        df.get_column_names().iter().map(|c| col(c.as_str())).collect()
+        df.get_column_names()
+            .iter()
+            .map(|c| col(c.as_str()))
+            .collect()
     } else {
         keys.iter().map(|k| col(k.as_str())).collect()
     };
@@ -533,7 +613,11 @@ fn finish(
     };
     if let Err(e) = limits {
         let mut r = rejects.clone();
-        let _ = publish::write_parquet(&mut r, &run_dir.join("rejects.parquet"), &prov("rejects", &all_fp));
+        let _ = publish::write_parquet(
+            &mut r,
+            &run_dir.join("rejects.parquet"),
+            &prov("rejects", &all_fp),
+        );
         return Err(e);
     }
 
@@ -541,7 +625,11 @@ fn finish(
     let mut jobs: Vec<(String, DataFrame, String)> = Vec::new();
     for (id, s) in plan.stages.iter().enumerate() {
         if s.publish {
-            jobs.push((s.name.clone(), sorted(&done[id].table, &s.sort_by)?, done[id].fingerprint.clone()));
+            jobs.push((
+                s.name.clone(),
+                sorted(&done[id].table, &s.sort_by)?,
+                done[id].fingerprint.clone(),
+            ));
         }
     }
     jobs.push(("rejects".into(), rejects, all_fp.clone()));
@@ -552,7 +640,8 @@ fn finish(
         .map(|(name, mut df, fp)| -> anyhow::Result<TableRecord> {
             publish::failpoint(&format!("write:{name}"))?;
             let file = format!("{name}.parquet");
-            let (bytes, hash) = publish::write_parquet(&mut df, &run_dir.join(&file), &prov(&name, &fp))?;
+            let (bytes, hash) =
+                publish::write_parquet(&mut df, &run_dir.join(&file), &prov(&name, &fp))?;
             Ok(TableRecord {
                 name,
                 file,

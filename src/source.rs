@@ -86,7 +86,9 @@ pub fn resolve_source(
     data_dir: &Path,
 ) -> Result<ResolvedSource, DataError> {
     let rules = match &spec.export_date {
-        Some(r) => vec![ExportDateRule::compile(&r.pattern, &r.format).map_err(DataError::BadSource)?],
+        Some(r) => {
+            vec![ExportDateRule::compile(&r.pattern, &r.format).map_err(DataError::BadSource)?]
+        }
         None => ExportDateRule::default_rules(),
     };
     let mut files = Vec::new();
@@ -100,11 +102,18 @@ pub fn resolve_source(
         let pattern = folder.join(&spec.files);
         let pattern = pattern.to_string_lossy();
         let entries = glob::glob(&pattern).map_err(|e| {
-            DataError::BadSource(format!("source `{}`: bad file glob `{pattern}`: {e}", spec.name))
+            DataError::BadSource(format!(
+                "source `{}`: bad file glob `{pattern}`: {e}",
+                spec.name
+            ))
         })?;
         for entry in entries {
             let path = entry.map_err(|e| {
-                DataError::BadSource(format!("source `{}`: cannot list {}: {e}", spec.name, e.path().display()))
+                DataError::BadSource(format!(
+                    "source `{}`: cannot list {}: {e}",
+                    spec.name,
+                    e.path().display()
+                ))
             })?;
             if !path.is_file() {
                 continue;

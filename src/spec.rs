@@ -5,7 +5,9 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde_saphyr::Spanned;
 
 use crate::error::{ConfigErrors, ConfigProblem};
@@ -57,7 +59,11 @@ pub struct HeaderSpec {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-struct IgnoredList(#[serde(default)] #[allow(dead_code)] Vec<IgnoredAny>);
+struct IgnoredList(
+    #[serde(default)]
+    #[allow(dead_code)]
+    Vec<IgnoredAny>,
+);
 
 /// The window of plausible dates (DOMAIN: before 1990 or after the run date rejects).
 #[derive(Debug, Clone, Deserialize)]
@@ -319,7 +325,9 @@ impl PipelineSpec {
                 line: 1,
                 column: 1,
                 message: "the pipeline has no stages".into(),
-                hint: Some("add a `stages:` list; each stage has a name, a kind and its inputs".into()),
+                hint: Some(
+                    "add a `stages:` list; each stage has a name, a kind and its inputs".into(),
+                ),
             });
         }
         Ok(PipelineSpec {
@@ -378,6 +386,13 @@ pub fn yaml_problem(path: &Path, e: &serde_saphyr::Error) -> ConfigProblem {
         .trim()
         .trim_start_matches("error: ")
         .to_string();
+    // The location is reported separately; drop the parser's own copy of it.
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => {
+            rest.to_string()
+        }
+        _ => message,
+    };
     ConfigProblem {
         file: path.to_path_buf(),
         line,
@@ -597,7 +612,9 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ParamsVisitor<T> {
         f.write_str("a stage mapping")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        T::deserialize(de::value::MapAccessDeserializer::new(WithoutCommonKeys(map)))
+        T::deserialize(de::value::MapAccessDeserializer::new(WithoutCommonKeys(
+            map,
+        )))
     }
 }
 

@@ -14,17 +14,26 @@ fn an_empty_drop_is_a_clear_error() {
     let (o, w) = run_with("data/nih/diary_2017-07-31.csv", b"");
     assert_exit(&o, 1);
     let err = stderr(&o);
-    assert!(err.contains("diary_2017-07-31.csv") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("diary_2017-07-31.csv") && err.contains("empty"),
+        "{err}"
+    );
     assert!(!w.path("out/current").exists(), "nothing is published");
 }
 
 #[test]
 fn a_header_only_file_reads_zero_rows() {
-    let (o, w) = run_with("data/nih/diary_2017-07-31.csv", b"Patient ID,diary_date,fever,rash\n");
+    let (o, w) = run_with(
+        "data/nih/diary_2017-07-31.csv",
+        b"Patient ID,diary_date,fever,rash\n",
+    );
     assert_exit(&o, 0);
     let fate = w.table("row_fate");
     let files = strs(&fate, "SRCFILE");
-    let i = files.iter().position(|f| f == "nih/diary_2017-07-31.csv").unwrap();
+    let i = files
+        .iter()
+        .position(|f| f == "nih/diary_2017-07-31.csv")
+        .unwrap();
     assert_eq!(strs(&fate, "READ")[i], "0");
 }
 
@@ -34,7 +43,10 @@ fn binary_junk_names_the_missing_columns() {
     let (o, _) = run_with("data/nih/diary_2017-07-31.csv", &junk);
     assert_exit(&o, 1);
     let err = stderr(&o);
-    assert!(err.contains("diary_2017-07-31.csv") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("diary_2017-07-31.csv") && err.contains("not found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -45,7 +57,10 @@ fn a_truncated_last_line_is_rejected_not_lost() {
     );
     assert_exit(&o, 0);
     let rejects = reject_rules(&w.table("rejects"));
-    assert!(rejects.contains(&("nih/diary_2017-07-31.csv".into(), 3, "columns".into())), "{rejects:?}");
+    assert!(
+        rejects.contains(&("nih/diary_2017-07-31.csv".into(), 3, "columns".into())),
+        "{rejects:?}"
+    );
 }
 
 #[test]
@@ -56,17 +71,26 @@ fn an_unterminated_quote_is_rejected_not_lost() {
     );
     assert_exit(&o, 0);
     let rejects = reject_rules(&w.table("rejects"));
-    assert!(rejects.contains(&("nih/diary_2017-07-31.csv".into(), 3, "columns".into())), "{rejects:?}");
+    assert!(
+        rejects.contains(&("nih/diary_2017-07-31.csv".into(), 3, "columns".into())),
+        "{rejects:?}"
+    );
 }
 
 #[test]
 fn a_missing_mapped_column_names_file_column_found_columns_and_closest_match() {
-    let (o, _) = run_with("data/nih/diary_2017-07-31.csv", b"Patient ID,diary_dat,fever,rash\nC01,2014-04-01,1,1\n");
+    let (o, _) = run_with(
+        "data/nih/diary_2017-07-31.csv",
+        b"Patient ID,diary_dat,fever,rash\nC01,2014-04-01,1,1\n",
+    );
     assert_exit(&o, 1);
     let err = stderr(&o);
     assert!(err.contains("nih/diary_2017-07-31.csv"), "{err}");
     assert!(err.contains("column `date` not found"), "{err}");
-    assert!(err.contains("columns found: Patient ID, diary_dat, fever, rash"), "{err}");
+    assert!(
+        err.contains("columns found: Patient ID, diary_dat, fever, rash"),
+        "{err}"
+    );
     assert!(err.contains("closest match: `diary_dat`"), "{err}");
 }
 
@@ -80,7 +104,10 @@ fn too_many_rejects_fail_the_run_naming_file_reasons_and_lines() {
     let (o, w) = run_with("data/nih/diary_2017-07-31.csv", &csv);
     assert_exit(&o, 1);
     let err = stderr(&o);
-    assert!(err.contains("nih/diary_2017-07-31.csv: 9 of 10 rows rejected (90.0%)"), "{err}");
+    assert!(
+        err.contains("nih/diary_2017-07-31.csv: 9 of 10 rows rejected (90.0%)"),
+        "{err}"
+    );
     assert!(err.contains("top reasons: date_range (9)"), "{err}");
     assert!(err.contains("line 2:"), "{err}");
     assert!(!w.path("out/current").exists(), "nothing is published");

@@ -7,25 +7,44 @@ fn every_mistake_is_listed_with_line_and_column() {
     let w = Workdir::from_fixture("two_sites");
     let yaml = std::fs::read_to_string(w.path("pipeline.yaml")).unwrap();
     let broken = yaml
-        .replace("    kind: dedupe\n    inputs: [visits_raw]", "    kind: dedupe\n    inputs: [visit_raw]")
-        .replace("  - name: diary_dedup\n    kind: dedupe", "  - name: diary_dedup\n    kind: dedup")
-        .replace("    source: diary\n", "    source: diary\n    colour: blue\n")
-        .replace("      decimal: \",\"\n", "      decimal: \",\"\n      delimitter: \";\"\n");
+        .replace(
+            "    kind: dedupe\n    inputs: [visits_raw]",
+            "    kind: dedupe\n    inputs: [visit_raw]",
+        )
+        .replace(
+            "  - name: diary_dedup\n    kind: dedupe",
+            "  - name: diary_dedup\n    kind: dedup",
+        )
+        .replace(
+            "    source: diary\n",
+            "    source: diary\n    colour: blue\n",
+        )
+        .replace(
+            "      decimal: \",\"\n",
+            "      decimal: \",\"\n      delimitter: \";\"\n",
+        );
     w.write("broken.yaml", broken.as_bytes());
     let o = w.run(&["validate", "broken.yaml"]);
     assert_exit(&o, 2);
     let err = stderr(&o);
-    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let line_of = |needle: &str| {
+        broken
+            .lines()
+            .position(|l| l.trim() == needle || l.trim().starts_with(&format!("{needle} ")))
+            .unwrap()
+            + 1
+    };
     for (needle, what) in [
-        ("delimitter", "unknown field"),
+        ("delimitter: \";\"", "unknown field"),
         ("colour: blue", "unknown field"),
-        ("kind: dedup\n", "unknown stage kind `dedup`"),
+        ("kind: dedup", "unknown stage kind `dedup`"),
         ("inputs: [visit_raw]", "unknown input `visit_raw`"),
     ] {
-        let line = line_of(needle.trim_end());
+        let line = line_of(needle);
         let located = format!("broken.yaml:{line}:");
         assert!(
-            err.lines().any(|l| l.contains(&located) && l.contains(what)),
+            err.lines()
+                .any(|l| l.contains(&located) && l.contains(what)),
             "expected `{what}` at {located} in:\n{err}"
         );
     }
@@ -43,13 +62,19 @@ fn cycles_and_duplicate_names_exit_2() {
     let o = w.run(&["validate", "cycle.yaml"]);
     assert_exit(&o, 2);
     let err = stderr(&o);
-    assert!(err.contains("cycle.yaml:5:") && err.contains("defined twice"), "{err}");
+    assert!(
+        err.contains("cycle.yaml:5:") && err.contains("defined twice"),
+        "{err}"
+    );
 }
 
 #[test]
 fn syntax_errors_and_wrong_types_are_located() {
     let w = Workdir::from_fixture("two_sites");
-    w.write("bad.yaml", b"pipeline: x\nstages:\n  - name: a\n    kind: sql\n    query: [1, 2\n");
+    w.write(
+        "bad.yaml",
+        b"pipeline: x\nstages:\n  - name: a\n    kind: sql\n    query: [1, 2\n",
+    );
     let o = w.run(&["validate", "bad.yaml"]);
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("bad.yaml:"), "{}", stderr(&o));

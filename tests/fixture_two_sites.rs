@@ -12,13 +12,19 @@ fn every_row_lands_where_domain_rules_say() {
     let subjects = w.table("subjects");
     assert_eq!(strs(&subjects, "subject"), ["C1", "C2", "O1", "S3"]);
     // Allowed values take their canonical spelling; Latin-1 text decodes; missing token -> null.
-    assert_eq!(strs(&subjects, "group"), ["CANDLE", "CANDLE", "OTHER", "SAVI"]);
+    assert_eq!(
+        strs(&subjects, "group"),
+        ["CANDLE", "CANDLE", "OTHER", "SAVI"]
+    );
     assert_eq!(strs(&subjects, "comment")[0], "null");
     assert_eq!(strs(&subjects, "comment")[2], "Überweisung aus Köln");
     // Embedded newline and quotes survive; C1 comes from the newer HH export.
     assert_eq!(strs(&subjects, "comment")[1], "note over\ntwo lines");
     assert_eq!(strs(&subjects, "SRCFILE")[0], "hh/subjects_2017-02-28.csv");
-    assert_eq!(strs(&subjects, "birth_date"), ["2005-04-12", "2008-11-30", "2006-02-03", "2009-03-14"]);
+    assert_eq!(
+        strs(&subjects, "birth_date"),
+        ["2005-04-12", "2008-11-30", "2006-02-03", "2009-03-14"]
+    );
 
     let visits = w.table("visits");
     assert_eq!(
@@ -52,15 +58,31 @@ fn every_row_lands_where_domain_rules_say() {
     for reason in strs(&rejects, "REASON") {
         assert!(reason.len() > 15, "reason too short: {reason}");
     }
-    assert!(strs(&rejects, "REASON").iter().any(|r| r.contains("2091-01-01 is after 2026-11-25")));
+    assert!(
+        strs(&rejects, "REASON")
+            .iter()
+            .any(|r| r.contains("2091-01-01 is after 2026-11-25"))
+    );
 
     let dups = w.table("duplicates");
     assert_eq!(
         reject_rules_like(&dups),
         [
-            ("nih/subjects_2017-01-31.csv".to_string(), 2, "superseded".to_string()),
-            ("nih/visits_2017-01-31.csv".to_string(), 3, "superseded".to_string()),
-            ("nih/visits_2017-01-31.csv".to_string(), 4, "collapsed".to_string()),
+            (
+                "nih/subjects_2017-01-31.csv".to_string(),
+                2,
+                "superseded".to_string()
+            ),
+            (
+                "nih/visits_2017-01-31.csv".to_string(),
+                3,
+                "superseded".to_string()
+            ),
+            (
+                "nih/visits_2017-01-31.csv".to_string(),
+                4,
+                "collapsed".to_string()
+            ),
         ]
     );
 
@@ -68,8 +90,14 @@ fn every_row_lands_where_domain_rules_say() {
     let read: Vec<String> = strs(&fate, "READ");
     let acc = strs(&fate, "ACCEPTED");
     let files = strs(&fate, "SRCFILE");
-    let nih_visits = files.iter().position(|f| f == "nih/visits_2017-01-31.csv").unwrap();
-    assert_eq!((read[nih_visits].as_str(), acc[nih_visits].as_str()), ("7", "1"));
+    let nih_visits = files
+        .iter()
+        .position(|f| f == "nih/visits_2017-01-31.csv")
+        .unwrap();
+    assert_eq!(
+        (read[nih_visits].as_str(), acc[nih_visits].as_str()),
+        ("7", "1")
+    );
 
     let counts = w.table("visit_counts");
     assert_eq!(strs(&counts, "n_visits"), ["3", "0", "2", "0"]);
@@ -92,27 +120,71 @@ fn published_tables_carry_provenance_and_a_manifest() {
     assert_exit(&w.run_pipeline(), 0);
     let meta = studyflow::inspect::footer_metadata(&w.path("out/current/visits.parquet")).unwrap();
     let keys: Vec<&str> = meta.iter().map(|(k, _)| k.as_str()).collect();
-    for k in ["studyflow.pipeline_hash", "studyflow.stage_fingerprint", "studyflow.engine_version"] {
+    for k in [
+        "studyflow.pipeline_hash",
+        "studyflow.stage_fingerprint",
+        "studyflow.engine_version",
+    ] {
         assert!(keys.contains(&k), "{keys:?}");
     }
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.path("out/current/manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(w.path("out/current/manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["inputs"].as_array().unwrap().len(), 7);
-    assert!(manifest["stages"].as_array().unwrap().iter().all(|s| s["status"] == "ran"));
+    assert!(
+        manifest["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "ran")
+    );
     let o = w.run(&["inspect", "visits", "--pipeline", "pipeline.yaml"]);
     assert_exit(&o, 0);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("rows: 5") && text.contains("studyflow.stage_fingerprint"), "{text}");
+    assert!(
+        text.contains("rows: 5") && text.contains("studyflow.stage_fingerprint"),
+        "{text}"
+    );
 }
 
 #[test]
 fn same_inputs_give_byte_identical_tables_whatever_the_threads() {
     let w = Workdir::from_fixture("two_sites");
-    assert_exit(&w.run(&["--threads", "1", "run", "pipeline.yaml", "--run-date", "2026-11-25"]), 0);
-    let hash = |t: &str| blake3::hash(&std::fs::read(w.path(&format!("out/current/{t}.parquet"))).unwrap());
-    let tables = ["subjects", "visits", "diary", "visit_counts", "rejects", "duplicates", "row_fate"];
+    assert_exit(
+        &w.run(&[
+            "--threads",
+            "1",
+            "run",
+            "pipeline.yaml",
+            "--run-date",
+            "2026-11-25",
+        ]),
+        0,
+    );
+    let hash = |t: &str| {
+        blake3::hash(&std::fs::read(w.path(&format!("out/current/{t}.parquet"))).unwrap())
+    };
+    let tables = [
+        "subjects",
+        "visits",
+        "diary",
+        "visit_counts",
+        "rejects",
+        "duplicates",
+        "row_fate",
+    ];
     let first: Vec<_> = tables.iter().map(|t| hash(t)).collect();
-    assert_exit(&w.run(&["--threads", "4", "run", "pipeline.yaml", "--run-date", "2026-11-25"]), 0);
+    assert_exit(
+        &w.run(&[
+            "--threads",
+            "4",
+            "run",
+            "pipeline.yaml",
+            "--run-date",
+            "2026-11-25",
+        ]),
+        0,
+    );
     let second: Vec<_> = tables.iter().map(|t| hash(t)).collect();
     assert_eq!(first, second);
 }

@@ -26,13 +26,18 @@ fn date() -> impl Strategy<Value = String> {
 }
 
 fn row() -> impl Strategy<Value = String> {
-    (prop_oneof![Just("C01"), Just("c-2"), Just("??"), Just("")], date(), cell(), cell(), 0u8..10).prop_map(
-        |(s, d, a, b, shape)| match shape {
+    (
+        prop_oneof![Just("C01"), Just("c-2"), Just("??"), Just("")],
+        date(),
+        cell(),
+        cell(),
+        0u8..10,
+    )
+        .prop_map(|(s, d, a, b, shape)| match shape {
             0 => format!("{s},{d},{a}"),
             1 => format!("{s},\"{d}\",{a},{b},extra"),
             _ => format!("{s},{d},{a},{b}"),
-        },
-    )
+        })
 }
 
 proptest! {

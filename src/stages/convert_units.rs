@@ -889,6 +889,7 @@ impl ConvertUnits {
                 .filter(col("RULE").is_null())
                 .select(shape.output),
             dropped: None,
+            files: Vec::new(),
         })
     }
 }

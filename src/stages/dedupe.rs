@@ -51,13 +51,19 @@ impl Stage for Dedupe {
         }
         for l in ["SRCFILE", "SRCLINE", "EXPORTDT"] {
             if !names.contains(&l.to_string()) {
-                anyhow::bail!("the input has no `{l}` column: dedupe needs rows straight from an ingest");
+                anyhow::bail!(
+                    "the input has no `{l}` column: dedupe needs rows straight from an ingest"
+                );
             }
         }
         let values: Vec<Expr> = names
             .iter()
             .filter(|n| !LINEAGE.contains(&n.as_str()))
-            .map(|n| col(n.as_str()).cast(DataType::String).fill_null(lit("\u{1}")))
+            .map(|n| {
+                col(n.as_str())
+                    .cast(DataType::String)
+                    .fill_null(lit("\u{1}"))
+            })
             .collect();
         let key: Vec<Expr> = self.key.iter().map(|k| col(k.as_str())).collect();
         let mut key_file = key.clone();
@@ -71,12 +77,23 @@ impl Stage for Dedupe {
             .lazy()
             .with_columns([
                 concat_str(values, "\u{1f}", false).alias(SIG),
-                concat_str([col("EXPORTDT").cast(DataType::String), col("SRCFILE")], "|", false)
-                    .alias(ORDER),
+                concat_str(
+                    [col("EXPORTDT").cast(DataType::String), col("SRCFILE")],
+                    "|",
+                    false,
+                )
+                .alias(ORDER),
             ])
             .with_columns([
-                col("SRCLINE").min().over(&key_file_sig)?.alias("__keepline"),
-                col(SIG).n_unique().over(&key_file)?.gt(lit(1)).alias("__conflict"),
+                col("SRCLINE")
+                    .min()
+                    .over(&key_file_sig)?
+                    .alias("__keepline"),
+                col(SIG)
+                    .n_unique()
+                    .over(&key_file)?
+                    .gt(lit(1))
+                    .alias("__conflict"),
                 len().over(&key_file)?.alias("__nkey"),
             ])
             .collect()?;
@@ -86,7 +103,12 @@ impl Stage for Dedupe {
                 .iter()
                 .map(|k| {
                     concat_str(
-                        [lit(format!("{k}=")), col(k.as_str()).cast(DataType::String).fill_null(lit("null"))],
+                        [
+                            lit(format!("{k}=")),
+                            col(k.as_str())
+                                .cast(DataType::String)
+                                .fill_null(lit("null")),
+                        ],
                         "",
                         false,
                     )
@@ -123,7 +145,11 @@ impl Stage for Dedupe {
         let collapsed = marked
             .clone()
             .lazy()
-            .filter(col("__conflict").not().and(col("SRCLINE").neq(col("__keepline"))))
+            .filter(
+                col("__conflict")
+                    .not()
+                    .and(col("SRCLINE").neq(col("__keepline"))),
+            )
             .select([
                 col("SRCFILE"),
                 col("SRCLINE"),
@@ -136,7 +162,11 @@ impl Stage for Dedupe {
         // Across files: the newest export (then the last file path) wins each key.
         let survivors = marked
             .lazy()
-            .filter(col("__conflict").not().and(col("SRCLINE").eq(col("__keepline"))))
+            .filter(
+                col("__conflict")
+                    .not()
+                    .and(col("SRCLINE").eq(col("__keepline"))),
+            )
             .with_columns([col(ORDER).max().over(&key)?.alias("__newest")])
             .with_columns([
                 col("SRCFILE")
@@ -212,16 +242,34 @@ mod tests {
             tables: vec![("x".into(), table())],
         };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
-        let kept = out.table.sort(["SRCFILE", "SRCLINE"], Default::default()).collect().unwrap();
+        let kept = out
+            .table
+            .sort(["SRCFILE", "SRCLINE"], Default::default())
+            .collect()
+            .unwrap();
         assert_eq!(strings(&kept, "SRCFILE"), ["a", "b"]);
         assert_eq!(ints(&kept, "SRCLINE"), [Some(2), Some(2)]);
-        let rej = out.rejects.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
+        let rej = out
+            .rejects
+            .unwrap()
+            .sort(["SRCLINE"], Default::default())
+            .unwrap();
         assert_eq!(ints(&rej, "SRCLINE"), [Some(4), Some(5)]);
-        assert_eq!(rej.column("RULE").unwrap().str().unwrap().get(0), Some("conflict"));
-        let dropped = out.dropped.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
+        assert_eq!(
+            rej.column("RULE").unwrap().str().unwrap().get(0),
+            Some("conflict")
+        );
+        let dropped = out
+            .dropped
+            .unwrap()
+            .sort(["SRCLINE"], Default::default())
+            .unwrap();
         let fates = strings(&dropped, "FATE");
         assert_eq!(fates, vec!["collapsed", "superseded"]);
-        assert_eq!(dropped.column("KEPTFILE").unwrap().str().unwrap().get(1), Some("b"));
+        assert_eq!(
+            dropped.column("KEPTFILE").unwrap().str().unwrap().get(1),
+            Some("b")
+        );
         // Row fate: 6 in = 2 kept + 2 rejected + 2 set aside.
         assert_eq!(kept.height() + rej.height() + dropped.height(), 6);
     }

@@ -98,7 +98,9 @@ fn date_bound(b: &Option<Bound>, what: &str) -> Result<Option<NaiveDate>, String
         Some(Bound::Text(t)) => NaiveDate::parse_from_str(t, "%Y-%m-%d")
             .map(Some)
             .map_err(|_| format!("{what} `{t}` is not a date (YYYY-MM-DD)")),
-        Some(Bound::Number(n)) => Err(format!("{what} {n} of a date column must be a date (YYYY-MM-DD)")),
+        Some(Bound::Number(n)) => Err(format!(
+            "{what} {n} of a date column must be a date (YYYY-MM-DD)"
+        )),
     }
 }
 
@@ -123,15 +125,20 @@ impl CompiledColumn {
             let hi = date_bound(&c.max, "max")?.unwrap_or(max_date);
             (None, None, lo, hi)
         } else {
-            (num_bound(&c.min, "min")?, num_bound(&c.max, "max")?, min_date, max_date)
+            (
+                num_bound(&c.min, "min")?,
+                num_bound(&c.max, "max")?,
+                min_date,
+                max_date,
+            )
         };
-        let pattern = match &c.pattern {
-            Some(p) => Some(
-                Regex::new(&format!("^(?:{p})$"))
-                    .map_err(|e| format!("column `{}`: pattern is not a valid regex: {e}", c.name))?,
-            ),
-            None => None,
-        };
+        let pattern =
+            match &c.pattern {
+                Some(p) => Some(Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    format!("column `{}`: pattern is not a valid regex: {e}", c.name)
+                })?),
+                None => None,
+            };
         let allowed = c.allowed.as_ref().map(|vals| {
             vals.iter()
                 .map(|v| (v.trim().to_lowercase(), v.clone()))
@@ -247,11 +254,17 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
         let below = c.min.is_some_and(|m| v < m);
         let above = c.max.is_some_and(|m| v > m);
         if below || above {
-            let lo = c.min.map(|m| m.to_string()).unwrap_or_else(|| "-inf".into());
+            let lo = c
+                .min
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-inf".into());
             let hi = c.max.map(|m| m.to_string()).unwrap_or_else(|| "inf".into());
             return Err(fail(
                 "range",
-                format!("{v} is outside the plausible range {lo} to {hi} for `{}`", c.name),
+                format!(
+                    "{v} is outside the plausible range {lo} to {hi} for `{}`",
+                    c.name
+                ),
             ));
         }
     }
@@ -334,7 +347,10 @@ impl LineCounter {
             byte += 1;
         }
         if byte >= self.offset {
-            self.line += text[self.offset..byte].iter().filter(|&&b| b == b'\n').count() as i64;
+            self.line += text[self.offset..byte]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count() as i64;
         } else {
             self.line = text[..byte].iter().filter(|&&b| b == b'\n').count() as i64;
         }
@@ -394,7 +410,9 @@ fn map_header(
                         c.name,
                         c.headers.join(", "),
                         found.join(", "),
-                        closest.map(|c| format!("; closest match: `{c}`")).unwrap_or_default()
+                        closest
+                            .map(|c| format!("; closest match: `{c}`"))
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -422,7 +440,10 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(bad(
             file,
-            format!("the file is empty ({} bytes): not even a header line", bytes.len()),
+            format!(
+                "the file is empty ({} bytes): not even a header line",
+                bytes.len()
+            ),
         ));
     }
     let mut reader = csv::ReaderBuilder::new()
@@ -452,16 +473,33 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
             Ok(r) => r,
             Err(e) => {
                 // The csv reader only fails on I/O; a bad record still has a position.
-                let line = e.position().map(|p| lines_at.line(&text, p.byte())).unwrap_or(0);
+                let line = e
+                    .position()
+                    .map(|p| lines_at.line(&text, p.byte()))
+                    .unwrap_or(0);
                 rows += 1;
-                rejects.push(&file.rel, line, &file.site, "", "", "columns", format!("unreadable record: {e}"));
+                rejects.push(
+                    &file.rel,
+                    line,
+                    &file.site,
+                    "",
+                    "",
+                    "columns",
+                    format!("unreadable record: {e}"),
+                );
                 continue;
             }
         };
         rows += 1;
-        let line = rec.position().map(|p| lines_at.line(&text, p.byte())).unwrap_or(0);
+        let line = rec
+            .position()
+            .map(|p| lines_at.line(&text, p.byte()))
+            .unwrap_or(0);
         if rec.len() != header.len() {
-            let raw = String::from_utf8_lossy(rec.as_slice()).chars().take(120).collect::<String>();
+            let raw = String::from_utf8_lossy(rec.as_slice())
+                .chars()
+                .take(120)
+                .collect::<String>();
             rejects.push(
                 &file.rel,
                 line,
@@ -469,7 +507,11 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
                 "",
                 &raw,
                 "columns",
-                format!("the record has {} fields but the header has {}", rec.len(), header.len()),
+                format!(
+                    "the record has {} fields but the header has {}",
+                    rec.len(),
+                    header.len()
+                ),
             );
             continue;
         }
@@ -507,7 +549,9 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
             }
         }
         match failure {
-            Some((c, raw, f)) => rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason),
+            Some((c, raw, f)) => {
+                rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason)
+            }
             None => {
                 for (b, cell) in buffers.iter_mut().zip(parsed.drain(..)) {
                     b.push(cell);
@@ -519,15 +563,26 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
     let n = lines.len();
     let export_days = (file.export_date - EPOCH).num_days() as i32;
     let mut cols = vec![
-        Column::new_scalar("SITE".into(), Scalar::from(PlSmallStr::from(file.site.as_str())), n),
-        Column::new_scalar("SRCFILE".into(), Scalar::from(PlSmallStr::from(file.rel.as_str())), n),
+        Column::new_scalar(
+            "SITE".into(),
+            Scalar::from(PlSmallStr::from(file.site.as_str())),
+            n,
+        ),
+        Column::new_scalar(
+            "SRCFILE".into(),
+            Scalar::from(PlSmallStr::from(file.rel.as_str())),
+            n,
+        ),
         Column::new("SRCLINE".into(), lines),
         Column::new("EXPORTDT".into(), vec![export_days; n])
             .cast(&DataType::Date)
             .map_err(|e| bad(file, e.to_string()))?,
     ];
     for (b, c) in buffers.into_iter().zip(columns) {
-        cols.push(b.into_column(&c.name).map_err(|e| bad(file, e.to_string()))?);
+        cols.push(
+            b.into_column(&c.name)
+                .map_err(|e| bad(file, e.to_string()))?,
+        );
     }
     let table = DataFrame::new(n, cols).map_err(|e| bad(file, e.to_string()))?;
     Ok(FileResult {
@@ -589,7 +644,10 @@ impl Stage for Ingest {
         let hint = crate::closest(&self.source, names)
             .map(|c| format!(" (did you mean `{c}`?)"))
             .unwrap_or_default();
-        vec![format!("source `{}` is not defined under `sources:`{hint}", self.source)]
+        vec![format!(
+            "source `{}` is not defined under `sources:`{hint}",
+            self.source
+        )]
     }
 
     fn run(&self, ctx: &StageCtx, _inputs: &Inputs) -> anyhow::Result<StageOutput> {
@@ -674,7 +732,9 @@ mod tests {
     fn line_numbers_are_physical_lines_with_embedded_newlines() {
         let dir = tempfile::tempdir().unwrap();
         let csv = b"Patient ID;Datum;Fever;note\r\nC01;07.03.2014;1;\"two\r\nlines; here\"\r\nc-2;08.03.2014;NA;x\r\n";
-        let d = dialect("{delimiter: ';', decimal: ',', date_formats: ['%d.%m.%Y'], subject_id: {pattern: '([A-Za-z])[-]?0*([0-9]+)', replace: '${1}${2}', uppercase: true}}");
+        let d = dialect(
+            "{delimiter: ';', decimal: ',', date_formats: ['%d.%m.%Y'], subject_id: {pattern: '([A-Za-z])[-]?0*([0-9]+)', replace: '${1}${2}', uppercase: true}}",
+        );
         let f = write(dir.path(), "diary_2017-06-30.csv", csv, d);
         let r = read_file(&f, &diary_columns()).unwrap();
         assert_eq!(r.read.rows, 2);
@@ -687,13 +747,28 @@ mod tests {
     fn bad_cells_reject_the_row_naming_the_column() {
         let dir = tempfile::tempdir().unwrap();
         let csv = "Patient ID,Datum,fever\nC1,2014-03-07,7\nC1,1889-03-07,1\nC1,2091-01-01,1\nC1,2014-02-30,1\nC1,NA,1\nC1,2014-03-08,1,extra\nC1,2014-03-09,2\n";
-        let f = write(dir.path(), "d_2017-06-30.csv", csv.as_bytes(), dialect("{}"));
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            csv.as_bytes(),
+            dialect("{}"),
+        );
         let r = read_file(&f, &diary_columns()).unwrap();
         assert_eq!(r.read.rows, 7);
         assert_eq!(r.table.height(), 1);
         let rej = r.rejects.finish().unwrap();
         let rules = strings(&rej, "RULE");
-        assert_eq!(rules, vec!["range", "date_range", "date_range", "parse", "required", "columns"]);
+        assert_eq!(
+            rules,
+            vec![
+                "range",
+                "date_range",
+                "date_range",
+                "parse",
+                "required",
+                "columns"
+            ]
+        );
         let cols = strings(&rej, "COLUMN");
         assert_eq!(cols[..5], ["fever", "date", "date", "date", "date"]);
     }
@@ -701,12 +776,23 @@ mod tests {
     #[test]
     fn missing_column_names_the_file_the_columns_and_the_closest_match() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "d_2017-06-30.csv", b"Patient Id,Dat,fever\n", dialect("{}"));
-        let cols = vec![column("{name: subject, type: subject, headers: ['Patient ID']}"), column("{name: date, type: date, headers: [Datum]}")];
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            b"Patient Id,Dat,fever\n",
+            dialect("{}"),
+        );
+        let cols = vec![
+            column("{name: subject, type: subject, headers: ['Patient ID']}"),
+            column("{name: date, type: date, headers: [Datum]}"),
+        ];
         let err = read_file(&f, &cols).err().unwrap().to_string();
         assert!(err.contains("d_2017-06-30.csv"), "{err}");
         assert!(err.contains("column `date` not found"), "{err}");
-        assert!(err.contains("columns found: Patient Id, Dat, fever"), "{err}");
+        assert!(
+            err.contains("columns found: Patient Id, Dat, fever"),
+            "{err}"
+        );
         assert!(err.contains("closest match: `Dat`"), "{err}");
     }
 
@@ -722,8 +808,19 @@ mod tests {
     fn empty_and_header_only_files() {
         let dir = tempfile::tempdir().unwrap();
         let f = write(dir.path(), "e_2017-06-30.csv", b"", dialect("{}"));
-        assert!(read_file(&f, &diary_columns()).err().unwrap().to_string().contains("empty"));
-        let f = write(dir.path(), "h_2017-06-30.csv", b"Patient ID,Datum,fever", dialect("{}"));
+        assert!(
+            read_file(&f, &diary_columns())
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("empty")
+        );
+        let f = write(
+            dir.path(),
+            "h_2017-06-30.csv",
+            b"Patient ID,Datum,fever",
+            dialect("{}"),
+        );
         let r = read_file(&f, &diary_columns()).unwrap();
         assert_eq!((r.read.rows, r.table.height()), (0, 0));
     }
@@ -731,9 +828,17 @@ mod tests {
     #[test]
     fn invalid_utf8_rejects_the_row_as_encoding() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "x_2017-06-30.csv", b"Patient ID,Datum,fever,note\nC1,2014-03-07,1,M\xfcller\n", dialect("{}"));
+        let f = write(
+            dir.path(),
+            "x_2017-06-30.csv",
+            b"Patient ID,Datum,fever,note\nC1,2014-03-07,1,M\xfcller\n",
+            dialect("{}"),
+        );
         let r = read_file(&f, &diary_columns()).unwrap();
         let rej = r.rejects.finish().unwrap();
-        assert_eq!(rej.column("RULE").unwrap().str().unwrap().get(0), Some("encoding"));
+        assert_eq!(
+            rej.column("RULE").unwrap().str().unwrap().get(0),
+            Some("encoding")
+        );
     }
 }

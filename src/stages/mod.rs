@@ -13,9 +13,11 @@ use crate::spec::PipelineSpec;
 
 pub mod convert_units;
 pub mod dedupe;
-pub mod growth_zscore;
 pub mod diary_score;
+pub mod growth_zscore;
 pub mod ingest;
+pub mod phase_anchors;
+pub mod phase_windows;
 pub mod sql;
 pub mod steroid_equivalent;
 pub mod validate;
@@ -138,9 +140,28 @@ pub enum Kind {
     Ingest(ingest::Ingest),
     Validate(validate::Validate),
     Dedupe(dedupe::Dedupe),
-    GrowthZscore(growth_zscore::GrowthZscore),
     Sql(sql::Sql),
-pub const KIND_NAMES: &[&str] = &["__KINDS__"];
+    ConvertUnits(convert_units::ConvertUnits),
+    DiaryScore(diary_score::DiaryScore),
+    SteroidEquivalent(steroid_equivalent::SteroidEquivalent),
+    GrowthZscore(growth_zscore::GrowthZscore),
+    PhaseAnchors(phase_anchors::PhaseAnchors),
+    PhaseWindows(phase_windows::PhaseWindows),
+}
+
+/// YAML names of every kind, for messages.
+pub const KIND_NAMES: &[&str] = &[
+    "ingest",
+    "validate",
+    "dedupe",
+    "sql",
+    "convert_units",
+    "diary_score",
+    "steroid_equivalent",
+    "growth_zscore",
+    "phase_anchors",
+    "phase_windows",
+];
 
 impl Kind {
     /// Parses stage `index` of `spec` as the kind named `kind`.
@@ -150,10 +171,12 @@ impl Kind {
             "validate" => Kind::Validate(spec.stage_params(index)?),
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
-            "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
             "convert_units" => Kind::ConvertUnits(spec.stage_params(index)?),
             "diary_score" => Kind::DiaryScore(spec.stage_params(index)?),
             "steroid_equivalent" => Kind::SteroidEquivalent(spec.stage_params(index)?),
+            "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
+            "phase_anchors" => Kind::PhaseAnchors(spec.stage_params(index)?),
+            "phase_windows" => Kind::PhaseWindows(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -178,10 +201,12 @@ impl Kind {
             Kind::Validate(s) => s,
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
-            Kind::GrowthZscore(s) => s,
             Kind::ConvertUnits(s) => s,
             Kind::DiaryScore(s) => s,
             Kind::SteroidEquivalent(s) => s,
+            Kind::GrowthZscore(s) => s,
+            Kind::PhaseAnchors(s) => s,
+            Kind::PhaseWindows(s) => s,
         }
     }
 }
@@ -207,7 +232,11 @@ pub mod tests_support {
 
     /// Values of a column as text (`null` for missing), for assertions.
     pub fn strings(df: &DataFrame, column: &str) -> Vec<String> {
-        let c = df.column(column).expect("column").cast(&DataType::String).expect("cast");
+        let c = df
+            .column(column)
+            .expect("column")
+            .cast(&DataType::String)
+            .expect("cast");
         c.str()
             .expect("str")
             .iter()
@@ -217,7 +246,11 @@ pub mod tests_support {
 
     /// Values of an integer column, for assertions.
     pub fn ints(df: &DataFrame, column: &str) -> Vec<Option<i64>> {
-        let c = df.column(column).expect("column").cast(&DataType::Int64).expect("cast");
+        let c = df
+            .column(column)
+            .expect("column")
+            .cast(&DataType::Int64)
+            .expect("cast");
         c.i64().expect("i64").iter().collect()
     }
 
@@ -232,6 +265,8 @@ pub mod tests_support {
                     .map(|d| (d - epoch).num_days() as i32)
             })
             .collect();
-        Series::new("d".into(), v).cast(&DataType::Date).expect("date cast")
+        Series::new("d".into(), v)
+            .cast(&DataType::Date)
+            .expect("date cast")
     }
 }

@@ -68,7 +68,10 @@ impl Stage for PhaseAnchors {
         let mut out = Vec::new();
         for a in &self.anchors {
             if a.agg != "min" && a.agg != "max" {
-                out.push(format!("anchor `{}`: agg must be `min` or `max`, not `{}`", a.name, a.agg));
+                out.push(format!(
+                    "anchor `{}`: agg must be `min` or `max`, not `{}`",
+                    a.name, a.agg
+                ));
             }
             if a.from.is_empty() {
                 out.push(format!("anchor `{}` has no `from` columns", a.name));
@@ -76,7 +79,10 @@ impl Stage for PhaseAnchors {
             for f in &a.from {
                 if let Some(sql) = &f.filter {
                     if let Err(e) = polars::sql::sql_expr(sql) {
-                        out.push(format!("anchor `{}`: filter `{sql}` is not valid SQL: {e}", a.name));
+                        out.push(format!(
+                            "anchor `{}`: filter `{sql}` is not valid SQL: {e}",
+                            a.name
+                        ));
                     }
                 }
             }
@@ -114,7 +120,9 @@ impl Stage for PhaseAnchors {
             } else {
                 col("__d").max()
             };
-            let per_subject = all.group_by([col("USUBJID")]).agg([agg.alias(a.name.as_str())]);
+            let per_subject = all
+                .group_by([col("USUBJID")])
+                .agg([agg.alias(a.name.as_str())]);
             out = out.join(
                 per_subject,
                 [col("USUBJID")],
@@ -122,14 +130,16 @@ impl Stage for PhaseAnchors {
                 JoinArgs::new(JoinType::Left),
             );
         }
-        Ok(StageOutput::table(out.sort(["USUBJID"], Default::default())))
+        Ok(StageOutput::table(
+            out.sort(["USUBJID"], Default::default()),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::tests_support::{ctx_for, dates};
+    use crate::stages::tests_support::{ctx_for, dates, strings};
 
     #[test]
     fn anchors_are_aggregates_with_filters_and_every_subject_gets_a_row() {
@@ -148,12 +158,18 @@ mod tests {
         let yaml = "subjects: subjects\nanchors:\n  - {name: TRTSDT, agg: min, from: [{table: dosing, column: start}]}\n  - {name: OPTSDT, agg: min, from: [{table: dosing, column: start, filter: \"regimen = 'optimal'\"}]}\n  - {name: LSTVSTDT, agg: max, from: [{table: visits, column: date}]}\n";
         let stage: PhaseAnchors = serde_saphyr::from_str(yaml).unwrap();
         let inputs = Inputs {
-            tables: vec![("subjects".into(), subjects), ("dosing".into(), dosing), ("visits".into(), visits)],
+            tables: vec![
+                ("subjects".into(), subjects),
+                ("dosing".into(), dosing),
+                ("visits".into(), visits),
+            ],
         };
-        let out = ctx_for(|c| stage.run(c, &inputs)).unwrap().table.collect().unwrap();
-        let s = |c: &str| -> Vec<String> {
-            out.column(c).unwrap().cast(&DataType::String).unwrap().str().unwrap().into_iter().map(|v| v.unwrap_or("null").to_string()).collect()
-        };
+        let out = ctx_for(|c| stage.run(c, &inputs))
+            .unwrap()
+            .table
+            .collect()
+            .unwrap();
+        let s = |c: &str| strings(&out, c);
         assert_eq!(s("USUBJID"), ["C1", "C2", "S1"]);
         assert_eq!(s("TRTSDT"), ["2012-01-10", "2013-01-01", "null"]);
         assert_eq!(s("OPTSDT"), ["2012-03-01", "null", "null"]);

@@ -83,8 +83,14 @@ fn parse_sum(text: &str, constants: &BTreeMap<String, i64>) -> Result<Sum, Strin
         tokens.push(cur.trim().to_string());
     }
     let mut it = tokens.into_iter();
-    let anchor = it.next().ok_or_else(|| format!("empty bound in `{text}`"))?;
-    if !anchor.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || anchor.chars().all(|c| c.is_ascii_digit()) {
+    let anchor = it
+        .next()
+        .ok_or_else(|| format!("empty bound in `{text}`"))?;
+    if !anchor
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || anchor.chars().all(|c| c.is_ascii_digit())
+    {
         return Err(format!("`{anchor}` in `{text}` must be an anchor name"));
     }
     let mut offset = 0i64;
@@ -94,7 +100,9 @@ fn parse_sum(text: &str, constants: &BTreeMap<String, i64>) -> Result<Sum, Strin
             "-" => -1,
             other => return Err(format!("expected + or - before `{other}` in `{text}`")),
         };
-        let v = it.next().ok_or_else(|| format!("`{text}` ends with `{op}`"))?;
+        let v = it
+            .next()
+            .ok_or_else(|| format!("`{text}` ends with `{op}`"))?;
         let n = match v.parse::<i64>() {
             Ok(n) => n,
             Err(_) => *constants
@@ -111,7 +119,9 @@ pub fn parse_bound(text: &str, constants: &BTreeMap<String, i64>) -> Result<Boun
     let mut terms = Vec::new();
     for alt in text.split('|') {
         let alt = alt.trim();
-        let func = ["max(", "min("].iter().find(|f| alt.to_lowercase().starts_with(**f));
+        let func = ["max(", "min("]
+            .iter()
+            .find(|f| alt.to_lowercase().starts_with(**f));
         let term = match func {
             Some(f) => {
                 let inner = alt[f.len()..]
@@ -148,12 +158,28 @@ impl Bound {
 
     /// Evaluates on one subject's anchors (days since 1970-01-01).
     fn eval(&self, anchors: &BTreeMap<&str, Option<i32>>) -> Option<i32> {
-        let sum = |s: &Sum| anchors.get(s.anchor.as_str()).copied().flatten().map(|d| d + s.offset as i32);
+        let sum = |s: &Sum| {
+            anchors
+                .get(s.anchor.as_str())
+                .copied()
+                .flatten()
+                .map(|d| d + s.offset as i32)
+        };
         let Bound::Alternatives(terms) = self;
         terms.iter().find_map(|t| match t {
             Term::Sum(s) => sum(s),
-            Term::Max(v) => v.iter().map(sum).collect::<Option<Vec<_>>>()?.into_iter().max(),
-            Term::Min(v) => v.iter().map(sum).collect::<Option<Vec<_>>>()?.into_iter().min(),
+            Term::Max(v) => v
+                .iter()
+                .map(sum)
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .max(),
+            Term::Min(v) => v
+                .iter()
+                .map(sum)
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .min(),
         })
     }
 }
@@ -197,7 +223,10 @@ pub fn resolve(
             } else if tb >= b {
                 b = ta - 1;
             } else {
-                return Err(format!("phase #{} would be split in two by an earlier-listed phase", i + 1));
+                return Err(format!(
+                    "phase #{} would be split in two by an earlier-listed phase",
+                    i + 1
+                ));
             }
         }
         if a > b {
@@ -215,8 +244,16 @@ impl PhaseWindows {
         self.phases
             .iter()
             .map(|p| {
-                let s = p.start.as_deref().map(|t| parse_bound(t, &self.constants)).transpose()?;
-                let e = p.end.as_deref().map(|t| parse_bound(t, &self.constants)).transpose()?;
+                let s = p
+                    .start
+                    .as_deref()
+                    .map(|t| parse_bound(t, &self.constants))
+                    .transpose()?;
+                let e = p
+                    .end
+                    .as_deref()
+                    .map(|t| parse_bound(t, &self.constants))
+                    .transpose()?;
                 Ok((s, e))
             })
             .collect()
@@ -255,12 +292,17 @@ impl Stage for PhaseWindows {
             })?;
             cols.push(c.cast(&DataType::Int32)?.i32()?.clone());
         }
-        let (mut subj, mut num, mut label, mut start, mut end) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut subj, mut num, mut label, mut start, mut end) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for row in 0..anchors.height() {
             let Some(id) = ids.get(row) else { continue };
-            let values: BTreeMap<&str, Option<i32>> =
-                names.iter().zip(&cols).map(|(n, c)| (*n, c.get(row))).collect();
-            let windows = resolve(&bounds, &values).map_err(|e| anyhow::anyhow!("subject {id}: {e}"))?;
+            let values: BTreeMap<&str, Option<i32>> = names
+                .iter()
+                .zip(&cols)
+                .map(|(n, c)| (*n, c.get(row)))
+                .collect();
+            let windows =
+                resolve(&bounds, &values).map_err(|e| anyhow::anyhow!("subject {id}: {e}"))?;
             for (i, a, b) in windows {
                 subj.push(id.to_string());
                 num.push(self.phases[i].number);
@@ -286,9 +328,10 @@ impl Stage for PhaseWindows {
                 Column::new("ADURN".into(), days),
             ],
         )?;
-        Ok(StageOutput::table(
-            table.lazy().sort_by_exprs([col("USUBJID"), col("ASTDT")], SortMultipleOptions::default().with_nulls_last(false)),
-        ))
+        Ok(StageOutput::table(table.lazy().sort_by_exprs(
+            [col("USUBJID"), col("ASTDT")],
+            SortMultipleOptions::default().with_nulls_last(false),
+        )))
     }
 }
 
@@ -304,9 +347,21 @@ mod tests {
         serde_saphyr::from_str(&yaml).unwrap()
     }
 
-    fn windows(p: &PhaseWindows, f: i32, t: Option<i32>, o: Option<i32>, l: i32) -> Vec<(i64, i32, i32)> {
-        let anchors: BTreeMap<&str, Option<i32>> =
-            [("FRSTDT", Some(f)), ("TRTSDT", t), ("OPTSDT", o), ("LSTVSTDT", Some(l))].into_iter().collect();
+    fn windows(
+        p: &PhaseWindows,
+        f: i32,
+        t: Option<i32>,
+        o: Option<i32>,
+        l: i32,
+    ) -> Vec<(i64, i32, i32)> {
+        let anchors: BTreeMap<&str, Option<i32>> = [
+            ("FRSTDT", Some(f)),
+            ("TRTSDT", t),
+            ("OPTSDT", o),
+            ("LSTVSTDT", Some(l)),
+        ]
+        .into_iter()
+        .collect();
         let mut w: Vec<(i64, i32, i32)> = resolve(&p.bounds().unwrap(), &anchors)
             .unwrap()
             .into_iter()
@@ -342,7 +397,10 @@ mod tests {
             windows(&protocol(90), 0, Some(100), None, 1000),
             vec![(1, 0, 99), (2, 100, 910), (4, 911, 1000)]
         );
-        assert_eq!(windows(&protocol(90), 0, None, None, 1000), vec![(1, 0, 1000)]);
+        assert_eq!(
+            windows(&protocol(90), 0, None, None, 1000),
+            vec![(1, 0, 1000)]
+        );
     }
 
     #[test]
@@ -359,7 +417,10 @@ mod tests {
         let c: BTreeMap<String, i64> = [("W".to_string(), 90)].into_iter().collect();
         assert_eq!(
             parse_bound("LSTVSTDT - W + 1", &c).unwrap(),
-            Bound::Alternatives(vec![Term::Sum(Sum { anchor: "LSTVSTDT".into(), offset: -89 })])
+            Bound::Alternatives(vec![Term::Sum(Sum {
+                anchor: "LSTVSTDT".into(),
+                offset: -89
+            })])
         );
         assert!(parse_bound("LSTVSTDT - V", &c).is_err());
         assert!(parse_bound("3 + 4", &c).is_err());

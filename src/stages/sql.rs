@@ -57,7 +57,11 @@ mod tests {
         let stage = Sql {
             query: "SELECT a.s, x + y AS z FROM a JOIN b ON a.s = b.s ORDER BY a.s".into(),
         };
-        let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap().table.collect().unwrap();
+        let out = ctx_for(|ctx| stage.run(ctx, &inputs))
+            .unwrap()
+            .table
+            .collect()
+            .unwrap();
         assert_eq!(ints(&out, "z"), [Some(11), Some(22)]);
     }
 }

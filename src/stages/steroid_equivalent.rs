@@ -700,6 +700,7 @@ impl Stage for SteroidEquivalent {
             table,
             rejects: Some(rejects),
             dropped: None,
+            files: Vec::new(),
         })
     }
 }

@@ -66,7 +66,11 @@ impl Rule {
         let c = || col(self.column.as_str());
         let mut out = Vec::new();
         if self.required {
-            out.push(("required", c().is_null(), format!("`{}` is missing", self.column)));
+            out.push((
+                "required",
+                c().is_null(),
+                format!("`{}` is missing", self.column),
+            ));
         }
         if self.min.is_some() || self.max.is_some() {
             let mut failed = lit(false);
@@ -76,8 +80,16 @@ impl Rule {
             if let Some(m) = &self.max {
                 failed = failed.or(c().gt(bound_expr(m)));
             }
-            let lo = self.min.as_ref().map(bound_text).unwrap_or_else(|| "-inf".into());
-            let hi = self.max.as_ref().map(bound_text).unwrap_or_else(|| "inf".into());
+            let lo = self
+                .min
+                .as_ref()
+                .map(bound_text)
+                .unwrap_or_else(|| "-inf".into());
+            let hi = self
+                .max
+                .as_ref()
+                .map(bound_text)
+                .unwrap_or_else(|| "inf".into());
             out.push((
                 "range",
                 failed.fill_null(lit(false)),
@@ -96,7 +108,8 @@ impl Rule {
             ));
         }
         if let Some(p) = &self.pattern {
-            regex::Regex::new(p).map_err(|e| anyhow::anyhow!("pattern `{p}` is not a valid regex: {e}"))?;
+            regex::Regex::new(p)
+                .map_err(|e| anyhow::anyhow!("pattern `{p}` is not a valid regex: {e}"))?;
             out.push((
                 "pattern",
                 c().cast(DataType::String)
@@ -110,7 +123,11 @@ impl Rule {
         if let Some(sql) = &self.check {
             let cond = polars::sql::sql_expr(sql)
                 .map_err(|e| anyhow::anyhow!("check `{sql}` is not a valid SQL condition: {e}"))?;
-            out.push(("check", cond.not().fill_null(lit(true)), format!("fails `{sql}`")));
+            out.push((
+                "check",
+                cond.not().fill_null(lit(true)),
+                format!("fails `{sql}`"),
+            ));
         }
         Ok(out)
     }
@@ -147,7 +164,9 @@ impl Stage for Validate {
                     input.clone(),
                     failed_before.clone().not().and(failed.clone()),
                     &r.column,
-                    col(r.column.as_str()).cast(DataType::String).fill_null(lit("")),
+                    col(r.column.as_str())
+                        .cast(DataType::String)
+                        .fill_null(lit("")),
                     rule,
                     lit(reason),
                 ));
@@ -188,13 +207,22 @@ mod tests {
         let yaml = "rules:\n  - {column: dose, required: true, min: 0}\n  - {column: regimen, allowed: [escalation, optimal]}\n  - {column: end, check: '\"end\" IS NULL OR \"end\" >= start', reason: end before start}\n";
         let stage: Validate = serde_saphyr::from_str(yaml).unwrap();
         assert!(stage.check(&ctx_for(|c| c.spec.clone())).is_empty());
-        let inputs = Inputs { tables: vec![("t".into(), t)] };
+        let inputs = Inputs {
+            tables: vec![("t".into(), t)],
+        };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
         let kept = out.table.collect().unwrap();
         assert_eq!(ints(&kept, "SRCLINE"), [Some(2)]);
-        let rej = out.rejects.unwrap().sort(["SRCLINE"], Default::default()).unwrap();
+        let rej = out
+            .rejects
+            .unwrap()
+            .sort(["SRCLINE"], Default::default())
+            .unwrap();
         let rules = strings(&rej, "RULE");
         assert_eq!(rules, vec!["required", "range", "allowed", "check"]);
-        assert_eq!(rej.column("REASON").unwrap().str().unwrap().get(3), Some("end before start"));
+        assert_eq!(
+            rej.column("REASON").unwrap().str().unwrap().get(3),
+            Some("end before start")
+        );
     }
 }
