@@ -56,6 +56,24 @@ pub enum Command {
         /// Pipeline files (default: pipelines/reference.yaml).
         pipelines: Vec<PathBuf>,
     },
+    /// Write synthetic site exports (several dialects, realistic dirt) and their ground truth.
+    Generate {
+        /// Output folder (one subfolder per site, and truth/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of subjects (split 10:4:4 into CANDLE, SAVI and other).
+        #[arg(long, default_value_t = 18)]
+        subjects: usize,
+        /// Mean years on treatment.
+        #[arg(long, default_value_t = 3)]
+        years: u32,
+        /// Number of sites (the built-in dialects are cycled).
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+        /// Random seed: same seed and options, byte-identical files.
+        #[arg(long, default_value_t = 2018)]
+        seed: u64,
+    },
     /// Show a published table: schema, rows, provenance and the first rows.
     Inspect {
         /// A table name in the current run, or a path to a Parquet file.
@@ -137,6 +155,27 @@ pub fn main() -> anyhow::Result<ExitCode> {
             } else {
                 Err(all.into())
             }
+        }
+        Command::Generate {
+            out,
+            subjects,
+            years,
+            sites,
+            seed,
+        } => {
+            let opts = crate::generate::GenerateOptions {
+                out,
+                subjects,
+                years,
+                sites,
+                seed,
+                ..Default::default()
+            };
+            let summary = crate::generate::generate(&opts)?;
+            if !log.quiet {
+                print!("{summary}");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inspect {
             table,
