@@ -194,7 +194,9 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 Ok(report) => {
                     match format {
                         DiffFormat::Text => print!("{}", report.text()),
-                        DiffFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                        DiffFormat::Json => {
+                            println!("{}", serde_json::to_string_pretty(&report.json())?)
+                        }
                     }
                     Ok(ExitCode::from(if report.equal { 0 } else { 1 }))
                 }
@@ -327,7 +329,9 @@ pub fn explain(plan: &Plan, opts: &RunOptions) -> anyhow::Result<String> {
         preview.cache_dir.display()
     ));
     let wave_of = |id: usize| plan.waves.iter().position(|w| w.contains(&id)).unwrap_or(0);
-    for l in &preview.lines {
+    let mut lines: Vec<&crate::reuse::PlanLine> = preview.lines.iter().collect();
+    lines.sort_by_key(|l| (wave_of(l.stage), l.stage));
+    for l in lines {
         let st = &plan.stages[l.stage];
         let files = match l.files {
             Some((parse, of)) if l.decision.action == crate::reuse::Action::Run => {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use polars::prelude::*;
-use serde::Serialize;
 
 use crate::manifest::Manifest;
 
@@ -132,7 +131,11 @@ fn previous_run(out_dir: &Path) -> anyhow::Result<PathBuf> {
     let mut runs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("runs"))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.extension().is_none())
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            p.is_dir()
+                && name.is_some_and(|n| !n.ends_with(".partial") && !n.ends_with(".failed"))
+        })
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
     runs.sort();
@@ -146,17 +149,43 @@ fn previous_run(out_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// A row shown as an example.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Example {
-    /// Key column = value.
+    /// Key column and value.
     pub key: Vec<(String, String)>,
     /// Changed rows: column, value in A, value in B.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<(String, String, String)>,
+    /// Added or removed rows: the other columns and their values.
+    pub values: Vec<(String, String)>,
+}
+
+fn pairs(list: &[(String, String)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        list.iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+impl Example {
+    fn json(&self) -> serde_json::Value {
+        let mut o = serde_json::json!({ "key": pairs(&self.key) });
+        if !self.changes.is_empty() {
+            o["changes"] = self
+                .changes
+                .iter()
+                .map(|(c, a, b)| serde_json::json!({"column": c, "a": a, "b": b}))
+                .collect();
+        }
+        if !self.values.is_empty() {
+            o["values"] = pairs(&self.values);
+        }
+        o
+    }
 }
 
 /// The comparison of one table.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableDiff {
     pub table: String,
     pub key: Vec<String>,
@@ -179,6 +208,34 @@ pub struct TableDiff {
 }
 
 impl TableDiff {
+    fn json(&self) -> serde_json::Value {
+        let examples = |l: &[Example]| l.iter().map(Example::json).collect::<Vec<_>>();
+        serde_json::json!({
+            "table": self.table,
+            "equal": self.equal(),
+            "key": self.key,
+            "key_unique": self.key_unique,
+            "rows_a": self.rows_a,
+            "rows_b": self.rows_b,
+            "added": self.added,
+            "removed": self.removed,
+            "changed": self.changed,
+            "changed_per_column": serde_json::Value::Object(
+                self.columns.iter().map(|(c, n)| (c.clone(), (*n).into())).collect()
+            ),
+            "columns_only_in_a": self.columns_only_in_a,
+            "columns_only_in_b": self.columns_only_in_b,
+            "type_changes": self.type_changes.iter()
+                .map(|(c, a, b)| serde_json::json!({"column": c, "a": a, "b": b}))
+                .collect::<Vec<_>>(),
+            "examples": {
+                "added": examples(&self.examples_added),
+                "removed": examples(&self.examples_removed),
+                "changed": examples(&self.examples_changed),
+            },
+        })
+    }
+
     pub fn equal(&self) -> bool {
         self.added == 0
             && self.removed == 0
@@ -190,7 +247,7 @@ impl TableDiff {
 }
 
 /// The comparison of two runs (or two files).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DiffReport {
     pub a: String,
     pub b: String,
@@ -407,6 +464,7 @@ pub fn compare(
             let mut ex = Example {
                 key: key.iter().map(|k| (k.clone(), get(k))).collect(),
                 changes: Vec::new(),
+                values: Vec::new(),
             };
             for v in &values {
                 if changes {
@@ -415,8 +473,7 @@ pub fn compare(
                             .push((v.clone(), get(&format!("{v}{A}")), get(&format!("{v}{B}"))));
                     }
                 } else if let Some(tag) = tag {
-                    let value = get(&format!("{v}{tag}"));
-                    ex.changes.push((v.clone(), value.clone(), value));
+                    ex.values.push((v.clone(), get(&format!("{v}{tag}"))));
                 }
             }
             out.push(ex);
@@ -459,6 +516,18 @@ fn key_text(ex: &Example) -> String {
 }
 
 impl DiffReport {
+    /// The report as JSON (`--format json`).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "a": self.a,
+            "b": self.b,
+            "equal": self.equal,
+            "tables": self.tables.iter().map(TableDiff::json).collect::<Vec<_>>(),
+            "tables_only_in_a": self.tables_only_in_a,
+            "tables_only_in_b": self.tables_only_in_b,
+        })
+    }
+
     /// The report for a person.
     pub fn text(&self) -> String {
         let mut s = String::new();
@@ -519,7 +588,7 @@ impl DiffReport {
             for (what, list) in [("added", &t.examples_added), ("removed", &t.examples_removed)] {
                 for ex in list {
                     let vals: Vec<String> =
-                        ex.changes.iter().map(|(c, v, _)| format!("{c}={v}")).collect();
+                        ex.values.iter().map(|(c, v)| format!("{c}={v}")).collect();
                     s.push_str(&format!("  {what} {}: {}\n", key_text(ex), vals.join(" ")));
                 }
             }
