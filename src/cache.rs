@@ -175,7 +175,13 @@ impl Cache {
         self.dir.join("files")
     }
 
-    fn write_part(&self, folder: &Path, key: &str, role: &str, df: &DataFrame) -> anyhow::Result<Part> {
+    fn write_part(
+        &self,
+        folder: &Path,
+        key: &str,
+        role: &str,
+        df: &DataFrame,
+    ) -> anyhow::Result<Part> {
         let bytes = encode(df)?;
         let file = format!("{key}.{role}.parquet");
         write_file(&folder.join(&file), &bytes)?;
@@ -326,10 +332,7 @@ impl Cache {
             parts,
             file_keys,
         };
-        write_file(
-            &folder.join(format!("{fp}.json")),
-            &serde_json::to_vec(&e)?,
-        )?;
+        write_file(&folder.join(format!("{fp}.json")), &serde_json::to_vec(&e)?)?;
         Ok(e)
     }
 
@@ -521,8 +524,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let s = StageSummary::default();
-        cache.store_stage("keep", "s", Some(&frames()), &s, vec![]).unwrap();
-        cache.store_stage("drop", "s", Some(&frames()), &s, vec![]).unwrap();
+        cache
+            .store_stage("keep", "s", Some(&frames()), &s, vec![])
+            .unwrap();
+        cache
+            .store_stage("drop", "s", Some(&frames()), &s, vec![])
+            .unwrap();
         let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());
         assert_eq!(removed, 3);
         assert!(matches!(cache.stage_entry("keep"), Lookup::Found(_)));

@@ -41,9 +41,8 @@ impl Side {
             return Ok(Side::File(as_path.to_path_buf()));
         }
         let dir = match arg {
-            "current" => crate::publish::current_run(out_dir).ok_or_else(|| {
-                anyhow::anyhow!("no published run in {}", out_dir.display())
-            })?,
+            "current" => crate::publish::current_run(out_dir)
+                .ok_or_else(|| anyhow::anyhow!("no published run in {}", out_dir.display()))?,
             "previous" => previous_run(out_dir)?,
             _ if as_path.is_dir() => as_path.to_path_buf(),
             _ if out_dir.join("runs").join(arg).is_dir() => out_dir.join("runs").join(arg),
@@ -133,8 +132,7 @@ fn previous_run(out_dir: &Path) -> anyhow::Result<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            p.is_dir()
-                && name.is_some_and(|n| !n.ends_with(".partial") && !n.ends_with(".failed"))
+            p.is_dir() && name.is_some_and(|n| !n.ends_with(".partial") && !n.ends_with(".failed"))
         })
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
@@ -258,7 +256,12 @@ pub struct DiffReport {
 }
 
 /// Compares `a` and `b`: every table both have (or only `table`).
-pub fn diff(a: &Side, b: &Side, table: Option<&str>, opts: &DiffOptions) -> anyhow::Result<DiffReport> {
+pub fn diff(
+    a: &Side,
+    b: &Side,
+    table: Option<&str>,
+    opts: &DiffOptions,
+) -> anyhow::Result<DiffReport> {
     let files = (matches!(a, Side::File(_)), matches!(b, Side::File(_)));
     let (names, only_a, only_b) = match (files, table) {
         ((true, true), Some(_)) => {
@@ -296,7 +299,9 @@ pub fn diff(a: &Side, b: &Side, table: Option<&str>, opts: &DiffOptions) -> anyh
         let key = if !opts.keys.is_empty() {
             opts.keys.clone()
         } else {
-            b.key_of(name).or_else(|| a.key_of(name)).unwrap_or_default()
+            b.key_of(name)
+                .or_else(|| a.key_of(name))
+                .unwrap_or_default()
         };
         tables.push(
             compare(name, &fa, &fb, &key, opts).with_context(|| format!("comparing `{name}`"))?,
@@ -352,7 +357,11 @@ pub fn compare(
             bail!("key column `{k}` is not in both tables (use --key)");
         }
     }
-    let values: Vec<String> = common.iter().filter(|c| !key.contains(c)).cloned().collect();
+    let values: Vec<String> = common
+        .iter()
+        .filter(|c| !key.contains(c))
+        .cloned()
+        .collect();
     let mut type_changes = Vec::new();
     for c in &common {
         let (ta, tb) = (sa.get(c), sb.get(c));
@@ -382,7 +391,11 @@ pub fn compare(
             })
             .collect();
         let part: Vec<Expr> = key.iter().map(|k| col(k.as_str())).collect();
-        cols.push(int_range(lit(0), len(), 1, DataType::Int64).over(part)?.alias(N));
+        cols.push(
+            int_range(lit(0), len(), 1, DataType::Int64)
+                .over(part)?
+                .alias(N),
+        );
         for v in &values {
             cols.push(col(v.as_str()).alias(format!("{v}{tag}")));
         }
@@ -409,7 +422,8 @@ pub fn compare(
         } else if same_type(v) {
             x.neq_missing(y)
         } else {
-            x.cast(DataType::String).neq_missing(y.cast(DataType::String))
+            x.cast(DataType::String)
+                .neq_missing(y.cast(DataType::String))
         };
         flags.push(
             in_a.clone()
@@ -432,7 +446,11 @@ pub fn compare(
         .collect()?;
 
     let count = |e: Expr| -> anyhow::Result<u64> {
-        let df = flagged.clone().lazy().select([e.cast(DataType::UInt64).sum()]).collect()?;
+        let df = flagged
+            .clone()
+            .lazy()
+            .select([e.cast(DataType::UInt64).sum()])
+            .collect()?;
         Ok(df.columns()[0].get(0)?.extract::<u64>().unwrap_or(0))
     };
     let added = count(in_a.clone().not())?;
@@ -451,35 +469,44 @@ pub fn compare(
         .max::<i64>()?
         .unwrap_or(0);
 
-    let examples = |filter: Expr, tag: Option<&str>, changes: bool| -> anyhow::Result<Vec<Example>> {
-        let rows = flagged
-            .clone()
-            .lazy()
-            .filter(filter)
-            .limit(opts.examples as IdxSize)
-            .collect()?;
-        let mut out = Vec::new();
-        for i in 0..rows.height() {
-            let get = |c: &str| rows.column(c).and_then(|c| c.get(i)).map(show).unwrap_or_default();
-            let mut ex = Example {
-                key: key.iter().map(|k| (k.clone(), get(k))).collect(),
-                changes: Vec::new(),
-                values: Vec::new(),
-            };
-            for v in &values {
-                if changes {
-                    if get(&format!("{v}{CH}")) == "true" {
-                        ex.changes
-                            .push((v.clone(), get(&format!("{v}{A}")), get(&format!("{v}{B}"))));
+    let examples =
+        |filter: Expr, tag: Option<&str>, changes: bool| -> anyhow::Result<Vec<Example>> {
+            let rows = flagged
+                .clone()
+                .lazy()
+                .filter(filter)
+                .limit(opts.examples as IdxSize)
+                .collect()?;
+            let mut out = Vec::new();
+            for i in 0..rows.height() {
+                let get = |c: &str| {
+                    rows.column(c)
+                        .and_then(|c| c.get(i))
+                        .map(show)
+                        .unwrap_or_default()
+                };
+                let mut ex = Example {
+                    key: key.iter().map(|k| (k.clone(), get(k))).collect(),
+                    changes: Vec::new(),
+                    values: Vec::new(),
+                };
+                for v in &values {
+                    if changes {
+                        if get(&format!("{v}{CH}")) == "true" {
+                            ex.changes.push((
+                                v.clone(),
+                                get(&format!("{v}{A}")),
+                                get(&format!("{v}{B}")),
+                            ));
+                        }
+                    } else if let Some(tag) = tag {
+                        ex.values.push((v.clone(), get(&format!("{v}{tag}"))));
                     }
-                } else if let Some(tag) = tag {
-                    ex.values.push((v.clone(), get(&format!("{v}{tag}"))));
                 }
+                out.push(ex);
             }
-            out.push(ex);
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     Ok(TableDiff {
         table: table.to_string(),
         key: key.clone(),
@@ -585,7 +612,10 @@ impl DiffReport {
                     .collect();
                 s.push_str(&format!("  changed {}: {}\n", key_text(ex), ch.join(", ")));
             }
-            for (what, list) in [("added", &t.examples_added), ("removed", &t.examples_removed)] {
+            for (what, list) in [
+                ("added", &t.examples_added),
+                ("removed", &t.examples_removed),
+            ] {
                 for ex in list {
                     let vals: Vec<String> =
                         ex.values.iter().map(|(c, v)| format!("{c}={v}")).collect();

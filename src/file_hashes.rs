@@ -166,7 +166,10 @@ mod tests {
         std::fs::write(&f, b"x,y\n1,2\n").unwrap();
         let first = FileHashes::load(dir.path(), true);
         let (n, h) = first.hash(&f).unwrap();
-        assert_eq!((n, h.as_str()), (8, blake3::hash(b"x,y\n1,2\n").to_hex().as_str()));
+        assert_eq!(
+            (n, h.as_str()),
+            (8, blake3::hash(b"x,y\n1,2\n").to_hex().as_str())
+        );
         assert_eq!(first.read(), (1, 8));
         // Pretend the hashing happened long after the last change.
         {

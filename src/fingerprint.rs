@@ -222,7 +222,10 @@ impl SourceRecipe {
     fn changes_since(&self, old: &SourceRecipe) -> Vec<String> {
         let mut out = Vec::new();
         if self.name != old.name {
-            out.push(format!("source changed (`{}` -> `{}`)", old.name, self.name));
+            out.push(format!(
+                "source changed (`{}` -> `{}`)",
+                old.name, self.name
+            ));
         } else if self.definition != old.definition {
             out.push(format!("source `{}` definition changed", self.name));
         }

@@ -169,10 +169,8 @@ impl Judge<'_> {
                         }
                         Lookup::Missing => {}
                         Lookup::Corrupt(why) => {
-                            state.note = Some(format!(
-                                "cached parse of file {} unusable ({why})",
-                                f.rel
-                            ))
+                            state.note =
+                                Some(format!("cached parse of file {} unusable ({why})", f.rel))
                         }
                     }
                 }
@@ -185,7 +183,11 @@ impl Judge<'_> {
     }
 
     /// The file's part of the recipe, if known: from its fresh parse, else its cached one.
-    pub fn file_ref(&self, state: &FileState, parsed_late: Option<(bool, &str)>) -> Option<FileRef> {
+    pub fn file_ref(
+        &self,
+        state: &FileState,
+        parsed_late: Option<(bool, &str)>,
+    ) -> Option<FileRef> {
         let (late, hash) = match (parsed_late, &state.cached) {
             (Some((late, hash)), _) => (late, hash.to_string()),
             (None, Some(e)) => (e.late, state.hash.clone()),
@@ -201,13 +203,23 @@ impl Judge<'_> {
 
     /// Decides stage `id` from its recipe. `complete` is false when some file's part of the
     /// recipe is unknown (not parsed yet); `notes` are extra reasons (unusable cached files).
-    pub fn decide(&self, id: usize, recipe: Recipe, complete: bool, notes: Vec<String>) -> Decision {
+    pub fn decide(
+        &self,
+        id: usize,
+        recipe: Recipe,
+        complete: bool,
+        notes: Vec<String>,
+    ) -> Decision {
         let name = &self.plan.stages[id].name;
         let fingerprint = (complete && recipe.inputs.iter().all(|i| i.fingerprint.is_some()))
             .then(|| recipe.fingerprint());
         let before = self.previous.and_then(|m| m.stage(name));
         let changes = || -> Vec<String> {
-            match (self.previous, before, before.and_then(|b| b.recipe.as_ref())) {
+            match (
+                self.previous,
+                before,
+                before.and_then(|b| b.recipe.as_ref()),
+            ) {
                 (None, _, _) => vec!["no earlier run".into()],
                 (Some(_), None, _) => vec!["new stage".into()],
                 (Some(_), Some(_), None) => vec!["the earlier run recorded no recipe".into()],
@@ -278,8 +290,7 @@ pub fn preview(judge: &Judge, sources: &[ResolvedSource]) -> anyhow::Result<Vec<
     let mut fps: Vec<Option<String>> = vec![None; plan.stages.len()];
     let mut out = Vec::new();
     for (id, s) in plan.stages.iter().enumerate() {
-        let input_fps: Vec<Option<String>> =
-            s.input_ids.iter().map(|&j| fps[j].clone()).collect();
+        let input_fps: Vec<Option<String>> = s.input_ids.iter().map(|&j| fps[j].clone()).collect();
         let mut recipe = judge.recipe(id, &input_fps);
         let mut complete = true;
         let mut notes = Vec::new();

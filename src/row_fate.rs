@@ -253,7 +253,11 @@ pub fn over_limit<'a>(plan: &Plan, fates: &'a [FileFate]) -> Vec<(&'a FileFate, 
     fates
         .iter()
         .filter_map(|f| {
-            let src = plan.spec.sources.iter().find(|s| s.value.name == f.source)?;
+            let src = plan
+                .spec
+                .sources
+                .iter()
+                .find(|s| s.value.name == f.source)?;
             let limit = src.value.reject_limit;
             let frac = f.rejected as f64 / f.read.max(1) as f64;
             (f.read > 0 && frac > limit).then_some((f, limit))

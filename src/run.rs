@@ -264,7 +264,11 @@ fn content_key(parts: &[&str]) -> String {
 
 /// Links (or copies) the previous run's file into the new run folder when it is the same
 /// table (same content key) and still whole.
-fn link_previous(previous: Option<&(PathBuf, Manifest)>, key: &str, dest: &Path) -> Option<TableRecord> {
+fn link_previous(
+    previous: Option<&(PathBuf, Manifest)>,
+    key: &str,
+    dest: &Path,
+) -> Option<TableRecord> {
     let (dir, m) = previous?;
     let rec = m.tables.iter().find(|t| t.content_key == key)?;
     let src = dir.join(&rec.file);
@@ -352,20 +356,20 @@ impl Engine<'_> {
         let bar = self.log.progress(self.plan.stages.len() as u64);
         for wave in &self.plan.waves {
             concurrently(wave, self.workers, |&id| -> anyhow::Result<()> {
-                    let s = &self.plan.stages[id];
-                    publish::failpoint(&format!("stage:{}", s.name))?;
-                    let slot = self.stage(id)?;
-                    let line = self.describe(id, &slot)?;
-                    if self.log.plain_steps() {
-                        self.log.info(&line);
-                    } else {
-                        bar.set_message(s.name.clone());
-                        bar.inc(1);
-                    }
-                    self.slots[id]
-                        .set(slot)
-                        .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
-                    Ok(())
+                let s = &self.plan.stages[id];
+                publish::failpoint(&format!("stage:{}", s.name))?;
+                let slot = self.stage(id)?;
+                let line = self.describe(id, &slot)?;
+                if self.log.plain_steps() {
+                    self.log.info(&line);
+                } else {
+                    bar.set_message(s.name.clone());
+                    bar.inc(1);
+                }
+                self.slots[id]
+                    .set(slot)
+                    .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+                Ok(())
             })?;
         }
         bar.finish_and_clear();
@@ -390,7 +394,11 @@ impl Engine<'_> {
             "stage {} ({}): {} {} rows{rejected} in {:.2}s{files} ({})",
             s.name,
             s.kind_name,
-            if st.status == "ran" { "ran," } else { "reused," },
+            if st.status == "ran" {
+                "ran,"
+            } else {
+                "reused,"
+            },
             slot.summary.rows,
             st.seconds,
             st.reasons.join("; ")
@@ -599,8 +607,10 @@ impl Engine<'_> {
             p.latest_date.map(|d| d.to_string()),
             p.late,
         ) {
-            self.log
-                .warn(&format!("could not cache the parse of {}: {e:#}", p.read.file));
+            self.log.warn(&format!(
+                "could not cache the parse of {}: {e:#}",
+                p.read.file
+            ));
         }
     }
 
@@ -773,7 +783,9 @@ impl Engine<'_> {
     ) -> anyhow::Result<Manifest> {
         let plan = self.plan;
         let n = plan.stages.len();
-        let slots: Vec<&Slot> = (0..n).map(|id| self.slot(id)).collect::<anyhow::Result<_>>()?;
+        let slots: Vec<&Slot> = (0..n)
+            .map(|id| self.slot(id))
+            .collect::<anyhow::Result<_>>()?;
         let summaries: Vec<&StageSummary> = slots.iter().map(|s| &s.summary).collect();
         let fates = row_fate::row_fate(plan, &summaries)?;
         row_fate::reconcile(&fates)?;
@@ -853,8 +865,10 @@ impl Engine<'_> {
             all_fp.clone(),
             Job::RowFate(&fates),
         ));
-        let tables: Vec<TableRecord> =
-            concurrently(&jobs, self.workers, |(name, key, fp, job)| -> anyhow::Result<TableRecord> {
+        let tables: Vec<TableRecord> = concurrently(
+            &jobs,
+            self.workers,
+            |(name, key, fp, job)| -> anyhow::Result<TableRecord> {
                 let (name, key, fp) = (name.clone(), key.clone(), fp.clone());
                 publish::failpoint(&format!("write:{name}"))?;
                 let file = format!("{name}.parquet");
@@ -909,7 +923,8 @@ impl Engine<'_> {
                     content_key: ck,
                     status: "written".into(),
                 })
-            })?;
+            },
+        )?;
 
         let mut reuse = ReuseSummary::default();
         let mut stages = Vec::with_capacity(n);
@@ -921,7 +936,11 @@ impl Engine<'_> {
                 reuse.stages_reused += 1;
             }
             if let Some((p, r)) = slot.files {
-                let (p, r) = if st.status == "ran" { (p, r) } else { (0, p + r) };
+                let (p, r) = if st.status == "ran" {
+                    (p, r)
+                } else {
+                    (0, p + r)
+                };
                 reuse.files_parsed += p;
                 reuse.files_reused += r;
             }

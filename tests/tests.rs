@@ -4,6 +4,8 @@ mod workdir;
 
 mod bad_input;
 mod config_errors;
+mod diff;
 mod fixture_two_sites;
+mod nightly;
 mod publish_atomic;
 mod row_fate_property;
