@@ -653,6 +653,7 @@ mod tests {
     struct P {
         key: Vec<String>,
         #[serde(default)]
+        #[allow(dead_code)]
         limit: Option<u32>,
     }
 

@@ -11,6 +11,8 @@ use crate::error::ConfigProblem;
 use crate::source::ResolvedSource;
 use crate::spec::PipelineSpec;
 
+pub mod assign_phase;
+pub mod baseline;
 pub mod convert_units;
 pub mod dedupe;
 pub mod diary_score;
@@ -20,6 +22,8 @@ pub mod phase_anchors;
 pub mod phase_windows;
 pub mod sql;
 pub mod steroid_equivalent;
+pub mod subject_table;
+pub mod summarize;
 pub mod validate;
 
 /// What a stage sees of the run besides its input tables.
@@ -147,6 +151,10 @@ pub enum Kind {
     GrowthZscore(growth_zscore::GrowthZscore),
     PhaseAnchors(phase_anchors::PhaseAnchors),
     PhaseWindows(phase_windows::PhaseWindows),
+    SubjectTable(subject_table::SubjectTable),
+    Summarize(summarize::Summarize),
+    Baseline(baseline::Baseline),
+    AssignPhase(assign_phase::AssignPhase),
 }
 
 /// YAML names of every kind, for messages.
@@ -161,6 +169,10 @@ pub const KIND_NAMES: &[&str] = &[
     "growth_zscore",
     "phase_anchors",
     "phase_windows",
+    "subject_table",
+    "summarize",
+    "baseline",
+    "assign_phase",
 ];
 
 impl Kind {
@@ -177,6 +189,10 @@ impl Kind {
             "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
             "phase_anchors" => Kind::PhaseAnchors(spec.stage_params(index)?),
             "phase_windows" => Kind::PhaseWindows(spec.stage_params(index)?),
+            "subject_table" => Kind::SubjectTable(spec.stage_params(index)?),
+            "summarize" => Kind::Summarize(spec.stage_params(index)?),
+            "baseline" => Kind::Baseline(spec.stage_params(index)?),
+            "assign_phase" => Kind::AssignPhase(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -207,6 +223,10 @@ impl Kind {
             Kind::GrowthZscore(s) => s,
             Kind::PhaseAnchors(s) => s,
             Kind::PhaseWindows(s) => s,
+            Kind::SubjectTable(s) => s,
+            Kind::Summarize(s) => s,
+            Kind::Baseline(s) => s,
+            Kind::AssignPhase(s) => s,
         }
     }
 }
