@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod dialect;
+pub mod dictionary;
 pub mod error;
 pub mod generate;
 pub mod growth;
