@@ -6,5 +6,6 @@ mod bad_input;
 mod config_errors;
 mod fixture_two_sites;
 mod interop;
+mod phases;
 mod publish_atomic;
 mod row_fate_property;
