@@ -1047,7 +1047,21 @@ mod tests {
             .iter()
             .map(|s| s.common.name.value.as_str())
             .collect();
-        assert_eq!(stages.len(), 14);
+        // Every stream has its ingest stage; harmonisation and analysis stages follow.
+        for stream in [
+            "subjects",
+            "dosing",
+            "steroids",
+            "diary",
+            "visits",
+            "labs",
+            "questionnaires",
+        ] {
+            assert!(
+                stages.contains(&format!("{stream}_raw").as_str()),
+                "{stream}_raw"
+            );
+        }
         assert_eq!(stages[..2], ["subjects_raw", "subjects"]);
     }
 

@@ -136,7 +136,8 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     );
     assert_exit(&w.run_pipeline(), 0);
     let read = |run: &Path, t: &str| {
-        let f = std::fs::File::open(w.path("out").join(run).join(format!("{t}.parquet"))).unwrap();
+        let p = w.path("out").join(run).join(format!("{t}.parquet"));
+        let f = std::fs::File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         ParquetReader::new(f).finish().unwrap()
     };
     let after_dir = std::fs::read_link(w.path("out/current")).unwrap();
@@ -145,10 +146,12 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     for t in [
         "subjects",
         "dosing",
-        "diary",
-        "visits",
+        "steroids",
+        "diary_scored",
+        "visits_std",
         "labs_std",
         "steroid_daily",
+        "growth",
         "anchors",
         "rejects",
     ] {

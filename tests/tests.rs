@@ -5,6 +5,7 @@ mod workdir;
 mod bad_input;
 mod config_errors;
 mod fixture_two_sites;
+mod generated_cohort;
 mod interop;
 mod phases;
 mod publish_atomic;

@@ -20,6 +20,7 @@ pub mod growth_zscore;
 pub mod ingest;
 pub mod phase_anchors;
 pub mod phase_windows;
+pub mod recode;
 pub mod sql;
 pub mod steroid_equivalent;
 pub mod subject_table;
@@ -146,6 +147,7 @@ pub enum Kind {
     Dedupe(dedupe::Dedupe),
     Sql(sql::Sql),
     ConvertUnits(convert_units::ConvertUnits),
+    Recode(recode::Recode),
     DiaryScore(diary_score::DiaryScore),
     SteroidEquivalent(steroid_equivalent::SteroidEquivalent),
     GrowthZscore(growth_zscore::GrowthZscore),
@@ -164,6 +166,7 @@ pub const KIND_NAMES: &[&str] = &[
     "dedupe",
     "sql",
     "convert_units",
+    "recode",
     "diary_score",
     "steroid_equivalent",
     "growth_zscore",
@@ -184,6 +187,7 @@ impl Kind {
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
             "convert_units" => Kind::ConvertUnits(spec.stage_params(index)?),
+            "recode" => Kind::Recode(spec.stage_params(index)?),
             "diary_score" => Kind::DiaryScore(spec.stage_params(index)?),
             "steroid_equivalent" => Kind::SteroidEquivalent(spec.stage_params(index)?),
             "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
@@ -218,6 +222,7 @@ impl Kind {
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
             Kind::ConvertUnits(s) => s,
+            Kind::Recode(s) => s,
             Kind::DiaryScore(s) => s,
             Kind::SteroidEquivalent(s) => s,
             Kind::GrowthZscore(s) => s,

@@ -1,8 +1,6 @@
 //! `subject_table`: the subject-level table (ADSL): one row per subject with its demographics,
 //! anchor dates, phase dates, per-phase summaries, last values and derived flags.
 
-use std::collections::BTreeMap;
-
 use polars::prelude::*;
 use serde::Deserialize;
 
@@ -35,9 +33,9 @@ pub struct SubjectTable {
     /// Subject id column of `subjects`.
     #[serde(default = "default_subject")]
     pub subject: String,
-    /// Output column -> column of `subjects`.
-    #[serde(default)]
-    pub columns: BTreeMap<String, String>,
+    /// Output column -> column of `subjects`, in output order.
+    #[serde(default, deserialize_with = "ordered_pairs")]
+    pub columns: Vec<(String, String)>,
     /// Input with the anchor dates (USUBJID + one column per anchor).
     #[serde(default)]
     pub anchors: Option<String>,
@@ -58,6 +56,30 @@ pub struct SubjectTable {
 
 fn default_subject() -> String {
     "subject".into()
+}
+
+/// A YAML mapping as its (key, value) pairs in the order written.
+fn ordered_pairs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping of output column to input column")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Pairs)
 }
 
 /// Completed years between two date columns of the output.
