@@ -1047,20 +1047,10 @@ mod tests {
             .iter()
             .map(|s| s.common.name.value.as_str())
             .collect();
-        // Every stream has its ingest stage; harmonisation and analysis stages follow.
-        for stream in [
-            "subjects",
-            "dosing",
-            "steroids",
-            "diary",
-            "visits",
-            "labs",
-            "questionnaires",
-        ] {
-            assert!(
-                stages.contains(&format!("{stream}_raw").as_str()),
-                "{stream}_raw"
-            );
+        // Every stream is ingested and deduplicated; harmonisation stages follow.
+        for s in Stream::ALL {
+            assert!(stages.contains(&format!("{}_raw", s.name()).as_str()));
+            assert!(stages.contains(&s.name()), "{}", s.name());
         }
         assert_eq!(stages[..2], ["subjects_raw", "subjects"]);
     }

@@ -44,11 +44,18 @@ use crate::stages::{Arity, Inputs, Stage, StageCtx, StageOutput};
 /// (negative or non-finite dose), `date_range` (end before start), `span` (subject has no
 /// final visit).
 ///
+/// The spellings of drugs, frequencies and dose units can be listed here (`synonyms`, several
+/// frequency spellings) or mapped to codes by an upstream row-level `recode` stage, whose code
+/// columns `order_columns` then names; the reference pipeline does the latter, so that an
+/// unknown spelling is a reject of the steroid stream itself and the dedupe key holds the
+/// canonical drug.
+///
 /// ```yaml
 /// - name: steroid_daily
 ///   kind: steroid_equivalent
 ///   inputs: [steroids, visits_std, dosing, diary, labs, questionnaires]
 ///   orders: steroids
+///   order_columns: {drug: drug_std, frequency: frequency_std, dose_unit: dose_unit_std}
 ///   weights: visits_std
 ///   final_visit_from: visits_std
 ///   span_tables: {steroids: [start, end], dosing: [start, end], diary: [date], labs: [date],
