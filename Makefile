@@ -6,6 +6,9 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/studyflow-target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/studyflow
 PIPELINE ?= pipelines/reference.yaml
+# Test-only oracles (independent Parquet readers) live in a virtualenv outside the clone.
+VENV ?= $(HOME)/.cache/studyflow-venv
+PY := $(VENV)/bin/python
 
 .PHONY: build run test lint bench clean toolchain
 
@@ -20,8 +23,12 @@ build: toolchain
 run: build
 	$(BIN) run $(PIPELINE)
 
-test: toolchain
-	$(CARGO) test --locked
+$(PY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet pyarrow==26.0.1 duckdb==2.0.1
+
+test: toolchain $(PY)
+	STUDYFLOW_PYTHON=$(PY) $(CARGO) test --locked
 
 lint: toolchain
 	$(CARGO) fmt --check

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod cli;
 pub mod dialect;
+pub mod dictionary;
 pub mod diff;
 pub mod error;
 pub mod file_hashes;

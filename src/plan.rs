@@ -113,15 +113,15 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
             None,
         );
     }
-    if let Some(max) = &spec.header.dates.max {
-        if chrono::NaiveDate::parse_from_str(max, "%Y-%m-%d").is_err() {
-            p.at(
-                1,
-                1,
-                format!("dates.max `{max}` is not a date (YYYY-MM-DD)"),
-                None,
-            );
-        }
+    if let Some(max) = &spec.header.dates.max
+        && chrono::NaiveDate::parse_from_str(max, "%Y-%m-%d").is_err()
+    {
+        p.at(
+            1,
+            1,
+            format!("dates.max `{max}` is not a date (YYYY-MM-DD)"),
+            None,
+        );
     }
 
     // Sites and their dialects.
@@ -193,10 +193,10 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
                 None,
             );
         }
-        if let Some(r) = &src.export_date {
-            if let Err(e) = crate::source::ExportDateRule::compile(&r.pattern, &r.format) {
-                p.at(line, col, format!("source `{}`: {e}", src.name), None);
-            }
+        if let Some(r) = &src.export_date
+            && let Err(e) = crate::source::ExportDateRule::compile(&r.pattern, &r.format)
+        {
+            p.at(line, col, format!("source `{}`: {e}", src.name), None);
         }
         for (l, c, msg) in crate::stages::ingest::check_columns(&src.columns) {
             p.at(l, c, format!("source `{}`: {msg}", src.name), None);

@@ -249,6 +249,36 @@ pub struct StageCommon {
     pub sort_by: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Labels (and units) of output columns, for the data dictionary.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, ColumnLabel>,
+}
+
+/// A column's label in the data dictionary: a text, or a label with a unit.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ColumnLabel {
+    Text(String),
+    WithUnit {
+        label: String,
+        #[serde(default)]
+        unit: Option<String>,
+    },
+}
+
+impl ColumnLabel {
+    pub fn label(&self) -> &str {
+        match self {
+            ColumnLabel::Text(t) => t,
+            ColumnLabel::WithUnit { label, .. } => label,
+        }
+    }
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            ColumnLabel::Text(_) => None,
+            ColumnLabel::WithUnit { unit, .. } => unit.as_deref(),
+        }
+    }
 }
 
 /// Keys of [`StageCommon`], removed before a kind's parameters are parsed.
@@ -259,6 +289,7 @@ pub const COMMON_STAGE_KEYS: &[&str] = &[
     "publish",
     "sort_by",
     "description",
+    "labels",
 ];
 
 /// A stage as written: its common keys and where it starts in the file.
@@ -653,6 +684,7 @@ mod tests {
     struct P {
         key: Vec<String>,
         #[serde(default)]
+        #[allow(dead_code)]
         limit: Option<u32>,
     }
 

@@ -39,6 +39,13 @@ impl Workdir {
         Workdir { dir }
     }
 
+    /// An empty folder.
+    pub fn empty() -> Workdir {
+        Workdir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

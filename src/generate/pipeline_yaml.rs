@@ -1,5 +1,5 @@
 //! The pipeline YAML that reads a generated cohort: one site per site folder with its dialect,
-//! one source per stream with every site's header spellings, and ingest + dedupe stages.
+//! one source per stream with every site's header spellings, and the shipped reference stages.
 
 use std::fmt::Write as _;
 
@@ -44,8 +44,21 @@ fn reject_limit(stream: Stream) -> Option<f64> {
     }
 }
 
+/// The shipped reference pipeline; its `stages:` section serves any number of sites.
+const SHIPPED: &str = include_str!("../../pipelines/reference.yaml");
+
+/// The `stages:` section of the shipped reference pipeline, to the end of the file.
+fn shipped_stages() -> &'static str {
+    SHIPPED
+        .find("\nstages:\n")
+        .map(|i| &SHIPPED[i + 1..])
+        .unwrap_or("stages: []\n")
+}
+
 /// The reference pipeline for a cohort of `sites` sites, with `data_dir` and `out_dir`
-/// relative to the YAML file.
+/// relative to the YAML file: the header, one site per folder, one source per stream, and the
+/// stages of `pipelines/reference.yaml` (ingest, dedupe and harmonisation; they name no site).
+/// The growth reference stays `../data/reference/cdc2000_lms.csv`, relative to the YAML.
 pub fn reference_pipeline(sites: usize, data_dir: &str, out_dir: &str) -> String {
     let mut y = String::new();
     let w = &mut y;
@@ -55,11 +68,11 @@ pub fn reference_pipeline(sites: usize, data_dir: &str, out_dir: &str) -> String
     );
     let _ = writeln!(
         w,
-        "# Sites, sources and the ingest/dedupe stages match the exports of `studyflow generate`;"
+        "# Sites and sources match the exports of `studyflow generate`: `reference_pipeline()` in"
     );
     let _ = writeln!(
         w,
-        "# `reference_pipeline()` in src/generate/pipeline_yaml.rs writes this part."
+        "# src/generate/pipeline_yaml.rs writes them and copies the stages from this file."
     );
     let _ = writeln!(w, "pipeline: reference");
     let _ = writeln!(w, "description: >-");
@@ -143,25 +156,7 @@ pub fn reference_pipeline(sites: usize, data_dir: &str, out_dir: &str) -> String
         }
     }
     let _ = writeln!(w);
-    let _ = writeln!(w, "stages:");
-    for s in Stream::ALL {
-        let key: Vec<&str> = s.key().to_vec();
-        let _ = writeln!(w, "  - name: {}_raw", s.name());
-        let _ = writeln!(w, "    kind: ingest");
-        let _ = writeln!(w, "    source: {}", s.name());
-        let _ = writeln!(w, "  - name: {}", s.name());
-        let _ = writeln!(w, "    kind: dedupe");
-        let _ = writeln!(w, "    inputs: [{}_raw]", s.name());
-        if s == Stream::Steroids {
-            let _ = writeln!(
-                w,
-                "    # The natural key uses the canonical drug; until a stage maps drug names,"
-            );
-            let _ = writeln!(w, "    # the drug as written stands in.");
-        }
-        let _ = writeln!(w, "    key: [{}]", key.join(", "));
-        let _ = writeln!(w, "    publish: true");
-    }
+    y.push_str(shipped_stages());
     y
 }
 
@@ -208,5 +203,15 @@ mod tests {
         }
         assert!(y.contains("  - name: diary_raw\n    kind: ingest\n    source: diary\n"));
         assert!(y.contains("    key: [subject, date, analyte]\n"));
+        assert!(y.contains("  - name: steroid_daily\n"));
+    }
+
+    #[test]
+    fn shipped_reference_pipeline_is_what_the_generator_writes_for_three_sites() {
+        let y = reference_pipeline(3, "../data/sample", "../out");
+        assert!(
+            y == SHIPPED,
+            "regenerate pipelines/reference.yaml: sites or sources differ"
+        );
     }
 }

@@ -1400,22 +1400,24 @@ mod tests {
         assert_eq!(Factor::Fraction("2.54".into()).value().unwrap(), 2.54);
     }
 
-    /// The stanzas shipped for the reference pipeline, as the stages of a pipeline.
-    fn reference() -> PipelineSpec {
-        let stanzas: String = include_str!("../../docs/units-stanzas.yaml")
-            .lines()
-            .map(|l| format!("  {l}\n"))
-            .collect();
-        spec(&format!("\n{stanzas}"))
+    /// The shipped reference pipeline, and the index of its stage `name`.
+    fn reference(name: &str) -> (PipelineSpec, usize) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/reference.yaml");
+        let spec = PipelineSpec::load(&path).unwrap();
+        let index = spec
+            .stages
+            .iter()
+            .position(|s| s.common.name.value == name)
+            .unwrap_or_else(|| panic!("no stage {name}"));
+        (spec, index)
     }
 
     #[test]
-    fn reference_stanzas_are_valid() {
-        let s = reference();
-        assert_eq!(s.stages.len(), 4);
+    fn reference_pipeline_stages_are_valid() {
+        let (s, _) = reference("labs_std");
         for (i, entry) in s.stages.iter().enumerate() {
             let kind = crate::stages::Kind::parse(&s, i, &entry.common.kind.value).unwrap();
-            assert_eq!(kind.stage().check(&s), Vec::<String>::new());
+            assert_eq!(kind.stage().check(&s), Vec::<String>::new(), "{i}");
         }
     }
 
@@ -1427,18 +1429,21 @@ mod tests {
             ("nih", Some("Platelets"), Some("250"), Some("10^3/uL")),
             ("nih", Some("PLT"), Some("250"), Some("K/µL")),
             ("nih", Some("IP-10"), Some("1.2"), Some("ng/mL")),
-            ("nih", Some("IFN score"), Some("35.2"), None),
+            ("nih", Some("IFN score"), Some("35.2"), Some("Score")),
             ("nih", Some("CRP"), Some("<5"), Some("mg/L")),
-            ("eu", Some("Hb"), Some("12,5"), Some("g/dL")),
-            ("eu", Some("Hb"), Some("125"), Some("g/L")),
+            ("hamburg", Some("Hämoglobin"), Some("12,5"), Some("g/dL")),
+            ("sao_paulo", Some("HGB"), Some("125"), Some("g/L")),
             (
                 "nih",
                 Some("BK PCR"),
                 Some("not detected"),
                 Some("copies/mL"),
             ),
+            ("nih", Some("Kreatinin"), Some("44.21"), Some("µmol/l")),
+            ("nih", Some("IFN score"), Some("35.2"), None),
         ]);
-        let (out, rejects) = convert_with(&reference(), 0, input);
+        let (spec, index) = reference("labs_std");
+        let (out, rejects) = convert_with(&spec, index, input);
         assert_close(
             &floats(&out, "AVAL"),
             &[
@@ -1451,30 +1456,37 @@ mod tests {
                 Some(5.0),
                 Some(12.5),
                 Some(12.5),
+                Some(0.5),
             ],
         );
         let codes: Vec<_> = texts(&out, "PARAMCD").into_iter().flatten().collect();
         assert_eq!(
             codes,
             [
-                "HGB", "LYMPH", "PLAT", "PLAT", "IP10", "IFNSCORE", "CRP", "HGB", "HGB"
+                "HGB", "ALC", "PLT", "PLT", "IP10", "IFNSCORE", "CRP", "HGB", "HGB", "CREAT"
             ]
         );
         assert_eq!(texts(&out, "AVALU")[1].as_deref(), Some("10^9/L"));
-        assert_eq!(texts(&out, "ORIGU")[5], None);
-        assert_eq!(lines(&rejects), [11]);
+        assert_eq!(texts(&out, "ORIGU")[5].as_deref(), Some("Score"));
+        // "not detected" is no number; a score without its unit is not guessed either.
+        assert_eq!(lines(&rejects), [11, 13]);
+        assert_eq!(
+            texts(&rejects, "RULE"),
+            [Some("parse".to_string()), Some("unit".to_string())]
+        );
     }
 
     #[test]
     fn reference_questionnaires_convert_vas_cm_to_mm() {
         let input = df!(
             "SRCLINE" => [2i64, 3, 4],
-            "instrument" => ["PEDSQL", "ptglobal", "MDGLOBAL"],
+            "instrument" => ["PEDSQL", "PT Global", "MD-Global"],
             "score" => [85.0, 3.2, 120.0],
             "unit" => ["%", "cm", "mm"],
         )
         .unwrap();
-        let (out, rejects) = convert_with(&reference(), 1, input);
+        let (spec, index) = reference("questionnaires_std");
+        let (out, rejects) = convert_with(&spec, index, input);
         assert_close(&floats(&out, "AVAL"), &[Some(85.0), Some(32.0)]);
         assert_eq!(texts(&rejects, "RULE"), [Some("range".to_string())]);
     }

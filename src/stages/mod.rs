@@ -11,6 +11,8 @@ use crate::error::ConfigProblem;
 use crate::source::ResolvedSource;
 use crate::spec::PipelineSpec;
 
+pub mod assign_phase;
+pub mod baseline;
 pub mod convert_units;
 pub mod dedupe;
 pub mod diary_score;
@@ -18,8 +20,11 @@ pub mod growth_zscore;
 pub mod ingest;
 pub mod phase_anchors;
 pub mod phase_windows;
+pub mod recode;
 pub mod sql;
 pub mod steroid_equivalent;
+pub mod subject_table;
+pub mod summarize;
 pub mod validate;
 
 /// What a stage sees of the run besides its input tables.
@@ -148,11 +153,16 @@ pub enum Kind {
     Dedupe(dedupe::Dedupe),
     Sql(sql::Sql),
     ConvertUnits(convert_units::ConvertUnits),
+    Recode(recode::Recode),
     DiaryScore(diary_score::DiaryScore),
     SteroidEquivalent(steroid_equivalent::SteroidEquivalent),
     GrowthZscore(growth_zscore::GrowthZscore),
     PhaseAnchors(phase_anchors::PhaseAnchors),
     PhaseWindows(phase_windows::PhaseWindows),
+    SubjectTable(subject_table::SubjectTable),
+    Summarize(summarize::Summarize),
+    Baseline(baseline::Baseline),
+    AssignPhase(assign_phase::AssignPhase),
 }
 
 /// YAML names of every kind, for messages.
@@ -162,11 +172,16 @@ pub const KIND_NAMES: &[&str] = &[
     "dedupe",
     "sql",
     "convert_units",
+    "recode",
     "diary_score",
     "steroid_equivalent",
     "growth_zscore",
     "phase_anchors",
     "phase_windows",
+    "subject_table",
+    "summarize",
+    "baseline",
+    "assign_phase",
 ];
 
 impl Kind {
@@ -178,11 +193,16 @@ impl Kind {
             "dedupe" => Kind::Dedupe(spec.stage_params(index)?),
             "sql" => Kind::Sql(spec.stage_params(index)?),
             "convert_units" => Kind::ConvertUnits(spec.stage_params(index)?),
+            "recode" => Kind::Recode(spec.stage_params(index)?),
             "diary_score" => Kind::DiaryScore(spec.stage_params(index)?),
             "steroid_equivalent" => Kind::SteroidEquivalent(spec.stage_params(index)?),
             "growth_zscore" => Kind::GrowthZscore(spec.stage_params(index)?),
             "phase_anchors" => Kind::PhaseAnchors(spec.stage_params(index)?),
             "phase_windows" => Kind::PhaseWindows(spec.stage_params(index)?),
+            "subject_table" => Kind::SubjectTable(spec.stage_params(index)?),
+            "summarize" => Kind::Summarize(spec.stage_params(index)?),
+            "baseline" => Kind::Baseline(spec.stage_params(index)?),
+            "assign_phase" => Kind::AssignPhase(spec.stage_params(index)?),
             other => {
                 let entry = &spec.stages[index];
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
@@ -208,11 +228,16 @@ impl Kind {
             Kind::Dedupe(s) => s,
             Kind::Sql(s) => s,
             Kind::ConvertUnits(s) => s,
+            Kind::Recode(s) => s,
             Kind::DiaryScore(s) => s,
             Kind::SteroidEquivalent(s) => s,
             Kind::GrowthZscore(s) => s,
             Kind::PhaseAnchors(s) => s,
             Kind::PhaseWindows(s) => s,
+            Kind::SubjectTable(s) => s,
+            Kind::Summarize(s) => s,
+            Kind::Baseline(s) => s,
+            Kind::AssignPhase(s) => s,
         }
     }
 }

@@ -77,13 +77,13 @@ impl Stage for PhaseAnchors {
                 out.push(format!("anchor `{}` has no `from` columns", a.name));
             }
             for f in &a.from {
-                if let Some(sql) = &f.filter {
-                    if let Err(e) = polars::sql::sql_expr(sql) {
-                        out.push(format!(
-                            "anchor `{}`: filter `{sql}` is not valid SQL: {e}",
-                            a.name
-                        ));
-                    }
+                if let Some(sql) = &f.filter
+                    && let Err(e) = polars::sql::sql_expr(sql)
+                {
+                    out.push(format!(
+                        "anchor `{}`: filter `{sql}` is not valid SQL: {e}",
+                        a.name
+                    ));
                 }
             }
         }

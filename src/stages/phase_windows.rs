@@ -184,12 +184,18 @@ impl Bound {
     }
 }
 
+/// A phase's resolved window: (phase index, first day, last day); None is unbounded.
+pub type Window = (usize, Option<i32>, Option<i32>);
+
+/// A phase's parsed bounds: (start, end); None is unbounded.
+pub type Bounds = (Option<Bound>, Option<Bound>);
+
 /// Resolved windows of one subject: (phase index, start, end), non-overlapping.
 /// `None` start or end means unbounded.
 pub fn resolve(
-    phases: &[(Option<Bound>, Option<Bound>)],
+    phases: &[Bounds],
     anchors: &BTreeMap<&str, Option<i32>>,
-) -> Result<Vec<(usize, Option<i32>, Option<i32>)>, String> {
+) -> Result<Vec<Window>, String> {
     let mut taken: Vec<(i64, i64)> = Vec::new();
     let mut out = Vec::new();
     for (i, (start, end)) in phases.iter().enumerate() {
@@ -240,7 +246,7 @@ pub fn resolve(
 }
 
 impl PhaseWindows {
-    fn bounds(&self) -> Result<Vec<(Option<Bound>, Option<Bound>)>, String> {
+    fn bounds(&self) -> Result<Vec<Bounds>, String> {
         self.phases
             .iter()
             .map(|p| {

@@ -44,11 +44,18 @@ use crate::stages::{Arity, Inputs, Stage, StageCtx, StageOutput};
 /// (negative or non-finite dose), `date_range` (end before start), `span` (subject has no
 /// final visit).
 ///
+/// The spellings of drugs, frequencies and dose units can be listed here (`synonyms`, several
+/// frequency spellings) or mapped to codes by an upstream row-level `recode` stage, whose code
+/// columns `order_columns` then names; the reference pipeline does the latter, so that an
+/// unknown spelling is a reject of the steroid stream itself and the dedupe key holds the
+/// canonical drug.
+///
 /// ```yaml
 /// - name: steroid_daily
 ///   kind: steroid_equivalent
 ///   inputs: [steroids, visits_std, dosing, diary, labs, questionnaires]
 ///   orders: steroids
+///   order_columns: {drug: drug_std, frequency: frequency_std, dose_unit: dose_unit_std}
 ///   weights: visits_std
 ///   final_visit_from: visits_std
 ///   span_tables: {steroids: [start, end], dosing: [start, end], diary: [date], labs: [date],
@@ -93,6 +100,33 @@ pub struct SteroidEquivalent {
     /// administration); matched ignoring case and all spaces. Default: `mg` and `mg/kg`.
     #[serde(default = "default_dose_units")]
     pub dose_units: BTreeMap<String, DoseUnit>,
+    /// Columns of `orders` read as the drug, frequency and dose unit. Point them at the codes
+    /// of an upstream `recode` stage to keep the spellings in one place.
+    // Boxed to keep `Kind` variants of similar size.
+    #[serde(default)]
+    pub order_columns: Box<OrderColumns>,
+}
+
+/// Columns of the orders table holding the drug, frequency and dose unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrderColumns {
+    /// Drug name (default `drug`).
+    pub drug: String,
+    /// Frequency (default `frequency`).
+    pub frequency: String,
+    /// Dose unit (default `dose_unit`).
+    pub dose_unit: String,
+}
+
+impl Default for OrderColumns {
+    fn default() -> Self {
+        OrderColumns {
+            drug: "drug".into(),
+            frequency: "frequency".into(),
+            dose_unit: "dose_unit".into(),
+        }
+    }
 }
 
 /// One corticosteroid: the dose equal to 5 mg prednisone, and other names it is written as.
@@ -577,17 +611,26 @@ impl Stage for SteroidEquivalent {
             &self.orders,
             &[
                 ("subject", Want::Text),
-                ("drug", Want::Text),
+                (self.order_columns.drug.as_str(), Want::Text),
                 ("dose", Want::Number),
-                ("dose_unit", Want::Text),
-                ("frequency", Want::Text),
+                (self.order_columns.dose_unit.as_str(), Want::Text),
+                (self.order_columns.frequency.as_str(), Want::Text),
                 ("start", Want::Date),
                 ("end", Want::Date),
                 ("SITE", Want::Text),
                 ("SRCFILE", Want::Text),
                 ("SRCLINE", Want::Integer),
             ],
-        )?;
+        )?
+        .rename(
+            [
+                &self.order_columns.drug,
+                &self.order_columns.dose_unit,
+                &self.order_columns.frequency,
+            ],
+            ["drug", "dose_unit", "frequency"],
+            true,
+        );
         let weights = input_columns(
             ctx,
             inputs,
@@ -758,17 +801,22 @@ impl SteroidEquivalent {
                 "subject",
                 text("subject"),
             ),
-            (col("_drug").is_null(), "drug", "drug", text("drug")),
+            (
+                col("_drug").is_null(),
+                "drug",
+                &self.order_columns.drug,
+                text("drug"),
+            ),
             (
                 col("_per_day").is_null(),
                 "frequency",
-                "frequency",
+                &self.order_columns.frequency,
                 text("frequency"),
             ),
             (
                 col("_per_kg").is_null(),
                 "dose_unit",
-                "dose_unit",
+                &self.order_columns.dose_unit,
                 text("dose_unit"),
             ),
             (col("dose").is_null(), "required", "dose", text("dose")),
@@ -1933,6 +1981,60 @@ stages:
 
     /// (subject, drug index, dose, frequency index, start offset, end length or ongoing)
     type PropOrder = (usize, usize, u8, usize, i32, Option<i32>);
+
+    #[test]
+    fn order_columns_read_codes_of_an_upstream_recode() {
+        let yaml = STAGE_YAML.replace(
+            "    orders: steroids\n",
+            "    orders: steroids\n    order_columns: {drug: drug_std, frequency: frequency_std, dose_unit: dose_unit_std}\n",
+        );
+        let stage: SteroidEquivalent = spec_of(&yaml).stage_params(0).unwrap();
+        let mut o = orders(&[
+            (
+                "C1",
+                "Solu-Medrol",
+                8.0,
+                "MG",
+                "bid",
+                "2020-01-02",
+                Some("2020-01-02"),
+            ),
+            (
+                "C1",
+                "prednisone",
+                2.0,
+                "mg",
+                "wrong",
+                "2020-01-03",
+                Some("2020-01-03"),
+            ),
+        ]);
+        // The columns as written hold spellings the tables do not list; the codes are read.
+        o.with_column(Column::new(
+            "drug_std".into(),
+            ["methylprednisolone", "Predisone"],
+        ))
+        .unwrap();
+        o.with_column(Column::new("frequency_std".into(), ["BID", "QD"]))
+            .unwrap();
+        o.with_column(Column::new("dose_unit_std".into(), ["mg", "mg"]))
+            .unwrap();
+        let r = run_with(
+            &stage,
+            o,
+            weights(&[("C1", "2020-01-01", 20.0)]),
+            dated(&[("C1", "2020-01-01"), ("C1", "2020-01-03")]),
+            dated(&[]),
+        );
+        // 8 mg x 2/day x 5/4 = 20 mg on 2020-01-02; the second order is rejected.
+        assert_close(&mg(&r.daily), &[0.0, 20.0, 0.0]);
+        assert_eq!(texts(&r.rejects, "RULE"), [Some("drug".to_string())]);
+        assert_eq!(texts(&r.rejects, "COLUMN"), [Some("drug_std".to_string())]);
+        assert_eq!(
+            texts(&r.rejects, "RAWVALUE"),
+            [Some("Predisone".to_string())]
+        );
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]

@@ -1,0 +1,153 @@
+//! `summarize`: per subject, phase and parameter, the n, mean, sd, median, quartiles, min and
+//! max of an analysis value: the input of a repeated-measures model with phase as a factor.
+
+use polars::prelude::*;
+use serde::Deserialize;
+
+use crate::spec::PipelineSpec;
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+
+/// Parameters of a `summarize` stage.
+///
+/// Long tables give `value:` and `parameter:` (`AVAL`, `PARAMCD`); wide tables (one column
+/// per measure, like the daily diary and steroid tables) give `values:` and each column becomes
+/// a PARAMCD. Missing values are left out (N counts the non-missing); rows without a phase are
+/// left out. SD is the sample SD (n - 1); quartiles interpolate linearly (R type 7).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summarize {
+    /// Grouping columns (default USUBJID, APHASEN, APHASE).
+    #[serde(default = "default_by")]
+    pub by: Vec<String>,
+    /// Long shape: the value column.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// Long shape: the parameter column.
+    #[serde(default)]
+    pub parameter: Option<String>,
+    /// Wide shape: value columns, each summarised as its own parameter.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+fn default_by() -> Vec<String> {
+    vec!["USUBJID".into(), "APHASEN".into(), "APHASE".into()]
+}
+
+impl Summarize {
+    fn long(&self, table: &DataFrame) -> LazyFrame {
+        let mut parts = Vec::new();
+        let by: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
+        if let (Some(v), Some(p)) = (&self.value, &self.parameter) {
+            let mut sel = by.clone();
+            sel.push(col(p.as_str()).cast(DataType::String).alias("PARAMCD"));
+            sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
+            parts.push(table.clone().lazy().select(sel));
+        }
+        for v in &self.values {
+            let mut sel = by.clone();
+            sel.push(lit(v.clone()).alias("PARAMCD"));
+            sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
+            parts.push(table.clone().lazy().select(sel));
+        }
+        concat(parts, UnionArgs::default()).unwrap_or_else(|_| table.clone().lazy())
+    }
+}
+
+impl Stage for Summarize {
+    fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
+        let long = self.value.is_some() || self.parameter.is_some();
+        if long && (self.value.is_none() || self.parameter.is_none()) {
+            return vec!["the long shape needs both `value` and `parameter`".into()];
+        }
+        if !long && self.values.is_empty() {
+            return vec![
+                "give `value` and `parameter` (long table) or `values` (wide table)".into(),
+            ];
+        }
+        Vec::new()
+    }
+
+    fn run(&self, _ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
+        let table = inputs.first();
+        for c in self
+            .by
+            .iter()
+            .chain(self.values.iter())
+            .chain(self.value.iter())
+            .chain(self.parameter.iter())
+        {
+            if table.column(c).is_err() {
+                anyhow::bail!("the input has no column `{c}`");
+            }
+        }
+        let v = || col("__v");
+        let mut keys: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
+        keys.push(col("PARAMCD"));
+        let mut sort: Vec<String> = self.by.clone();
+        sort.push("PARAMCD".into());
+        let out = self
+            .long(table)
+            .filter(v().is_not_null().and(v().is_not_nan()))
+            .filter(all_horizontal(
+                self.by
+                    .iter()
+                    .map(|b| col(b.as_str()).is_not_null())
+                    .collect::<Vec<_>>(),
+            )?)
+            .group_by(keys)
+            .agg([
+                v().count().cast(DataType::Int64).alias("N"),
+                v().mean().alias("MEAN"),
+                v().std(1).alias("SD"),
+                v().median().alias("MEDIAN"),
+                v().quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
+                v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
+                v().min().alias("MIN"),
+                v().max().alias("MAX"),
+            ])
+            .sort(sort, Default::default());
+        Ok(StageOutput::table(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::tests_support::{ctx_for, strings};
+
+    #[test]
+    fn statistics_per_subject_phase_and_parameter() {
+        // Phase 1 diary scores 1, 2, 3, 4 (and a missing day): n 4, mean 2.5,
+        // sd sqrt(((1.5^2)*2 + (0.5^2)*2) / 3) = sqrt(5/3) = 1.290994, median 2.5,
+        // q1 = 1 + 0.75*(2-1) = 1.75, q3 = 3.25. Rows without a phase are left out.
+        let t = df!(
+            "USUBJID" => ["C1"; 6],
+            "APHASEN" => [Some(1i64), Some(1), Some(1), Some(1), Some(1), None],
+            "APHASE" => [Some("pre"), Some("pre"), Some("pre"), Some("pre"), Some("pre"), None],
+            "DIARYSCORE" => [Some(1.0), Some(2.0), Some(3.0), Some(4.0), None, Some(9.0)],
+        )
+        .unwrap();
+        let stage: Summarize = serde_saphyr::from_str("values: [DIARYSCORE]").unwrap();
+        assert!(stage.check(&ctx_for(|c| c.spec.clone())).is_empty());
+        let inputs = Inputs {
+            tables: vec![("diary".into(), t)],
+        };
+        let out = ctx_for(|c| stage.run(c, &inputs))
+            .unwrap()
+            .table
+            .collect()
+            .unwrap();
+        assert_eq!(out.height(), 1);
+        assert_eq!(strings(&out, "N"), ["4"]);
+        assert_eq!(strings(&out, "MEAN"), ["2.5"]);
+        let sd: f64 = strings(&out, "SD")[0].parse().unwrap();
+        assert!((sd - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(strings(&out, "Q1"), ["1.75"]);
+        assert_eq!(strings(&out, "Q3"), ["3.25"]);
+        assert_eq!(
+            (strings(&out, "MIN"), strings(&out, "MAX")),
+            (vec!["1.0".to_string()], vec!["4.0".to_string()])
+        );
+    }
+}
