@@ -24,7 +24,7 @@ pub struct DiffOptions {
 pub enum Side {
     Run {
         dir: PathBuf,
-        manifest: Option<Manifest>,
+        manifest: Option<Box<Manifest>>,
     },
     File(PathBuf),
 }
@@ -53,7 +53,7 @@ impl Side {
             ),
         };
         Ok(Side::Run {
-            manifest: Manifest::read(&dir).ok(),
+            manifest: Manifest::read(&dir).ok().map(Box::new),
             dir,
         })
     }
@@ -107,7 +107,7 @@ impl Side {
                 })
         };
         match self {
-            Side::Run { manifest, .. } => manifest.as_ref().and_then(from),
+            Side::Run { manifest, .. } => manifest.as_deref().and_then(from),
             Side::File(p) => p
                 .parent()
                 .and_then(|d| Manifest::read(d).ok())
@@ -365,10 +365,10 @@ pub fn compare(
     let mut type_changes = Vec::new();
     for c in &common {
         let (ta, tb) = (sa.get(c), sb.get(c));
-        if let (Some(ta), Some(tb)) = (ta, tb) {
-            if ta != tb {
-                type_changes.push((c.clone(), ta.to_string(), tb.to_string()));
-            }
+        if let (Some(ta), Some(tb)) = (ta, tb)
+            && ta != tb
+        {
+            type_changes.push((c.clone(), ta.to_string(), tb.to_string()));
         }
     }
     let same_type = |c: &str| sa.get(c) == sb.get(c);

@@ -91,18 +91,19 @@ impl FileHashes {
                 && s.device == device
         };
         // Hashed earlier in this run and untouched since: not read twice.
-        if let Some(s) = self.seen.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            if cfg!(unix) && same_file(&s) {
-                return Ok((s.bytes, s.hash));
-            }
+        if let Some(s) = self.seen.lock().ok().and_then(|m| m.get(&key).cloned())
+            && cfg!(unix)
+            && same_file(&s)
+        {
+            return Ok((s.bytes, s.hash));
         }
-        if self.trust_stamps {
-            if let Some(s) = self.known.get(&key) {
-                if same_file(s) && s.hashed_ns - mtime_ns.max(ctime_ns) >= SETTLE_NS {
-                    self.remember(key, s.clone());
-                    return Ok((s.bytes, s.hash.clone()));
-                }
-            }
+        if self.trust_stamps
+            && let Some(s) = self.known.get(&key)
+            && same_file(s)
+            && s.hashed_ns - mtime_ns.max(ctime_ns) >= SETTLE_NS
+        {
+            self.remember(key, s.clone());
+            return Ok((s.bytes, s.hash.clone()));
         }
         let hashed_ns = now_ns();
         let mut hasher = blake3::Hasher::new();

@@ -175,14 +175,14 @@ pub fn all_rejects(
         .map(|f| (f.file.as_str(), f.source.as_str()))
         .collect();
     for (id, r) in rejects.iter().enumerate() {
-        if let Some(r) = r {
-            if r.height() > 0 {
-                parts.push(
-                    r.clone()
-                        .lazy()
-                        .with_column(lit(plan.stages[id].name.clone()).alias("STAGE")),
-                );
-            }
+        if let Some(r) = r
+            && r.height() > 0
+        {
+            parts.push(
+                r.clone()
+                    .lazy()
+                    .with_column(lit(plan.stages[id].name.clone()).alias("STAGE")),
+            );
         }
     }
     let mut table = if parts.is_empty() {
