@@ -95,12 +95,14 @@ impl Recipe {
         hash_text(&["studyflow-recipe-1", &json])
     }
 
-    /// The recipe of stage `id`, given its inputs' fingerprints. Ingest stages get their
-    /// `source` (without files: see [`SourceRecipe::files`]); reference files are hashed.
+    /// The recipe of stage `id`, given its inputs' fingerprints and its parameters as written
+    /// (see [`parameter_values`]). Ingest stages get their `source` (without files: see
+    /// [`SourceRecipe::files`]); reference files are hashed.
     pub fn of_stage(
         plan: &Plan,
         id: usize,
         input_fps: &[Option<String>],
+        parameter_values: BTreeMap<String, serde_json::Value>,
         run_date: &str,
         hash_file: &dyn Fn(&Path) -> std::io::Result<String>,
     ) -> Recipe {
@@ -131,7 +133,7 @@ impl Recipe {
             name: s.name.clone(),
             kind: s.kind_name.clone(),
             parameters: hash_text(&[&format!("{:?}", s.kind)]),
-            parameter_values: parameter_values(plan, id),
+            parameter_values,
             inputs: s
                 .inputs
                 .iter()
@@ -305,19 +307,27 @@ fn source_recipe(plan: &Plan, src: &SourceSpec) -> SourceRecipe {
     }
 }
 
-/// The stage's parameters as written, one JSON value per top-level key.
-fn parameter_values(plan: &Plan, id: usize) -> BTreeMap<String, serde_json::Value> {
-    let name = &plan.stages[id].name;
-    plan.spec
-        .stages
-        .iter()
-        .find(|e| &e.common.name.value == name)
-        .and_then(|e| {
-            plan.spec
-                .stage_params::<BTreeMap<String, serde_json::Value>>(e.index)
-                .ok()
+/// Every stage's parameters as written, one JSON value per top-level key (common keys left
+/// out), by stage name. The YAML is read once for all stages.
+pub fn parameter_values(plan: &Plan) -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
+    let Ok(doc) = serde_saphyr::from_str::<serde_json::Value>(&plan.spec.text) else {
+        return BTreeMap::new();
+    };
+    let stages = doc.get("stages").and_then(|s| s.as_array());
+    stages
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let map = s.as_object()?;
+            let name = map.get("name")?.as_str()?.to_string();
+            let params = map
+                .iter()
+                .filter(|(k, _)| !crate::spec::COMMON_STAGE_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some((name, params))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 #[cfg(test)]
@@ -335,7 +345,15 @@ mod tests {
             .iter()
             .map(|_| input.map(String::from))
             .collect();
-        Recipe::of_stage(&plan, id, &fps, "2026-11-25", &|_| Ok("h".into()))
+        let values = parameter_values(&plan).remove(&plan.stages[id].name);
+        Recipe::of_stage(
+            &plan,
+            id,
+            &fps,
+            values.unwrap_or_default(),
+            "2026-11-25",
+            &|_| Ok("h".into()),
+        )
     }
 
     #[test]

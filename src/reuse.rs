@@ -116,13 +116,25 @@ pub struct Judge<'a> {
     /// The upper date bound ingest checks against (`dates.max`, else the run date).
     pub bound: String,
     pub selection: &'a Selection,
+    /// Stage name -> its parameters as written (read once; see [`Judge::recipe`]).
+    pub parameter_values: std::sync::OnceLock<ParameterValues>,
 }
+
+/// Stage name -> its parameters as written, per top-level key.
+pub type ParameterValues =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>;
 
 impl Judge<'_> {
     /// The recipe of stage `id` without its files.
     pub fn recipe(&self, id: usize, input_fps: &[Option<String>]) -> Recipe {
         let hash = |p: &std::path::Path| self.hashes.hash(p).map(|(_, h)| h);
-        Recipe::of_stage(self.plan, id, input_fps, &self.run_date, &hash)
+        let values = self
+            .parameter_values
+            .get_or_init(|| crate::fingerprint::parameter_values(self.plan))
+            .get(&self.plan.stages[id].name)
+            .cloned()
+            .unwrap_or_default();
+        Recipe::of_stage(self.plan, id, input_fps, values, &self.run_date, &hash)
     }
 
     /// Hashes the files of an ingest stage and finds their cached parses.
@@ -361,6 +373,7 @@ pub fn preview_run(plan: &Plan, opts: &crate::run::RunOptions) -> anyhow::Result
             .1
             .to_string(),
         selection: &selection,
+        parameter_values: Default::default(),
     };
     let lines = preview(&judge, &sources)?;
     Ok(Preview {

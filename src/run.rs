@@ -147,6 +147,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
             run_date: run_date.to_string(),
             bound: ingest::date_window(&plan.spec, run_date).1.to_string(),
             selection: &selection,
+            parameter_values: Default::default(),
         },
         cache: &cache,
         sources: &sources,
