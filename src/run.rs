@@ -157,8 +157,10 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         log,
         slots: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
         workers: opts.threads.max(1),
+        writer: cache::Writer::start(),
     };
     if let Err(e) = engine.execute() {
+        engine.writer.finish();
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -170,6 +172,9 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         opts,
         previous.as_ref(),
     );
+    // What this run computed is cached even when it fails on the data (a fixed file then
+    // re-parses alone).
+    engine.writer.finish();
     match outcome {
         Ok(manifest) => {
             publish::failpoint("publish")?;
@@ -292,6 +297,7 @@ struct Engine<'a> {
     slots: Vec<OnceLock<Slot>>,
     /// Stages (and published tables) handled at once.
     workers: usize,
+    writer: cache::Writer,
 }
 
 /// Runs `f` on every item with at most `workers` OS threads, results in item order.
@@ -440,12 +446,12 @@ impl Engine<'_> {
             });
         }
         let (frames, summary) = self.compute(id)?;
-        let entry = self.store(id, &fingerprint, Some(&frames), &summary, Vec::new());
+        self.store(id, &fingerprint, Some(&frames), &summary, Vec::new());
         Ok(Slot {
             fingerprint,
             recipe: d.recipe,
             summary,
-            entry,
+            entry: None,
             frames: Mutex::new(Some(Arc::new(frames))),
             state: Mutex::new(SlotState {
                 status: "ran",
@@ -490,6 +496,8 @@ impl Engine<'_> {
         ))
     }
 
+    /// Queues the caching of a stage output (ran stages keep their frames in memory, so the
+    /// run itself never reads what it is writing).
     fn store(
         &self,
         id: usize,
@@ -497,16 +505,15 @@ impl Engine<'_> {
         frames: Option<&Frames>,
         summary: &StageSummary,
         file_keys: Vec<String>,
-    ) -> Option<StageEntry> {
-        let name = &self.plan.stages[id].name;
-        match self.cache.store_stage(fp, name, frames, summary, file_keys) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                self.log
-                    .warn(&format!("could not cache the output of `{name}`: {e:#}"));
-                None
+    ) {
+        let name = self.plan.stages[id].name.clone();
+        let (cache, log, fp) = (self.cache.clone(), self.log.clone(), fp.to_string());
+        let (frames, summary) = (frames.cloned(), summary.clone());
+        self.writer.queue(move || {
+            if let Err(e) = cache.store_stage(&fp, &name, frames.as_ref(), &summary, file_keys) {
+                log.warn(&format!("could not cache the output of `{name}`: {e:#}"));
             }
-        }
+        });
     }
 
     /// An ingest stage: files with a cached parse are not parsed again.
@@ -575,12 +582,12 @@ impl Engine<'_> {
             });
         }
         let (frames, summary) = self.ingest_frames(id, &parser, &src, &states, parsed)?;
-        let entry = self.store(id, &fingerprint, None, &summary, file_keys);
+        self.store(id, &fingerprint, None, &summary, file_keys);
         Ok(Slot {
             fingerprint,
             recipe: d.recipe,
             summary,
-            entry,
+            entry: None,
             frames: Mutex::new(Some(Arc::new(frames))),
             state: Mutex::new(SlotState {
                 status: "ran",
@@ -592,27 +599,24 @@ impl Engine<'_> {
     }
 
     fn store_file(&self, src: &crate::fingerprint::SourceRecipe, p: &ParsedFile) {
-        let bound = &self.judge.bound;
+        let bound = self.judge.bound.clone();
         let key = src.file_key(
             &p.read.site,
             &p.read.file,
             &p.read.hash,
             p.late.then_some(bound.as_str()),
         );
-        if let Err(e) = self.cache.store_file(
-            &key,
-            &p.table,
-            &p.rejects,
-            &p.read,
-            bound,
-            p.latest_date.map(|d| d.to_string()),
-            p.late,
-        ) {
-            self.log.warn(&format!(
-                "could not cache the parse of {}: {e:#}",
-                p.read.file
-            ));
-        }
+        let (cache, log) = (self.cache.clone(), self.log.clone());
+        let (table, rejects, read) = (p.table.clone(), p.rejects.clone(), p.read.clone());
+        let (latest, late) = (p.latest_date.map(|d| d.to_string()), p.late);
+        self.writer.queue(move || {
+            if let Err(e) = cache.store_file(&key, &table, &rejects, &read, &bound, latest, late) {
+                log.warn(&format!(
+                    "could not cache the parse of {}: {e:#}",
+                    read.file
+                ));
+            }
+        });
     }
 
     /// The ingest output from fresh parses and cached ones; a cached parse that fails its
