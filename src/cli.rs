@@ -340,7 +340,7 @@ pub fn explain(plan: &Plan, opts: &RunOptions) -> anyhow::Result<String> {
             _ => String::new(),
         };
         s.push_str(&format!(
-            "  wave {}: {:<28} {:<20} {:<5}  {}{}{}\n",
+            "  wave {:>2}: {:<28} {:<20} {:<5}  {}{}{}\n",
             wave_of(l.stage),
             st.name,
             st.kind_name,
