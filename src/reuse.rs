@@ -382,3 +382,41 @@ pub fn preview_run(plan: &Plan, opts: &crate::run::RunOptions) -> anyhow::Result
         cache_dir: cache.dir().to_path_buf(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::PipelineSpec;
+    use std::path::Path;
+
+    fn plan() -> Plan {
+        // a -> b -> c, and d on its own.
+        let yaml = "pipeline: t\nstages:\n  - {name: a, kind: sql, query: SELECT 1 AS x}\n  - {name: b, kind: sql, inputs: [a], query: SELECT 1 AS x}\n  - {name: c, kind: sql, inputs: [b], query: SELECT 1 AS x}\n  - {name: d, kind: sql, query: SELECT 1 AS x}\n";
+        crate::plan::build(PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap()).unwrap()
+    }
+
+    fn forced(p: &Plan, s: &Selection) -> Vec<String> {
+        let mut names: Vec<String> = (0..p.stages.len())
+            .filter(|&i| s.forces(i).is_some())
+            .map(|i| p.stages[i].name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn select_is_downstream_plus_adds_upstream_force_is_everything() {
+        let p = plan();
+        let s = Selection::new(&p, &["b".into()], false).unwrap();
+        assert_eq!(forced(&p, &s), ["b", "c"]);
+        assert_eq!(s.forces(p.stage_id("b").unwrap()), Some("selected"));
+        let s = Selection::new(&p, &["+b".into()], false).unwrap();
+        assert_eq!(forced(&p, &s), ["a", "b", "c"]);
+        let s = Selection::new(&p, &[], true).unwrap();
+        assert_eq!(forced(&p, &s), ["a", "b", "c", "d"]);
+        assert_eq!(s.forces(0), Some("forced"));
+        assert!(forced(&p, &Selection::new(&p, &[], false).unwrap()).is_empty());
+        let err = Selection::new(&p, &["bb".into()], false).unwrap_err();
+        assert!(err.to_string().contains("did you mean `b`?"), "{err}");
+    }
+}

@@ -1020,3 +1020,34 @@ impl Engine<'_> {
         Ok(manifest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrently_keeps_item_order_and_reports_the_first_error() {
+        let items: Vec<u32> = (0..20).collect();
+        let out = concurrently(&items, 3, |&i| Ok(i * 2)).unwrap();
+        assert_eq!(out, (0..20).map(|i| i * 2).collect::<Vec<_>>());
+        let err = concurrently(&items, 1, |&i| {
+            if i >= 5 {
+                anyhow::bail!("item {i}")
+            }
+            Ok(i)
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "item 5");
+        assert!(
+            concurrently(&Vec::<u32>::new(), 4, |&i| Ok(i))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn content_keys_differ_when_any_part_does() {
+        assert_eq!(content_key(&["a", "b"]), content_key(&["a", "b"]));
+        assert_ne!(content_key(&["ab", ""]), content_key(&["a", "b"]));
+    }
+}
