@@ -35,12 +35,15 @@ pub(crate) struct Slot {
     pub(crate) files: Option<(u64, u64)>,
 }
 
+/// What may change while a run goes on: a reused stage whose cached output turns out broken
+/// when read is run again.
 pub(crate) struct SlotState {
     pub(crate) status: &'static str,
     pub(crate) reasons: Vec<String>,
     pub(crate) seconds: f64,
 }
 
+/// A stage's failure as a data error naming the stage (I/O and internal errors keep their kind).
 pub(crate) fn stage_error(name: &str, kind: &str, e: anyhow::Error) -> anyhow::Error {
     if e.is::<DataError>() || e.is::<RunError>() {
         return e.context(format!("stage `{name}` ({kind}) failed"));
@@ -56,6 +59,7 @@ pub(crate) fn poisoned() -> anyhow::Error {
     RunError::Internal("poisoned stage slot".into()).into()
 }
 
+/// One run's stages: the plan, how to decide on reuse, the cache, and every stage's slot.
 pub(crate) struct Engine<'a> {
     pub(crate) plan: &'a Plan,
     pub(crate) judge: Judge<'a>,

@@ -408,7 +408,7 @@ fn finish(
 
     let mut reuse = ReuseSummary::default();
     let mut stages = Vec::with_capacity(n);
-    for (id, (s, slot)) in plan.stages.iter().zip(&slots).enumerate() {
+    for (s, slot) in plan.stages.iter().zip(&slots) {
         let st = slot.state.lock().map_err(|_| poisoned())?;
         if st.status == "ran" {
             reuse.stages_ran += 1;
@@ -451,7 +451,6 @@ fn finish(
                 .map(|(p, r)| if st.status == "ran" { r } else { p + r }),
             recipe: Some(slot.recipe.clone()),
         });
-        let _ = id;
     }
     for t in &tables {
         if t.status == "linked" {
