@@ -118,6 +118,8 @@ pub struct Judge<'a> {
     pub selection: &'a Selection,
     /// Stage name -> its parameters as written (read once; see [`Judge::recipe`]).
     pub parameter_values: std::sync::OnceLock<ParameterValues>,
+    /// blake3 of the running executable (hashed once, or known by its stamp).
+    pub engine_build: std::sync::OnceLock<String>,
 }
 
 /// Stage name -> its parameters as written, per top-level key.
@@ -134,7 +136,21 @@ impl Judge<'_> {
             .get(&self.plan.stages[id].name)
             .cloned()
             .unwrap_or_default();
-        Recipe::of_stage(self.plan, id, input_fps, values, &self.run_date, &hash)
+        let build = self.engine_build.get_or_init(|| {
+            std::env::current_exe()
+                .and_then(|exe| self.hashes.hash(&exe))
+                .map(|(_, h)| h)
+                .unwrap_or_else(|_| "unknown".into())
+        });
+        Recipe::of_stage(
+            self.plan,
+            id,
+            input_fps,
+            values,
+            &self.run_date,
+            build,
+            &hash,
+        )
     }
 
     /// Hashes the files of an ingest stage and finds their cached parses.
@@ -374,6 +390,7 @@ pub fn preview_run(plan: &Plan, opts: &crate::run::RunOptions) -> anyhow::Result
             .to_string(),
         selection: &selection,
         parameter_values: Default::default(),
+        engine_build: Default::default(),
     };
     let lines = preview(&judge, &sources)?;
     Ok(Preview {

@@ -128,6 +128,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
             bound: ingest::date_window(&plan.spec, run_date).1.to_string(),
             selection: &selection,
             parameter_values: Default::default(),
+            engine_build: Default::default(),
         },
         cache: &cache,
         sources: &sources,
