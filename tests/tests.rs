@@ -5,5 +5,6 @@ mod workdir;
 mod bad_input;
 mod config_errors;
 mod fixture_two_sites;
+mod hostile;
 mod publish_atomic;
 mod row_fate_property;
