@@ -4,7 +4,9 @@ mod workdir;
 
 mod bad_input;
 mod config_errors;
+mod determinism;
 mod fixture_two_sites;
 mod hostile;
+mod identifying;
 mod publish_atomic;
 mod row_fate_property;
