@@ -7,7 +7,7 @@ CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/debug/studyflow
 PIPELINE ?= pipelines/reference.yaml
 
-.PHONY: build run test lint bench clean toolchain
+.PHONY: build run test lint bench clean toolchain crashtest fuzz
 
 toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -22,6 +22,16 @@ run: build
 
 test: toolchain
 	$(CARGO) test --locked
+
+# Crash consistency: the reference pipeline killed at random moments and at every failpoint.
+CRASH_ITERATIONS ?= 1000
+crashtest: toolchain
+	STUDYFLOW_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(CARGO) test --locked --test tests crash:: -- --nocapture
+
+# Property-based fuzzing of the CSV reader, the dialect and the YAML spec, FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 120
+fuzz: toolchain
+	STUDYFLOW_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --test tests fuzz_ -- --nocapture --test-threads 1
 
 lint: toolchain
 	$(CARGO) fmt --check

@@ -4,6 +4,7 @@ mod workdir;
 
 mod bad_input;
 mod config_errors;
+mod crash;
 mod determinism;
 mod fixture_two_sites;
 mod hostile;
