@@ -93,10 +93,10 @@ pub fn resolve_source(
     };
     let mut files = Vec::new();
     for site in sites {
-        if let Some(only) = &spec.sites {
-            if !only.iter().any(|s| s == &site.name) {
-                continue;
-            }
+        if let Some(only) = &spec.sites
+            && !only.iter().any(|s| s == &site.name)
+        {
+            continue;
         }
         let folder = data_dir.join(&site.folder);
         let pattern = folder.join(&spec.files);

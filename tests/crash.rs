@@ -139,7 +139,10 @@ impl Harness {
             }
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if t["bytes"].as_u64() != Some(size) {
-                problems.push(format!("{file}: {size} bytes, manifest says {}", t["bytes"]));
+                problems.push(format!(
+                    "{file}: {size} bytes, manifest says {}",
+                    t["bytes"]
+                ));
             }
             let rows = std::fs::File::open(&path)
                 .map_err(|e| e.to_string())
@@ -239,9 +242,7 @@ impl Harness {
 
         match self.current() {
             Err(e) => problems.push(e),
-            Ok(None) if self.last_good.is_some() => {
-                problems.push("`current` disappeared".into())
-            }
+            Ok(None) if self.last_good.is_some() => problems.push("`current` disappeared".into()),
             Ok(None) => {}
             Ok(Some(snap)) => {
                 let same = self.last_good.as_ref() == Some(&snap);
@@ -371,7 +372,9 @@ fn crashes_never_corrupt_or_half_publish_the_output() {
         };
         tally.iterations += 1;
         for p in h.iteration(&crash, &mut tally) {
-            tally.failures.push(format!("iteration {i} ({crash:?}): {p}"));
+            tally
+                .failures
+                .push(format!("iteration {i} ({crash:?}): {p}"));
         }
     }
 

@@ -52,6 +52,9 @@ fn the_reference_pipeline_is_byte_identical_with_1_2_and_8_threads_and_on_repeat
     for threads in ["2", "8", "8", "1"] {
         let again = run_reference(out.path(), threads);
         assert_eq!(again.0, first.0, "tables differ with --threads {threads}");
-        assert_eq!(again.1, first.1, "manifest differs with --threads {threads}");
+        assert_eq!(
+            again.1, first.1,
+            "manifest differs with --threads {threads}"
+        );
     }
 }

@@ -333,13 +333,13 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
         }
     }
     if let Cell::Str(s) = &value {
-        if let Some(p) = &c.pattern {
-            if !p.is_match(s) {
-                return Err(fail(
-                    "pattern",
-                    format!("{} does not match the pattern of `{}`", c.shown(s), c.name),
-                ));
-            }
+        if let Some(p) = &c.pattern
+            && !p.is_match(s)
+        {
+            return Err(fail(
+                "pattern",
+                format!("{} does not match the pattern of `{}`", c.shown(s), c.name),
+            ));
         }
         if let Some(allowed) = &c.allowed {
             return match allowed.get(&s.to_lowercase()) {
