@@ -174,7 +174,9 @@ impl Harness {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.out).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if ![".lock", "current", "runs"].contains(&name.as_str()) {
+            // Temporary names start with a dot; other folders (a cache) may come and go.
+            let temporary = name.starts_with('.') && name != ".lock";
+            if temporary || name.contains(".tmp") || name.ends_with(".partial") {
                 out.push(name);
             }
         }
@@ -317,6 +319,17 @@ fn failpoints(pipeline: &Path) -> Vec<String> {
     out
 }
 
+/// The binary under test, pinned for the whole test: the build folder is shared by every
+/// clone on the machine (README), and another clone's build replaces `debug/studyflow`.
+pub fn pinned_binary(dir: &Path) -> PathBuf {
+    let built = Path::new(env!("CARGO_BIN_EXE_studyflow"));
+    let pinned = dir.join("studyflow");
+    if std::fs::hard_link(built, &pinned).is_err() {
+        std::fs::copy(built, &pinned).unwrap();
+    }
+    pinned
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -332,7 +345,7 @@ fn crashes_never_corrupt_or_half_publish_the_output() {
     let pipeline = root.join("pipelines/reference.yaml");
     let tmp = tempfile::tempdir().unwrap();
     let mut h = Harness {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_studyflow")),
+        bin: pinned_binary(tmp.path()),
         pipeline: pipeline.clone(),
         out: tmp.path().join("out"),
         tables: BTreeMap::new(),

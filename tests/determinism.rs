@@ -4,13 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::workdir::*;
+use crate::workdir::assert_exit;
 
 /// Runs the reference pipeline into `out` and returns the blake3 of every published table,
 /// with the stage fingerprints and table records of the manifest.
-fn run_reference(out: &Path, threads: &str) -> (BTreeMap<String, String>, serde_json::Value) {
+fn run_reference(
+    bin: &Path,
+    out: &Path,
+    threads: &str,
+) -> (BTreeMap<String, String>, serde_json::Value) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_studyflow"))
+    let o = std::process::Command::new(bin)
         .args(["--threads", threads, "run"])
         .arg(root.join("pipelines/reference.yaml"))
         .arg("--out")
@@ -46,11 +50,13 @@ fn run_reference(out: &Path, threads: &str) -> (BTreeMap<String, String>, serde_
 
 #[test]
 fn the_reference_pipeline_is_byte_identical_with_1_2_and_8_threads_and_on_repeat() {
-    let out = tempfile::tempdir().unwrap();
-    let first = run_reference(out.path(), "1");
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = crate::crash::pinned_binary(tmp.path());
+    let out = tmp.path().join("out");
+    let first = run_reference(&bin, &out, "1");
     assert!(first.0.len() >= 4, "published tables: {:?}", first.0.keys());
     for threads in ["2", "8", "8", "1"] {
-        let again = run_reference(out.path(), threads);
+        let again = run_reference(&bin, &out, threads);
         assert_eq!(again.0, first.0, "tables differ with --threads {threads}");
         assert_eq!(
             again.1, first.1,
