@@ -51,6 +51,7 @@ struct Harness {
     tables: BTreeMap<String, String>,
     last_good: Option<Snapshot>,
     full_run: Duration,
+    reported: std::collections::BTreeSet<String>,
 }
 
 fn hash(path: &Path) -> std::io::Result<String> {
@@ -290,8 +291,11 @@ impl Harness {
                     Ok(None) => problems.push("nothing published after recovery".into()),
                     Err(e) => problems.push(e),
                 }
+                // A leftover is reported once, not again in every later iteration.
                 for l in self.leftovers() {
-                    problems.push(format!("left over after recovery: {l}"));
+                    if self.reported.insert(l.clone()) {
+                        problems.push(format!("left over after recovery: {l}"));
+                    }
                 }
             }
         }
@@ -351,6 +355,7 @@ fn crashes_never_corrupt_or_half_publish_the_output() {
         tables: BTreeMap::new(),
         last_good: None,
         full_run: Duration::ZERO,
+        reported: Default::default(),
     };
     std::fs::create_dir_all(&h.out).unwrap();
 
@@ -417,4 +422,20 @@ fn crashes_never_corrupt_or_half_publish_the_output() {
         tally.failures.len(),
         tally.failures
     );
+}
+
+#[test]
+fn regression_a_kill_before_the_switch_left_a_current_link_behind() {
+    // Found by `make crashtest`: a run killed between making its new `current` link and
+    // renaming it over `current` left `out/.current.tmp-<pid>` for good.
+    let w = crate::workdir::Workdir::from_fixture("two_sites");
+    crate::workdir::assert_exit(&w.run_pipeline(), 0);
+    let stale = w.path("out/.current.tmp-4242");
+    std::os::unix::fs::symlink("runs/nowhere", &stale).unwrap();
+    crate::workdir::assert_exit(&w.run_pipeline(), 0);
+    assert!(
+        std::fs::symlink_metadata(&stale).is_err(),
+        "the stale link is swept"
+    );
+    assert!(w.path("out/current/manifest.json").is_file());
 }
