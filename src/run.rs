@@ -518,11 +518,18 @@ fn check_reject_limits(plan: &Plan, fates: &[FileFate], rejects: &DataFrame) -> 
                     .map(|v| v.to_string())
                     .unwrap_or_default()
             };
-            examples.push(format!(
-                "line {}: {}",
-                get("SRCLINE"),
-                get("REASON").trim_matches('"')
-            ));
+            let mut reason = get("REASON").trim_matches('"').to_string();
+            // Stages may quote the raw value in REASON; a value of an identifying column
+            // (or of a key holding one) stays out of the message.
+            let raw = get("RAWVALUE").trim_matches('"').to_string();
+            let identifying = get("COLUMN")
+                .trim_matches('"')
+                .split('+')
+                .any(|c| plan.spec.header.identifying.iter().any(|i| i == c));
+            if identifying && !raw.is_empty() {
+                reason = reason.replace(&raw, "<withheld>");
+            }
+            examples.push(format!("line {}: {reason}", get("SRCLINE")));
         }
         failures.push(format!(
             "{}: {} of {} rows rejected ({:.1}%), above the limit of {:.1}% for source `{}`\n  top reasons: {}\n  examples:\n    {}",
