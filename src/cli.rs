@@ -33,24 +33,69 @@ pub struct Args {
     pub command: Command,
 }
 
+/// What `run` and `plan` share: where data and output are, the run date, what to force.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Pipeline YAML (default: pipelines/reference.yaml).
+    pub pipeline: Option<PathBuf>,
+    /// Folder of raw exports (overrides the YAML's data_dir).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output folder (overrides the YAML's out_dir); the cache is its `cache/` folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Date of the run (YYYY-MM-DD); later dates are implausible. Default: today.
+    #[arg(long)]
+    pub run_date: Option<chrono::NaiveDate>,
+    /// Run this stage and everything downstream of it whatever the cache holds;
+    /// `+STAGE` also runs everything upstream. Repeatable.
+    #[arg(long, value_name = "STAGE")]
+    pub select: Vec<String>,
+    /// Run every stage and parse every file whatever the cache holds.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// How `diff` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a pipeline and publish its tables.
-    Run {
-        /// Pipeline YAML (default: pipelines/reference.yaml).
-        pipeline: Option<PathBuf>,
-        /// Folder of raw exports (overrides the YAML's data_dir).
+    /// Run a pipeline and publish its tables; stages whose inputs did not change are reused.
+    Run(RunArgs),
+    /// Say, without running, which stages would run and why, and which would be reused.
+    Plan(RunArgs),
+    /// Compare two runs' tables (or two Parquet files) by key. Exit 0 equal, 1 different,
+    /// 2 usage error or unreadable input.
+    Diff {
+        /// A run: `current`, `previous`, a run id, a run folder; or a .parquet file.
+        a: String,
+        /// The run (or .parquet file) to compare with.
+        b: String,
+        /// Compare only this table.
+        table: Option<String>,
+        /// Key columns (comma-separated); default: the table's key recorded in the manifest.
+        #[arg(long, value_delimiter = ',')]
+        key: Vec<String>,
+        /// Numbers whose absolute difference is at most this are equal.
+        #[arg(long, default_value_t = 0.0)]
+        tolerance: f64,
+        /// Example rows shown per kind of difference.
+        #[arg(long, default_value_t = 5)]
+        examples: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: DiffFormat,
+        /// Pipeline whose output folder holds the runs.
         #[arg(long)]
-        data: Option<PathBuf>,
-        /// Output folder (overrides the YAML's out_dir).
+        pipeline: Option<PathBuf>,
+        /// Output folder (overrides the pipeline's out_dir).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Date of the run (YYYY-MM-DD); later dates are implausible. Default: today.
-        #[arg(long)]
-        run_date: Option<chrono::NaiveDate>,
     },
-    /// Show the stages in execution order without reading data.
-    Plan { pipeline: Option<PathBuf> },
     /// Check pipeline YAML files; every problem is listed with file, line and column.
     Validate {
         /// Pipeline files (default: pipelines/reference.yaml).
@@ -106,27 +151,61 @@ pub fn main() -> anyhow::Result<ExitCode> {
     let log = Log::new(args.log_format, args.quiet);
     let threads = args.threads.unwrap_or_else(rayon::current_num_threads);
     match args.command {
-        Command::Run {
-            pipeline,
-            data,
-            out,
-            run_date,
-        } => {
-            let plan = load_plan(&pipeline_path(pipeline))?;
-            let opts = RunOptions {
-                data_dir: data,
-                out_dir: out,
-                run_date,
-                threads,
-            };
-            let report = run::run(&plan, &opts, &log)?;
+        Command::Run(args) => {
+            let plan = load_plan(&pipeline_path(args.pipeline.clone()))?;
+            let report = run::run(&plan, &run_options(args, threads), &log)?;
             log.info(&format!("published {}", report.run_dir.display()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan { pipeline } => {
-            let plan = load_plan(&pipeline_path(pipeline))?;
-            print!("{}", explain(&plan));
+        Command::Plan(args) => {
+            let plan = load_plan(&pipeline_path(args.pipeline.clone()))?;
+            print!("{}", explain(&plan, &run_options(args, threads))?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff {
+            a,
+            b,
+            table,
+            key,
+            tolerance,
+            examples,
+            format,
+            pipeline,
+            out,
+        } => {
+            let opts = crate::diff::DiffOptions {
+                keys: key,
+                tolerance,
+                examples,
+            };
+            let compared = (|| -> anyhow::Result<crate::diff::DiffReport> {
+                let out_dir = match out {
+                    Some(o) => o,
+                    None if pipeline.is_some() || Path::new(DEFAULT_PIPELINE).is_file() => {
+                        load_plan(&pipeline_path(pipeline))?.out_dir(None)
+                    }
+                    None => PathBuf::from("out"),
+                };
+                let a = crate::diff::Side::resolve(&a, &out_dir)?;
+                let b = crate::diff::Side::resolve(&b, &out_dir)?;
+                crate::diff::diff(&a, &b, table.as_deref(), &opts)
+            })();
+            match compared {
+                Ok(report) => {
+                    match format {
+                        DiffFormat::Text => print!("{}", report.text()),
+                        DiffFormat::Json => {
+                            println!("{}", serde_json::to_string_pretty(&report.json())?)
+                        }
+                    }
+                    Ok(ExitCode::from(if report.equal { 0 } else { 1 }))
+                }
+                // Like diff(1): 2 is trouble (a usage error or an unreadable input).
+                Err(e) => {
+                    log.error(&format!("{e:#}"));
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Validate { pipelines } => {
             let files = if pipelines.is_empty() {
@@ -202,6 +281,17 @@ pub fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
+fn run_options(args: RunArgs, threads: usize) -> RunOptions {
+    RunOptions {
+        data_dir: args.data,
+        out_dir: args.out,
+        run_date: args.run_date,
+        threads,
+        force: args.force,
+        select: args.select,
+    }
+}
+
 fn pipeline_path(p: Option<PathBuf>) -> PathBuf {
     p.unwrap_or_else(|| PathBuf::from(DEFAULT_PIPELINE))
 }
@@ -212,30 +302,53 @@ pub fn load_plan(path: &Path) -> anyhow::Result<Plan> {
     Ok(plan::build(spec)?)
 }
 
-/// The plan as text: stages in order, with kind, inputs and wave.
-pub fn explain(plan: &Plan) -> String {
+/// The plan as text: every stage in execution order, whether it would run or be reused,
+/// and why. Reads no data beyond file hashes.
+pub fn explain(plan: &Plan, opts: &RunOptions) -> anyhow::Result<String> {
+    let preview = crate::reuse::preview_run(plan, opts)?;
+    let to_run = preview
+        .lines
+        .iter()
+        .filter(|l| l.decision.action == crate::reuse::Action::Run)
+        .count();
     let mut s = format!(
-        "pipeline {} ({} stages in {} waves)\n",
+        "pipeline {}: {} stages in {} waves; {} to run, {} to reuse\n",
         plan.spec.header.pipeline,
         plan.stages.len(),
-        plan.waves.len()
+        plan.waves.len(),
+        to_run,
+        plan.stages.len() - to_run
     );
-    for (w, wave) in plan.waves.iter().enumerate() {
-        for &id in wave {
-            let st = &plan.stages[id];
-            let from = if let Some(src) = st.kind.stage().reads_source() {
-                format!("source {src}")
-            } else {
-                st.inputs.join(", ")
-            };
-            s.push_str(&format!(
-                "  wave {w}: {:<28} {:<20} <- {}{}\n",
-                st.name,
-                st.kind_name,
-                from,
-                if st.publish { "  [published]" } else { "" }
-            ));
-        }
+    s.push_str(&format!(
+        "compared with {}; cache {}\n",
+        preview
+            .previous_run
+            .as_deref()
+            .map(|r| format!("run {r}"))
+            .unwrap_or_else(|| "no earlier run".into()),
+        preview.cache_dir.display()
+    ));
+    let wave_of = |id: usize| plan.waves.iter().position(|w| w.contains(&id)).unwrap_or(0);
+    let mut lines: Vec<&crate::reuse::PlanLine> = preview.lines.iter().collect();
+    lines.sort_by_key(|l| (wave_of(l.stage), l.stage));
+    for l in lines {
+        let st = &plan.stages[l.stage];
+        let files = match l.files {
+            Some((parse, of)) if l.decision.action == crate::reuse::Action::Run => {
+                format!(" [{parse} of {of} files to parse]")
+            }
+            _ => String::new(),
+        };
+        s.push_str(&format!(
+            "  wave {}: {:<28} {:<20} {:<5}  {}{}{}\n",
+            wave_of(l.stage),
+            st.name,
+            st.kind_name,
+            l.decision.action.as_str(),
+            l.decision.reasons.join("; "),
+            files,
+            if st.publish { "  [published]" } else { "" }
+        ));
     }
-    s
+    Ok(s)
 }

@@ -1,10 +1,14 @@
 //! studyflow: a batch pipeline that turns clinical site exports into analysis-ready Parquet.
 //! The YAML is parsed (`spec`), checked and ordered (`plan`), then executed (`run`).
 
+pub mod cache;
 pub mod cli;
 pub mod dialect;
 pub mod dictionary;
+pub mod diff;
 pub mod error;
+pub mod file_hashes;
+pub mod fingerprint;
 pub mod generate;
 pub mod growth;
 pub mod inspect;
@@ -13,6 +17,8 @@ pub mod manifest;
 pub mod plan;
 pub mod publish;
 pub mod rejects;
+pub mod reuse;
+pub mod row_fate;
 pub mod run;
 pub mod source;
 pub mod spec;

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fingerprint::Recipe;
 use crate::stages::FileRead;
 
 /// Everything a run records about itself.
@@ -17,10 +18,29 @@ pub struct Manifest {
     pub started_utc: String,
     pub seconds: f64,
     pub threads: usize,
+    /// What was reused from the cache and what was done again.
+    #[serde(default)]
+    pub reuse: ReuseSummary,
     pub inputs: Vec<FileRead>,
     pub stages: Vec<StageRecord>,
     pub tables: Vec<TableRecord>,
     pub row_fate: Vec<FileFate>,
+}
+
+/// Counts of work done and work reused in a run (a nothing-changed run reuses every stage).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReuseSummary {
+    pub stages_ran: u64,
+    pub stages_reused: u64,
+    /// Raw files parsed, and raw files whose cached parse was used.
+    pub files_parsed: u64,
+    pub files_reused: u64,
+    /// Raw and reference files read to hash them (the others were known by their stamp).
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    /// Published tables linked from the previous run (identical bytes) or written.
+    pub tables_linked: u64,
+    pub tables_written: u64,
 }
 
 /// What one stage did in a run.
@@ -30,13 +50,27 @@ pub struct StageRecord {
     pub kind: String,
     pub inputs: Vec<String>,
     pub fingerprint: String,
-    /// `ran` or `reused`.
+    /// `ran` or `reused` (its output came from the cache).
     pub status: String,
+    /// Why it ran or was reused ("file nih/diary_2017-07-31.csv changed", "up to date").
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// Sort keys of its published table.
+    #[serde(default)]
+    pub sort_by: Vec<String>,
     pub rows_in: u64,
     pub rows_out: u64,
     pub rejected: u64,
     pub set_aside: u64,
     pub seconds: f64,
+    /// Ingest only: files parsed in this run, and files taken from the cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_parsed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_reused: Option<u64>,
+    /// What the fingerprint was computed from; `plan` compares it with the next run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
 }
 
 /// One published file.
@@ -47,6 +81,15 @@ pub struct TableRecord {
     pub rows: u64,
     pub bytes: u64,
     pub blake3: String,
+    /// The columns that identify a row (the stage's `sort_by`; `diff` compares by them).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Hash of everything the file's bytes depend on; equal keys, equal bytes.
+    #[serde(default)]
+    pub content_key: String,
+    /// `written`, or `linked` from the previous run.
+    #[serde(default)]
+    pub status: String,
 }
 
 /// Row fate of one input file: read = accepted + rejected + collapsed + superseded.
@@ -61,6 +104,22 @@ pub struct FileFate {
     pub rejected: u64,
     pub collapsed: u64,
     pub superseded: u64,
+}
+
+impl Manifest {
+    /// Reads a run's `manifest.json`.
+    pub fn read(run_dir: &std::path::Path) -> anyhow::Result<Manifest> {
+        let path = run_dir.join("manifest.json");
+        let bytes = std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is not a manifest: {e}", path.display()))
+    }
+
+    /// The record of stage `name`.
+    pub fn stage(&self, name: &str) -> Option<&StageRecord> {
+        self.stages.iter().find(|s| s.name == name)
+    }
 }
 
 impl FileFate {

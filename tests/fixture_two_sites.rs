@@ -174,6 +174,7 @@ fn same_inputs_give_byte_identical_tables_whatever_the_threads() {
         "row_fate",
     ];
     let first: Vec<_> = tables.iter().map(|t| hash(t)).collect();
+    // --force: a cached run would reuse the first run's tables instead of recomputing them.
     assert_exit(
         &w.run(&[
             "--threads",
@@ -182,6 +183,7 @@ fn same_inputs_give_byte_identical_tables_whatever_the_threads() {
             "pipeline.yaml",
             "--run-date",
             "2026-11-25",
+            "--force",
         ]),
         0,
     );

@@ -215,10 +215,16 @@ enum Cell {
 struct Failure {
     rule: &'static str,
     reason: String,
+    /// A date after the upper bound (which is usually the run date): the cache must know.
+    late: bool,
 }
 
 fn fail(rule: &'static str, reason: String) -> Failure {
-    Failure { rule, reason }
+    Failure {
+        rule,
+        reason,
+        late: false,
+    }
 }
 
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
@@ -285,10 +291,13 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
                     ));
                 }
                 if date > c.max_date {
-                    return Err(fail(
-                        "date_range",
-                        format!("{} is after {}, not plausible", what(), c.max_date),
-                    ));
+                    return Err(Failure {
+                        late: true,
+                        ..fail(
+                            "date_range",
+                            format!("{} is after {}, not plausible", what(), c.max_date),
+                        )
+                    });
                 }
                 Cell::Date((date - EPOCH).num_days() as i32)
             }
@@ -440,6 +449,73 @@ struct FileResult {
     table: DataFrame,
     rejects: RejectsBuilder,
     read: FileRead,
+    latest_date: Option<i32>,
+    late: bool,
+}
+
+/// One raw file parsed by an ingest stage: its rows, its rejects, and what the engine's
+/// per-file cache needs to know to reuse it on another run date.
+pub struct ParsedFile {
+    pub table: DataFrame,
+    /// Rejected rows, in the schema of [`crate::rejects`].
+    pub rejects: DataFrame,
+    pub read: FileRead,
+    /// Latest date that passed its checks (a later run date gives the same result).
+    pub latest_date: Option<NaiveDate>,
+    /// Some date was rejected as after the upper bound, so the result names the run date.
+    pub late: bool,
+}
+
+/// The columns of one source compiled for one run: parses its files one by one.
+pub struct FileParser {
+    source: String,
+    columns: Vec<CompiledColumn>,
+}
+
+impl FileParser {
+    /// Reads and checks one file of the source.
+    pub fn parse(&self, file: &SourceFile) -> Result<ParsedFile, DataError> {
+        let r = read_file(file, &self.columns)?;
+        let mut read = r.read;
+        read.source = self.source.clone();
+        Ok(ParsedFile {
+            table: r.table,
+            rejects: r
+                .rejects
+                .finish()
+                .map_err(|e| bad(file, format!("rejects: {e}")))?,
+            read,
+            latest_date: r
+                .latest_date
+                .and_then(|d| EPOCH.checked_add_signed(chrono::Duration::days(d.into()))),
+            late: r.late,
+        })
+    }
+}
+
+/// The stage output of parsed files, in the source's file order.
+pub fn assemble(parts: Vec<ParsedFile>) -> anyhow::Result<StageOutput> {
+    let mut tables = Vec::with_capacity(parts.len());
+    let mut rejects = Vec::with_capacity(parts.len());
+    let mut files = Vec::with_capacity(parts.len());
+    for p in parts {
+        tables.push(p.table.lazy());
+        if p.rejects.height() > 0 {
+            rejects.push(p.rejects.lazy());
+        }
+        files.push(p.read);
+    }
+    let rejects = if rejects.is_empty() {
+        crate::rejects::empty()?
+    } else {
+        concat(rejects, UnionArgs::default())?.collect()?
+    };
+    Ok(StageOutput {
+        table: concat(tables, UnionArgs::default())?,
+        rejects: Some(rejects),
+        dropped: None,
+        files,
+    })
 }
 
 fn bad(file: &SourceFile, msg: String) -> DataError {
@@ -628,6 +704,7 @@ fn parse_file(
     let mut rows = 0u64;
     let mut parsed: Vec<Cell> = Vec::with_capacity(columns.len());
     let mut lines_at = LineCounter::default();
+    let (mut latest_date, mut late) = (None::<i32>, false);
     for rec in records {
         let rec = match rec {
             Ok(r) => r,
@@ -709,8 +786,14 @@ fn parse_file(
                 }
             };
             match parse_cell(c, d, raw) {
-                Ok(cell) => parsed.push(cell),
+                Ok(cell) => {
+                    if let Cell::Date(day) = cell {
+                        latest_date = latest_date.max(Some(day));
+                    }
+                    parsed.push(cell)
+                }
                 Err(f) => {
+                    late |= f.late;
                     failure = Some((c, raw.to_string(), f));
                     break;
                 }
@@ -765,6 +848,8 @@ fn parse_file(
             export_date: file.export_date.to_string(),
             rows,
         },
+        latest_date,
+        late,
     })
 }
 
@@ -836,11 +921,32 @@ pub fn parse_export(
 }
 
 impl Ingest {
-    fn source<'a>(&self, sources: &'a [ResolvedSource]) -> anyhow::Result<&'a ResolvedSource> {
+    /// The resolved source this stage reads.
+    pub fn source<'a>(&self, sources: &'a [ResolvedSource]) -> anyhow::Result<&'a ResolvedSource> {
         sources
             .iter()
             .find(|s| s.name == self.source)
             .ok_or_else(|| anyhow::anyhow!("source `{}` is not defined", self.source))
+    }
+
+    /// A parser for the files of this stage's source, for the run's date window.
+    pub fn parser(&self, ctx: &StageCtx) -> anyhow::Result<FileParser> {
+        let source = self.source(ctx.sources)?;
+        let specs: Vec<ColumnSpec> = source
+            .spec
+            .columns
+            .iter()
+            .map(|c| c.value.clone())
+            .collect();
+        let columns = compile_columns(
+            &specs,
+            &ctx.spec.header.identifying,
+            date_window(ctx.spec, ctx.run_date),
+        )?;
+        Ok(FileParser {
+            source: source.name.clone(),
+            columns,
+        })
     }
 }
 
@@ -871,38 +977,16 @@ impl Stage for Ingest {
         )]
     }
 
+    // The engine calls `parser` and `assemble` itself, file by file, to reuse cached files.
     fn run(&self, ctx: &StageCtx, _inputs: &Inputs) -> anyhow::Result<StageOutput> {
         let source = self.source(ctx.sources)?;
-        let (min_date, max_date) = date_window(ctx.spec, ctx.run_date);
-        let specs: Vec<ColumnSpec> = source
-            .spec
-            .columns
-            .iter()
-            .map(|c| c.value.clone())
-            .collect();
-        let columns = compile_columns(&specs, &ctx.spec.header.identifying, (min_date, max_date))?;
-        let results: Vec<FileResult> = source
+        let parser = self.parser(ctx)?;
+        let parts: Vec<ParsedFile> = source
             .files
             .par_iter()
-            .map(|f| read_file(f, &columns))
+            .map(|f| parser.parse(f))
             .collect::<Result<_, _>>()?;
-        let mut tables = Vec::with_capacity(results.len());
-        let mut rejects = RejectsBuilder::default();
-        let mut files = Vec::with_capacity(results.len());
-        for r in results {
-            tables.push(r.table.lazy());
-            rejects.append(r.rejects);
-            let mut read = r.read;
-            read.source = source.name.clone();
-            files.push(read);
-        }
-        let table = concat(tables, UnionArgs::default())?;
-        Ok(StageOutput {
-            table,
-            rejects: Some(rejects.finish()?),
-            dropped: None,
-            files,
-        })
+        assemble(parts)
     }
 }
 

@@ -135,6 +135,12 @@ pub trait Stage: Send + Sync + Debug {
     fn reference_files(&self, _base_dir: &Path) -> Vec<PathBuf> {
         Vec::new()
     }
+    /// True when the output depends on `ctx.run_date`: the run date then joins the stage's
+    /// fingerprint, so a cached output is reused only on the same run date.
+    /// (`ingest` says false: the engine tracks the run date per file for it.)
+    fn reads_run_date(&self) -> bool {
+        false
+    }
     /// Builds the output table.
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput>;
 }

@@ -1,0 +1,597 @@
+//! The cache in the output folder (`out/cache/`): stage outputs by fingerprint and parsed raw
+//! files by content. Entries are verified before they are trusted; a bad one is a miss.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::stages::FileRead;
+
+/// Version of the entry layout; entries of another version are misses.
+pub const CACHE_FORMAT: u32 = 1;
+
+/// The cache folder of one output folder. Deleting it is always safe: it only costs time.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// One Parquet file of an entry, with what it must be to be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// `table`, `rejects` or `dropped`.
+    pub role: String,
+    pub file: String,
+    pub bytes: u64,
+    pub blake3: String,
+    pub rows: u64,
+}
+
+/// What a stage's output amounts to, enough for row fate and the manifest without reading it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageSummary {
+    pub rows: u64,
+    pub rejected: u64,
+    pub set_aside: u64,
+    /// Rows per SRCFILE of the table (row-level stages only).
+    pub has_srcfile: bool,
+    pub accepted_by_file: BTreeMap<String, u64>,
+    pub rejected_by_file: BTreeMap<String, u64>,
+    pub collapsed_by_file: BTreeMap<String, u64>,
+    pub superseded_by_file: BTreeMap<String, u64>,
+    /// Raw files read (ingest only).
+    pub files: Vec<FileRead>,
+    pub has_rejects: bool,
+    pub has_dropped: bool,
+}
+
+/// A cached stage output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageEntry {
+    pub format: u32,
+    pub fingerprint: String,
+    pub stage: String,
+    pub created_utc: String,
+    pub summary: StageSummary,
+    pub parts: Vec<Part>,
+    /// Ingest stages keep no table of their own: their files' entries, in reading order.
+    #[serde(default)]
+    pub file_keys: Vec<String>,
+}
+
+/// A cached parse of one raw file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub format: u32,
+    pub key: String,
+    pub read: FileRead,
+    /// Upper date bound it was parsed with.
+    pub bound: String,
+    /// Latest date that passed; a later bound gives the same result when `late` is false.
+    pub latest_date: Option<String>,
+    /// Some date was after the bound: the result holds for that bound only.
+    pub late: bool,
+    pub parts: Vec<Part>,
+}
+
+impl FileEntry {
+    /// True when parsing again with upper date bound `bound` would give the same result.
+    pub fn holds_for(&self, bound: &str) -> bool {
+        self.bound == bound
+            || (!self.late && self.latest_date.as_deref().is_none_or(|d| d <= bound))
+    }
+}
+
+/// A cache lookup.
+#[derive(Debug)]
+pub enum Lookup<T> {
+    Found(T),
+    Missing,
+    /// There is an entry, but it cannot be trusted (the reason says why).
+    Corrupt(String),
+}
+
+/// Frames of a stage output.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    pub table: DataFrame,
+    pub rejects: Option<DataFrame>,
+    pub dropped: Option<DataFrame>,
+}
+
+/// Writes bytes to `path` through a temporary name and a rename. No fsync: a cache file
+/// torn by a crash fails its size or hash check and is rebuilt.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Unique per writer: two stages of one run may write the same file entry at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    fs::rename(&tmp, path)
+}
+
+const MAGIC: &[u8; 4] = b"PAR1";
+
+/// Cheap check of a Parquet file without reading it: its size, and the magic at both ends.
+pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
+    let shown = path.display();
+    let mut f = fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
+    let len = f.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
+    if len != bytes {
+        return Err(format!("{shown} has {len} bytes, expected {bytes}"));
+    }
+    if len < 12 {
+        return Err(format!("{shown} is too short for Parquet"));
+    }
+    let mut head = [0u8; 4];
+    let mut tail = [0u8; 4];
+    f.read_exact(&mut head)
+        .and_then(|_| f.seek(SeekFrom::End(-4)).map(|_| ()))
+        .and_then(|_| f.read_exact(&mut tail))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if &head != MAGIC || &tail != MAGIC {
+        return Err(format!("{shown} is not a whole Parquet file"));
+    }
+    Ok(())
+}
+
+fn encode(df: &DataFrame) -> PolarsResult<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut df = df.clone();
+    ParquetWriter::new(&mut buf)
+        .with_compression(ParquetCompression::Lz4Raw)
+        .with_statistics(StatisticsOptions::empty())
+        .finish(&mut df)?;
+    Ok(buf)
+}
+
+impl Cache {
+    /// The cache of output folder `out_dir` (`out_dir/cache`).
+    pub fn new(out_dir: &Path) -> Cache {
+        Cache {
+            dir: out_dir.join("cache"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn stages(&self) -> PathBuf {
+        self.dir.join("stages")
+    }
+
+    fn files(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+
+    fn write_part(
+        &self,
+        folder: &Path,
+        key: &str,
+        role: &str,
+        df: &DataFrame,
+    ) -> anyhow::Result<Part> {
+        let bytes = encode(df)?;
+        let file = format!("{key}.{role}.parquet");
+        write_file(&folder.join(&file), &bytes)?;
+        Ok(Part {
+            role: role.into(),
+            file,
+            bytes: bytes.len() as u64,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            rows: df.height() as u64,
+        })
+    }
+
+    fn read_part(&self, folder: &Path, part: &Part) -> Result<DataFrame, String> {
+        let path = folder.join(&part.file);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() as u64 != part.bytes {
+            return Err(format!(
+                "{} has {} bytes, expected {}",
+                path.display(),
+                bytes.len(),
+                part.bytes
+            ));
+        }
+        if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
+            return Err(format!("{} does not match its hash", path.display()));
+        }
+        let df = ParquetReader::new(std::io::Cursor::new(bytes))
+            .finish()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if df.height() as u64 != part.rows {
+            return Err(format!(
+                "{} has {} rows, expected {}",
+                path.display(),
+                df.height(),
+                part.rows
+            ));
+        }
+        Ok(df)
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(path: &Path) -> Lookup<T> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+            Err(e) => return Lookup::Corrupt(format!("{}: {e}", path.display())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => Lookup::Found(v),
+            Err(e) => Lookup::Corrupt(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The stage entry of fingerprint `fp`, checked cheaply (sizes and Parquet magic; ingest
+    /// entries also check their files' entries). Hashes are checked when parts are read.
+    pub fn stage_entry(&self, fp: &str) -> Lookup<StageEntry> {
+        let folder = self.stages();
+        let e: StageEntry = match Self::read_meta(&folder.join(format!("{fp}.json"))) {
+            Lookup::Found(e) => e,
+            Lookup::Missing => return Lookup::Missing,
+            Lookup::Corrupt(why) => return Lookup::Corrupt(why),
+        };
+        if e.format != CACHE_FORMAT || e.fingerprint != fp {
+            return Lookup::Missing;
+        }
+        for p in &e.parts {
+            if let Err(why) = parquet_looks_whole(&folder.join(&p.file), p.bytes) {
+                return Lookup::Corrupt(why);
+            }
+        }
+        for k in &e.file_keys {
+            match self.file_entry(k) {
+                Lookup::Found(_) => {}
+                Lookup::Missing => return Lookup::Corrupt(format!("file entry {k} is missing")),
+                Lookup::Corrupt(why) => return Lookup::Corrupt(why),
+            }
+        }
+        Lookup::Found(e)
+    }
+
+    /// Reads a stage entry's frames, verifying every part's hash and row count.
+    /// Ingest entries are assembled by the caller from their file entries.
+    pub fn load_stage(&self, e: &StageEntry) -> Result<Frames, String> {
+        let folder = self.stages();
+        let mut table = None;
+        let mut rejects = None;
+        let mut dropped = None;
+        for p in &e.parts {
+            let df = self.read_part(&folder, p)?;
+            match p.role.as_str() {
+                "table" => table = Some(df),
+                "rejects" => rejects = Some(df),
+                "dropped" => dropped = Some(df),
+                other => return Err(format!("unknown part `{other}`")),
+            }
+        }
+        Ok(Frames {
+            table: table.ok_or("the entry has no table")?,
+            rejects,
+            dropped,
+        })
+    }
+
+    /// Reads one part (`rejects` or `dropped`) of a stage entry; `None` when it has none.
+    pub fn load_stage_part(&self, e: &StageEntry, role: &str) -> Result<Option<DataFrame>, String> {
+        let folder = self.stages();
+        match e.parts.iter().find(|p| p.role == role) {
+            Some(p) => self.read_part(&folder, p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the rejects of one parsed file (empty when it had none).
+    pub fn load_file_rejects(&self, e: &FileEntry) -> Result<DataFrame, String> {
+        let folder = self.files();
+        match e.parts.iter().find(|p| p.role == "rejects") {
+            Some(p) => self.read_part(&folder, p),
+            None => crate::rejects::empty().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Stores a stage output; the JSON is written last, so a torn entry is a miss.
+    pub fn store_stage(
+        &self,
+        fp: &str,
+        stage: &str,
+        frames: Option<&Frames>,
+        summary: &StageSummary,
+        file_keys: Vec<String>,
+    ) -> anyhow::Result<StageEntry> {
+        let folder = self.stages();
+        fs::create_dir_all(&folder)?;
+        let mut parts = Vec::new();
+        if let Some(f) = frames {
+            parts.push(self.write_part(&folder, fp, "table", &f.table)?);
+            if let Some(r) = &f.rejects {
+                parts.push(self.write_part(&folder, fp, "rejects", r)?);
+            }
+            if let Some(d) = &f.dropped {
+                parts.push(self.write_part(&folder, fp, "dropped", d)?);
+            }
+        }
+        let e = StageEntry {
+            format: CACHE_FORMAT,
+            fingerprint: fp.to_string(),
+            stage: stage.to_string(),
+            created_utc: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            summary: summary.clone(),
+            parts,
+            file_keys,
+        };
+        write_file(&folder.join(format!("{fp}.json")), &serde_json::to_vec(&e)?)?;
+        Ok(e)
+    }
+
+    /// The entry of one parsed file, checked cheaply like [`Cache::stage_entry`].
+    pub fn file_entry(&self, key: &str) -> Lookup<FileEntry> {
+        let folder = self.files();
+        let e: FileEntry = match Self::read_meta(&folder.join(format!("{key}.json"))) {
+            Lookup::Found(e) => e,
+            Lookup::Missing => return Lookup::Missing,
+            Lookup::Corrupt(why) => return Lookup::Corrupt(why),
+        };
+        if e.format != CACHE_FORMAT || e.key != key {
+            return Lookup::Missing;
+        }
+        for p in &e.parts {
+            if let Err(why) = parquet_looks_whole(&folder.join(&p.file), p.bytes) {
+                return Lookup::Corrupt(why);
+            }
+        }
+        Lookup::Found(e)
+    }
+
+    /// Reads a parsed file's table and rejects, verifying hashes and row counts.
+    pub fn load_file(&self, e: &FileEntry) -> Result<(DataFrame, DataFrame), String> {
+        let folder = self.files();
+        let mut table = None;
+        let mut rejects = None;
+        for p in &e.parts {
+            let df = self.read_part(&folder, p)?;
+            match p.role.as_str() {
+                "table" => table = Some(df),
+                "rejects" => rejects = Some(df),
+                other => return Err(format!("unknown part `{other}`")),
+            }
+        }
+        Ok((
+            table.ok_or("the entry has no table")?,
+            match rejects {
+                Some(r) => r,
+                None => crate::rejects::empty().map_err(|e| e.to_string())?,
+            },
+        ))
+    }
+
+    /// Stores one parsed file (rejects only when there are some).
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_file(
+        &self,
+        key: &str,
+        table: &DataFrame,
+        rejects: &DataFrame,
+        read: &FileRead,
+        bound: &str,
+        latest_date: Option<String>,
+        late: bool,
+    ) -> anyhow::Result<FileEntry> {
+        let folder = self.files();
+        fs::create_dir_all(&folder)?;
+        let mut parts = vec![self.write_part(&folder, key, "table", table)?];
+        if rejects.height() > 0 {
+            parts.push(self.write_part(&folder, key, "rejects", rejects)?);
+        }
+        let e = FileEntry {
+            format: CACHE_FORMAT,
+            key: key.to_string(),
+            read: read.clone(),
+            bound: bound.to_string(),
+            latest_date,
+            late,
+            parts,
+        };
+        write_file(
+            &folder.join(format!("{key}.json")),
+            &serde_json::to_vec(&e)?,
+        )?;
+        Ok(e)
+    }
+
+    /// Removes every stage entry and file entry not kept, and leftover temporary files.
+    /// Call only when no [`Writer`] of this cache is running.
+    /// Returns how many files were removed.
+    pub fn prune(&self, keep_stages: &HashSet<String>, keep_files: &HashSet<String>) -> usize {
+        let mut removed = 0;
+        for (folder, keep) in [(self.stages(), keep_stages), (self.files(), keep_files)] {
+            let Ok(entries) = fs::read_dir(&folder) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let key = name.split('.').next().unwrap_or("");
+                if !keep.contains(key) && fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames() -> Frames {
+        Frames {
+            table: df!("SRCFILE" => ["a", "a", "b"], "x" => [1i64, 2, 3]).unwrap(),
+            rejects: Some(crate::rejects::empty().unwrap()),
+            dropped: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_entry_reads_back_and_a_truncated_one_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let summary = StageSummary {
+            rows: 3,
+            ..Default::default()
+        };
+        cache
+            .store_stage("fp1", "s", Some(&frames()), &summary, vec![])
+            .unwrap();
+        let Lookup::Found(e) = cache.stage_entry("fp1") else {
+            panic!("entry not found")
+        };
+        assert_eq!(e.summary.rows, 3);
+        let back = cache.load_stage(&e).unwrap();
+        assert!(back.table.equals(&frames().table));
+        assert_eq!(back.rejects.unwrap().height(), 0);
+        assert!(back.dropped.is_none());
+        assert!(matches!(cache.stage_entry("fp2"), Lookup::Missing));
+
+        // Truncated: the cheap check sees it.
+        let table = dir.path().join("cache/stages/fp1.table.parquet");
+        let len = fs::metadata(&table).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&table)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
+
+        // Same size, one byte flipped: only the hash check on reading sees it.
+        cache
+            .store_stage("fp1", "s", Some(&frames()), &summary, vec![])
+            .unwrap();
+        let mut bytes = fs::read(&table).unwrap();
+        bytes[len as usize / 2] ^= 0xff;
+        fs::write(&table, &bytes).unwrap();
+        let Lookup::Found(e) = cache.stage_entry("fp1") else {
+            panic!("cheap check passes")
+        };
+        assert!(cache.load_stage(&e).unwrap_err().contains("hash"));
+
+        // A torn JSON is not trusted either.
+        fs::write(dir.path().join("cache/stages/fp1.json"), b"{\"format\":1,").unwrap();
+        assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
+    }
+
+    #[test]
+    fn file_entries_hold_for_later_bounds_unless_a_date_was_late() {
+        let mut e = FileEntry {
+            format: CACHE_FORMAT,
+            key: "k".into(),
+            read: FileRead {
+                source: "s".into(),
+                site: "A".into(),
+                file: "a/x.csv".into(),
+                bytes: 1,
+                hash: "h".into(),
+                export_date: "2017-06-30".into(),
+                rows: 1,
+            },
+            bound: "2026-11-25".into(),
+            latest_date: Some("2020-01-01".into()),
+            late: false,
+            parts: vec![],
+        };
+        assert!(e.holds_for("2026-11-26"));
+        assert!(e.holds_for("2020-01-01"));
+        assert!(!e.holds_for("2019-12-31"));
+        e.late = true;
+        assert!(e.holds_for("2026-11-25"));
+        assert!(!e.holds_for("2026-11-26"));
+    }
+
+    #[test]
+    fn prune_keeps_what_is_named_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let s = StageSummary::default();
+        cache
+            .store_stage("keep", "s", Some(&frames()), &s, vec![])
+            .unwrap();
+        cache
+            .store_stage("drop", "s", Some(&frames()), &s, vec![])
+            .unwrap();
+        let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());
+        assert_eq!(removed, 3);
+        assert!(matches!(cache.stage_entry("keep"), Lookup::Found(_)));
+        assert!(matches!(cache.stage_entry("drop"), Lookup::Missing));
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Writes cache entries on a thread of its own, in the order they are queued, so that a run
+/// does not wait for its cache. [`Writer::finish`] waits for every queued write.
+pub struct Writer {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn start() -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .ok();
+        Writer {
+            tx: std::sync::Mutex::new(thread.is_some().then_some(tx)),
+            thread: std::sync::Mutex::new(thread),
+        }
+    }
+
+    /// Queues a write (or does it now when the writer thread could not start).
+    pub fn queue(&self, job: impl FnOnce() + Send + 'static) {
+        let job: Job = Box::new(job);
+        let rejected = match self.tx.lock() {
+            Ok(tx) => match tx.as_ref() {
+                Some(tx) => tx.send(job).err().map(|e| e.0),
+                None => Some(job),
+            },
+            Err(_) => Some(job),
+        };
+        if let Some(job) = rejected {
+            job();
+        }
+    }
+
+    /// Waits until every queued write is done.
+    pub fn finish(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}

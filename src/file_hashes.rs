@@ -1,0 +1,205 @@
+//! Content hashes (blake3) of raw and reference files, with a stat shortcut: a file whose size,
+//! modification and change times, inode and device match the last hashing is not read again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// What a file looked like when it was hashed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    bytes: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    device: u64,
+    /// When it was hashed (ns since the epoch).
+    hashed_ns: i128,
+    hash: String,
+}
+
+// A file modified within this long before it was hashed may change again without a visible
+// change of its times (file systems with coarse timestamps): it is hashed again next time.
+const SETTLE_NS: i128 = 2_000_000_000;
+
+/// Hashes files, remembering stamps in `out/cache/file_hashes.json`.
+#[derive(Debug)]
+pub struct FileHashes {
+    path: PathBuf,
+    known: BTreeMap<String, Stamp>,
+    seen: Mutex<BTreeMap<String, Stamp>>,
+    trust_stamps: bool,
+    read_files: AtomicU64,
+    read_bytes: AtomicU64,
+}
+
+#[cfg(unix)]
+fn stamp_of(meta: &std::fs::Metadata) -> (i128, i128, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        meta.ino(),
+        meta.dev(),
+    )
+}
+
+#[cfg(not(unix))]
+fn stamp_of(_meta: &std::fs::Metadata) -> (i128, i128, u64, u64) {
+    // Without inode and change time the shortcut is not safe: every file is hashed.
+    (0, 0, 0, 0)
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+impl FileHashes {
+    /// Loads the stamps kept in `cache_dir`; `trust_stamps: false` hashes every file.
+    pub fn load(cache_dir: &Path, trust_stamps: bool) -> FileHashes {
+        let path = cache_dir.join("file_hashes.json");
+        let known = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        FileHashes {
+            path,
+            known,
+            seen: Mutex::new(BTreeMap::new()),
+            trust_stamps: trust_stamps && cfg!(unix),
+            read_files: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Size and blake3 of a file; read only when its stamp changed.
+    pub fn hash(&self, path: &Path) -> std::io::Result<(u64, String)> {
+        let key = std::path::absolute(path)?.to_string_lossy().into_owned();
+        let meta = std::fs::metadata(path)?;
+        let (mtime_ns, ctime_ns, inode, device) = stamp_of(&meta);
+        let same_file = |s: &Stamp| {
+            s.bytes == meta.len()
+                && s.mtime_ns == mtime_ns
+                && s.ctime_ns == ctime_ns
+                && s.inode == inode
+                && s.device == device
+        };
+        // Hashed earlier in this run and untouched since: not read twice.
+        if let Some(s) = self.seen.lock().ok().and_then(|m| m.get(&key).cloned())
+            && cfg!(unix)
+            && same_file(&s)
+        {
+            return Ok((s.bytes, s.hash));
+        }
+        if self.trust_stamps
+            && let Some(s) = self.known.get(&key)
+            && same_file(s)
+            && s.hashed_ns - mtime_ns.max(ctime_ns) >= SETTLE_NS
+        {
+            self.remember(key, s.clone());
+            return Ok((s.bytes, s.hash.clone()));
+        }
+        let hashed_ns = now_ns();
+        let mut hasher = blake3::Hasher::new();
+        let mut file = std::fs::File::open(path)?;
+        let bytes = std::io::copy(&mut file, &mut hasher)?;
+        let hash = hasher.finalize().to_hex().to_string();
+        self.read_files.fetch_add(1, Ordering::Relaxed);
+        self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // The stamp is of the file before reading; a change while reading shows next time.
+        let stamp = Stamp {
+            bytes,
+            mtime_ns,
+            ctime_ns,
+            inode,
+            device,
+            hashed_ns,
+            hash: hash.clone(),
+        };
+        if bytes == meta.len() {
+            self.remember(key, stamp);
+        }
+        Ok((bytes, hash))
+    }
+
+    fn remember(&self, key: String, stamp: Stamp) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(key, stamp);
+        }
+    }
+
+    /// Files read and hashed so far, and their bytes (the rest were known by their stamp).
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.read_files.load(Ordering::Relaxed),
+            self.read_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Keeps the stamps of the files hashed in this run (and only those).
+    pub fn save(&self) -> std::io::Result<()> {
+        let seen = self
+            .seen
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned file hash table"))?;
+        let json = serde_json::to_vec(&*seen).map_err(std::io::Error::other)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::cache::write_file(&self.path, &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_settled_file_is_not_read_again_and_a_changed_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.csv");
+        std::fs::write(&f, b"x,y\n1,2\n").unwrap();
+        let first = FileHashes::load(dir.path(), true);
+        let (n, h) = first.hash(&f).unwrap();
+        assert_eq!(
+            (n, h.as_str()),
+            (8, blake3::hash(b"x,y\n1,2\n").to_hex().as_str())
+        );
+        assert_eq!(first.read(), (1, 8));
+        // Pretend the hashing happened long after the last change.
+        {
+            let mut seen = first.seen.lock().unwrap();
+            for s in seen.values_mut() {
+                s.hashed_ns += 10 * SETTLE_NS;
+            }
+        }
+        first.save().unwrap();
+        let second = FileHashes::load(dir.path(), true);
+        assert_eq!(second.hash(&f).unwrap().1, h);
+        assert_eq!(second.read(), (0, 0));
+        // Same size, new content: the times (and so the stamp) differ.
+        std::fs::write(&f, b"x,y\n1,3\n").unwrap();
+        let third = FileHashes::load(dir.path(), true);
+        assert_ne!(third.hash(&f).unwrap().1, h);
+        assert_eq!(third.read(), (1, 8));
+    }
+
+    #[test]
+    fn a_just_written_file_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.csv");
+        std::fs::write(&f, b"1").unwrap();
+        let first = FileHashes::load(dir.path(), true);
+        first.hash(&f).unwrap();
+        first.save().unwrap();
+        let second = FileHashes::load(dir.path(), true);
+        second.hash(&f).unwrap();
+        assert_eq!(second.read(), (1, 1));
+    }
+}

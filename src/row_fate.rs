@@ -1,0 +1,382 @@
+//! Row fate: where each raw file's rows went (accepted, rejected, collapsed, superseded),
+//! reconciled from stage summaries, and the engine's own tables (rejects, duplicates, row_fate).
+
+use std::collections::{BTreeMap, HashMap};
+
+use polars::prelude::*;
+
+use crate::cache::StageSummary;
+use crate::error::DataError;
+use crate::manifest::FileFate;
+use crate::plan::Plan;
+use crate::stages::FileRead;
+
+/// Rows per SRCFILE in `df` (optionally only where `filter` holds).
+fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeMap<String, u64>> {
+    if df.height() == 0 || df.column("SRCFILE").is_err() {
+        return Ok(BTreeMap::new());
+    }
+    let mut lf = df.clone().lazy();
+    if let Some(f) = filter {
+        lf = lf.filter(f);
+    }
+    let counts = lf
+        .group_by([col("SRCFILE")])
+        .agg([len().alias("n")])
+        .collect()?;
+    let files = counts.column("SRCFILE")?.str()?.clone();
+    let ns = counts.column("n")?.cast(&DataType::UInt64)?;
+    let ns = ns.u64()?;
+    Ok(files
+        .iter()
+        .zip(ns.iter())
+        .filter_map(|(f, n)| Some((f?.to_string(), n?)))
+        .collect())
+}
+
+/// The summary of a stage output. `accepted_by_file` is counted for row-level stages only;
+/// when given (ingest: rows per file are known) it is taken as is.
+pub fn summarize(
+    table: &DataFrame,
+    rejects: Option<&DataFrame>,
+    dropped: Option<&DataFrame>,
+    row_level: bool,
+    files: Vec<FileRead>,
+    accepted_by_file: Option<BTreeMap<String, u64>>,
+) -> anyhow::Result<StageSummary> {
+    let has_srcfile = table.column("SRCFILE").is_ok();
+    let accepted_by_file = match accepted_by_file {
+        Some(m) => m,
+        None if row_level => counts_by_file(table, None)?,
+        None => BTreeMap::new(),
+    };
+    let (collapsed_by_file, superseded_by_file) = match dropped {
+        Some(d) if d.height() > 0 => (
+            counts_by_file(d, Some(col("FATE").eq(lit("collapsed"))))?,
+            counts_by_file(d, Some(col("FATE").eq(lit("superseded"))))?,
+        ),
+        _ => (BTreeMap::new(), BTreeMap::new()),
+    };
+    Ok(StageSummary {
+        rows: table.height() as u64,
+        rejected: rejects.map(|r| r.height() as u64).unwrap_or(0),
+        set_aside: dropped.map(|d| d.height() as u64).unwrap_or(0),
+        has_srcfile,
+        accepted_by_file,
+        rejected_by_file: match rejects {
+            Some(r) => counts_by_file(r, None)?,
+            None => BTreeMap::new(),
+        },
+        collapsed_by_file,
+        superseded_by_file,
+        files,
+        has_rejects: rejects.is_some(),
+        has_dropped: dropped.is_some(),
+    })
+}
+
+/// Row fate of every input file, following each ingest through its row-level stages.
+pub fn row_fate(plan: &Plan, done: &[&StageSummary]) -> anyhow::Result<Vec<FileFate>> {
+    let mut out = Vec::new();
+    let lineage_child = |i: usize| -> Vec<usize> {
+        plan.consumers(i)
+            .into_iter()
+            .filter(|&j| {
+                plan.stages[j].kind.stage().row_level()
+                    && plan.stages[j].input_ids.first() == Some(&i)
+            })
+            .collect()
+    };
+    for (id, s) in plan.stages.iter().enumerate() {
+        let Some(source) = s.kind.stage().reads_source() else {
+            continue;
+        };
+        // Walk to every terminal of the row-level chain, keeping the path.
+        let mut stack = vec![vec![id]];
+        while let Some(path) = stack.pop() {
+            let last = *path.last().unwrap_or(&id);
+            let children = lineage_child(last);
+            if !children.is_empty() {
+                for c in children {
+                    let mut p = path.clone();
+                    p.push(c);
+                    stack.push(p);
+                }
+                continue;
+            }
+            let terminal = done[last];
+            if terminal.rows > 0 && !terminal.has_srcfile {
+                anyhow::bail!(
+                    "stage `{}` is row-level but its table has no SRCFILE column",
+                    plan.stages[last].name
+                );
+            }
+            let mut rejected: HashMap<&str, u64> = HashMap::new();
+            let mut collapsed: HashMap<&str, u64> = HashMap::new();
+            let mut superseded: HashMap<&str, u64> = HashMap::new();
+            for &p in &path {
+                for (f, n) in &done[p].rejected_by_file {
+                    *rejected.entry(f).or_default() += n;
+                }
+                for (f, n) in &done[p].collapsed_by_file {
+                    *collapsed.entry(f).or_default() += n;
+                }
+                for (f, n) in &done[p].superseded_by_file {
+                    *superseded.entry(f).or_default() += n;
+                }
+            }
+            for f in &done[id].files {
+                let get = |m: &HashMap<&str, u64>| m.get(f.file.as_str()).copied().unwrap_or(0);
+                out.push(FileFate {
+                    source: source.to_string(),
+                    file: f.file.clone(),
+                    table: plan.stages[last].name.clone(),
+                    read: f.rows,
+                    accepted: terminal.accepted_by_file.get(&f.file).copied().unwrap_or(0),
+                    rejected: get(&rejected),
+                    collapsed: get(&collapsed),
+                    superseded: get(&superseded),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.source, &a.file, &a.table).cmp(&(&b.source, &b.file, &b.table)));
+    Ok(out)
+}
+
+/// Fails when a file's rows do not reconcile.
+pub fn reconcile(fates: &[FileFate]) -> Result<(), DataError> {
+    let broken: Vec<String> = fates
+        .iter()
+        .filter(|f| !f.reconciles())
+        .map(|f| {
+            format!(
+                "{} -> {}: read {} != accepted {} + rejected {} + collapsed {} + superseded {}",
+                f.file, f.table, f.read, f.accepted, f.rejected, f.collapsed, f.superseded
+            )
+        })
+        .collect();
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(DataError::Reconciliation(broken.join("; ")))
+    }
+}
+
+/// Every stage's rejects in one table, with STAGE and SOURCE. `rejects` is per stage.
+pub fn all_rejects(
+    plan: &Plan,
+    rejects: &[Option<DataFrame>],
+    files: &[&FileRead],
+) -> anyhow::Result<DataFrame> {
+    let mut parts = Vec::new();
+    let file_source: BTreeMap<&str, &str> = files
+        .iter()
+        .map(|f| (f.file.as_str(), f.source.as_str()))
+        .collect();
+    for (id, r) in rejects.iter().enumerate() {
+        if let Some(r) = r
+            && r.height() > 0
+        {
+            parts.push(
+                r.clone()
+                    .lazy()
+                    .with_column(lit(plan.stages[id].name.clone()).alias("STAGE")),
+            );
+        }
+    }
+    let mut table = if parts.is_empty() {
+        crate::rejects::empty()?
+            .lazy()
+            .with_column(lit("").alias("STAGE"))
+            .limit(0)
+    } else {
+        concat(parts, UnionArgs::default())?
+    };
+    let map = df!(
+        "SRCFILE" => file_source.keys().copied().collect::<Vec<_>>(),
+        "SOURCE" => file_source.values().copied().collect::<Vec<_>>(),
+    )?;
+    table = table.join(
+        map.lazy(),
+        [col("SRCFILE")],
+        [col("SRCFILE")],
+        JoinArgs::new(JoinType::Left),
+    );
+    Ok(table
+        .select([
+            col("SOURCE"),
+            col("SRCFILE"),
+            col("SRCLINE"),
+            col("SITE"),
+            col("STAGE"),
+            col("COLUMN"),
+            col("RAWVALUE"),
+            col("RULE"),
+            col("REASON"),
+        ])
+        .sort_by_exprs(
+            [col("SRCFILE"), col("SRCLINE"), col("STAGE")],
+            SortMultipleOptions::default(),
+        )
+        .collect()?)
+}
+
+/// Every stage's collapsed and superseded rows in one table.
+pub fn all_dropped(dropped: &[Option<DataFrame>]) -> anyhow::Result<DataFrame> {
+    let parts: Vec<LazyFrame> = dropped
+        .iter()
+        .flatten()
+        .filter(|d| d.height() > 0)
+        .map(|d| d.clone().lazy())
+        .collect();
+    if parts.is_empty() {
+        return Ok(df!(
+            "SRCFILE" => Vec::<String>::new(),
+            "SRCLINE" => Vec::<i64>::new(),
+            "SITE" => Vec::<String>::new(),
+            "FATE" => Vec::<String>::new(),
+            "KEPTFILE" => Vec::<String>::new(),
+            "KEPTLINE" => Vec::<i64>::new(),
+        )?);
+    }
+    Ok(concat(parts, UnionArgs::default())?
+        .sort_by_exprs(
+            [col("SRCFILE"), col("SRCLINE")],
+            SortMultipleOptions::default(),
+        )
+        .collect()?)
+}
+
+/// Files above their source's reject limit.
+pub fn over_limit<'a>(plan: &Plan, fates: &'a [FileFate]) -> Vec<(&'a FileFate, f64)> {
+    fates
+        .iter()
+        .filter_map(|f| {
+            let src = plan
+                .spec
+                .sources
+                .iter()
+                .find(|s| s.value.name == f.source)?;
+            let limit = src.value.reject_limit;
+            let frac = f.rejected as f64 / f.read.max(1) as f64;
+            (f.read > 0 && frac > limit).then_some((f, limit))
+        })
+        .collect()
+}
+
+/// The error for files above their reject limit, with top reasons and examples from `rejects`.
+/// Values of `identifying` columns are withheld from the examples.
+pub fn reject_limit_error(
+    over: &[(&FileFate, f64)],
+    rejects: &DataFrame,
+    identifying: &[String],
+) -> anyhow::Result<anyhow::Error> {
+    let mut failures = Vec::new();
+    for (f, limit) in over {
+        let frac = f.rejected as f64 / f.read.max(1) as f64;
+        let mine = rejects
+            .clone()
+            .lazy()
+            .filter(col("SRCFILE").eq(lit(f.file.clone())));
+        let top = mine
+            .clone()
+            .group_by([col("RULE")])
+            .agg([len().alias("n")])
+            .sort_by_exprs(
+                [col("n"), col("RULE")],
+                SortMultipleOptions::default().with_order_descending_multi([true, false]),
+            )
+            .limit(3)
+            .collect()?;
+        let rules = top.column("RULE")?.str()?.clone();
+        let ns = top.column("n")?.cast(&DataType::UInt64)?;
+        let reasons: Vec<String> = rules
+            .iter()
+            .zip(ns.u64()?.iter())
+            .map(|(r, n)| format!("{} ({})", r.unwrap_or("?"), n.unwrap_or(0)))
+            .collect();
+        let ex = mine.limit(3).collect()?;
+        let mut examples = Vec::new();
+        for i in 0..ex.height() {
+            let get = |c: &str| {
+                ex.column(c)
+                    .ok()
+                    .and_then(|c| c.get(i).ok())
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            };
+            let mut reason = get("REASON").trim_matches('"').to_string();
+            // Stages may quote the raw value in REASON; a value of an identifying column
+            // (or of a key holding one) stays out of the message.
+            let raw = get("RAWVALUE").trim_matches('"').to_string();
+            let identifying = get("COLUMN")
+                .trim_matches('"')
+                .split('+')
+                .any(|c| identifying.iter().any(|i| i == c));
+            if identifying && !raw.is_empty() {
+                reason = reason.replace(&raw, "<withheld>");
+            }
+            examples.push(format!("line {}: {reason}", get("SRCLINE")));
+        }
+        failures.push(format!(
+            "{}: {} of {} rows rejected ({:.1}%), above the limit of {:.1}% for source `{}`\n  top reasons: {}\n  examples:\n    {}",
+            f.file,
+            f.rejected,
+            f.read,
+            100.0 * frac,
+            100.0 * limit,
+            f.source,
+            reasons.join(", "),
+            examples.join("\n    ")
+        ));
+    }
+    failures.dedup();
+    Ok(DataError::RejectLimit(format!(
+        "reject limit exceeded, nothing published:\n{}",
+        failures.join("\n")
+    ))
+    .into())
+}
+
+/// The `row_fate` table.
+pub fn fate_table(fates: &[FileFate]) -> anyhow::Result<DataFrame> {
+    Ok(df!(
+        "SOURCE" => fates.iter().map(|f| f.source.clone()).collect::<Vec<_>>(),
+        "SRCFILE" => fates.iter().map(|f| f.file.clone()).collect::<Vec<_>>(),
+        "TABLE" => fates.iter().map(|f| f.table.clone()).collect::<Vec<_>>(),
+        "READ" => fates.iter().map(|f| f.read).collect::<Vec<_>>(),
+        "ACCEPTED" => fates.iter().map(|f| f.accepted).collect::<Vec<_>>(),
+        "REJECTED" => fates.iter().map(|f| f.rejected).collect::<Vec<_>>(),
+        "COLLAPSED" => fates.iter().map(|f| f.collapsed).collect::<Vec<_>>(),
+        "SUPERSEDED" => fates.iter().map(|f| f.superseded).collect::<Vec<_>>(),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_count_rows_per_file() {
+        let table = df!("SRCFILE" => ["a", "a", "b"], "x" => [1i64, 2, 3]).unwrap();
+        let dropped = df!(
+            "SRCFILE" => ["a", "b", "b"],
+            "SRCLINE" => [5i64, 6, 7],
+            "SITE" => ["S", "S", "S"],
+            "FATE" => ["collapsed", "superseded", "superseded"],
+            "KEPTFILE" => ["a", "c", "c"],
+            "KEPTLINE" => [2i64, 3, 4],
+        )
+        .unwrap();
+        let s = summarize(&table, None, Some(&dropped), true, vec![], None).unwrap();
+        assert_eq!((s.rows, s.rejected, s.set_aside), (3, 0, 3));
+        assert_eq!(s.accepted_by_file["a"], 2);
+        assert_eq!(s.collapsed_by_file["a"], 1);
+        assert_eq!(s.superseded_by_file["b"], 2);
+        assert!(!s.has_rejects && s.has_dropped);
+        // Not row-level: no per-file counts of the table.
+        let s = summarize(&table, None, None, false, vec![], None).unwrap();
+        assert!(s.accepted_by_file.is_empty());
+    }
+}
