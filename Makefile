@@ -10,7 +10,7 @@ PIPELINE ?= pipelines/reference.yaml
 VENV ?= $(HOME)/.cache/studyflow-venv
 PY := $(VENV)/bin/python
 
-.PHONY: build run test lint bench clean toolchain
+.PHONY: build run test lint bench clean toolchain crashtest fuzz
 
 toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
@@ -29,6 +29,16 @@ $(PY):
 
 test: toolchain $(PY)
 	STUDYFLOW_PYTHON=$(PY) $(CARGO) test --locked
+
+# Crash consistency: the reference pipeline killed at random moments and at every failpoint.
+CRASH_ITERATIONS ?= 1000
+crashtest: toolchain
+	STUDYFLOW_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(CARGO) test --locked --test tests crash:: -- --nocapture
+
+# Property-based fuzzing of the CSV reader, the dialect and the YAML spec, FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 120
+fuzz: toolchain
+	STUDYFLOW_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --test tests fuzz_ -- --nocapture --test-threads 1
 
 lint: toolchain
 	$(CARGO) fmt --check

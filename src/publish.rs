@@ -181,8 +181,15 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes unfinished run folders left by runs that died (never the published one).
+/// Removes unfinished run folders and half-made `current` links left by runs that died
+/// (never the published one). Called under the run lock.
 pub fn sweep_unfinished(out_dir: &Path) {
+    // A run killed between making its new link and renaming it over `current` leaves it.
+    for e in fs::read_dir(out_dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".current.tmp-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
     let runs = out_dir.join("runs");
     let Ok(entries) = fs::read_dir(&runs) else {
         return;

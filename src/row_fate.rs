@@ -266,9 +266,11 @@ pub fn over_limit<'a>(plan: &Plan, fates: &'a [FileFate]) -> Vec<(&'a FileFate, 
 }
 
 /// The error for files above their reject limit, with top reasons and examples from `rejects`.
+/// Values of `identifying` columns are withheld from the examples.
 pub fn reject_limit_error(
     over: &[(&FileFate, f64)],
     rejects: &DataFrame,
+    identifying: &[String],
 ) -> anyhow::Result<anyhow::Error> {
     let mut failures = Vec::new();
     for (f, limit) in over {
@@ -304,11 +306,18 @@ pub fn reject_limit_error(
                     .map(|v| v.to_string())
                     .unwrap_or_default()
             };
-            examples.push(format!(
-                "line {}: {}",
-                get("SRCLINE"),
-                get("REASON").trim_matches('"')
-            ));
+            let mut reason = get("REASON").trim_matches('"').to_string();
+            // Stages may quote the raw value in REASON; a value of an identifying column
+            // (or of a key holding one) stays out of the message.
+            let raw = get("RAWVALUE").trim_matches('"').to_string();
+            let identifying = get("COLUMN")
+                .trim_matches('"')
+                .split('+')
+                .any(|c| identifying.iter().any(|i| i == c));
+            if identifying && !raw.is_empty() {
+                reason = reason.replace(&raw, "<withheld>");
+            }
+            examples.push(format!("line {}: {reason}", get("SRCLINE")));
         }
         failures.push(format!(
             "{}: {} of {} rows rejected ({:.1}%), above the limit of {:.1}% for source `{}`\n  top reasons: {}\n  examples:\n    {}",

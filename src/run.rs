@@ -305,7 +305,11 @@ fn finish(
             &run_dir.join("rejects.parquet"),
             &prov("rejects", &all_fp),
         );
-        return Err(row_fate::reject_limit_error(&over, &r)?);
+        return Err(row_fate::reject_limit_error(
+            &over,
+            &r,
+            &plan.spec.header.identifying,
+        )?);
     }
 
     // Published stages, then the engine's own tables; each linked from the previous run

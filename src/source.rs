@@ -115,8 +115,27 @@ pub fn resolve_source(
                     e.path().display()
                 ))
             })?;
-            if !path.is_file() {
-                continue;
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {}
+                Ok(m) if m.is_dir() => continue,
+                // Skipping what cannot be opened (a symlink loop, a dangling link) would
+                // lose its rows without a word.
+                Ok(_) => {
+                    return Err(DataError::BadSource(format!(
+                        "source `{}`: {} matches `{}` but is not a regular file",
+                        spec.name,
+                        path.display(),
+                        spec.files
+                    )));
+                }
+                Err(e) => {
+                    return Err(DataError::BadSource(format!(
+                        "source `{}`: {} matches `{}` but cannot be opened: {e}",
+                        spec.name,
+                        path.display(),
+                        spec.files
+                    )));
+                }
             }
             let name = path
                 .file_name()
@@ -153,6 +172,18 @@ pub fn resolve_source(
             spec.files,
             data_dir.display()
         )));
+    }
+    // Through a symbolic link (a loop, say) one file can match twice; its rows would count twice.
+    let mut seen = std::collections::HashMap::new();
+    for f in &files {
+        let real = std::fs::canonicalize(&f.path).unwrap_or_else(|_| f.path.clone());
+        if let Some(first) = seen.insert(real, &f.rel) {
+            return Err(DataError::BadSource(format!(
+                "source `{}`: {first} and {} are the same file, reached twice through a \
+                 symbolic link (a link loop in the input folder?)",
+                spec.name, f.rel
+            )));
+        }
     }
     files.sort_by(|a, b| (a.export_date, &a.rel).cmp(&(b.export_date, &b.rel)));
     Ok(ResolvedSource {

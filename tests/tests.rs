@@ -4,9 +4,16 @@ mod workdir;
 
 mod bad_input;
 mod config_errors;
+mod crash;
+mod determinism;
 mod diff;
 mod fixture_two_sites;
+mod fuzz_budget;
+mod fuzz_csv;
+mod fuzz_spec;
 mod generated_cohort;
+mod hostile;
+mod identifying;
 mod interop;
 mod nightly;
 mod phases;

@@ -56,6 +56,37 @@ impl Stage for Dedupe {
                 );
             }
         }
+        let key: Vec<Expr> = self.key.iter().map(|k| col(k.as_str())).collect();
+        let mut key_file = key.clone();
+        key_file.push(col("SRCFILE"));
+
+        // Export order of the files: export date, then path, as one small integer per file.
+        let order = input
+            .clone()
+            .lazy()
+            .group_by([col("SRCFILE")])
+            .agg([col("EXPORTDT").first()])
+            .sort_by_exprs(
+                [col("EXPORTDT"), col("SRCFILE")],
+                SortMultipleOptions::default(),
+            )
+            .with_row_index(ORDER, None)
+            .select([col("SRCFILE"), col(ORDER)]);
+        let marked = input
+            .clone()
+            .lazy()
+            .join(
+                order,
+                [col("SRCFILE")],
+                [col("SRCFILE")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .with_column(len().over(&key_file)?.alias("__nkey"))
+            .collect()?;
+
+        // Within one file: most keys occur once. Only the repeated ones are compared, by a
+        // signature of every value column: identical rows keep their first line, differing
+        // rows conflict.
         let values: Vec<Expr> = names
             .iter()
             .filter(|n| !LINEAGE.contains(&n.as_str()))
@@ -65,25 +96,13 @@ impl Stage for Dedupe {
                     .fill_null(lit("\u{1}"))
             })
             .collect();
-        let key: Vec<Expr> = self.key.iter().map(|k| col(k.as_str())).collect();
-        let mut key_file = key.clone();
-        key_file.push(col("SRCFILE"));
         let mut key_file_sig = key_file.clone();
         key_file_sig.push(col(SIG));
-
-        // Within one file: identical rows keep their first line; differing rows conflict.
-        let marked = input
+        let repeated = marked
             .clone()
             .lazy()
-            .with_columns([
-                concat_str(values, "\u{1f}", false).alias(SIG),
-                concat_str(
-                    [col("EXPORTDT").cast(DataType::String), col("SRCFILE")],
-                    "|",
-                    false,
-                )
-                .alias(ORDER),
-            ])
+            .filter(col("__nkey").gt(lit(1)))
+            .with_column(concat_str(values, "\u{1f}", false).alias(SIG))
             .with_columns([
                 col("SRCLINE")
                     .min()
@@ -94,7 +113,6 @@ impl Stage for Dedupe {
                     .over(&key_file)?
                     .gt(lit(1))
                     .alias("__conflict"),
-                len().over(&key_file)?.alias("__nkey"),
             ])
             .collect()?;
 
@@ -117,7 +135,7 @@ impl Stage for Dedupe {
             ", ",
             false,
         );
-        let rejects = marked
+        let rejects = repeated
             .clone()
             .lazy()
             .filter(col("__conflict"))
@@ -141,8 +159,7 @@ impl Stage for Dedupe {
                 .alias("REASON"),
             ])
             .collect()?;
-
-        let collapsed = marked
+        let collapsed = repeated
             .clone()
             .lazy()
             .filter(
@@ -160,38 +177,51 @@ impl Stage for Dedupe {
             ]);
 
         // Across files: the newest export (then the last file path) wins each key.
-        let survivors = marked
+        let mut kept_cols: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
+        kept_cols.push(col(ORDER));
+        let single = marked
+            .lazy()
+            .filter(col("__nkey").eq(lit(1)))
+            .select(kept_cols.clone());
+        let first_of_repeated = repeated
             .lazy()
             .filter(
                 col("__conflict")
                     .not()
                     .and(col("SRCLINE").eq(col("__keepline"))),
             )
-            .with_columns([col(ORDER).max().over(&key)?.alias("__newest")])
-            .with_columns([
-                col("SRCFILE")
-                    .filter(col(ORDER).eq(col("__newest")))
-                    .first()
-                    .over(&key)?
-                    .alias("__winfile"),
-                col("SRCLINE")
-                    .filter(col(ORDER).eq(col("__newest")))
-                    .first()
-                    .over(&key)?
-                    .alias("__winline"),
-            ])
+            .select(kept_cols);
+        let survivors = concat([single, first_of_repeated], UnionArgs::default())?
+            .with_column(col(ORDER).max().over(&key)?.alias("__newest"))
             .collect()?;
+        let mut winner_cols = key.clone();
+        winner_cols.push(col("SRCFILE").alias("KEPTFILE"));
+        winner_cols.push(col("SRCLINE").alias("KEPTLINE"));
+        let winners = survivors
+            .clone()
+            .lazy()
+            .filter(col(ORDER).eq(col("__newest")))
+            .select(winner_cols);
         let superseded = survivors
             .clone()
             .lazy()
             .filter(col(ORDER).neq(col("__newest")))
+            .join(
+                winners,
+                key.clone(),
+                key.clone(),
+                JoinArgs {
+                    nulls_equal: true,
+                    ..JoinArgs::new(JoinType::Left)
+                },
+            )
             .select([
                 col("SRCFILE"),
                 col("SRCLINE"),
                 col("SITE"),
                 lit("superseded").alias("FATE"),
-                col("__winfile").alias("KEPTFILE"),
-                col("__winline").alias("KEPTLINE"),
+                col("KEPTFILE"),
+                col("KEPTLINE"),
             ]);
         let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
         let table = survivors

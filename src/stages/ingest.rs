@@ -82,6 +82,8 @@ struct CompiledColumn {
     allowed: Option<HashMap<String, String>>,
     allowed_list: String,
     pattern: Option<Regex>,
+    /// Listed under `identifying:`: its values never appear in reasons or messages.
+    identifying: bool,
 }
 
 fn normalise_header(h: &str) -> String {
@@ -159,8 +161,44 @@ impl CompiledColumn {
             allowed_list: c.allowed.clone().unwrap_or_default().join(", "),
             allowed,
             pattern,
+            identifying: false,
         })
     }
+
+    /// How a cell of this column is quoted in a reason: withheld when the column identifies a
+    /// person, otherwise the value, made printable and cut when very long.
+    fn shown(&self, value: &str) -> String {
+        if self.identifying {
+            format!("the value of `{}` (withheld: identifying)", self.name)
+        } else {
+            format!("`{}`", printable(value, SHOWN_CHARS))
+        }
+    }
+}
+
+/// Longest cell value quoted in a reason, in characters.
+const SHOWN_CHARS: usize = 60;
+
+/// `text` fit for a message: control characters and byte-order marks escaped, cut after
+/// `max` characters (saying how long it was).
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for ch in text.chars() {
+        n += 1;
+        if n > max {
+            continue;
+        }
+        if ch.is_control() || ch == '\u{feff}' {
+            out.extend(ch.escape_debug());
+        } else {
+            out.push(ch);
+        }
+    }
+    if n > max {
+        out.push_str(&format!("… ({n} characters)"));
+    }
+    out
 }
 
 /// One parsed cell.
@@ -192,7 +230,9 @@ fn fail(rule: &'static str, reason: String) -> Failure {
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
 
 fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failure> {
-    let cell = raw.trim();
+    // A byte-order mark inside a file (two exports concatenated) is invisible: treat it as
+    // the surrounding spaces are treated.
+    let cell = raw.trim_matches(|ch: char| ch.is_whitespace() || ch == '\u{feff}');
     if d.is_missing(cell) {
         if c.required {
             return Err(fail("required", format!("`{}` is missing", c.name)));
@@ -205,14 +245,22 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
             None => {
                 return Err(fail(
                     "subject_id",
-                    format!("`{cell}` is not a subject id that the site's id rule recognises"),
+                    format!(
+                        "{} is not a subject id that the site's id rule recognises",
+                        c.shown(cell)
+                    ),
                 ));
             }
         },
         ColumnType::String => Cell::Str(cell.to_string()),
         ColumnType::Int => match d.parse_int(cell) {
             Some(v) => Cell::Int(v),
-            None => return Err(fail("parse", format!("`{cell}` is not a whole number"))),
+            None => {
+                return Err(fail(
+                    "parse",
+                    format!("{} is not a whole number", c.shown(cell)),
+                ));
+            }
         },
         ColumnType::Float => match d.parse_float(cell) {
             Some(v) => Cell::Float(v),
@@ -220,16 +268,26 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
                 let mark = if d.decimal_comma { "comma" } else { "point" };
                 return Err(fail(
                     "parse",
-                    format!("`{cell}` is not a number (this site writes a decimal {mark})"),
+                    format!(
+                        "{} is not a number (this site writes a decimal {mark})",
+                        c.shown(cell)
+                    ),
                 ));
             }
         },
         ColumnType::Date => match d.parse_date(cell) {
             Some(date) => {
+                let what = || {
+                    if c.identifying {
+                        c.shown(cell)
+                    } else {
+                        format!("date {date}")
+                    }
+                };
                 if date < c.min_date {
                     return Err(fail(
                         "date_range",
-                        format!("date {date} is before {}, not plausible", c.min_date),
+                        format!("{} is before {}, not plausible", what(), c.min_date),
                     ));
                 }
                 if date > c.max_date {
@@ -237,7 +295,7 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
                         late: true,
                         ..fail(
                             "date_range",
-                            format!("date {date} is after {}, not plausible", c.max_date),
+                            format!("{} is after {}, not plausible", what(), c.max_date),
                         )
                     });
                 }
@@ -247,7 +305,8 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
                 return Err(fail(
                     "parse",
                     format!(
-                        "`{cell}` is not a date in the site's formats ({})",
+                        "{} is not a date in the site's formats ({})",
+                        c.shown(cell),
                         d.date_formats.join(", ")
                     ),
                 ));
@@ -268,10 +327,15 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| "-inf".into());
             let hi = c.max.map(|m| m.to_string()).unwrap_or_else(|| "inf".into());
+            let what = if c.identifying {
+                c.shown(cell)
+            } else {
+                v.to_string()
+            };
             return Err(fail(
                 "range",
                 format!(
-                    "{v} is outside the plausible range {lo} to {hi} for `{}`",
+                    "{what} is outside the plausible range {lo} to {hi} for `{}`",
                     c.name
                 ),
             ));
@@ -283,7 +347,7 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
         {
             return Err(fail(
                 "pattern",
-                format!("`{s}` does not match the pattern of `{}`", c.name),
+                format!("{} does not match the pattern of `{}`", c.shown(s), c.name),
             ));
         }
         if let Some(allowed) = &c.allowed {
@@ -291,7 +355,12 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
                 Some(canon) => Ok(Cell::Str(canon.clone())),
                 None => Err(fail(
                     "allowed",
-                    format!("`{s}` is not one of {} for `{}`", c.allowed_list, c.name),
+                    format!(
+                        "{} is not one of {} for `{}`",
+                        c.shown(s),
+                        c.allowed_list,
+                        c.name
+                    ),
                 )),
             };
         }
@@ -340,12 +409,22 @@ impl Buffer {
     }
 }
 
-/// Physical line numbers from byte offsets, counting `\n` as we go (records come in order).
-/// The csv reader's own line counter is not used: it miscounts after CRLF line ends.
+/// Physical line numbers from byte offsets, counting line ends as we go (records come in
+/// order). A line ends at `\n`, `\r\n` or a lone `\r`, as for the csv reader itself; the
+/// reader's own line counter is not used: it miscounts after CRLF line ends.
 #[derive(Default)]
 struct LineCounter {
     offset: usize,
     line: i64,
+}
+
+/// Line ends in `text[from..to]`; a `\r\n` pair counts once.
+fn line_ends(text: &[u8], from: usize, to: usize) -> i64 {
+    text[from..to]
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && text.get(from + i + 1) != Some(&b'\n')))
+        .count() as i64
 }
 
 impl LineCounter {
@@ -356,12 +435,9 @@ impl LineCounter {
             byte += 1;
         }
         if byte >= self.offset {
-            self.line += text[self.offset..byte]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as i64;
+            self.line += line_ends(text, self.offset, byte);
         } else {
-            self.line = text[..byte].iter().filter(|&&b| b == b'\n').count() as i64;
+            self.line = line_ends(text, 0, byte);
         }
         self.offset = byte;
         self.line + 1
@@ -446,11 +522,16 @@ fn bad(file: &SourceFile, msg: String) -> DataError {
     DataError::BadSource(format!("{}: {msg}", file.path.display()))
 }
 
+/// Longest header quoted in a message, in characters; most headers listed.
+const HEADER_CHARS: usize = 40;
+const HEADERS_LISTED: usize = 30;
+
 /// Maps each canonical column to its field index in the header (None: optional and absent).
 fn map_header(
     file: &SourceFile,
     header: &[String],
     columns: &[CompiledColumn],
+    d: &Dialect,
 ) -> Result<Vec<Option<usize>>, DataError> {
     let normalised: Vec<String> = header.iter().map(|h| normalise_header(h)).collect();
     let mut out = Vec::with_capacity(columns.len());
@@ -464,36 +545,12 @@ fn map_header(
         match hits.as_slice() {
             [i] => out.push(Some(*i)),
             [] if c.optional => out.push(None),
-            [] => {
-                let found: Vec<&str> = header.iter().map(|h| h.trim()).collect();
-                let closest = found
-                    .iter()
-                    .map(|f| {
-                        let score = c
-                            .headers
-                            .iter()
-                            .map(|h| strsim::normalized_levenshtein(h, &normalise_header(f)))
-                            .fold(0.0, f64::max);
-                        (score, *f)
-                    })
-                    .filter(|(score, _)| *score >= 0.4)
-                    .max_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, f)| f);
-                return Err(bad(
-                    file,
-                    format!(
-                        "column `{}` not found (looked for headers: {}); columns found: {}{}",
-                        c.name,
-                        c.headers.join(", "),
-                        found.join(", "),
-                        closest
-                            .map(|c| format!("; closest match: `{c}`"))
-                            .unwrap_or_default()
-                    ),
-                ));
-            }
+            [] => return Err(bad(file, missing_column(c, header, d))),
             many => {
-                let names: Vec<&str> = many.iter().map(|i| header[*i].trim()).collect();
+                let names: Vec<String> = many
+                    .iter()
+                    .map(|i| printable(header[*i].trim(), HEADER_CHARS))
+                    .collect();
                 return Err(bad(
                     file,
                     format!(
@@ -508,11 +565,113 @@ fn map_header(
     Ok(out)
 }
 
+/// The message for a mapped column missing from the header: what was looked for, what was
+/// found, the closest match, and a hint when the first line is no header at all. A found
+/// "header" that reads as a date or a number is data (the header line is missing) and is
+/// withheld: it may identify a person.
+fn missing_column(c: &CompiledColumn, header: &[String], d: &Dialect) -> String {
+    let is_data = |h: &str| {
+        let h = h.trim();
+        !h.is_empty() && (d.parse_date(h).is_some() || d.parse_float(h).is_some())
+    };
+    let mut found: Vec<String> = header
+        .iter()
+        .take(HEADERS_LISTED)
+        .map(|h| {
+            if is_data(h) {
+                "<a value, withheld>".to_string()
+            } else {
+                printable(h.trim(), HEADER_CHARS)
+            }
+        })
+        .collect();
+    if header.len() > HEADERS_LISTED {
+        found.push(format!("and {} more", header.len() - HEADERS_LISTED));
+    }
+    // Edit distance is quadratic: very long "headers" are junk, not near misses.
+    let closest = header
+        .iter()
+        .filter(|h| h.len() <= 4 * HEADER_CHARS && !is_data(h))
+        .map(|f| {
+            let score = c
+                .headers
+                .iter()
+                .map(|h| strsim::normalized_levenshtein(h, &normalise_header(f)))
+                .fold(0.0, f64::max);
+            (score, f.trim())
+        })
+        .filter(|(score, _)| *score >= 0.4)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, f)| f);
+    let mut msg = format!(
+        "column `{}` not found (looked for headers: {}); columns found: {}",
+        c.name,
+        c.headers.join(", "),
+        found.join(", ")
+    );
+    if let Some(f) = closest {
+        msg.push_str(&format!(
+            "; closest match: `{}`",
+            printable(f, HEADER_CHARS)
+        ));
+    }
+    if header.iter().any(|h| h.contains('\0')) {
+        msg.push_str(
+            "; the first line holds NUL bytes: the file is binary or damaged, not CSV text",
+        );
+    } else if header.iter().any(|h| is_data(h)) {
+        msg.push_str("; the first line looks like data: is the header line missing?");
+    }
+    msg
+}
+
+/// A record as text for RAWVALUE (fields joined by the delimiter), cut after 120 characters.
+fn raw_record(rec: &csv::ByteRecord, d: &Dialect) -> String {
+    let delimiter = (d.delimiter as char).to_string();
+    rec.iter()
+        .map(|f| String::from_utf8_lossy(f))
+        .collect::<Vec<_>>()
+        .join(&delimiter)
+        .chars()
+        .take(120)
+        .collect()
+}
+
+/// True when every field of `rec` is the header's field (a second header line).
+fn repeats_header(rec: &csv::ByteRecord, normalised: &[String]) -> bool {
+    rec.len() == normalised.len()
+        && rec
+            .iter()
+            .zip(normalised)
+            .all(|(f, h)| normalise_header(&String::from_utf8_lossy(f)) == *h)
+}
+
 fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult, DataError> {
-    let bytes = std::fs::read(&file.path).map_err(|e| bad(file, format!("cannot read: {e}")))?;
-    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let bytes = std::fs::read(&file.path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            bad(
+                file,
+                format!(
+                    "the file was listed when the run started but is gone now \
+                     (moved or deleted during the run?): {e}"
+                ),
+            )
+        } else {
+            bad(file, format!("cannot read: {e}"))
+        }
+    })?;
+    parse_file(file, &bytes, columns)
+}
+
+/// Parses the bytes of one file: every record read becomes a row or a reject.
+fn parse_file(
+    file: &SourceFile,
+    bytes: &[u8],
+    columns: &[CompiledColumn],
+) -> Result<FileResult, DataError> {
+    let hash = blake3::hash(bytes).to_hex().to_string();
     let d: &Dialect = &file.dialect;
-    let text = dialect::decode(&bytes, d.encoding);
+    let text = dialect::decode(bytes, d.encoding);
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(bad(
             file,
@@ -537,7 +696,8 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
         .iter()
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    let mapping = map_header(file, &header, columns)?;
+    let mapping = map_header(file, &header, columns, d)?;
+    let normalised: Vec<String> = header.iter().map(|h| normalise_header(h)).collect();
     let mut buffers: Vec<Buffer> = columns.iter().map(|c| Buffer::new(c.ty)).collect();
     let mut lines: Vec<i64> = Vec::new();
     let mut rejects = RejectsBuilder::default();
@@ -572,17 +732,25 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
             .position()
             .map(|p| lines_at.line(&text, p.byte()))
             .unwrap_or(0);
-        if rec.len() != header.len() {
-            let raw = String::from_utf8_lossy(rec.as_slice())
-                .chars()
-                .take(120)
-                .collect::<String>();
+        if repeats_header(&rec, &normalised) {
             rejects.push(
                 &file.rel,
                 line,
                 &file.site,
                 "",
-                &raw,
+                &raw_record(&rec, d),
+                "columns",
+                "the line repeats the header line: were two exports joined into one file?".into(),
+            );
+            continue;
+        }
+        if rec.len() != header.len() {
+            rejects.push(
+                &file.rel,
+                line,
+                &file.site,
+                "",
+                &raw_record(&rec, d),
                 "columns",
                 format!(
                     "the record has {} fields but the header has {}",
@@ -699,6 +867,59 @@ pub fn date_window(spec: &PipelineSpec, run_date: NaiveDate) -> (NaiveDate, Naiv
     (min, max)
 }
 
+fn compile_columns(
+    columns: &[ColumnSpec],
+    identifying: &[String],
+    (min_date, max_date): (NaiveDate, NaiveDate),
+) -> Result<Vec<CompiledColumn>, DataError> {
+    columns
+        .iter()
+        .map(|c| {
+            let mut compiled = CompiledColumn::compile(c, min_date, max_date)?;
+            compiled.identifying = identifying.contains(&c.name);
+            Ok(compiled)
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(DataError::BadSource)
+}
+
+/// One export file parsed by [`parse_export`].
+#[derive(Debug)]
+pub struct ParsedExport {
+    /// Accepted rows: SITE, SRCFILE, SRCLINE, EXPORTDT, then the columns.
+    pub table: DataFrame,
+    /// Rejected rows, in the schema of [`crate::rejects`].
+    pub rejects: DataFrame,
+    /// Records read (the header excluded): each is a row of `table` or of `rejects`.
+    pub rows: u64,
+}
+
+/// Parses the bytes of one export file exactly as `ingest` reads a site's file: `columns` as
+/// under a source in the YAML, values of `identifying` columns withheld from reasons, dates
+/// outside `dates` (first, last) rejected. For fuzzing and tests; a run reads files itself.
+pub fn parse_export(
+    bytes: &[u8],
+    dialect: &Dialect,
+    columns: &[ColumnSpec],
+    identifying: &[String],
+    dates: (NaiveDate, NaiveDate),
+) -> Result<ParsedExport, DataError> {
+    let columns = compile_columns(columns, identifying, dates)?;
+    let file = SourceFile {
+        site: "SITE".into(),
+        path: "export.csv".into(),
+        rel: "export.csv".into(),
+        export_date: dates.0,
+        dialect: std::sync::Arc::new(dialect.clone()),
+    };
+    let r = parse_file(&file, bytes, &columns)?;
+    Ok(ParsedExport {
+        table: r.table,
+        rejects: r.rejects.finish().map_err(|e| bad(&file, e.to_string()))?,
+        rows: r.read.rows,
+    })
+}
+
 impl Ingest {
     /// The resolved source this stage reads.
     pub fn source<'a>(&self, sources: &'a [ResolvedSource]) -> anyhow::Result<&'a ResolvedSource> {
@@ -711,14 +932,17 @@ impl Ingest {
     /// A parser for the files of this stage's source, for the run's date window.
     pub fn parser(&self, ctx: &StageCtx) -> anyhow::Result<FileParser> {
         let source = self.source(ctx.sources)?;
-        let (min_date, max_date) = date_window(ctx.spec, ctx.run_date);
-        let columns = source
+        let specs: Vec<ColumnSpec> = source
             .spec
             .columns
             .iter()
-            .map(|c| CompiledColumn::compile(&c.value, min_date, max_date))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DataError::BadSource)?;
+            .map(|c| c.value.clone())
+            .collect();
+        let columns = compile_columns(
+            &specs,
+            &ctx.spec.header.identifying,
+            date_window(ctx.spec, ctx.run_date),
+        )?;
         Ok(FileParser {
             source: source.name.clone(),
             columns,
@@ -921,5 +1145,126 @@ mod tests {
             rej.column("RULE").unwrap().str().unwrap().get(0),
             Some("encoding")
         );
+    }
+
+    #[test]
+    fn bare_cr_line_endings_count_as_lines() {
+        // Regression: a lone CR ended a record but not a line, so two records shared a line.
+        let dir = tempfile::tempdir().unwrap();
+        let csv = b"Patient ID,Datum,fever\nC1,2014-03-07,1\rC1,2014-03-08,1\r\nC1,2014-03-09,1\n";
+        let f = write(dir.path(), "d_2017-06-30.csv", csv, dialect("{}"));
+        let r = read_file(&f, &diary_columns()).unwrap();
+        assert_eq!(ints(&r.table, "SRCLINE"), [Some(2), Some(3), Some(4)]);
+    }
+
+    #[test]
+    fn wrong_field_count_keeps_the_delimiters_in_rawvalue() {
+        // Regression: the raw record was the fields glued together without delimiters.
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            b"Patient ID;Datum;fever\nC1;07.03.2014\n",
+            dialect("{delimiter: ';', date_formats: ['%d.%m.%Y']}"),
+        );
+        let rej = read_file(&f, &diary_columns())
+            .unwrap()
+            .rejects
+            .finish()
+            .unwrap();
+        assert_eq!(strings(&rej, "RAWVALUE"), ["C1;07.03.2014"]);
+    }
+
+    #[test]
+    fn a_second_header_and_a_stray_bom_from_joined_exports() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "Patient ID,Datum,fever\nC1,2014-03-07,1\n\u{feff}Patient ID,Datum,fever\n\u{feff}C1,2014-03-08,2\n";
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            csv.as_bytes(),
+            dialect("{}"),
+        );
+        let r = read_file(&f, &diary_columns()).unwrap();
+        assert_eq!(ints(&r.table, "SRCLINE"), [Some(2), Some(4)]);
+        assert_eq!(strings(&r.table, "subject"), ["C1", "C1"]);
+        let rej = r.rejects.finish().unwrap();
+        assert_eq!(strings(&rej, "RULE"), ["columns"]);
+        assert!(strings(&rej, "REASON")[0].contains("repeats the header"));
+    }
+
+    #[test]
+    fn identifying_values_are_withheld_from_reasons() {
+        let mut c = column("{name: birth_date, type: date, required: true}");
+        c.identifying = true;
+        let d = dialect("{}");
+        for raw in ["1889-01-01", "2091-01-01", "12.04.2005"] {
+            let reason = parse_cell(&c, &d, raw).err().unwrap().reason;
+            assert!(!reason.contains(raw), "{reason}");
+            assert!(reason.contains("withheld"), "{reason}");
+        }
+        c.identifying = false;
+        let reason = parse_cell(&c, &d, "1889-01-01").err().unwrap().reason;
+        assert_eq!(
+            reason,
+            "date 1889-01-01 is before 1990-01-01, not plausible"
+        );
+    }
+
+    #[test]
+    fn long_and_binary_values_are_cut_and_escaped_in_messages() {
+        assert_eq!(printable("a\0b\u{feff}", 10), "a\\0b\\u{feff}");
+        assert_eq!(printable(&"x".repeat(50), 3), "xxx… (50 characters)");
+        let c = column("{name: fever, type: int}");
+        let reason = parse_cell(&c, &dialect("{}"), &"7".repeat(100_000))
+            .err()
+            .unwrap()
+            .reason;
+        assert!(reason.len() < 200, "{reason}");
+    }
+
+    #[test]
+    fn a_missing_header_line_withholds_the_values_it_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "s_2017-06-30.csv",
+            b"C01,2005-04-12,4\n",
+            dialect("{}"),
+        );
+        let err = read_file(&f, &diary_columns()).err().unwrap().to_string();
+        assert!(!err.contains("2005-04-12"), "{err}");
+        assert!(
+            err.contains("columns found: C01, <a value, withheld>"),
+            "{err}"
+        );
+        assert!(err.contains("is the header line missing?"), "{err}");
+        let f = write(dir.path(), "z_2017-06-30.csv", &[0u8; 3000], dialect("{}"));
+        let err = read_file(&f, &diary_columns()).err().unwrap().to_string();
+        assert!(err.len() < 600 && err.contains("NUL bytes"), "{err}");
+    }
+
+    #[test]
+    fn parse_export_conserves_records() {
+        let specs: Vec<ColumnSpec> = [
+            "{name: subject, type: subject, headers: ['Patient ID'], required: true}",
+            "{name: date, type: date, headers: [Datum], required: true}",
+        ]
+        .iter()
+        .map(|y| serde_saphyr::from_str(y).unwrap())
+        .collect();
+        let dates = (
+            NaiveDate::from_ymd_opt(1990, 1, 1).unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 25).unwrap(),
+        );
+        let p = parse_export(
+            b"Patient ID,Datum\nC1,2014-03-07\nC2,x\nC3\n",
+            &dialect("{}"),
+            &specs,
+            &[],
+            dates,
+        )
+        .unwrap();
+        assert_eq!((p.rows, p.table.height(), p.rejects.height()), (3, 1, 2));
     }
 }
