@@ -190,6 +190,14 @@ pub fn markdown(entries: &[Entry]) -> String {
     s
 }
 
+/// The schema of a published Parquet file, from its footer.
+pub fn schema_of(path: &Path) -> anyhow::Result<Schema> {
+    use polars::prelude::{ParquetReader, SchemaExt, SerReader};
+    let file = std::fs::File::open(path)?;
+    let arrow = ParquetReader::new(file).schema()?;
+    Ok(Schema::from_arrow_schema(&arrow))
+}
+
 /// Writes `dictionary.json` and `dictionary.md` into `dir`.
 pub fn write(dir: &Path, entries: &[Entry]) -> Result<(), RunError> {
     let json = serde_json::to_vec_pretty(entries).map_err(|e| RunError::Internal(e.to_string()))?;

@@ -483,6 +483,17 @@ fn finish(
         tables,
         row_fate: fates,
     };
+    let schemas = manifest
+        .tables
+        .iter()
+        .map(|t| {
+            Ok((
+                t.name.clone(),
+                crate::dictionary::schema_of(&run_dir.join(&t.file))?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    crate::dictionary::write(run_dir, &crate::dictionary::build(plan, &schemas))?;
     publish::failpoint("manifest")?;
     let json = serde_json::to_vec_pretty(&manifest).context("serialising the manifest")?;
     publish::write_atomic(&run_dir.join("manifest.json"), &json)?;

@@ -6,6 +6,7 @@ mod bad_input;
 mod config_errors;
 mod crash;
 mod determinism;
+mod dictionary;
 mod diff;
 mod fixture_two_sites;
 mod fuzz_budget;
