@@ -120,6 +120,29 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// JSON followed by a line `blake3 <hash of the JSON>`, so that a file altered or torn in any
+/// way, even into other valid JSON, is not trusted.
+pub fn sealed_json<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec(value)?;
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    bytes.extend_from_slice(format!("\nblake3 {hash}\n").as_bytes());
+    Ok(bytes)
+}
+
+/// Reads what [`sealed_json`] wrote, checking the seal.
+pub fn from_sealed_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let (json, seal) = text
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .ok_or("no seal line")?;
+    let hash = seal.strip_prefix("blake3 ").ok_or("no seal line")?;
+    if blake3::hash(json.as_bytes()).to_hex().as_str() != hash {
+        return Err("does not match its seal".into());
+    }
+    serde_json::from_str(json).map_err(|e| e.to_string())
+}
+
 const MAGIC: &[u8; 4] = b"PAR1";
 
 /// Cheap check of a Parquet file without reading it: its size, and the magic at both ends.
@@ -223,13 +246,12 @@ impl Cache {
     }
 
     fn read_meta<T: for<'de> Deserialize<'de>>(path: &Path) -> Lookup<T> {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
-            Err(e) => return Lookup::Corrupt(format!("{}: {e}", path.display())),
-        };
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => Lookup::Found(v),
+        match fs::read(path) {
+            Ok(b) => match from_sealed_json(&b) {
+                Ok(v) => Lookup::Found(v),
+                Err(why) => Lookup::Corrupt(format!("{}: {why}", path.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lookup::Missing,
             Err(e) => Lookup::Corrupt(format!("{}: {e}", path.display())),
         }
     }
@@ -332,7 +354,7 @@ impl Cache {
             parts,
             file_keys,
         };
-        write_file(&folder.join(format!("{fp}.json")), &serde_json::to_vec(&e)?)?;
+        write_file(&folder.join(format!("{fp}.json")), &sealed_json(&e)?)?;
         Ok(e)
     }
 
@@ -404,10 +426,7 @@ impl Cache {
             late,
             parts,
         };
-        write_file(
-            &folder.join(format!("{key}.json")),
-            &serde_json::to_vec(&e)?,
-        )?;
+        write_file(&folder.join(format!("{key}.json")), &sealed_json(&e)?)?;
         Ok(e)
     }
 
@@ -429,6 +448,64 @@ impl Cache {
             }
         }
         removed
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Writes cache entries on a thread of its own, in the order they are queued, so that a run
+/// does not wait for its cache. [`Writer::finish`] waits for every queued write.
+pub struct Writer {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn start() -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("cache-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .ok();
+        Writer {
+            tx: std::sync::Mutex::new(thread.is_some().then_some(tx)),
+            thread: std::sync::Mutex::new(thread),
+        }
+    }
+
+    /// Queues a write (or does it now when the writer thread could not start).
+    pub fn queue(&self, job: impl FnOnce() + Send + 'static) {
+        let job: Job = Box::new(job);
+        let rejected = match self.tx.lock() {
+            Ok(tx) => match tx.as_ref() {
+                Some(tx) => tx.send(job).err().map(|e| e.0),
+                None => Some(job),
+            },
+            Err(_) => Some(job),
+        };
+        if let Some(job) = rejected {
+            job();
+        }
+    }
+
+    /// Waits until every queued write is done.
+    pub fn finish(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -488,8 +565,12 @@ mod tests {
         };
         assert!(cache.load_stage(&e).unwrap_err().contains("hash"));
 
-        // A torn JSON is not trusted either.
-        fs::write(dir.path().join("cache/stages/fp1.json"), b"{\"format\":1,").unwrap();
+        // A torn JSON is not trusted either, nor one altered into other valid JSON.
+        let json = dir.path().join("cache/stages/fp1.json");
+        let good = fs::read_to_string(&json).unwrap();
+        fs::write(&json, &good[..good.len() / 2]).unwrap();
+        assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
+        fs::write(&json, good.replacen("\"rows\":3", "\"rows\":4", 1)).unwrap();
         assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
     }
 
@@ -535,63 +616,5 @@ mod tests {
         assert_eq!(removed, 3);
         assert!(matches!(cache.stage_entry("keep"), Lookup::Found(_)));
         assert!(matches!(cache.stage_entry("drop"), Lookup::Missing));
-    }
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Writes cache entries on a thread of its own, in the order they are queued, so that a run
-/// does not wait for its cache. [`Writer::finish`] waits for every queued write.
-pub struct Writer {
-    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Writer {
-    pub fn start() -> Writer {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("cache-writer".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .ok();
-        Writer {
-            tx: std::sync::Mutex::new(thread.is_some().then_some(tx)),
-            thread: std::sync::Mutex::new(thread),
-        }
-    }
-
-    /// Queues a write (or does it now when the writer thread could not start).
-    pub fn queue(&self, job: impl FnOnce() + Send + 'static) {
-        let job: Job = Box::new(job);
-        let rejected = match self.tx.lock() {
-            Ok(tx) => match tx.as_ref() {
-                Some(tx) => tx.send(job).err().map(|e| e.0),
-                None => Some(job),
-            },
-            Err(_) => Some(job),
-        };
-        if let Some(job) = rejected {
-            job();
-        }
-    }
-
-    /// Waits until every queued write is done.
-    pub fn finish(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.finish();
     }
 }

@@ -87,6 +87,7 @@ pub enum Command {
         /// Example rows shown per kind of difference.
         #[arg(long, default_value_t = 5)]
         examples: usize,
+        /// The report as text for a person, or as one JSON object for scripts.
         #[arg(long, value_enum, default_value = "text")]
         format: DiffFormat,
         /// Pipeline whose output folder holds the runs.
@@ -340,7 +341,7 @@ pub fn explain(plan: &Plan, opts: &RunOptions) -> anyhow::Result<String> {
             _ => String::new(),
         };
         s.push_str(&format!(
-            "  wave {}: {:<28} {:<20} {:<5}  {}{}{}\n",
+            "  wave {:>2}: {:<28} {:<20} {:<5}  {}{}{}\n",
             wave_of(l.stage),
             st.name,
             st.kind_name,

@@ -565,7 +565,12 @@ impl DiffReport {
         if self.equal {
             s.push_str(&format!("equal: {} tables compared\n", self.tables.len()));
         } else {
-            s.push_str(&format!("different: {differing} tables differ\n"));
+            let tables = if differing == 1 {
+                "table differs"
+            } else {
+                "tables differ"
+            };
+            s.push_str(&format!("different: {differing} {tables}\n"));
         }
         for t in &self.tables_only_in_a {
             s.push_str(&format!("table {t}: only in A\n"));

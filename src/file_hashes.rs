@@ -66,7 +66,7 @@ impl FileHashes {
         let path = cache_dir.join("file_hashes.json");
         let known = std::fs::read(&path)
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .and_then(|b| crate::cache::from_sealed_json(&b).ok())
             .unwrap_or_default();
         FileHashes {
             path,
@@ -148,7 +148,7 @@ impl FileHashes {
             .seen
             .lock()
             .map_err(|_| std::io::Error::other("poisoned file hash table"))?;
-        let json = serde_json::to_vec(&*seen).map_err(std::io::Error::other)?;
+        let json = crate::cache::sealed_json(&*seen).map_err(std::io::Error::other)?;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }

@@ -14,6 +14,10 @@ use crate::spec::SourceSpec;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
     pub engine_version: String,
+    /// blake3 of the studyflow executable: a rebuilt engine (fixed, changed) computes again
+    /// even when its version number did not change.
+    #[serde(default)]
+    pub engine_build: String,
     pub name: String,
     pub kind: String,
     /// blake3 of the parsed parameters.
@@ -53,6 +57,9 @@ pub struct ContentRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceRecipe {
     pub name: String,
+    /// The engine's build (see [`Recipe::engine_build`]): parses of another build are not reused.
+    #[serde(default)]
+    pub engine_build: String,
     /// blake3 of the source definition (glob, export date rule, columns) and `dates`.
     /// `reject_limit` is left out: it is checked at the end of a run, not while reading.
     pub definition: String,
@@ -98,12 +105,14 @@ impl Recipe {
     /// The recipe of stage `id`, given its inputs' fingerprints and its parameters as written
     /// (see [`parameter_values`]). Ingest stages get their `source` (without files: see
     /// [`SourceRecipe::files`]); reference files are hashed.
+    #[allow(clippy::too_many_arguments)]
     pub fn of_stage(
         plan: &Plan,
         id: usize,
         input_fps: &[Option<String>],
         parameter_values: BTreeMap<String, serde_json::Value>,
         run_date: &str,
+        engine_build: &str,
         hash_file: &dyn Fn(&Path) -> std::io::Result<String>,
     ) -> Recipe {
         let s = &plan.stages[id];
@@ -124,12 +133,17 @@ impl Recipe {
                 }
             })
             .collect();
+        let engine_build = engine_build.to_string();
         let source = stage
             .reads_source()
             .and_then(|name| plan.spec.sources.iter().find(|x| x.value.name == name))
-            .map(|src| source_recipe(plan, &src.value));
+            .map(|src| SourceRecipe {
+                engine_build: engine_build.clone(),
+                ..source_recipe(plan, &src.value)
+            });
         Recipe {
             engine_version: crate::ENGINE_VERSION.to_string(),
+            engine_build,
             name: s.name.clone(),
             kind: s.kind_name.clone(),
             parameters: hash_text(&[&format!("{:?}", s.kind)]),
@@ -157,6 +171,8 @@ impl Recipe {
                 "engine version changed ({} -> {})",
                 old.engine_version, self.engine_version
             ));
+        } else if self.engine_build != old.engine_build {
+            out.push("engine rebuilt (same version, another executable)".into());
         }
         if self.kind != old.kind {
             out.push(format!("kind changed ({} -> {})", old.kind, self.kind));
@@ -265,6 +281,7 @@ impl SourceRecipe {
         hash_text(&[
             "studyflow-file-1",
             crate::ENGINE_VERSION,
+            &self.engine_build,
             &self.definition,
             self.sites.get(site).map(String::as_str).unwrap_or(""),
             file,
@@ -301,6 +318,7 @@ fn source_recipe(plan: &Plan, src: &SourceSpec) -> SourceRecipe {
         .collect();
     SourceRecipe {
         name: src.name.clone(),
+        engine_build: String::new(),
         definition: hash_text(&parts),
         sites,
         files: Vec::new(),
@@ -352,6 +370,7 @@ mod tests {
             &fps,
             values.unwrap_or_default(),
             "2026-11-25",
+            "build",
             &|_| Ok("h".into()),
         )
     }
@@ -384,6 +403,7 @@ mod tests {
         };
         let base = SourceRecipe {
             name: "diary".into(),
+            engine_build: "b".into(),
             definition: "d".into(),
             sites: BTreeMap::new(),
             files: vec![f("nih/a.csv", "1", None), f("nih/b.csv", "2", None)],

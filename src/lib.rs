@@ -7,6 +7,7 @@ pub mod dialect;
 pub mod dictionary;
 pub mod diff;
 pub mod error;
+pub mod execute;
 pub mod file_hashes;
 pub mod fingerprint;
 pub mod generate;

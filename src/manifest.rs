@@ -35,7 +35,8 @@ pub struct ReuseSummary {
     /// Raw files parsed, and raw files whose cached parse was used.
     pub files_parsed: u64,
     pub files_reused: u64,
-    /// Raw and reference files read to hash them (the others were known by their stamp).
+    /// Files read to hash them: raw and reference files, and the executable once per build
+    /// (the others were known by their stamp).
     pub files_hashed: u64,
     pub bytes_hashed: u64,
     /// Published tables linked from the previous run (identical bytes) or written.

@@ -118,6 +118,8 @@ pub struct Judge<'a> {
     pub selection: &'a Selection,
     /// Stage name -> its parameters as written (read once; see [`Judge::recipe`]).
     pub parameter_values: std::sync::OnceLock<ParameterValues>,
+    /// blake3 of the running executable (hashed once, or known by its stamp).
+    pub engine_build: std::sync::OnceLock<String>,
 }
 
 /// Stage name -> its parameters as written, per top-level key.
@@ -134,7 +136,21 @@ impl Judge<'_> {
             .get(&self.plan.stages[id].name)
             .cloned()
             .unwrap_or_default();
-        Recipe::of_stage(self.plan, id, input_fps, values, &self.run_date, &hash)
+        let build = self.engine_build.get_or_init(|| {
+            std::env::current_exe()
+                .and_then(|exe| self.hashes.hash(&exe))
+                .map(|(_, h)| h)
+                .unwrap_or_else(|_| "unknown".into())
+        });
+        Recipe::of_stage(
+            self.plan,
+            id,
+            input_fps,
+            values,
+            &self.run_date,
+            build,
+            &hash,
+        )
     }
 
     /// Hashes the files of an ingest stage and finds their cached parses.
@@ -374,6 +390,7 @@ pub fn preview_run(plan: &Plan, opts: &crate::run::RunOptions) -> anyhow::Result
             .to_string(),
         selection: &selection,
         parameter_values: Default::default(),
+        engine_build: Default::default(),
     };
     let lines = preview(&judge, &sources)?;
     Ok(Preview {
@@ -381,4 +398,42 @@ pub fn preview_run(plan: &Plan, opts: &crate::run::RunOptions) -> anyhow::Result
         previous_run: previous.map(|(_, m)| m.run_id),
         cache_dir: cache.dir().to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::PipelineSpec;
+    use std::path::Path;
+
+    fn plan() -> Plan {
+        // a -> b -> c, and d on its own.
+        let yaml = "pipeline: t\nstages:\n  - {name: a, kind: sql, query: SELECT 1 AS x}\n  - {name: b, kind: sql, inputs: [a], query: SELECT 1 AS x}\n  - {name: c, kind: sql, inputs: [b], query: SELECT 1 AS x}\n  - {name: d, kind: sql, query: SELECT 1 AS x}\n";
+        crate::plan::build(PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap()).unwrap()
+    }
+
+    fn forced(p: &Plan, s: &Selection) -> Vec<String> {
+        let mut names: Vec<String> = (0..p.stages.len())
+            .filter(|&i| s.forces(i).is_some())
+            .map(|i| p.stages[i].name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn select_is_downstream_plus_adds_upstream_force_is_everything() {
+        let p = plan();
+        let s = Selection::new(&p, &["b".into()], false).unwrap();
+        assert_eq!(forced(&p, &s), ["b", "c"]);
+        assert_eq!(s.forces(p.stage_id("b").unwrap()), Some("selected"));
+        let s = Selection::new(&p, &["+b".into()], false).unwrap();
+        assert_eq!(forced(&p, &s), ["a", "b", "c"]);
+        let s = Selection::new(&p, &[], true).unwrap();
+        assert_eq!(forced(&p, &s), ["a", "b", "c", "d"]);
+        assert_eq!(s.forces(0), Some("forced"));
+        assert!(forced(&p, &Selection::new(&p, &[], false).unwrap()).is_empty());
+        let err = Selection::new(&p, &["bb".into()], false).unwrap_err();
+        assert!(err.to_string().contains("did you mean `b`?"), "{err}");
+    }
 }

@@ -1,0 +1,578 @@
+//! Executing the stages of a run: each one, wave by wave, runs or is reused from the cache;
+//! outputs are read from the cache only when a later stage or the publisher needs them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use polars::prelude::*;
+use rayon::prelude::*;
+
+use crate::cache::{self, Cache, Frames, StageEntry, StageSummary};
+use crate::error::{DataError, RunError};
+use crate::fingerprint::Recipe;
+use crate::log::Log;
+use crate::plan::Plan;
+use crate::publish;
+use crate::reuse::{Action, FileState, Judge};
+use crate::row_fate;
+use crate::source::ResolvedSource;
+use crate::stages::ingest::{self, FileParser, ParsedFile};
+use crate::stages::{Inputs, Kind, StageCtx};
+
+/// A stage's outcome in this run; its frames are loaded from the cache only when needed.
+pub(crate) struct Slot {
+    pub(crate) fingerprint: String,
+    pub(crate) recipe: Recipe,
+    pub(crate) summary: StageSummary,
+    /// Where its output is cached (`None` when the cache could not be written).
+    pub(crate) entry: Option<StageEntry>,
+    pub(crate) frames: Mutex<Option<Arc<Frames>>>,
+    pub(crate) state: Mutex<SlotState>,
+    /// Ingest: files parsed and files taken from the cache.
+    pub(crate) files: Option<(u64, u64)>,
+}
+
+/// What may change while a run goes on: a reused stage whose cached output turns out broken
+/// when read is run again.
+pub(crate) struct SlotState {
+    pub(crate) status: &'static str,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) seconds: f64,
+}
+
+/// A stage's failure as a data error naming the stage (I/O and internal errors keep their kind).
+pub(crate) fn stage_error(name: &str, kind: &str, e: anyhow::Error) -> anyhow::Error {
+    if e.is::<DataError>() || e.is::<RunError>() {
+        return e.context(format!("stage `{name}` ({kind}) failed"));
+    }
+    DataError::Stage {
+        stage: name.to_string(),
+        message: format!("{e:#}"),
+    }
+    .into()
+}
+
+pub(crate) fn poisoned() -> anyhow::Error {
+    RunError::Internal("poisoned stage slot".into()).into()
+}
+
+/// One run's stages: the plan, how to decide on reuse, the cache, and every stage's slot.
+pub(crate) struct Engine<'a> {
+    pub(crate) plan: &'a Plan,
+    pub(crate) judge: Judge<'a>,
+    pub(crate) cache: &'a Cache,
+    pub(crate) sources: &'a [ResolvedSource],
+    pub(crate) data_dir: &'a Path,
+    pub(crate) base_dir: &'a Path,
+    pub(crate) run_date: NaiveDate,
+    pub(crate) log: &'a Log,
+    pub(crate) slots: Vec<OnceLock<Slot>>,
+    /// Stages (and published tables) handled at once.
+    pub(crate) workers: usize,
+    pub(crate) writer: cache::Writer,
+}
+
+/// Runs `f` on every item with at most `workers` OS threads, results in item order.
+/// Not rayon: a stage waits on a slot lock for its inputs, and a rayon worker waiting there
+/// could have stolen that very task from the stage holding the lock.
+pub(crate) fn concurrently<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<R>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<anyhow::Result<R>>>> =
+        items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    let failed = r.is_err();
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(r);
+                    }
+                    if failed {
+                        // Stop handing out work; items already started finish.
+                        next.store(items.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for r in results {
+        match r.into_inner().map_err(|_| poisoned())? {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+impl Engine<'_> {
+    pub(crate) fn ctx(&self, id: usize) -> StageCtx<'_> {
+        StageCtx {
+            name: &self.plan.stages[id].name,
+            spec: &self.plan.spec,
+            run_date: self.run_date,
+            data_dir: self.data_dir,
+            base_dir: self.base_dir,
+            sources: self.sources,
+        }
+    }
+
+    pub(crate) fn slot(&self, id: usize) -> anyhow::Result<&Slot> {
+        self.slots[id].get().ok_or_else(|| {
+            RunError::Internal(format!("stage `{}` did not run", self.plan.stages[id].name)).into()
+        })
+    }
+
+    pub(crate) fn execute(&self) -> anyhow::Result<()> {
+        let bar = self.log.progress(self.plan.stages.len() as u64);
+        for wave in &self.plan.waves {
+            concurrently(wave, self.workers, |&id| -> anyhow::Result<()> {
+                let s = &self.plan.stages[id];
+                publish::failpoint(&format!("stage:{}", s.name))?;
+                let slot = self.stage(id)?;
+                let line = self.describe(id, &slot)?;
+                if self.log.plain_steps() {
+                    self.log.info(&line);
+                } else {
+                    bar.set_message(s.name.clone());
+                    bar.inc(1);
+                }
+                self.slots[id]
+                    .set(slot)
+                    .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+                Ok(())
+            })?;
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    fn describe(&self, id: usize, slot: &Slot) -> anyhow::Result<String> {
+        let s = &self.plan.stages[id];
+        let st = slot.state.lock().map_err(|_| poisoned())?;
+        let rejected = if slot.summary.rejected > 0 {
+            format!(", {} rejected", slot.summary.rejected)
+        } else {
+            String::new()
+        };
+        let files = match slot.files {
+            Some((parsed, reused)) if st.status == "ran" => {
+                format!("; {parsed} of {} files parsed", parsed + reused)
+            }
+            _ => String::new(),
+        };
+        Ok(format!(
+            "stage {} ({}): {} {} rows{rejected} in {:.2}s{files} ({})",
+            s.name,
+            s.kind_name,
+            if st.status == "ran" {
+                "ran,"
+            } else {
+                "reused,"
+            },
+            slot.summary.rows,
+            st.seconds,
+            st.reasons.join("; ")
+        ))
+    }
+
+    fn input_fingerprints(&self, id: usize) -> anyhow::Result<Vec<Option<String>>> {
+        self.plan.stages[id]
+            .input_ids
+            .iter()
+            .map(|&j| Ok(Some(self.slot(j)?.fingerprint.clone())))
+            .collect()
+    }
+
+    /// Decides stage `id` and runs it, or takes its cached output.
+    fn stage(&self, id: usize) -> anyhow::Result<Slot> {
+        let t0 = Instant::now();
+        let s = &self.plan.stages[id];
+        let recipe = self.judge.recipe(id, &self.input_fingerprints(id)?);
+        if let Kind::Ingest(ing) = &s.kind {
+            return self.ingest_stage(id, ing, recipe, t0);
+        }
+        let d = self.judge.decide(id, recipe, true, Vec::new());
+        let fingerprint = d.fingerprint.clone().unwrap_or_default();
+        if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
+            return Ok(Slot {
+                fingerprint,
+                recipe: d.recipe,
+                summary: entry.summary.clone(),
+                entry: Some(entry),
+                frames: Mutex::new(None),
+                state: Mutex::new(SlotState {
+                    status: "reused",
+                    reasons: d.reasons,
+                    seconds: t0.elapsed().as_secs_f64(),
+                }),
+                files: None,
+            });
+        }
+        let (frames, summary) = self.compute(id)?;
+        self.store(id, &fingerprint, Some(&frames), &summary, Vec::new());
+        Ok(Slot {
+            fingerprint,
+            recipe: d.recipe,
+            summary,
+            entry: None,
+            frames: Mutex::new(Some(Arc::new(frames))),
+            state: Mutex::new(SlotState {
+                status: "ran",
+                reasons: d.reasons,
+                seconds: t0.elapsed().as_secs_f64(),
+            }),
+            files: None,
+        })
+    }
+
+    /// Runs a (non-ingest) stage on its inputs.
+    fn compute(&self, id: usize) -> anyhow::Result<(Frames, StageSummary)> {
+        let s = &self.plan.stages[id];
+        let mut tables = Vec::new();
+        for (&j, name) in s.input_ids.iter().zip(&s.inputs) {
+            tables.push((name.clone(), self.frames(j)?.table.clone()));
+        }
+        let out = s
+            .kind
+            .stage()
+            .run(&self.ctx(id), &Inputs { tables })
+            .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
+        let table = out
+            .table
+            .collect()
+            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+        let summary = row_fate::summarize(
+            &table,
+            out.rejects.as_ref(),
+            out.dropped.as_ref(),
+            s.kind.stage().row_level(),
+            out.files,
+            None,
+        )?;
+        Ok((
+            Frames {
+                table,
+                rejects: out.rejects,
+                dropped: out.dropped,
+            },
+            summary,
+        ))
+    }
+
+    /// Queues the caching of a stage output (ran stages keep their frames in memory, so the
+    /// run itself never reads what it is writing).
+    fn store(
+        &self,
+        id: usize,
+        fp: &str,
+        frames: Option<&Frames>,
+        summary: &StageSummary,
+        file_keys: Vec<String>,
+    ) {
+        let name = self.plan.stages[id].name.clone();
+        let (cache, log, fp) = (self.cache.clone(), self.log.clone(), fp.to_string());
+        let (frames, summary) = (frames.cloned(), summary.clone());
+        self.writer.queue(move || {
+            if let Err(e) = cache.store_stage(&fp, &name, frames.as_ref(), &summary, file_keys) {
+                log.warn(&format!("could not cache the output of `{name}`: {e:#}"));
+            }
+        });
+    }
+
+    /// An ingest stage: files with a cached parse are not parsed again.
+    fn ingest_stage(
+        &self,
+        id: usize,
+        ing: &ingest::Ingest,
+        mut recipe: Recipe,
+        t0: Instant,
+    ) -> anyhow::Result<Slot> {
+        let s = &self.plan.stages[id];
+        let source = ing.source(self.sources)?;
+        let parser = ing.parser(&self.ctx(id))?;
+        let src = recipe
+            .source
+            .clone()
+            .ok_or_else(|| RunError::Internal(format!("`{}` has no source recipe", s.name)))?;
+        let states = self.judge.files(id, source, &src)?;
+        let parsed: Vec<Option<ParsedFile>> = states
+            .par_iter()
+            .map(|st| -> anyhow::Result<Option<ParsedFile>> {
+                if st.cached.is_some() {
+                    return Ok(None);
+                }
+                let p = parser
+                    .parse(&st.file)
+                    .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+                self.store_file(&src, &p);
+                Ok(Some(p))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut notes = Vec::new();
+        let mut refs = Vec::new();
+        for (st, p) in states.iter().zip(&parsed) {
+            let r = self
+                .judge
+                .file_ref(st, p.as_ref().map(|p| (p.late, p.read.hash.as_str())))
+                .ok_or_else(|| RunError::Internal(format!("{} was not parsed", st.file.rel)))?;
+            refs.push(r);
+            notes.extend(st.note.clone());
+        }
+        let file_keys: Vec<String> = refs
+            .iter()
+            .map(|r| src.file_key(&r.site, &r.file, &r.hash, r.run_date.as_deref()))
+            .collect();
+        if let Some(rs) = recipe.source.as_mut() {
+            rs.files = refs;
+        }
+        let n_parsed = parsed.iter().filter(|p| p.is_some()).count() as u64;
+        let files = Some((n_parsed, states.len() as u64 - n_parsed));
+        let d = self.judge.decide(id, recipe, true, notes);
+        let fingerprint = d.fingerprint.clone().unwrap_or_default();
+        if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
+            return Ok(Slot {
+                fingerprint,
+                recipe: d.recipe,
+                summary: entry.summary.clone(),
+                entry: Some(entry),
+                frames: Mutex::new(None),
+                state: Mutex::new(SlotState {
+                    status: "reused",
+                    reasons: d.reasons,
+                    seconds: t0.elapsed().as_secs_f64(),
+                }),
+                files: Some((0, states.len() as u64)),
+            });
+        }
+        let (frames, summary) = self.ingest_frames(id, &parser, &src, &states, parsed)?;
+        self.store(id, &fingerprint, None, &summary, file_keys);
+        Ok(Slot {
+            fingerprint,
+            recipe: d.recipe,
+            summary,
+            entry: None,
+            frames: Mutex::new(Some(Arc::new(frames))),
+            state: Mutex::new(SlotState {
+                status: "ran",
+                reasons: d.reasons,
+                seconds: t0.elapsed().as_secs_f64(),
+            }),
+            files,
+        })
+    }
+
+    fn store_file(&self, src: &crate::fingerprint::SourceRecipe, p: &ParsedFile) {
+        let bound = self.judge.bound.clone();
+        let key = src.file_key(
+            &p.read.site,
+            &p.read.file,
+            &p.read.hash,
+            p.late.then_some(bound.as_str()),
+        );
+        let (cache, log) = (self.cache.clone(), self.log.clone());
+        let (table, rejects, read) = (p.table.clone(), p.rejects.clone(), p.read.clone());
+        let (latest, late) = (p.latest_date.map(|d| d.to_string()), p.late);
+        self.writer.queue(move || {
+            if let Err(e) = cache.store_file(&key, &table, &rejects, &read, &bound, latest, late) {
+                log.warn(&format!(
+                    "could not cache the parse of {}: {e:#}",
+                    read.file
+                ));
+            }
+        });
+    }
+
+    /// The ingest output from fresh parses and cached ones; a cached parse that fails its
+    /// check on reading is parsed again.
+    fn ingest_frames(
+        &self,
+        id: usize,
+        parser: &FileParser,
+        src: &crate::fingerprint::SourceRecipe,
+        states: &[FileState],
+        parsed: Vec<Option<ParsedFile>>,
+    ) -> anyhow::Result<(Frames, StageSummary)> {
+        let s = &self.plan.stages[id];
+        let parts: Vec<ParsedFile> = states
+            .par_iter()
+            .zip(parsed)
+            .map(|(st, p)| -> anyhow::Result<ParsedFile> {
+                if let Some(p) = p {
+                    return Ok(p);
+                }
+                if let Some(e) = &st.cached {
+                    match self.cache.load_file(e) {
+                        Ok((table, rejects)) => {
+                            return Ok(ParsedFile {
+                                table,
+                                rejects,
+                                read: e.read.clone(),
+                                latest_date: None,
+                                late: e.late,
+                            });
+                        }
+                        Err(why) => self.log.warn(&format!(
+                            "cached parse of {} unusable ({why}); parsing it again",
+                            st.file.rel
+                        )),
+                    }
+                }
+                let p = parser
+                    .parse(&st.file)
+                    .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+                self.store_file(src, &p);
+                Ok(p)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let accepted: BTreeMap<String, u64> = parts
+            .iter()
+            .map(|p| (p.read.file.clone(), p.table.height() as u64))
+            .collect();
+        let out = ingest::assemble(parts)?;
+        let table = out
+            .table
+            .collect()
+            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+        let summary = row_fate::summarize(
+            &table,
+            out.rejects.as_ref(),
+            None,
+            true,
+            out.files,
+            Some(accepted),
+        )?;
+        Ok((
+            Frames {
+                table,
+                rejects: out.rejects,
+                dropped: None,
+            },
+            summary,
+        ))
+    }
+
+    /// The frames of stage `id`: in memory, else from the cache, else computed again.
+    pub(crate) fn frames(&self, id: usize) -> anyhow::Result<Arc<Frames>> {
+        let slot = self.slot(id)?;
+        let mut guard = slot.frames.lock().map_err(|_| poisoned())?;
+        if let Some(f) = guard.as_ref() {
+            return Ok(f.clone());
+        }
+        let s = &self.plan.stages[id];
+        let t0 = Instant::now();
+        let loaded = match (&s.kind, &slot.entry) {
+            (Kind::Ingest(ing), _) => {
+                // Cached parses are checked file by file as they are read.
+                let source = ing.source(self.sources)?;
+                let parser = ing.parser(&self.ctx(id))?;
+                let src = slot.recipe.source.clone().ok_or_else(|| {
+                    RunError::Internal(format!("`{}` has no source recipe", s.name))
+                })?;
+                let states = self.judge.files(id, source, &src)?;
+                let none = states.iter().map(|_| None).collect();
+                Ok(self.ingest_frames(id, &parser, &src, &states, none)?.0)
+            }
+            (_, Some(e)) => self.cache.load_stage(e),
+            (_, None) => Err("no cached output".to_string()),
+        };
+        let frames = match loaded {
+            Ok(f) => f,
+            Err(why) => {
+                self.log.warn(&format!(
+                    "cached output of `{}` unusable ({why}); running it again",
+                    s.name
+                ));
+                let (frames, summary) = self.compute(id)?;
+                self.store(id, &slot.fingerprint, Some(&frames), &summary, Vec::new());
+                let mut st = slot.state.lock().map_err(|_| poisoned())?;
+                st.status = "ran";
+                st.reasons.push(format!("cached output unusable ({why})"));
+                st.seconds += t0.elapsed().as_secs_f64();
+                frames
+            }
+        };
+        let frames = Arc::new(frames);
+        *guard = Some(frames.clone());
+        Ok(frames)
+    }
+
+    /// One part of a stage's output (rejects or dropped) without loading its table when it
+    /// is cached.
+    pub(crate) fn part(&self, id: usize, role: &str) -> anyhow::Result<Option<DataFrame>> {
+        let slot = self.slot(id)?;
+        let pick = |f: &Frames| match role {
+            "rejects" => f.rejects.clone(),
+            _ => f.dropped.clone(),
+        };
+        if let Some(f) = slot.frames.lock().map_err(|_| poisoned())?.as_ref() {
+            return Ok(pick(f));
+        }
+        let loaded = match (&self.plan.stages[id].kind, &slot.entry) {
+            (Kind::Ingest(_), Some(e)) if role == "rejects" => self.ingest_rejects(e),
+            (Kind::Ingest(_), _) => Ok(None),
+            (_, Some(e)) => self.cache.load_stage_part(e, role),
+            (_, None) => Err("no cached output".into()),
+        };
+        match loaded {
+            Ok(df) => Ok(df),
+            Err(_) => Ok(pick(self.frames(id)?.as_ref())),
+        }
+    }
+
+    fn ingest_rejects(&self, e: &StageEntry) -> Result<Option<DataFrame>, String> {
+        let mut parts = Vec::new();
+        for k in &e.file_keys {
+            let fe = match self.cache.file_entry(k) {
+                cache::Lookup::Found(fe) => fe,
+                _ => return Err(format!("file entry {k} unusable")),
+            };
+            let r = self.cache.load_file_rejects(&fe)?;
+            if r.height() > 0 {
+                parts.push(r.lazy());
+            }
+        }
+        let df = if parts.is_empty() {
+            crate::rejects::empty()
+        } else {
+            concat(parts, UnionArgs::default()).and_then(|lf| lf.collect())
+        };
+        df.map(Some).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrently_keeps_item_order_and_reports_the_first_error() {
+        let items: Vec<u32> = (0..20).collect();
+        let out = concurrently(&items, 3, |&i| Ok(i * 2)).unwrap();
+        assert_eq!(out, (0..20).map(|i| i * 2).collect::<Vec<_>>());
+        let err = concurrently(&items, 1, |&i| {
+            if i >= 5 {
+                anyhow::bail!("item {i}")
+            }
+            Ok(i)
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "item 5");
+        assert!(
+            concurrently(&Vec::<u32>::new(), 4, |&i| Ok(i))
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
