@@ -516,21 +516,23 @@ LEFT JOIN doses d ON d.subject = s.subject
 LEFT JOIN final_visit v ON v.subject = s.subject;
 
 -- Precedence: final (4), pretreatment (1), escalation (2), optimal (3); a later-listed phase is
--- clipped where an earlier one already took the days. A bound with a missing anchor is empty.
+-- clipped where an earlier one already took the days. A bound with a missing anchor is empty;
+-- days after the final visit are in no phase.
 CREATE TABLE phases AS
 WITH bounds AS (
     SELECT USUBJID, FRSTDT, TRTSDT, OPTSDT, LSTVSTDT,
-           CASE WHEN TRTSDT IS NOT NULL AND LSTVSTDT IS NOT NULL
-                THEN greatest(LSTVSTDT - 89, TRTSDT) END AS a4
-    FROM anchors
+           CASE WHEN TRTSDT IS NOT NULL THEN greatest(LSTVSTDT - 89, TRTSDT) END AS a4
+    FROM anchors WHERE LSTVSTDT IS NOT NULL
 ), windows AS (
     SELECT USUBJID, 4 AS APHASEN, 'final' AS APHASE, a4 AS ASTDT, LSTVSTDT AS AENDT FROM bounds
     UNION ALL
-    SELECT USUBJID, 1, 'pretreatment', FRSTDT, coalesce(TRTSDT - 1, LSTVSTDT) FROM bounds
+    SELECT USUBJID, 1, 'pretreatment', FRSTDT, least(coalesce(TRTSDT - 1, LSTVSTDT), LSTVSTDT)
+    FROM bounds
     UNION ALL
     SELECT USUBJID, 2, 'escalation', TRTSDT,
-           CASE WHEN a4 <= LSTVSTDT THEN least(coalesce(OPTSDT - 1, LSTVSTDT), a4 - 1)
-                ELSE coalesce(OPTSDT - 1, LSTVSTDT) END
+           CASE WHEN a4 <= LSTVSTDT
+                THEN least(coalesce(OPTSDT - 1, LSTVSTDT), LSTVSTDT, a4 - 1)
+                ELSE least(coalesce(OPTSDT - 1, LSTVSTDT), LSTVSTDT) END
     FROM bounds
     UNION ALL
     SELECT USUBJID, 3, 'optimal', OPTSDT, LSTVSTDT - 90 FROM bounds
