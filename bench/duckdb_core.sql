@@ -131,63 +131,123 @@ WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss("group") AS "group", miss(sex) AS sex, miss(birth_date) AS birth_date, miss(enrol_date) AS enrol_date, miss(discontinuation_date) AS discontinuation_date, miss(discontinuation_reason) AS discontinuation_reason
     FROM subjects_text
 ), parsed AS (
-    SELECT *, subject_id(site, subject) AS p_subject, "group" AS p_group, sex AS p_sex, to_date(site, birth_date) AS p_birth_date, to_date(site, enrol_date) AS p_enrol_date, to_date(site, discontinuation_date) AS p_discontinuation_date, discontinuation_reason AS p_discontinuation_reason
+    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, birth_date) AS p_birth_date, to_date(site, enrol_date) AS p_enrol_date, to_date(site, discontinuation_date) AS p_discontinuation_date
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, CASE lower(p_group) WHEN 'candle' THEN 'CANDLE' WHEN 'savi' THEN 'SAVI' WHEN 'other' THEN 'OTHER' END AS "group", CASE lower(p_sex) WHEN 'm' THEN 'M' WHEN 'f' THEN 'F' END AS sex, plausible(p_birth_date) AS birth_date, plausible(p_enrol_date) AS enrol_date, plausible(p_discontinuation_date) AS discontinuation_date, p_discontinuation_reason AS discontinuation_reason,
+    SELECT site, file, p_subject AS subject,
+           CASE lower("group") WHEN 'candle' THEN 'CANDLE' WHEN 'savi' THEN 'SAVI' WHEN 'other' THEN 'OTHER' END AS "group",
+           CASE lower(sex) WHEN 'm' THEN 'M' WHEN 'f' THEN 'F' END AS sex,
+           plausible(p_birth_date) AS birth_date,
+           plausible(p_enrol_date) AS enrol_date,
+           plausible(p_discontinuation_date) AS discontinuation_date,
+           discontinuation_reason,
            parsed.subject AS r_subject, parsed."group" AS r_group, parsed.sex AS r_sex, parsed.birth_date AS r_birth_date, parsed.enrol_date AS r_enrol_date, parsed.discontinuation_date AS r_discontinuation_date, parsed.discontinuation_reason AS r_discontinuation_reason
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_group, r_sex, r_birth_date, r_enrol_date, r_discontinuation_date, r_discontinuation_reason)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_group, c."group") AND given(r_sex, c.sex) AND given(r_birth_date, c.birth_date) AND given(r_enrol_date, c.enrol_date) AND fine(r_discontinuation_date, c.discontinuation_date) AND fine(r_discontinuation_reason, c.discontinuation_reason)
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject) = 1
+    SELECT file, export_date(file) AS export_dt, subject,
+           struct_pack(site, "group", sex, birth_date, enrol_date, discontinuation_date, discontinuation_reason) AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_group, "group")
+      AND given(r_sex, sex)
+      AND given(r_birth_date, birth_date)
+      AND given(r_enrol_date, enrol_date)
+      AND fine(r_discontinuation_date, discontinuation_date)
+      AND fine(r_discontinuation_reason, discontinuation_reason)
+), per_file AS (
+    SELECT file, export_dt, subject, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, w.v."group" AS "group", w.v.sex AS sex, w.v.birth_date AS birth_date, w.v.enrol_date AS enrol_date, w.v.discontinuation_date AS discontinuation_date, w.v.discontinuation_reason AS discontinuation_reason
+FROM newest;
 
 CREATE TABLE dosing AS
 WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss(start) AS start, miss("end") AS "end", miss(dose_mg) AS dose_mg, miss(per_day) AS per_day, miss(regimen) AS regimen
     FROM dosing_text
 ), parsed AS (
-    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, start) AS p_start, to_date(site, "end") AS p_end, to_num(site, dose_mg) AS p_dose_mg, to_num(site, per_day) AS p_per_day, regimen AS p_regimen
+    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, start) AS p_start, to_date(site, "end") AS p_end, to_num(site, dose_mg) AS p_dose_mg, to_num(site, per_day) AS p_per_day
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, plausible(p_start) AS start, plausible(p_end) AS "end", num_in(p_dose_mg, 0.1, 50) AS dose_mg, num_in(p_per_day, 1, 6) AS per_day, CASE lower(p_regimen) WHEN 'escalation' THEN 'escalation' WHEN 'optimal' THEN 'optimal' END AS regimen,
+    SELECT site, file, p_subject AS subject,
+           plausible(p_start) AS start,
+           plausible(p_end) AS "end",
+           num_in(p_dose_mg, 0.1, 50) AS dose_mg,
+           num_in(p_per_day, 1, 6) AS per_day,
+           CASE lower(regimen) WHEN 'escalation' THEN 'escalation' WHEN 'optimal' THEN 'optimal' END AS regimen,
            parsed.subject AS r_subject, parsed.start AS r_start, parsed."end" AS r_end, parsed.dose_mg AS r_dose_mg, parsed.per_day AS r_per_day, parsed.regimen AS r_regimen
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_start, r_end, r_dose_mg, r_per_day, r_regimen)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_start, c.start) AND fine(r_end, c."end") AND given(r_dose_mg, c.dose_mg) AND given(r_per_day, c.per_day) AND given(r_regimen, c.regimen)
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject, start) = 1
+    SELECT file, export_date(file) AS export_dt, subject, start,
+           struct_pack(site, "end", dose_mg, per_day, regimen) AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_start, start)
+      AND fine(r_end, "end")
+      AND given(r_dose_mg, dose_mg)
+      AND given(r_per_day, per_day)
+      AND given(r_regimen, regimen)
+), per_file AS (
+    SELECT file, export_dt, subject, start, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject, start
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, start, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject, start
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject, start ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, start, w.v."end" AS "end", w.v.dose_mg AS dose_mg, w.v.per_day AS per_day, w.v.regimen AS regimen
+FROM newest;
 
 CREATE TABLE steroids AS
 WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss(drug) AS drug, miss(dose) AS dose, miss(dose_unit) AS dose_unit, miss(frequency) AS frequency, miss(route) AS route, miss(start) AS start, miss("end") AS "end"
     FROM steroids_text
 ), parsed AS (
-    SELECT *, subject_id(site, subject) AS p_subject, drug AS p_drug, to_num(site, dose) AS p_dose, dose_unit AS p_dose_unit, frequency AS p_frequency, route AS p_route, to_date(site, start) AS p_start, to_date(site, "end") AS p_end
+    SELECT *, subject_id(site, subject) AS p_subject, to_num(site, dose) AS p_dose, to_date(site, start) AS p_start, to_date(site, "end") AS p_end
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, p_drug AS drug, num_in(p_dose, 0, 2000) AS dose, p_dose_unit AS dose_unit, p_frequency AS frequency, p_route AS route, plausible(p_start) AS start, plausible(p_end) AS "end",
+    SELECT site, file, p_subject AS subject,
+           drug,
+           num_in(p_dose, 0, 2000) AS dose,
+           dose_unit,
+           frequency,
+           route,
+           plausible(p_start) AS start,
+           plausible(p_end) AS "end",
            parsed.subject AS r_subject, parsed.drug AS r_drug, parsed.dose AS r_dose, parsed.dose_unit AS r_dose_unit, parsed.frequency AS r_frequency, parsed.route AS r_route, parsed.start AS r_start, parsed."end" AS r_end
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_drug, r_dose, r_dose_unit, r_frequency, r_route, r_start, r_end)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_drug, c.drug) AND given(r_dose, c.dose) AND given(r_dose_unit, c.dose_unit) AND given(r_frequency, c.frequency) AND fine(r_route, c.route) AND given(r_start, c.start) AND fine(r_end, c."end")
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject, drug, start) = 1
+    SELECT file, export_date(file) AS export_dt, subject, drug, start,
+           struct_pack(site, dose, dose_unit, frequency, route, "end") AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_drug, drug)
+      AND given(r_dose, dose)
+      AND given(r_dose_unit, dose_unit)
+      AND given(r_frequency, frequency)
+      AND fine(r_route, route)
+      AND given(r_start, start)
+      AND fine(r_end, "end")
+), per_file AS (
+    SELECT file, export_dt, subject, drug, start, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject, drug, start
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, drug, start, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject, drug, start
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject, drug, start ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, drug, w.v.dose AS dose, w.v.dose_unit AS dose_unit, w.v.frequency AS frequency, w.v.route AS route, start, w.v."end" AS "end"
+FROM newest;
 
 CREATE TABLE diary AS
 WITH cells AS (
@@ -197,81 +257,155 @@ WITH cells AS (
     SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date, to_num(site, fever) AS p_fever, to_num(site, rash) AS p_rash, to_num(site, msk_pain) AS p_msk_pain, to_num(site, headache) AS p_headache, to_num(site, fatigue) AS p_fatigue, to_num(site, organ) AS p_organ
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, plausible(p_date) AS date, int_in(p_fever, 0, 4) AS fever, int_in(p_rash, 0, 4) AS rash, int_in(p_msk_pain, 0, 4) AS msk_pain, int_in(p_headache, 0, 4) AS headache, int_in(p_fatigue, 0, 4) AS fatigue, int_in(p_organ, 0, 4) AS organ,
+    SELECT site, file, p_subject AS subject,
+           plausible(p_date) AS date,
+           int_in(p_fever, 0, 4) AS fever,
+           int_in(p_rash, 0, 4) AS rash,
+           int_in(p_msk_pain, 0, 4) AS msk_pain,
+           int_in(p_headache, 0, 4) AS headache,
+           int_in(p_fatigue, 0, 4) AS fatigue,
+           int_in(p_organ, 0, 4) AS organ,
            parsed.subject AS r_subject, parsed.date AS r_date, parsed.fever AS r_fever, parsed.rash AS r_rash, parsed.msk_pain AS r_msk_pain, parsed.headache AS r_headache, parsed.fatigue AS r_fatigue, parsed.organ AS r_organ
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_date, r_fever, r_rash, r_msk_pain, r_headache, r_fatigue, r_organ)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_date, c.date) AND fine(r_fever, c.fever) AND fine(r_rash, c.rash) AND fine(r_msk_pain, c.msk_pain) AND fine(r_headache, c.headache) AND fine(r_fatigue, c.fatigue) AND fine(r_organ, c.organ)
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject, date) = 1
+    SELECT file, export_date(file) AS export_dt, subject, date,
+           struct_pack(site, fever, rash, msk_pain, headache, fatigue, organ) AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_date, date)
+      AND fine(r_fever, fever)
+      AND fine(r_rash, rash)
+      AND fine(r_msk_pain, msk_pain)
+      AND fine(r_headache, headache)
+      AND fine(r_fatigue, fatigue)
+      AND fine(r_organ, organ)
+), per_file AS (
+    SELECT file, export_dt, subject, date, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject, date
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, date, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject, date
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject, date ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, date, w.v.fever AS fever, w.v.rash AS rash, w.v.msk_pain AS msk_pain, w.v.headache AS headache, w.v.fatigue AS fatigue, w.v.organ AS organ
+FROM newest;
 
 CREATE TABLE visits AS
 WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss(date) AS date, miss(height) AS height, miss(height_unit) AS height_unit, miss(weight) AS weight, miss(weight_unit) AS weight_unit, miss(bmd_z) AS bmd_z
     FROM visits_text
 ), parsed AS (
-    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date, to_num(site, height) AS p_height, height_unit AS p_height_unit, to_num(site, weight) AS p_weight, weight_unit AS p_weight_unit, to_num(site, bmd_z) AS p_bmd_z
+    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date, to_num(site, height) AS p_height, to_num(site, weight) AS p_weight, to_num(site, bmd_z) AS p_bmd_z
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, plausible(p_date) AS date, num_in(p_height, 0.3, 250) AS height, p_height_unit AS height_unit, num_in(p_weight, 0.5, 250000) AS weight, p_weight_unit AS weight_unit, num_in(p_bmd_z, -10, 10) AS bmd_z,
+    SELECT site, file, p_subject AS subject,
+           plausible(p_date) AS date,
+           num_in(p_height, 0.3, 250) AS height,
+           height_unit,
+           num_in(p_weight, 0.5, 250000) AS weight,
+           weight_unit,
+           num_in(p_bmd_z, -10, 10) AS bmd_z,
            parsed.subject AS r_subject, parsed.date AS r_date, parsed.height AS r_height, parsed.height_unit AS r_height_unit, parsed.weight AS r_weight, parsed.weight_unit AS r_weight_unit, parsed.bmd_z AS r_bmd_z
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_date, r_height, r_height_unit, r_weight, r_weight_unit, r_bmd_z)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_date, c.date) AND fine(r_height, c.height) AND given(r_height_unit, c.height_unit) AND fine(r_weight, c.weight) AND given(r_weight_unit, c.weight_unit) AND fine(r_bmd_z, c.bmd_z)
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject, date) = 1
+    SELECT file, export_date(file) AS export_dt, subject, date,
+           struct_pack(site, height, height_unit, weight, weight_unit, bmd_z) AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_date, date)
+      AND fine(r_height, height)
+      AND given(r_height_unit, height_unit)
+      AND fine(r_weight, weight)
+      AND given(r_weight_unit, weight_unit)
+      AND fine(r_bmd_z, bmd_z)
+), per_file AS (
+    SELECT file, export_dt, subject, date, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject, date
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, date, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject, date
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject, date ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, date, w.v.height AS height, w.v.height_unit AS height_unit, w.v.weight AS weight, w.v.weight_unit AS weight_unit, w.v.bmd_z AS bmd_z
+FROM newest;
 
 CREATE TABLE labs AS
 WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss(date) AS date, miss(analyte) AS analyte, miss(value) AS value, miss(unit) AS unit
     FROM labs_text
 ), parsed AS (
-    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date, analyte AS p_analyte, value AS p_value, unit AS p_unit
+    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, plausible(p_date) AS date, p_analyte AS analyte, p_value AS value, p_unit AS unit,
+    SELECT site, file, p_subject AS subject,
+           plausible(p_date) AS date,
+           analyte,
+           value,
+           unit,
            parsed.subject AS r_subject, parsed.date AS r_date, parsed.analyte AS r_analyte, parsed.value AS r_value, parsed.unit AS r_unit
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_date, r_analyte, r_value, r_unit)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_date, c.date) AND given(r_analyte, c.analyte) AND given(r_value, c.value) AND given(r_unit, c.unit)
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject, date, analyte) = 1
+    SELECT file, export_date(file) AS export_dt, subject, date, analyte,
+           struct_pack(site, value, unit) AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_date, date)
+      AND given(r_analyte, analyte)
+      AND given(r_value, value)
+      AND given(r_unit, unit)
+), per_file AS (
+    SELECT file, export_dt, subject, date, analyte, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject, date, analyte
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, date, analyte, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject, date, analyte
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject, date, analyte ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, date, analyte, w.v.value AS value, w.v.unit AS unit
+FROM newest;
 
 CREATE TABLE questionnaires AS
 WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss(date) AS date, miss(instrument) AS instrument, miss(score) AS score, miss(unit) AS unit
     FROM questionnaires_text
 ), parsed AS (
-    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date, instrument AS p_instrument, to_num(site, score) AS p_score, unit AS p_unit
+    SELECT *, subject_id(site, subject) AS p_subject, to_date(site, date) AS p_date, to_num(site, score) AS p_score
     FROM cells
 ), checked AS (
-    SELECT site, file, export_date(file) AS export_dt, p_subject AS subject, plausible(p_date) AS date, p_instrument AS instrument, num_in(p_score, 0, 100) AS score, p_unit AS unit,
+    SELECT site, file, p_subject AS subject,
+           plausible(p_date) AS date,
+           instrument,
+           num_in(p_score, 0, 100) AS score,
+           unit,
            parsed.subject AS r_subject, parsed.date AS r_date, parsed.instrument AS r_instrument, parsed.score AS r_score, parsed.unit AS r_unit
     FROM parsed
 ), accepted AS (
-    SELECT DISTINCT c.* EXCLUDE (r_subject, r_date, r_instrument, r_score, r_unit)
-    FROM checked c
-    WHERE given(r_subject, c.subject) AND given(r_date, c.date) AND given(r_instrument, c.instrument) AND given(r_score, c.score) AND given(r_unit, c.unit)
-), unconflicted AS (
-    SELECT * FROM accepted QUALIFY count(*) OVER (PARTITION BY file, subject, date, instrument) = 1
+    SELECT file, export_date(file) AS export_dt, subject, date, instrument,
+           struct_pack(site, score, unit) AS v
+    FROM checked
+    WHERE given(r_subject, subject)
+      AND given(r_date, date)
+      AND given(r_instrument, instrument)
+      AND given(r_score, score)
+      AND given(r_unit, unit)
+), per_file AS (
+    SELECT file, export_dt, subject, date, instrument, min(v) AS v
+    FROM accepted
+    GROUP BY file, export_dt, subject, date, instrument
+    HAVING min(v) IS NOT DISTINCT FROM max(v)
+), newest AS (
+    SELECT subject, date, instrument, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    FROM per_file
+    GROUP BY subject, date, instrument
 )
-SELECT * EXCLUDE (export_dt) FROM unconflicted
-QUALIFY row_number() OVER (PARTITION BY subject, date, instrument ORDER BY export_dt DESC, file DESC) = 1;
+SELECT w.v.site AS site, w.file AS file, subject, date, instrument, w.v.score AS score, w.v.unit AS unit
+FROM newest;
 
 -- Unit tables (DOMAIN.md 4.1): names and unit spellings to codes and factors. Units match
 -- ignoring case and spaces, with µ read as u; the canonical unit is accepted with factor 1.

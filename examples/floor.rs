@@ -62,8 +62,8 @@ fn copy_to_parquet(file: &SourceFile, out_dir: &Path) -> anyhow::Result<(u64, us
         .finish()
         .map_err(|e| anyhow::anyhow!("parsing {}: {e}", file.path.display()))?;
     let target = out_dir.join(format!("{}.parquet", file.rel.replace('/', "__")));
-    let mut out = std::fs::File::create(&target)
-        .with_context(|| format!("creating {}", target.display()))?;
+    let mut out =
+        std::fs::File::create(&target).with_context(|| format!("creating {}", target.display()))?;
     ParquetWriter::new(&mut out)
         .with_compression(ParquetCompression::Zstd(None))
         .with_statistics(StatisticsOptions::full())
