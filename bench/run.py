@@ -37,7 +37,7 @@ def log(msg):
 
 
 def measure(cmd, log_path=None, env=None):
-    """Runs cmd; returns (wall seconds, peak RSS in MB, stdout). Fails loudly on a non-zero exit."""
+    """Runs cmd; returns (wall s, peak RSS MB, CPU s, stdout). Fails loudly on a non-zero exit."""
     with open(log_path or os.devnull, "w") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env)
@@ -51,8 +51,10 @@ def measure(cmd, log_path=None, env=None):
             with open(log_path, errors="replace") as f:
                 tail = "".join(f.readlines()[-20:])
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    # ru_maxrss is in KiB on Linux.
-    return wall, usage.ru_maxrss / 1024.0, out.decode("utf-8", "replace")
+    # ru_maxrss is in KiB on Linux; CPU time (user + system) is less sensitive than wall time
+    # to other work on a shared machine.
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_maxrss / 1024.0, cpu, out.decode("utf-8", "replace")
 
 
 def machine():
@@ -113,9 +115,9 @@ def ensure_cohort(args, bench_data):
     log(f"generating {args.subjects} subjects x {args.years} years into {cohort}")
     cmd = [args.bin, "generate", "--out", cohort, "--subjects", str(args.subjects),
            "--years", str(args.years), "--sites", "3", "--seed", str(args.seed)]
-    wall, rss, out = measure(cmd, os.path.join(bench_data, "logs", "generate.log"))
+    wall, rss, cpu, out = measure(cmd, os.path.join(bench_data, "logs", "generate.log"))
     files = csv_files(cohort)
-    gen = {"seconds": wall, "rss_mb": rss, "command": " ".join(cmd[1:]),
+    gen = {"seconds": wall, "rss_mb": rss, "cpu_seconds": cpu, "command": " ".join(cmd[1:]),
            "csv_bytes": sum(os.path.getsize(f) for f in files), "csv_files": len(files),
            "summary": out.strip()}
     with open(marker, "w") as f:
@@ -234,56 +236,59 @@ def main():
     def studyflow(yaml, out, extra=()):
         return [args.bin, *extra, "run", yaml, "--data", cohort, "--out", out, *run_date]
 
-    results = {}  # name -> list of (seconds, rss_mb)
+    results = {}  # name -> list of (seconds, rss_mb, cpu_seconds)
     manifests = {}
     duckdb_steps = []
 
-    def record(name, wall, rss):
-        results.setdefault(name, []).append((wall, rss))
-        log(f"  {name:<10} {wall:8.2f} s  {rss:8.0f} MB")
+    def record(name, wall, rss, cpu):
+        results.setdefault(name, []).append((wall, rss, cpu))
+        log(f"  {name:<10} {wall:8.2f} s  {rss:8.0f} MB  {cpu:8.2f} s CPU")
 
+    load_before = os.getloadavg()
     log(f"cohort {cohort}: {len(files)} files, {csv_bytes / 1e6:.0f} MB of CSV")
     for r in range(1, args.rounds + 1):
         log(f"round {r}/{args.rounds}")
         logs = os.path.join(bench_data, "logs")
-        wall, rss, _ = measure([args.floor, reference_yaml, cohort, fresh(outs["floor"])],
+        wall, rss, cpu, _ = measure([args.floor, reference_yaml, cohort, fresh(outs["floor"])],
                                os.path.join(logs, f"floor-{r}.log"))
-        record("floor", wall, rss)
-        wall, rss, out = measure([py, os.path.join(HERE, "duckdb_core.py"), "run", "--data", cohort,
+        record("floor", wall, rss, cpu)
+        wall, rss, cpu, out = measure([py, os.path.join(HERE, "duckdb_core.py"), "run", "--data", cohort,
                                   "--out", fresh(outs["duckdb"]), "--run-date", args.run_date],
                                  os.path.join(logs, f"duckdb-{r}.log"))
-        record("duckdb", wall, rss)
+        record("duckdb", wall, rss, cpu)
         duckdb_steps.append(json.loads(out.strip().splitlines()[-1]))
-        wall, rss, _ = measure(studyflow(reference_yaml, fresh(outs["reference"])),
+        wall, rss, cpu, _ = measure(studyflow(reference_yaml, fresh(outs["reference"])),
                                os.path.join(logs, f"reference-{r}.log"))
-        record("reference", wall, rss)
+        record("reference", wall, rss, cpu)
         manifests.setdefault("reference", []).append(read_manifest(outs["reference"]))
-        wall, rss, _ = measure(studyflow(core_yaml, fresh(outs["core"])),
+        wall, rss, cpu, _ = measure(studyflow(core_yaml, fresh(outs["core"])),
                                os.path.join(logs, f"core-{r}.log"))
-        record("core", wall, rss)
+        record("core", wall, rss, cpu)
         manifests.setdefault("core", []).append(read_manifest(outs["core"]))
-        wall, rss, _ = measure(studyflow(core_yaml, outs["core"]),
+        wall, rss, cpu, _ = measure(studyflow(core_yaml, outs["core"]),
                                os.path.join(logs, f"rerun-{r}.log"))
-        record("rerun", wall, rss)
+        record("rerun", wall, rss, cpu)
         manifests.setdefault("rerun", []).append(read_manifest(outs["core"]))
         original = touch_file(change)
         try:
-            wall, rss, _ = measure(studyflow(core_yaml, outs["core"]),
+            wall, rss, cpu, _ = measure(studyflow(core_yaml, outs["core"]),
                                    os.path.join(logs, f"one-file-{r}.log"))
         finally:
             with open(change, "wb") as f:
                 f.write(original)
-        record("one-file", wall, rss)
+        record("one-file", wall, rss, cpu)
         manifests.setdefault("one-file", []).append(read_manifest(outs["core"]))
         if "threads=1" not in skip:
-            wall, rss, _ = measure(studyflow(core_yaml, fresh(outs["threads1"]), ["--threads", "1"]),
+            wall, rss, cpu, _ = measure(studyflow(core_yaml, fresh(outs["threads1"]), ["--threads", "1"]),
                                    os.path.join(logs, f"threads1-{r}.log"))
-            record("threads=1", wall, rss)
+            record("threads=1", wall, rss, cpu)
 
-    med = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
-    peak = {k: max(m for _, m in v) for k, v in results.items()}
-    lo = {k: min(w for w, _ in v) for k, v in results.items()}
-    hi = {k: max(w for w, _ in v) for k, v in results.items()}
+    load_after = os.getloadavg()
+    med = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
+    peak = {k: max(r[1] for r in v) for k, v in results.items()}
+    cpu_med = {k: statistics.median(r[2] for r in v) for k, v in results.items()}
+    lo = {k: min(r[0] for r in v) for k, v in results.items()}
+    hi = {k: max(r[0] for r in v) for k, v in results.items()}
 
     # Aggregates: DuckDB's tables against studyflow's core run.
     agg_duck = json.loads(subprocess.run([py, os.path.join(HERE, "duckdb_core.py"), "aggregates",
@@ -311,7 +316,9 @@ def main():
     gen_note = " (measured when the cohort was generated; reused)" if gen["reused"] else ""
     print(f"generate: {gen['seconds']:.2f} s, peak {gen['rss_mb']:.0f} MB{gen_note}")
     print(f"core pipeline: {core_note}")
-    print(f"rounds: {args.rounds}, alternating; wall time of the whole process, page cache warm")
+    print(f"rounds: {args.rounds}, alternating; wall time of the whole process, page cache warm; "
+          f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+          f"(above {info['cores']} means other work shared the cores)")
     print()
     rows = [
         ("floor", "floor: polars CSV -> Parquet, strings"),
@@ -319,20 +326,23 @@ def main():
         ("reference", "studyflow reference.yaml, cold"),
         ("core", "studyflow core, cold"),
         ("rerun", "studyflow core, nothing changed"),
-        ("one-file", f"studyflow core, 1 file changed"),
+        ("one-file", "studyflow core, 1 file changed"),
         ("threads=1", "studyflow core, cold, --threads 1"),
     ]
-    print(f"| run | median s | min s | max s | peak RSS MB |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| run | median s | min s | max s | CPU s (median) | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
     for key, label in rows:
         if key in med:
-            print(f"| {label} | {med[key]:.2f} | {lo[key]:.2f} | {hi[key]:.2f} | {peak[key]:.0f} |")
+            print(f"| {label} | {med[key]:.2f} | {lo[key]:.2f} | {hi[key]:.2f} "
+                  f"| {cpu_med[key]:.1f} | {peak[key]:.0f} |")
     print()
     change_rel = os.path.relpath(change, cohort)
     print("ratios (targets of PIPELINE.md section 5):")
     print(f"  studyflow core / floor       {fmt_ratio(med['core'], med['floor'])}   (target <= 1.5)")
     print(f"  studyflow reference / floor  {fmt_ratio(med['reference'], med['floor'])}")
     print(f"  studyflow core / DuckDB      {fmt_ratio(med['core'], med['duckdb'])}   (target < 1)")
+    print(f"  same ratios on CPU seconds:  core / floor {fmt_ratio(cpu_med['core'], cpu_med['floor'])}, "
+          f"core / DuckDB {fmt_ratio(cpu_med['core'], cpu_med['duckdb'])}")
     print(f"  peak RSS core / raw CSV      {fmt_ratio(peak['core'], mb)}   (target well below 1)")
     print(f"  peak RSS DuckDB / raw CSV    {fmt_ratio(peak['duckdb'], mb)}")
     print(f"  nothing-changed / full run   {fmt_ratio(med['rerun'], med['core'])}   (target < 0.02)")
@@ -382,8 +392,8 @@ def main():
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     with open(os.path.join(bench_data, f"results-{stamp}.json"), "w") as f:
-        json.dump({"machine": info, "generate": gen, "csv_bytes": csv_bytes, "runs": results,
-                   "median": med, "peak_rss_mb": peak, "profile": profile,
+        json.dump({"machine": info, "load": [load_before, load_after], "generate": gen, "csv_bytes": csv_bytes, "runs": results,
+                   "median": med, "cpu_median": cpu_med, "peak_rss_mb": peak, "profile": profile,
                    "duckdb_steps": duckdb_steps, "aggregates": {"duckdb": agg_duck,
                                                                 "studyflow": agg_sf},
                    "core_pipeline": core_note, "changed_file": change_rel}, f, indent=1)
