@@ -44,8 +44,17 @@ lint: toolchain
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-bench:
-	@echo "make bench: the registry-scale benchmark is not built yet (see the README)"; exit 1
+# Benchmark (README "Performance"): cohort size and rounds are parameters, e.g.
+# `make bench BENCH_SUBJECTS=2000 BENCH_YEARS=3 BENCH_ROUNDS=5`. Release build, data in bench-data/.
+BENCH_SUBJECTS ?= 5000
+BENCH_YEARS ?= 5
+BENCH_ROUNDS ?= 3
+BENCH_ARGS ?=
+
+bench: toolchain
+	$(CARGO) build --locked --release --bin studyflow --example floor
+	python3 bench/run.py --subjects $(BENCH_SUBJECTS) --years $(BENCH_YEARS) --rounds $(BENCH_ROUNDS) \
+	  --bin $(CARGO_TARGET_DIR)/release/studyflow --floor $(CARGO_TARGET_DIR)/release/examples/floor $(BENCH_ARGS)
 
 clean:
 	rm -rf out
