@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::stages::FileRead;
 
 /// Version of the entry layout; entries of another version are misses.
-pub const CACHE_FORMAT: u32 = 1;
+pub const CACHE_FORMAT: u32 = 2;
 
 /// The cache folder of one output folder. Deleting it is always safe: it only costs time.
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ pub struct Cache {
     dir: PathBuf,
 }
 
-/// One Parquet file of an entry, with what it must be to be trusted.
+/// One file of an entry (Arrow IPC), with what it must be to be trusted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
     /// `table`, `rejects` or `dropped`.
@@ -143,39 +143,54 @@ pub fn from_sealed_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T,
     serde_json::from_str(json).map_err(|e| e.to_string())
 }
 
-const MAGIC: &[u8; 4] = b"PAR1";
-
-/// Cheap check of a Parquet file without reading it: its size, and the magic at both ends.
-pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
+/// Cheap check of a file without reading it: its size, and `magic` at both ends.
+fn looks_whole(path: &Path, bytes: u64, magic: &[u8], format: &str) -> Result<(), String> {
     let shown = path.display();
     let mut f = fs::File::open(path).map_err(|e| format!("{shown}: {e}"))?;
     let len = f.metadata().map_err(|e| format!("{shown}: {e}"))?.len();
     if len != bytes {
         return Err(format!("{shown} has {len} bytes, expected {bytes}"));
     }
-    if len < 12 {
-        return Err(format!("{shown} is too short for Parquet"));
+    let n = magic.len();
+    if len < 2 * n as u64 {
+        return Err(format!("{shown} is too short for {format}"));
     }
-    let mut head = [0u8; 4];
-    let mut tail = [0u8; 4];
+    let mut head = vec![0u8; n];
+    let mut tail = vec![0u8; n];
     f.read_exact(&mut head)
-        .and_then(|_| f.seek(SeekFrom::End(-4)).map(|_| ()))
+        .and_then(|_| f.seek(SeekFrom::End(-(n as i64))).map(|_| ()))
         .and_then(|_| f.read_exact(&mut tail))
         .map_err(|e| format!("{shown}: {e}"))?;
-    if &head != MAGIC || &tail != MAGIC {
-        return Err(format!("{shown} is not a whole Parquet file"));
+    if head != magic || tail != magic {
+        return Err(format!("{shown} is not a whole {format} file"));
     }
     Ok(())
 }
 
+/// Cheap check of a Parquet file (a published table): its size and the magic at both ends.
+pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
+    looks_whole(path, bytes, b"PAR1", "Parquet")
+}
+
+// Cache parts are Arrow IPC files (zstd): written about twice as fast as Parquet, which
+// matters because a cold run writes every stage's output. `polars::io::ipc` is compiled in
+// through polars-stream (polars-io's `ipc` feature); no feature of polars is added for it.
 fn encode(df: &DataFrame) -> PolarsResult<Vec<u8>> {
+    use polars::io::ipc::{IpcCompression, IpcWriter};
     let mut buf = Vec::new();
     let mut df = df.clone();
-    ParquetWriter::new(&mut buf)
-        .with_compression(ParquetCompression::Lz4Raw)
-        .with_statistics(StatisticsOptions::empty())
+    IpcWriter::new(&mut buf)
+        .with_compression(Some(IpcCompression::ZSTD(Default::default())))
         .finish(&mut df)?;
     Ok(buf)
+}
+
+fn decode(bytes: Vec<u8>) -> PolarsResult<DataFrame> {
+    polars::io::ipc::IpcReader::new(std::io::Cursor::new(bytes)).finish()
+}
+
+fn part_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
+    looks_whole(path, bytes, b"ARROW1", "Arrow IPC")
 }
 
 impl Cache {
@@ -206,7 +221,7 @@ impl Cache {
         df: &DataFrame,
     ) -> anyhow::Result<Part> {
         let bytes = encode(df)?;
-        let file = format!("{key}.{role}.parquet");
+        let file = format!("{key}.{role}.arrow");
         write_file(&folder.join(&file), &bytes)?;
         Ok(Part {
             role: role.into(),
@@ -231,9 +246,7 @@ impl Cache {
         if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
             return Err(format!("{} does not match its hash", path.display()));
         }
-        let df = ParquetReader::new(std::io::Cursor::new(bytes))
-            .finish()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let df = decode(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         if df.height() as u64 != part.rows {
             return Err(format!(
                 "{} has {} rows, expected {}",
@@ -256,7 +269,7 @@ impl Cache {
         }
     }
 
-    /// The stage entry of fingerprint `fp`, checked cheaply (sizes and Parquet magic; ingest
+    /// The stage entry of fingerprint `fp`, checked cheaply (sizes and file magic; ingest
     /// entries also check their files' entries). Hashes are checked when parts are read.
     pub fn stage_entry(&self, fp: &str) -> Lookup<StageEntry> {
         let folder = self.stages();
@@ -269,7 +282,7 @@ impl Cache {
             return Lookup::Missing;
         }
         for p in &e.parts {
-            if let Err(why) = parquet_looks_whole(&folder.join(&p.file), p.bytes) {
+            if let Err(why) = part_looks_whole(&folder.join(&p.file), p.bytes) {
                 return Lookup::Corrupt(why);
             }
         }
@@ -370,7 +383,7 @@ impl Cache {
             return Lookup::Missing;
         }
         for p in &e.parts {
-            if let Err(why) = parquet_looks_whole(&folder.join(&p.file), p.bytes) {
+            if let Err(why) = part_looks_whole(&folder.join(&p.file), p.bytes) {
                 return Lookup::Corrupt(why);
             }
         }
@@ -551,7 +564,7 @@ mod tests {
         assert!(matches!(cache.stage_entry("fp2"), Lookup::Missing));
 
         // Truncated: the cheap check sees it.
-        let table = dir.path().join("cache/stages/fp1.table.parquet");
+        let table = dir.path().join("cache/stages/fp1.table.arrow");
         let len = fs::metadata(&table).unwrap().len();
         fs::OpenOptions::new()
             .write(true)

@@ -281,7 +281,7 @@ fn a_truncated_cache_file_is_rebuilt() {
         .as_str()
         .unwrap()
         .to_string();
-    truncate(&w.path(&format!("out/cache/stages/{fp}.table.parquet")));
+    truncate(&w.path(&format!("out/cache/stages/{fp}.table.arrow")));
     // The cached parse of one visits file, found from the recipe in the manifest.
     let recipe: studyflow::fingerprint::Recipe =
         serde_json::from_value(stage(&m, "visits_raw")["recipe"].clone()).unwrap();
@@ -292,7 +292,7 @@ fn a_truncated_cache_file_is_rebuilt() {
         .find(|f| f.file == "nih/visits_2017-06-30.csv")
         .unwrap();
     let key = src.file_key(&f.site, &f.file, &f.hash, f.run_date.as_deref());
-    truncate(&w.path(&format!("out/cache/files/{key}.table.parquet")));
+    truncate(&w.path(&format!("out/cache/files/{key}.table.arrow")));
     // Another visits file changes, so the truncated parse would be needed.
     let mut hh = std::fs::read(w.path("data/hh/visits_2017-02-28.csv")).unwrap();
     hh.extend_from_slice(b"05.02.2015; o-1 ;32;135;cm\n");
@@ -320,7 +320,7 @@ fn a_truncated_cache_file_is_rebuilt() {
         .as_str()
         .unwrap()
         .to_string();
-    let path = w.path(&format!("out/cache/stages/{fp}.table.parquet"));
+    let path = w.path(&format!("out/cache/stages/{fp}.table.arrow"));
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
