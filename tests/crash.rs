@@ -165,10 +165,10 @@ impl Harness {
                 Ok(n) => problems.push(format!("{file}: {n} rows, manifest says {}", t["rows"])),
                 Err(e) => problems.push(format!("{file} does not read back: {e}")),
             }
-            if let Some(want) = self.tables.get(&file) {
-                if snap.files.get(&file) != Some(want) {
-                    problems.push(format!("{file}: bytes differ from the first good run"));
-                }
+            if let Some(want) = self.tables.get(&file)
+                && snap.files.get(&file) != Some(want)
+            {
+                problems.push(format!("{file}: bytes differ from the first good run"));
             }
         }
         for name in snap.files.keys() {
