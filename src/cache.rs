@@ -435,6 +435,14 @@ impl Cache {
     /// Returns how many files were removed.
     pub fn prune(&self, keep_stages: &HashSet<String>, keep_files: &HashSet<String>) -> usize {
         let mut removed = 0;
+        // Temporary files of writes that a killed run left behind.
+        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") && fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
         for (folder, keep) in [(self.stages(), keep_stages), (self.files(), keep_files)] {
             let Ok(entries) = fs::read_dir(&folder) else {
                 continue;
@@ -612,8 +620,9 @@ mod tests {
         cache
             .store_stage("drop", "s", Some(&frames()), &s, vec![])
             .unwrap();
+        fs::write(dir.path().join("cache/.file_hashes.json.tmp-1-2"), b"{").unwrap();
         let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());
-        assert_eq!(removed, 3);
+        assert_eq!(removed, 4);
         assert!(matches!(cache.stage_entry("keep"), Lookup::Found(_)));
         assert!(matches!(cache.stage_entry("drop"), Lookup::Missing));
     }
