@@ -25,6 +25,9 @@ pub struct Manifest {
     pub stages: Vec<StageRecord>,
     pub tables: Vec<TableRecord>,
     pub row_fate: Vec<FileFate>,
+    /// Other published files (the data dictionary), with size and hash.
+    #[serde(default)]
+    pub documents: Vec<DocumentRecord>,
 }
 
 /// Counts of work done and work reused in a run (a nothing-changed run reuses every stage).
@@ -72,6 +75,14 @@ pub struct StageRecord {
     /// What the fingerprint was computed from; `plan` compares it with the next run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<Recipe>,
+}
+
+/// A published file that is not a table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DocumentRecord {
+    pub file: String,
+    pub bytes: u64,
+    pub blake3: String,
 }
 
 /// One published file.

@@ -482,6 +482,7 @@ fn finish(
         stages,
         tables,
         row_fate: fates,
+        documents: Vec::new(),
     };
     let schemas = manifest
         .tables
@@ -494,6 +495,15 @@ fn finish(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     crate::dictionary::write(run_dir, &crate::dictionary::build(plan, &schemas))?;
+    let mut manifest = manifest;
+    for file in ["dictionary.json", "dictionary.md"] {
+        let (bytes, blake3) = publish::hash_file(&run_dir.join(file))?;
+        manifest.documents.push(crate::manifest::DocumentRecord {
+            file: file.to_string(),
+            bytes,
+            blake3,
+        });
+    }
     publish::failpoint("manifest")?;
     let json = serde_json::to_vec_pretty(&manifest).context("serialising the manifest")?;
     publish::write_atomic(&run_dir.join("manifest.json"), &json)?;

@@ -127,6 +127,17 @@ impl Harness {
             Err(e) => return vec![format!("{}: manifest.json: {e}", snap.target.display())],
         };
         let mut listed = vec!["manifest.json".to_string()];
+        for d in manifest["documents"].as_array().into_iter().flatten() {
+            let file = d["file"].as_str().unwrap_or_default().to_string();
+            match snap.files.get(&file) {
+                None => problems.push(format!("{file} is in the manifest but not published")),
+                Some(h) if d["blake3"].as_str() != Some(h.as_str()) => {
+                    problems.push(format!("{file}: hash differs from the manifest"))
+                }
+                Some(_) => {}
+            }
+            listed.push(file);
+        }
         for t in manifest["tables"].as_array().into_iter().flatten() {
             let file = t["file"].as_str().unwrap_or_default().to_string();
             listed.push(file.clone());
@@ -154,10 +165,10 @@ impl Harness {
                 Ok(n) => problems.push(format!("{file}: {n} rows, manifest says {}", t["rows"])),
                 Err(e) => problems.push(format!("{file} does not read back: {e}")),
             }
-            if let Some(want) = self.tables.get(&file) {
-                if snap.files.get(&file) != Some(want) {
-                    problems.push(format!("{file}: bytes differ from the first good run"));
-                }
+            if let Some(want) = self.tables.get(&file)
+                && snap.files.get(&file) != Some(want)
+            {
+                problems.push(format!("{file}: bytes differ from the first good run"));
             }
         }
         for name in snap.files.keys() {

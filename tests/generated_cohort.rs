@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Clean rows of one stream by (SRCFILE, SRCLINE), each as column -> value.
+type CleanRows = HashMap<(String, i64), HashMap<String, String>>;
+
 use polars::prelude::*;
 use studyflow::generate::{DirtRates, GenerateOptions, generate};
 
@@ -164,7 +167,7 @@ struct Truth {
     /// stream -> accepted (file, line, "accepted") by site.
     accepted: BTreeMap<String, BySite>,
     /// stream -> (file, line) -> canonical values.
-    clean: BTreeMap<String, HashMap<(String, i64), HashMap<String, String>>>,
+    clean: BTreeMap<String, CleanRows>,
     /// (kind, parameter, written) -> (canonical, factor).
     vocabulary: HashMap<(String, String, String), (String, String)>,
     /// file -> (rows, accepted, rejected, collapsed, superseded).
