@@ -1,5 +1,12 @@
 //! The pipeline YAML, parsed 1:1 into types with no logic (the "spec").
 //! Every list element is parsed on its own so that all mistakes are reported together.
+//!
+//! Parsing is linear in the file's size: one pass over the parser's events finds the lines of
+//! every element of `sites`, `sources` and `stages` (the [`Outline`]), and each element is then
+//! parsed from its own lines, padded with blank lines so that every location stays that of the
+//! whole file. Where the outline cannot be trusted (anchors and aliases, directives, flow-style
+//! lists with elements, lone CR line breaks) or an element fails, the element is parsed by walking
+//! the whole document to it, which gives the same value or the same located error.
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -17,6 +24,9 @@ use crate::error::{ConfigErrors, ConfigProblem};
 pub struct PipelineSpec {
     pub path: PathBuf,
     pub text: String,
+    /// Each stage's own lines (padded to keep locations), by position in the `stages` list;
+    /// `None` where the stage is parsed from the whole document.
+    stage_texts: Vec<Option<String>>,
     pub header: HeaderSpec,
     pub sites: Vec<Spanned<SiteSpec>>,
     pub sources: Vec<Spanned<SourceSpec>>,
@@ -318,6 +328,17 @@ impl PipelineSpec {
 
     /// Parses pipeline text; `path` is used for messages and relative folders.
     pub fn parse(path: &Path, text: String) -> Result<PipelineSpec, ConfigErrors> {
+        Self::parse_with(path, text, true)
+    }
+
+    /// Parses every element by walking the whole document to it (quadratic in the file's
+    /// size). The reference the outline-based [`PipelineSpec::parse`] is tested against.
+    #[doc(hidden)]
+    pub fn parse_walking(path: &Path, text: String) -> Result<PipelineSpec, ConfigErrors> {
+        Self::parse_with(path, text, false)
+    }
+
+    fn parse_with(path: &Path, text: String, outline: bool) -> Result<PipelineSpec, ConfigErrors> {
         let mut problems = Vec::new();
         let header = match serde_saphyr::from_str::<HeaderSpec>(&text) {
             Ok(h) => Some(h),
@@ -330,16 +351,22 @@ impl PipelineSpec {
         let Some(header) = header else {
             return Err(ConfigErrors(problems));
         };
-        let sites = parse_list::<SiteSpec>(path, &text, "sites", &mut problems);
-        let sources = parse_list::<SourceSpec>(path, &text, "sources", &mut problems);
+        let outline = if outline {
+            Outline::of(&text)
+        } else {
+            Outline::default()
+        };
+        let sites = parse_list::<SiteSpec>(path, &text, &outline, "sites", &mut problems);
+        let sources = parse_list::<SourceSpec>(path, &text, &outline, "sources", &mut problems);
         let mut stages = Vec::new();
-        let count = list_len(&text, "stages");
+        let stage_texts = outline.isolated_elements(&text, "stages");
+        let count = stage_texts
+            .as_ref()
+            .map_or_else(|| list_len(&text, "stages"), Vec::len);
         for index in 0..count {
-            let seed = PathSeed::new(
-                vec![Step::Key("stages"), Step::Index(index)],
-                PhantomData::<Spanned<StageCommon>>,
-            );
-            match serde_saphyr::with_deserializer_from_str(&text, |de| seed.deserialize(de)) {
+            let own = stage_texts.as_ref().map(|t| t[index].as_str());
+            match parse_element::<Spanned<StageCommon>, _>(&text, own, "stages", index, PhantomData)
+            {
                 Ok(Some(c)) => stages.push(StageEntry {
                     index,
                     line: c.referenced.line(),
@@ -361,9 +388,14 @@ impl PipelineSpec {
                 ),
             });
         }
+        let stage_texts = match stage_texts {
+            Some(t) => t.into_iter().map(Some).collect(),
+            None => vec![None; count],
+        };
         Ok(PipelineSpec {
             path: path.to_path_buf(),
             text,
+            stage_texts,
             header,
             sites,
             sources,
@@ -377,11 +409,14 @@ impl PipelineSpec {
     where
         T: for<'de> Deserialize<'de>,
     {
-        let seed = PathSeed::new(
-            vec![Step::Key("stages"), Step::Index(index)],
+        let own = self.stage_texts.get(index).and_then(Option::as_deref);
+        match parse_element(
+            &self.text,
+            own,
+            "stages",
+            index,
             ParamsSeed::<T>(PhantomData),
-        );
-        match serde_saphyr::with_deserializer_from_str(&self.text, |de| seed.deserialize(de)) {
+        ) {
             Ok(Some(v)) => Ok(v),
             Ok(None) => Err(ConfigProblem {
                 file: self.path.clone(),
@@ -457,25 +492,222 @@ fn list_len(text: &str, key: &'static str) -> usize {
 fn parse_list<T>(
     path: &Path,
     text: &str,
+    outline: &Outline,
     key: &'static str,
     problems: &mut Vec<ConfigProblem>,
 ) -> Vec<Spanned<T>>
 where
     T: for<'de> Deserialize<'de>,
 {
+    let own = outline.isolated_elements(text, key);
+    let count = own.as_ref().map_or_else(|| list_len(text, key), Vec::len);
     let mut out = Vec::new();
-    for index in 0..list_len(text, key) {
-        let seed = PathSeed::new(
-            vec![Step::Key(key), Step::Index(index)],
-            PhantomData::<Spanned<T>>,
-        );
-        match serde_saphyr::with_deserializer_from_str(text, |de| seed.deserialize(de)) {
+    for index in 0..count {
+        let own = own.as_ref().map(|t| t[index].as_str());
+        match parse_element::<Spanned<T>, _>(text, own, key, index, PhantomData) {
             Ok(Some(v)) => out.push(v),
             Ok(None) => {}
             Err(e) => problems.push(yaml_problem(path, &e)),
         }
     }
     out
+}
+
+/// Parses element `index` of list `key` with `leaf`: from the element's own lines when the
+/// outline gave them (`own`), otherwise, or when that fails, by walking the whole document.
+fn parse_element<'a, T, S>(
+    text: &str,
+    own: Option<&str>,
+    key: &'static str,
+    index: usize,
+    leaf: S,
+) -> Result<Option<T>, serde_saphyr::Error>
+where
+    S: for<'de> DeserializeSeed<'de, Value = T> + Clone,
+{
+    if let Some(own) = own {
+        let seed = PathSeed::new(vec![Step::Index(0)], leaf.clone());
+        if let Ok(Some(v)) =
+            serde_saphyr::with_deserializer_from_str(own, |de| seed.deserialize(de))
+        {
+            return Ok(Some(v));
+        }
+    }
+    let seed = PathSeed::new(vec![Step::Key(key), Step::Index(index)], leaf);
+    serde_saphyr::with_deserializer_from_str(text, |de| seed.deserialize(de))
+}
+
+/// The lines of each element of the top-level lists, found in one pass over the parser's events.
+#[derive(Debug, Default)]
+struct Outline {
+    /// List key -> for each element, its first line and the line after its last (1-based).
+    lists: Vec<(String, Vec<std::ops::Range<usize>>)>,
+}
+
+impl Outline {
+    /// The outline of `text`, or an empty one (every element walked) where it cannot be trusted.
+    fn of(text: &str) -> Outline {
+        Self::read(text).unwrap_or_default()
+    }
+
+    fn read(text: &str) -> Option<Outline> {
+        use serde_saphyr::granit_parser::{Event, Parser, StructureStyle};
+        // Directives change how every node reads; a lone CR breaks lines the way `lines()` does not.
+        let lone_cr = text
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'\r' && w[1] != b'\n')
+            || text.ends_with('\r');
+        if lone_cr || text.lines().any(|l| l.starts_with('%')) {
+            return None;
+        }
+        let mut lists: Vec<(String, Vec<std::ops::Range<usize>>)> = Vec::new();
+        let mut depth = 0usize; // open collections
+        let mut documents = 0;
+        let mut key: Option<String> = None; // the last top-level key read
+        let mut expect_key = true; // at depth 1: next node is a key (else a value)
+        // The list being read: its key, its elements' first lines, whether it is flow style.
+        let mut current: Option<(String, Vec<usize>, bool)> = None;
+        let mut closing: Option<(String, Vec<usize>)> = None; // ended; waits for its end line
+        for item in Parser::new_from_str(text) {
+            let (event, span) = item.ok()?;
+            let line = span.start.line();
+            if let Some((name, starts)) = closing.take() {
+                // The list ends where the next top-level key starts, or with the file.
+                let end = match event {
+                    Event::MappingEnd => text.lines().count() + 1,
+                    _ => line,
+                };
+                lists.push((name, ranges(&starts, end)));
+            }
+            let node_start = matches!(
+                event,
+                Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)
+            );
+            match &event {
+                Event::Alias(_) | Event::Anchor(..) | Event::UnresolvedAlias(_) => return None,
+                Event::Scalar(_, _, anchor, _)
+                | Event::SequenceStart(_, anchor, _)
+                | Event::MappingStart(_, anchor, _)
+                    if *anchor != 0 =>
+                {
+                    return None;
+                }
+                Event::DocumentStart(..) => {
+                    documents += 1;
+                    if documents > 1 {
+                        return None;
+                    }
+                }
+                _ => {}
+            }
+            // A new element of the list being read.
+            if depth == 2 && node_start {
+                if let Some((_, starts, _)) = current.as_mut() {
+                    starts.push(line);
+                }
+            }
+            if depth == 1 && expect_key && !matches!(event, Event::Scalar(..) | Event::MappingEnd) {
+                return None; // a key that is not a plain text
+            }
+            match event {
+                Event::MappingStart(style, ..) => {
+                    if depth == 0 && style != StructureStyle::Block {
+                        return None;
+                    }
+                    if depth == 1 {
+                        expect_key = true;
+                    }
+                    depth += 1;
+                }
+                Event::SequenceStart(style, ..) => {
+                    if depth == 1 && !expect_key {
+                        let name = key.take()?;
+                        if lists.iter().any(|(n, _)| *n == name) {
+                            return None; // a key written twice
+                        }
+                        current = Some((name, Vec::new(), style == StructureStyle::Flow));
+                    }
+                    if depth == 1 {
+                        expect_key = true;
+                    }
+                    depth += 1;
+                }
+                Event::SequenceEnd | Event::MappingEnd => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 1 {
+                        match current.take() {
+                            // Flow-style elements share lines: walk to them instead.
+                            Some((_, starts, true)) if !starts.is_empty() => {}
+                            Some((name, starts, _)) => closing = Some((name, starts)),
+                            None => {}
+                        }
+                    }
+                }
+                Event::Scalar(value, ..) if depth == 1 => {
+                    if expect_key {
+                        key = Some(value.into_owned());
+                        expect_key = false;
+                    } else {
+                        expect_key = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Every element must begin on its own `- ` line.
+        let lines: Vec<&str> = text.lines().collect();
+        for (_, elements) in &lists {
+            for r in elements {
+                let first = lines.get(r.start.checked_sub(1)?)?;
+                if !first.trim_start().starts_with('-') || r.start >= r.end {
+                    return None;
+                }
+            }
+        }
+        Some(Outline { lists })
+    }
+
+    /// Each element of list `key` as a document of its own: its lines, after the lines before
+    /// it turned into comments (same characters and bytes, so every location and offset is that
+    /// of the whole file). `None` when the outline does not know the list.
+    fn isolated_elements(&self, text: &str, key: &str) -> Option<Vec<String>> {
+        let (_, ranges) = self.lists.iter().find(|(n, _)| n == key)?;
+        let mut starts = vec![0usize];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let at = |line: usize| starts.get(line - 1).copied().unwrap_or(text.len());
+        let mut commented = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            match line.as_bytes().first() {
+                Some(b'\n' | b'\r') | None => commented.push_str(line),
+                Some(b) if b.is_ascii() => {
+                    commented.push('#');
+                    commented.push_str(&line[1..]);
+                }
+                Some(_) => return None,
+            }
+        }
+        Some(
+            ranges
+                .iter()
+                .map(|r| {
+                    let mut own = String::with_capacity(at(r.end));
+                    own.push_str(&commented[..at(r.start)]);
+                    own.push_str(&text[at(r.start)..at(r.end)]);
+                    own
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Element line ranges from their first lines and the line after the last element.
+fn ranges(starts: &[usize], end: usize) -> Vec<std::ops::Range<usize>> {
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| s..starts.get(i + 1).copied().unwrap_or(end))
+        .collect()
 }
 
 /// One step of a path into the YAML document.
@@ -628,6 +860,12 @@ impl<'de> Deserialize<'de> for KeyOrOther {
 /// Deserializes a stage mapping as `T`, leaving out the common stage keys.
 struct ParamsSeed<T>(PhantomData<T>);
 
+impl<T> Clone for ParamsSeed<T> {
+    fn clone(&self) -> Self {
+        ParamsSeed(PhantomData)
+    }
+}
+
 impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for ParamsSeed<T> {
     type Value = T;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
@@ -716,5 +954,91 @@ mod tests {
         let yaml = "pipeline: t\nstagez: []\nstages:\n  - name: s\n    kind: sql\n";
         let err = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap_err();
         assert_eq!(err.0[0].line, 2, "{err}");
+    }
+
+    fn outlined(yaml: &str) -> Option<Vec<(String, Vec<std::ops::Range<usize>>)>> {
+        Outline::read(yaml).map(|o| o.lists)
+    }
+
+    /// Both parses of `yaml`, rendered: values, locations, problems, parameters of stage 0.
+    fn both(yaml: &str) -> (String, String) {
+        let render = |r: Result<PipelineSpec, ConfigErrors>| match r {
+            Ok(s) => format!(
+                "{:?}{:?}{:?}{:?}{:?}",
+                s.sites,
+                s.sources,
+                s.stages,
+                s.problems,
+                s.stage_params::<P>(0).map_err(|e| e.to_string())
+            ),
+            Err(e) => format!("{e:?}"),
+        };
+        (
+            render(PipelineSpec::parse(Path::new("p.yaml"), yaml.into())),
+            render(PipelineSpec::parse_walking(
+                Path::new("p.yaml"),
+                yaml.into(),
+            )),
+        )
+    }
+
+    #[test]
+    fn outline_finds_each_element_by_its_lines() {
+        let lists = outlined(YAML).unwrap();
+        assert_eq!(
+            lists[0],
+            ("sites".to_string(), vec![]),
+            "an empty flow list"
+        );
+        assert_eq!(lists[2], ("stages".to_string(), vec![5..9, 9..13]));
+        // A comment between elements, an element at the end without a final line break, the
+        // list at the key's own indentation.
+        let yaml = "pipeline: t\nstages:\n- name: a\n  kind: dedupe\n  key: [s]\n# next\n- name: b\n  kind: dedupe\n  key: [t]";
+        assert_eq!(outlined(yaml).unwrap()[0].1, vec![3..7, 7..10]);
+        // Text before the element that is not ASCII keeps its offsets.
+        let yaml = "pipeline: t\ndescription: |\n  dose in µg\nstages:\n- name: a\n  kind: dedupe\n  key: [s]\n";
+        let (fast, walked) = both(yaml);
+        assert_eq!(fast, walked);
+        let (fast, walked) = both(yaml);
+        assert_eq!(fast, walked);
+    }
+
+    #[test]
+    fn outline_is_not_trusted_where_elements_share_state_or_lines() {
+        // Anchors and aliases reach across elements.
+        let anchors = "pipeline: t\nstages:\n  - &a {name: a, kind: dedupe, key: [s]}\n  - *a\n";
+        assert!(outlined(anchors).is_none());
+        // Directives apply to the whole document.
+        assert!(outlined("%YAML 1.2\n---\npipeline: t\nstages: []\n").is_none());
+        // A flow-style list with elements: walked, not outlined.
+        let flow = "pipeline: t\nstages: [{name: a, kind: dedupe, key: [s]}]\n";
+        assert!(outlined(flow).unwrap().is_empty());
+        assert!(
+            Outline::of(flow)
+                .isolated_elements(flow, "stages")
+                .is_none()
+        );
+        // A `-` on a line of its own: the element starts on the next line.
+        let dash = "pipeline: t\nstages:\n  -\n    name: a\n    kind: dedupe\n    key: [s]\n";
+        assert!(outlined(dash).is_none());
+        // Lone CR line breaks.
+        assert!(outlined("pipeline: t\rstages: []\r").is_none());
+        for yaml in [anchors, flow, dash] {
+            let (fast, walked) = both(yaml);
+            assert_eq!(fast, walked, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn outlined_and_walked_parses_agree_on_errors_and_locations() {
+        for yaml in [
+            YAML,
+            "pipeline: t\nstages:\n  - name: a\n    kind: dedupe\n    key: nope\n",
+            "pipeline: t\r\nstages:\r\n  - name: a\r\n    kind: dedupe\r\n    key: [s]\r\n",
+            "pipeline: t\nsites:\n  - name: a\n    colour: red\n    dialect: {}\nstages:\n  - kind: x\n",
+        ] {
+            let (fast, walked) = both(yaml);
+            assert_eq!(fast, walked, "{yaml}");
+        }
     }
 }
