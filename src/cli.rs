@@ -133,6 +133,9 @@ pub enum Command {
         /// How many rows to show.
         #[arg(long, default_value_t = 10)]
         rows: usize,
+        /// Show the values of identifying columns (withheld by default).
+        #[arg(long)]
+        show_identifying: bool,
     },
 }
 
@@ -262,6 +265,7 @@ pub fn main() -> anyhow::Result<ExitCode> {
             pipeline,
             out,
             rows,
+            show_identifying,
         } => {
             let path = if table.ends_with(".parquet") || Path::new(&table).is_file() {
                 PathBuf::from(&table)
@@ -276,7 +280,10 @@ pub fn main() -> anyhow::Result<ExitCode> {
                 })?;
                 current.join(format!("{table}.parquet"))
             };
-            print!("{}", crate::inspect::describe(&path, rows)?);
+            print!(
+                "{}",
+                crate::inspect::describe(&path, rows, show_identifying)?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -30,17 +30,52 @@ pub fn read_table(path: &Path) -> anyhow::Result<DataFrame> {
     Ok(ParquetReader::new(file).finish()?)
 }
 
-/// The text `inspect` prints.
-pub fn describe(path: &Path, rows: usize) -> anyhow::Result<String> {
+/// The text `inspect` prints. Values of the columns the footer names as identifying are shown
+/// as `<withheld>` unless `show_identifying`.
+pub fn describe(path: &Path, rows: usize, show_identifying: bool) -> anyhow::Result<String> {
     let df = read_table(path)?;
+    let meta = footer_metadata(path)?;
     let mut s = format!("{}\nrows: {}\ncolumns:\n", path.display(), df.height());
     for (name, dtype) in df.schema().iter() {
         s.push_str(&format!("  {name}: {dtype}\n"));
     }
     s.push_str("provenance:\n");
-    for (k, v) in footer_metadata(path)? {
+    for (k, v) in &meta {
         s.push_str(&format!("  {k}: {v}\n"));
     }
-    s.push_str(&format!("{}\n", df.head(Some(rows))));
+    let identifying: Vec<&str> = meta
+        .iter()
+        .filter(|(k, _)| k == crate::publish::IDENTIFYING_KEY)
+        .flat_map(|(_, v)| v.split(','))
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut head = df.head(Some(rows));
+    if !identifying.is_empty() && !show_identifying {
+        s.push_str(&format!(
+            "identifying columns, values withheld (--show-identifying shows them): {}\n",
+            identifying.join(", ")
+        ));
+        head = withhold(head, &identifying)?;
+    }
+    s.push_str(&format!("{head}\n"));
     Ok(s)
+}
+
+/// Replaces every present value of `columns` by `<withheld>` (missing values stay missing).
+fn withhold(df: DataFrame, columns: &[&str]) -> anyhow::Result<DataFrame> {
+    let present: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|c| df.schema().contains(c))
+        .collect();
+    let masks: Vec<Expr> = present
+        .iter()
+        .map(|c| {
+            when(col(*c).is_null())
+                .then(lit(NULL).cast(DataType::String))
+                .otherwise(lit("<withheld>"))
+                .alias(*c)
+        })
+        .collect();
+    Ok(df.lazy().with_columns(masks).collect()?)
 }

@@ -17,11 +17,23 @@ pub struct Provenance {
     pub table: String,
     pub stage_fingerprint: String,
     pub engine_version: String,
+    /// The pipeline's identifying columns; those in a table are named in its footer, so that
+    /// readers such as `inspect` withhold them.
+    pub identifying: Vec<String>,
 }
 
+/// Footer key naming a table's identifying columns (comma-separated).
+pub const IDENTIFYING_KEY: &str = "studyflow.identifying";
+
 impl Provenance {
-    fn pairs(&self) -> Vec<(String, String)> {
-        vec![
+    fn pairs(&self, df: &DataFrame) -> Vec<(String, String)> {
+        let identifying: Vec<&str> = self
+            .identifying
+            .iter()
+            .map(String::as_str)
+            .filter(|c| df.schema().contains(c))
+            .collect();
+        let mut pairs = vec![
             ("studyflow.pipeline".into(), self.pipeline.clone()),
             ("studyflow.pipeline_hash".into(), self.pipeline_hash.clone()),
             ("studyflow.table".into(), self.table.clone()),
@@ -33,7 +45,11 @@ impl Provenance {
                 "studyflow.engine_version".into(),
                 self.engine_version.clone(),
             ),
-        ]
+        ];
+        if !identifying.is_empty() {
+            pairs.push((IDENTIFYING_KEY.into(), identifying.join(",")));
+        }
+        pairs
     }
 }
 
@@ -114,10 +130,11 @@ pub fn write_parquet(
 ) -> Result<(u64, String), RunError> {
     let tmp = tmp_name(path);
     let mut file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    let pairs = prov.pairs(df);
     ParquetWriter::new(&mut file)
         .with_compression(ParquetCompression::Zstd(None))
         .with_statistics(StatisticsOptions::full())
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(prov.pairs())))
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
         .finish(df)
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
     file.sync_all().map_err(|e| RunError::io(&tmp, e))?;

@@ -284,6 +284,7 @@ fn finish(
         table: table.to_string(),
         stage_fingerprint: fp.to_string(),
         engine_version: crate::ENGINE_VERSION.to_string(),
+        identifying: plan.spec.header.identifying.clone(),
     };
     let rejects_of = || -> anyhow::Result<DataFrame> {
         let parts = (0..n)

@@ -111,3 +111,40 @@ fn a_key_holding_an_identifying_column_is_withheld_from_reject_limit_examples() 
     assert!(err.contains("<withheld>"), "{err}");
     assert_withheld(&err, &["2004-03-03"]);
 }
+
+#[test]
+fn inspect_withholds_identifying_columns_unless_asked() {
+    let w = Workdir::from_fixture("two_sites");
+    assert_exit(&w.run_pipeline(), 0);
+    let path = w.path("out/current/subjects.parquet");
+    let meta = studyflow::inspect::footer_metadata(&path).unwrap();
+    assert!(
+        meta.contains(&("studyflow.identifying".into(), "birth_date".into())),
+        "{meta:?}"
+    );
+    // Birth dates of the fixture's accepted subjects.
+    let dates = ["2005-04-12", "2008-11-30"];
+    for args in [
+        vec!["inspect", "subjects", "--pipeline", "pipeline.yaml"],
+        vec!["inspect", path.to_str().unwrap()],
+    ] {
+        let o = w.run(&args);
+        assert_exit(&o, 0);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("<withheld>"), "{out}");
+        assert_withheld(&out, &dates);
+    }
+    let o = w.run(&[
+        "inspect",
+        "subjects",
+        "--pipeline",
+        "pipeline.yaml",
+        "--show-identifying",
+    ]);
+    assert_exit(&o, 0);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(dates.iter().all(|d| out.contains(d)), "{out}");
+    // A table without identifying columns says nothing about them.
+    let o = w.run(&["inspect", "visits", "--pipeline", "pipeline.yaml"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("withheld"));
+}
