@@ -79,11 +79,12 @@ pub enum DataError {
 pub enum RunError {
     #[error("output folder {dir} is locked by another studyflow run ({holder})")]
     Locked { dir: PathBuf, holder: String },
-    #[error("I/O error on {path}: {source}")]
+    // The cause is part of the message, not a source as well: messages are printed with
+    // their chain (`{:#}`), which would name it twice.
+    #[error("I/O error on {path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Internal(String),
@@ -95,7 +96,7 @@ impl RunError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RunError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }
@@ -128,5 +129,22 @@ pub fn exit_kind(err: &anyhow::Error) -> ExitKind {
 impl From<polars::error::PolarsError> for RunError {
     fn from(e: polars::error::PolarsError) -> Self {
         RunError::Internal(format!("polars: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod io_message_tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_its_cause_once() {
+        let e = anyhow::Error::from(RunError::io(
+            "/out/runs/x",
+            std::io::Error::from_raw_os_error(28),
+        ));
+        let text = format!("{e:#}");
+        assert_eq!(text.matches("No space left on device").count(), 1, "{text}");
+        assert!(text.starts_with("I/O error on /out/runs/x: "), "{text}");
+        assert_eq!(exit_kind(&e), ExitKind::Internal);
     }
 }

@@ -169,6 +169,17 @@ fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Removes the temporary files a failed write left in `dir` (best effort), so a failed run's
+/// folder holds only finished files.
+pub fn remove_temporaries(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Points `out_dir/current` at `runs/<run_id>` in one atomic rename.
 pub fn switch_current(out_dir: &Path, run_id: &str) -> Result<(), RunError> {
     let link = out_dir.join("current");

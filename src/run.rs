@@ -176,6 +176,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         }
         Err(e) => {
             let failed = runs.join(format!("{run_id}.failed"));
+            publish::remove_temporaries(&partial);
             if std::fs::rename(&partial, &failed).is_ok() && e.is::<DataError>() {
                 log.warn(&format!(
                     "nothing was published; the failed run's rejects are in {}",

@@ -438,8 +438,24 @@ fn a_full_disk_fails_cleanly_and_the_next_run_recovers() {
     let o = w.run_pipeline();
     assert_exit(&o, 3);
     let err = stderr(&o);
-    assert!(err.contains("No space left on device"), "{err}");
+    let error = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert_eq!(error.matches("No space left on device").count(), 1, "{err}");
     assert_eq!(published(&w), before, "the published run is untouched");
+    // The failed run's folder keeps what it finished, not the half-written files.
+    for run in std::fs::read_dir(out.join("runs")).unwrap().flatten() {
+        for f in std::fs::read_dir(run.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.contains(".tmp-"),
+                "{} left in {}",
+                name,
+                run.path().display()
+            );
+        }
+    }
 
     std::fs::remove_file(&filler).unwrap();
     let o = w.run_pipeline();
