@@ -360,9 +360,11 @@ impl PipelineSpec {
         let sources = parse_list::<SourceSpec>(path, &text, &outline, "sources", &mut problems);
         let mut stages = Vec::new();
         let stage_texts = outline.isolated_elements(&text, "stages");
-        let count = stage_texts
-            .as_ref()
-            .map_or_else(|| list_len(&text, "stages"), Vec::len);
+        let counted = match &stage_texts {
+            Some(t) => Some(t.len()),
+            None => list_len(path, &text, "stages", &mut problems),
+        };
+        let count = counted.unwrap_or(0);
         for index in 0..count {
             let own = stage_texts.as_ref().map(|t| t[index].as_str());
             match parse_element::<Spanned<StageCommon>, _>(&text, own, "stages", index, PhantomData)
@@ -377,7 +379,8 @@ impl PipelineSpec {
                 Err(e) => problems.push(yaml_problem(path, &e)),
             }
         }
-        if stages.is_empty() && count == 0 {
+        // (A walk that failed to count the stages has said so already.)
+        if stages.is_empty() && counted == Some(0) {
             problems.push(ConfigProblem {
                 file: path.to_path_buf(),
                 line: 1,
@@ -480,13 +483,26 @@ fn hint_for(rendered: &str) -> Option<String> {
     }
 }
 
-fn list_len(text: &str, key: &'static str) -> usize {
+/// The number of elements of list `key`, found by walking the document. A walk that fails
+/// (serde's skipping reads plain scalars as numbers, so `1e999` in a text field stops it) is
+/// reported, not taken for an empty list.
+fn list_len(
+    path: &Path,
+    text: &str,
+    key: &'static str,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<usize> {
     let seed = PathSeed::new(vec![Step::Key(key)], PhantomData::<Vec<IgnoredAny>>);
-    serde_saphyr::with_deserializer_from_str(text, |de| seed.deserialize(de))
-        .ok()
-        .flatten()
-        .map(|v| v.len())
-        .unwrap_or(0)
+    match serde_saphyr::with_deserializer_from_str(text, |de| seed.deserialize(de)) {
+        Ok(v) => Some(v.map_or(0, |v| v.len())),
+        Err(e) => {
+            let p = yaml_problem(path, &e);
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+            None
+        }
+    }
 }
 
 fn parse_list<T>(
@@ -500,7 +516,10 @@ where
     T: for<'de> Deserialize<'de>,
 {
     let own = outline.isolated_elements(text, key);
-    let count = own.as_ref().map_or_else(|| list_len(text, key), Vec::len);
+    let count = match &own {
+        Some(t) => t.len(),
+        None => list_len(path, text, key, problems).unwrap_or(0),
+    };
     let mut out = Vec::new();
     for index in 0..count {
         let own = own.as_ref().map(|t| t[index].as_str());
@@ -540,8 +559,12 @@ where
 /// The lines of each element of the top-level lists, found in one pass over the parser's events.
 #[derive(Debug, Default)]
 struct Outline {
+    /// Whether the file could be outlined at all.
+    trusted: bool,
     /// List key -> for each element, its first line and the line after its last (1-based).
     lists: Vec<(String, Vec<std::ops::Range<usize>>)>,
+    /// Lists written in flow style with elements, which share lines: walked to.
+    walk: Vec<String>,
 }
 
 impl Outline {
@@ -569,6 +592,7 @@ impl Outline {
         // The list being read: its key, its elements' first lines, whether it is flow style.
         let mut current: Option<(String, Vec<usize>, bool)> = None;
         let mut closing: Option<(String, Vec<usize>)> = None; // ended; waits for its end line
+        let mut walk = Vec::new();
         for item in Parser::new_from_str(text) {
             let (event, span) = item.ok()?;
             let line = span.start.line();
@@ -602,10 +626,11 @@ impl Outline {
                 _ => {}
             }
             // A new element of the list being read.
-            if depth == 2 && node_start {
-                if let Some((_, starts, _)) = current.as_mut() {
-                    starts.push(line);
-                }
+            if depth == 2
+                && node_start
+                && let Some((_, starts, _)) = current.as_mut()
+            {
+                starts.push(line);
             }
             if depth == 1 && expect_key && !matches!(event, Event::Scalar(..) | Event::MappingEnd) {
                 return None; // a key that is not a plain text
@@ -623,7 +648,7 @@ impl Outline {
                 Event::SequenceStart(style, ..) => {
                     if depth == 1 && !expect_key {
                         let name = key.take()?;
-                        if lists.iter().any(|(n, _)| *n == name) {
+                        if lists.iter().any(|(n, _)| *n == name) || walk.contains(&name) {
                             return None; // a key written twice
                         }
                         current = Some((name, Vec::new(), style == StructureStyle::Flow));
@@ -638,7 +663,7 @@ impl Outline {
                     if depth == 1 {
                         match current.take() {
                             // Flow-style elements share lines: walk to them instead.
-                            Some((_, starts, true)) if !starts.is_empty() => {}
+                            Some((name, starts, true)) if !starts.is_empty() => walk.push(name),
                             Some((name, starts, _)) => closing = Some((name, starts)),
                             None => {}
                         }
@@ -665,14 +690,24 @@ impl Outline {
                 }
             }
         }
-        Some(Outline { lists })
+        Some(Outline {
+            trusted: true,
+            lists,
+            walk,
+        })
     }
 
     /// Each element of list `key` as a document of its own: its lines, after the lines before
     /// it turned into comments (same characters and bytes, so every location and offset is that
     /// of the whole file). `None` when the outline does not know the list.
     fn isolated_elements(&self, text: &str, key: &str) -> Option<Vec<String>> {
-        let (_, ranges) = self.lists.iter().find(|(n, _)| n == key)?;
+        if !self.trusted || self.walk.iter().any(|n| n == key) {
+            return None;
+        }
+        // A list the file does not have is empty.
+        let Some((_, ranges)) = self.lists.iter().find(|(n, _)| n == key) else {
+            return Some(Vec::new());
+        };
         let mut starts = vec![0usize];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         let at = |line: usize| starts.get(line - 1).copied().unwrap_or(text.len());
@@ -1040,5 +1075,29 @@ mod tests {
             let (fast, walked) = both(yaml);
             assert_eq!(fast, walked, "{yaml}");
         }
+    }
+
+    #[test]
+    fn a_failed_walk_is_reported_not_taken_for_an_empty_list() {
+        // Anchors send the parse down the walking path; `1e999` stops serde's skipping.
+        let yaml =
+            "pipeline: t\ndata_dir: 1e999\nstages:\n  - &a {name: a, kind: dedupe, key: [s]}\n";
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        assert_eq!(spec.header.data_dir.as_deref(), Some("1e999"));
+        assert_eq!(spec.problems.len(), 1, "{:?}", spec.problems);
+        assert_eq!((spec.problems[0].line, spec.problems[0].column), (2, 11));
+        assert!(
+            spec.problems[0].message.contains("1e999"),
+            "{:?}",
+            spec.problems
+        );
+        // Without anchors the outline parses it.
+        let yaml = "pipeline: t\ndata_dir: 1e999\nstages:\n  - {name: a, kind: dedupe, key: [s]}\n";
+        let spec = PipelineSpec::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        assert!(
+            spec.problems.is_empty() && spec.stages.len() == 1,
+            "{:?}",
+            spec.problems
+        );
     }
 }
