@@ -473,6 +473,20 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_kind_after_a_broken_stage_is_located_at_its_own_line() {
+        // The first stage fails to parse, so the second is the first in `spec.stages`.
+        let err = plan("pipeline: t\nstages:\n  - {name: a, kind: sql, inputs: 3}\n  - {name: b, kind: sqll}\n")
+            .unwrap_err();
+        let unknown: Vec<_> = err
+            .0
+            .iter()
+            .filter(|p| p.message.contains("unknown stage kind"))
+            .collect();
+        assert_eq!(unknown.len(), 1, "{err}");
+        assert_eq!(unknown[0].line, 4, "{err}");
+    }
+
+    #[test]
     fn orders_stages_from_their_inputs() {
         let p = plan("pipeline: t\nstages:\n  - {name: c, kind: sql, inputs: [b], query: SELECT 1}\n  - {name: a, kind: sql, query: SELECT 1}\n  - {name: b, kind: sql, inputs: [a], query: SELECT 1}\n").unwrap();
         let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();

@@ -204,7 +204,17 @@ impl Kind {
             "baseline" => Kind::Baseline(spec.stage_params(index)?),
             "assign_phase" => Kind::AssignPhase(spec.stage_params(index)?),
             other => {
-                let entry = &spec.stages[index];
+                // `index` is the stage's place in the YAML list; stages that failed to parse
+                // are not in `spec.stages`.
+                let Some(entry) = spec.stages.iter().find(|e| e.index == index) else {
+                    return Err(ConfigProblem {
+                        file: spec.path.clone(),
+                        line: 0,
+                        column: 0,
+                        message: format!("unknown stage kind `{other}`"),
+                        hint: None,
+                    });
+                };
                 let closest = crate::closest(other, KIND_NAMES.iter().copied());
                 return Err(ConfigProblem {
                     file: spec.path.clone(),
