@@ -36,7 +36,7 @@ crashtest: toolchain
 	STUDYFLOW_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(CARGO) test --locked --test tests crash:: -- --nocapture
 
 # Property-based fuzzing of the CSV reader, the dialect and the YAML spec, FUZZ_SECONDS per target.
-FUZZ_SECONDS ?= 120
+FUZZ_SECONDS ?= 600
 fuzz: toolchain
 	STUDYFLOW_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --test tests fuzz_ -- --nocapture --test-threads 1
 
