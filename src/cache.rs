@@ -47,6 +47,11 @@ pub struct StageSummary {
     pub files: Vec<FileRead>,
     pub has_rejects: bool,
     pub has_dropped: bool,
+    /// Names the table's content for the stages that read it: the fingerprint of the stage run
+    /// that first made this very table. A stage that runs again and makes the same table keeps
+    /// that name, so the stages after it are reused (early cutoff). `None`: its fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// A cached stage output.

@@ -25,6 +25,10 @@ use crate::stages::{Inputs, Kind, StageCtx};
 /// A stage's outcome in this run; its frames are loaded from the cache only when needed.
 pub(crate) struct Slot {
     pub(crate) fingerprint: String,
+    /// Where its output is cached (see `Decision::key`).
+    pub(crate) key: String,
+    /// What the stages that read it see of its output (see [`StageSummary::content`]).
+    pub(crate) content: String,
     pub(crate) recipe: Recipe,
     pub(crate) summary: StageSummary,
     /// Where its output is cached (`None` when the cache could not be written).
@@ -195,6 +199,14 @@ impl Engine<'_> {
             .collect()
     }
 
+    fn input_contents(&self, id: usize) -> anyhow::Result<Vec<Option<String>>> {
+        self.plan.stages[id]
+            .input_ids
+            .iter()
+            .map(|&j| Ok(Some(self.slot(j)?.content.clone())))
+            .collect()
+    }
+
     /// Decides stage `id` and runs it, or takes its cached output.
     fn stage(&self, id: usize) -> anyhow::Result<Slot> {
         let t0 = Instant::now();
@@ -203,10 +215,15 @@ impl Engine<'_> {
         if let Kind::Ingest(ing) = &s.kind {
             return self.ingest_stage(id, ing, recipe, t0);
         }
-        let d = self.judge.decide(id, recipe, true, Vec::new());
+        let d = self
+            .judge
+            .decide(id, recipe, true, Vec::new(), &self.input_contents(id)?);
         let fingerprint = d.fingerprint.clone().unwrap_or_default();
+        let key = d.key.clone().unwrap_or_default();
         if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
             return Ok(Slot {
+                content: entry.summary.content.clone().unwrap_or(key.clone()),
+                key,
                 fingerprint,
                 recipe: d.recipe,
                 summary: entry.summary.clone(),
@@ -220,21 +237,52 @@ impl Engine<'_> {
                 files: None,
             });
         }
-        let (frames, summary) = self.compute(id)?;
-        self.store(id, &fingerprint, Some(&frames), &summary, Vec::new());
+        let (frames, mut summary) = self.compute(id)?;
+        let mut reasons = d.reasons;
+        let content = match self.unchanged_output(id, &frames.table) {
+            Some(content) => {
+                reasons.push("output unchanged, so the stages reading it need not run".into());
+                content
+            }
+            None => key.clone(),
+        };
+        summary.content = Some(content.clone());
+        self.store(id, &key, Some(&frames), &summary, Vec::new());
         Ok(Slot {
             fingerprint,
+            key,
+            content,
             recipe: d.recipe,
             summary,
             entry: None,
             frames: Mutex::new(Some(Arc::new(frames))),
             state: Mutex::new(SlotState {
                 status: "ran",
-                reasons: d.reasons,
+                reasons,
                 seconds: t0.elapsed().as_secs_f64(),
             }),
             files: None,
         })
+    }
+
+    /// When stage `id` ran again and made exactly the table of the last published run, the
+    /// name of that table's content ([`StageSummary::content`]); the stages reading it then
+    /// see an unchanged input. Only asked where some stage reads the table, and only of an
+    /// earlier output whose cache entry is intact (its parts' hashes are checked on reading).
+    fn unchanged_output(&self, id: usize, table: &DataFrame) -> Option<String> {
+        if self.plan.consumers(id).is_empty() || self.judge.selection.forces(id).is_some() {
+            return None;
+        }
+        let before = self.judge.previous?.stage(&self.plan.stages[id].name)?;
+        let crate::cache::Lookup::Found(entry) = self.cache.stage_entry(before.key()) else {
+            return None;
+        };
+        if entry.summary.rows != table.height() as u64 {
+            return None;
+        }
+        let old = self.cache.load_stage_part(&entry, "table").ok()??;
+        let same = old.schema() == table.schema() && old.equals_missing(table);
+        same.then(|| entry.summary.content.clone().unwrap_or(entry.fingerprint))
     }
 
     /// Runs a (non-ingest) stage on its inputs.
@@ -339,10 +387,12 @@ impl Engine<'_> {
         }
         let n_parsed = parsed.iter().filter(|p| p.is_some()).count() as u64;
         let files = Some((n_parsed, states.len() as u64 - n_parsed));
-        let d = self.judge.decide(id, recipe, true, notes);
+        let d = self.judge.decide(id, recipe, true, notes, &[]);
         let fingerprint = d.fingerprint.clone().unwrap_or_default();
         if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
             return Ok(Slot {
+                content: entry.summary.content.clone().unwrap_or(fingerprint.clone()),
+                key: fingerprint.clone(),
                 fingerprint,
                 recipe: d.recipe,
                 summary: entry.summary.clone(),
@@ -356,9 +406,13 @@ impl Engine<'_> {
                 files: Some((0, states.len() as u64)),
             });
         }
+        // An ingest's table names its files, so a changed file always changes it: no
+        // comparison with the earlier output.
         let (frames, summary) = self.ingest_frames(id, &parser, &src, &states, parsed)?;
         self.store(id, &fingerprint, None, &summary, file_keys);
         Ok(Slot {
+            content: fingerprint.clone(),
+            key: fingerprint.clone(),
             fingerprint,
             recipe: d.recipe,
             summary,
@@ -494,8 +548,9 @@ impl Engine<'_> {
                     "cached output of `{}` unusable ({why}); running it again",
                     s.name
                 ));
-                let (frames, summary) = self.compute(id)?;
-                self.store(id, &slot.fingerprint, Some(&frames), &summary, Vec::new());
+                let (frames, mut summary) = self.compute(id)?;
+                summary.content = Some(slot.content.clone());
+                self.store(id, &slot.key, Some(&frames), &summary, Vec::new());
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.status = "ran";
                 st.reasons.push(format!("cached output unusable ({why})"));

@@ -54,6 +54,10 @@ pub struct StageRecord {
     pub kind: String,
     pub inputs: Vec<String>,
     pub fingerprint: String,
+    /// Where its output is cached: the fingerprint with its inputs named by content (see
+    /// `Decision::key`); absent when it equals `fingerprint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
     /// `ran` or `reused` (its output came from the cache).
     pub status: String,
     /// Why it ran or was reused ("file nih/diary_2017-07-31.csv changed", "up to date").
@@ -131,6 +135,13 @@ impl Manifest {
     /// The record of stage `name`.
     pub fn stage(&self, name: &str) -> Option<&StageRecord> {
         self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+impl StageRecord {
+    /// The cache entry of the stage's output.
+    pub fn key(&self) -> &str {
+        self.cache_key.as_deref().unwrap_or(&self.fingerprint)
     }
 }
 

@@ -91,6 +91,12 @@ pub struct Decision {
     pub recipe: Recipe,
     /// `None` when it cannot be known before running (an ingest with files to parse).
     pub fingerprint: Option<String>,
+    /// Where the output is cached: the fingerprint of the recipe with each input named by its
+    /// content rather than its fingerprint. An input that ran again and made the very table
+    /// it made before keeps its content's name, so this key, and the cached output, stay
+    /// (early cutoff); the fingerprint, which the published tables carry, does not depend on
+    /// what was cached. Equal to the fingerprint when no input was cut off.
+    pub key: Option<String>,
     /// The cached output, when reused.
     pub entry: Option<StageEntry>,
 }
@@ -230,17 +236,30 @@ impl Judge<'_> {
     }
 
     /// Decides stage `id` from its recipe. `complete` is false when some file's part of the
-    /// recipe is unknown (not parsed yet); `notes` are extra reasons (unusable cached files).
+    /// recipe is unknown (not parsed yet); `notes` are extra reasons (unusable cached files);
+    /// `contents` names each input's content (see [`Decision::key`]).
     pub fn decide(
         &self,
         id: usize,
         recipe: Recipe,
         complete: bool,
         notes: Vec<String>,
+        contents: &[Option<String>],
     ) -> Decision {
         let name = &self.plan.stages[id].name;
         let fingerprint = (complete && recipe.inputs.iter().all(|i| i.fingerprint.is_some()))
             .then(|| recipe.fingerprint());
+        let key = fingerprint.as_ref().and_then(|fp| {
+            let mut keyed = recipe.clone();
+            for (input, content) in keyed.inputs.iter_mut().zip(contents) {
+                input.fingerprint = Some(content.clone()?);
+            }
+            Some(if keyed.inputs == recipe.inputs {
+                fp.clone()
+            } else {
+                keyed.fingerprint()
+            })
+        });
         let before = self.previous.and_then(|m| m.stage(name));
         let changes = || -> Vec<String> {
             match (
@@ -259,12 +278,13 @@ impl Judge<'_> {
             reasons,
             recipe: recipe.clone(),
             fingerprint: fingerprint.clone(),
+            key: key.clone(),
             entry,
         };
         if let Some(why) = self.selection.forces(id) {
             return run(vec![why.to_string()], None);
         }
-        let Some(fp) = &fingerprint else {
+        let (Some(fp), Some(k)) = (&fingerprint, &key) else {
             let mut reasons = changes();
             reasons.extend(notes);
             if reasons.is_empty() {
@@ -272,18 +292,35 @@ impl Judge<'_> {
             }
             return run(reasons, None);
         };
-        match self.cache.stage_entry(fp) {
+        match self.cache.stage_entry(k) {
             Lookup::Found(e) => {
                 let reason = if before.is_some_and(|b| &b.fingerprint == fp) {
-                    "up to date"
+                    "up to date".to_string()
+                } else if before.is_some_and(|b| b.key() == k) {
+                    let rerun: Vec<String> = recipe
+                        .inputs
+                        .iter()
+                        .zip(contents)
+                        .filter(|(i, c)| i.fingerprint != **c)
+                        .map(|(i, _)| format!("`{}`", i.name))
+                        .collect();
+                    if rerun.is_empty() {
+                        "up to date".to_string()
+                    } else {
+                        format!(
+                            "up to date: the tables of inputs {} are unchanged",
+                            rerun.join(", ")
+                        )
+                    }
                 } else {
-                    "same recipe as a cached earlier run"
+                    "same recipe as a cached earlier run".to_string()
                 };
                 Decision {
                     action: Action::Reuse,
-                    reasons: vec![reason.into()],
+                    reasons: vec![reason],
                     recipe,
                     fingerprint,
+                    key,
                     entry: Some(e),
                 }
             }
@@ -316,9 +353,14 @@ pub struct PlanLine {
 pub fn preview(judge: &Judge, sources: &[ResolvedSource]) -> anyhow::Result<Vec<PlanLine>> {
     let plan = judge.plan;
     let mut fps: Vec<Option<String>> = vec![None; plan.stages.len()];
+    // What the stages reading each stage see of its output: known when it is reused. A stage
+    // that runs may make the same table again, which `plan` cannot know; the run checks.
+    let mut contents: Vec<Option<String>> = vec![None; plan.stages.len()];
     let mut out = Vec::new();
     for (id, s) in plan.stages.iter().enumerate() {
         let input_fps: Vec<Option<String>> = s.input_ids.iter().map(|&j| fps[j].clone()).collect();
+        let input_contents: Vec<Option<String>> =
+            s.input_ids.iter().map(|&j| contents[j].clone()).collect();
         let mut recipe = judge.recipe(id, &input_fps);
         let mut complete = true;
         let mut notes = Vec::new();
@@ -349,8 +391,12 @@ pub fn preview(judge: &Judge, sources: &[ResolvedSource]) -> anyhow::Result<Vec<
             }
             files = Some((to_parse, states.len()));
         }
-        let decision = judge.decide(id, recipe, complete, notes);
+        let decision = judge.decide(id, recipe, complete, notes, &input_contents);
         fps[id] = decision.fingerprint.clone();
+        contents[id] = match (&decision.entry, decision.action) {
+            (Some(e), Action::Reuse) => e.summary.content.clone().or(decision.key.clone()),
+            _ => None,
+        };
         out.push(PlanLine {
             stage: id,
             decision,

@@ -58,6 +58,7 @@ pub fn summarize(
         _ => (BTreeMap::new(), BTreeMap::new()),
     };
     Ok(StageSummary {
+        content: None,
         rows: table.height() as u64,
         rejected: rejects.map(|r| r.height() as u64).unwrap_or(0),
         set_aside: dropped.map(|d| d.height() as u64).unwrap_or(0),

@@ -195,7 +195,7 @@ fn prune_cache(cache: &Cache, now: &Manifest, before: Option<&Manifest>) {
     let mut files = HashSet::new();
     for m in std::iter::once(now).chain(before) {
         for s in &m.stages {
-            stages.insert(s.fingerprint.clone());
+            stages.insert(s.key().to_string());
             if let Some(src) = s.recipe.as_ref().and_then(|r| r.source.as_ref()) {
                 for f in &src.files {
                     files.insert(src.file_key(&f.site, &f.file, &f.hash, f.run_date.as_deref()));
@@ -442,6 +442,7 @@ fn finish(
             kind: s.kind_name.clone(),
             inputs: s.inputs.clone(),
             fingerprint: slot.fingerprint.clone(),
+            cache_key: (slot.key != slot.fingerprint).then(|| slot.key.clone()),
             status: st.status.into(),
             reasons: st.reasons.clone(),
             sort_by: s.sort_by.clone(),

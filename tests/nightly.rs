@@ -394,7 +394,14 @@ fn a_later_run_date_parses_again_only_files_with_dates_after_it() {
     let o = w.run(&["run", "pipeline.yaml", "--run-date", "2026-11-26"]);
     assert_exit(&o, 0);
     let m = manifest(&w);
-    assert_eq!(ran(&m), ["visit_counts", "visits", "visits_raw"]);
+    // The file's rows are as before (only its reject's reason names the new date), so
+    // `visits` makes the same table and `visit_counts` is not run again (early cutoff).
+    assert_eq!(ran(&m), ["visits", "visits_raw"]);
+    assert!(reasons(&m, "visits").contains("output unchanged"), "{m}");
+    assert_eq!(
+        reasons(&m, "visit_counts"),
+        "up to date: the tables of inputs `visits` are unchanged"
+    );
     assert_eq!(stage(&m, "visits_raw")["files_parsed"], 1);
     assert_eq!(
         reasons(&m, "visits_raw"),
@@ -405,4 +412,69 @@ fn a_later_run_date_parses_again_only_files_with_dates_after_it() {
             .iter()
             .any(|r| r.contains("2091-01-01 is after 2026-11-26"))
     );
+}
+
+/// Every published file of `out/current`, by name, with its bytes.
+fn published_bytes(w: &Workdir, out: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(w.path(&format!("{out}/current")))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
+    let w = Workdir::from_fixture("two_sites");
+    run(&w, &[]);
+    // A duplicate of a diary line already in the newest export: the ingest and the dedupe
+    // run again; the dedupe keeps the same rows, so the validation after it is reused.
+    let diary = w.path("data/nih/diary_2017-06-30.csv");
+    let text = std::fs::read_to_string(&diary).unwrap();
+    let last = text.trim_end().lines().last().unwrap().to_string();
+    w.write(
+        "data/nih/diary_2017-06-30.csv",
+        format!("{}\n{last}\n", text.trim_end()).as_bytes(),
+    );
+    run(&w, &[]);
+    let m = manifest(&w);
+    assert_eq!(ran(&m), ["diary_dedup", "diary_raw"], "{m}");
+    assert!(
+        reasons(&m, "diary_dedup").contains("output unchanged"),
+        "{m}"
+    );
+    assert_eq!(
+        reasons(&m, "diary"),
+        "up to date: the tables of inputs `diary_dedup` are unchanged"
+    );
+    // The published tables are those of a cold run on the same files, byte for byte
+    // (fingerprints in the footers included: they do not depend on what was cached).
+    let o = w.run(&[
+        "run",
+        "pipeline.yaml",
+        "--run-date",
+        "2026-11-25",
+        "--out",
+        "cold",
+    ]);
+    assert_exit(&o, 0);
+    let (incremental, cold) = (published_bytes(&w, "out"), published_bytes(&w, "cold"));
+    assert_eq!(incremental.len(), cold.len());
+    for ((a, x), (b, y)) in incremental.iter().zip(&cold) {
+        assert_eq!(a, b);
+        assert!(x == y, "{a} differs from a cold run's");
+    }
+    // A cached stage whose input changed in content runs again, as before.
+    let changed = text.replacen("2014-03-01,2,1", "2014-03-01,3,1", 1);
+    assert_ne!(changed, text);
+    w.write("data/nih/diary_2017-06-30.csv", changed.as_bytes());
+    run(&w, &[]);
+    let m = manifest(&w);
+    assert!(ran(&m).contains(&"diary".to_string()), "{m}");
 }
