@@ -191,19 +191,16 @@ impl Engine<'_> {
         ))
     }
 
-    fn input_fingerprints(&self, id: usize) -> anyhow::Result<Vec<Option<String>>> {
+    /// Something of each input's slot: its fingerprint, or its content's name.
+    fn of_inputs(
+        &self,
+        id: usize,
+        pick: impl Fn(&Slot) -> &String,
+    ) -> anyhow::Result<Vec<Option<String>>> {
         self.plan.stages[id]
             .input_ids
             .iter()
-            .map(|&j| Ok(Some(self.slot(j)?.fingerprint.clone())))
-            .collect()
-    }
-
-    fn input_contents(&self, id: usize) -> anyhow::Result<Vec<Option<String>>> {
-        self.plan.stages[id]
-            .input_ids
-            .iter()
-            .map(|&j| Ok(Some(self.slot(j)?.content.clone())))
+            .map(|&j| Ok(Some(pick(self.slot(j)?).clone())))
             .collect()
     }
 
@@ -211,13 +208,19 @@ impl Engine<'_> {
     fn stage(&self, id: usize) -> anyhow::Result<Slot> {
         let t0 = Instant::now();
         let s = &self.plan.stages[id];
-        let recipe = self.judge.recipe(id, &self.input_fingerprints(id)?);
+        let recipe = self
+            .judge
+            .recipe(id, &self.of_inputs(id, |s| &s.fingerprint)?);
         if let Kind::Ingest(ing) = &s.kind {
             return self.ingest_stage(id, ing, recipe, t0);
         }
-        let d = self
-            .judge
-            .decide(id, recipe, true, Vec::new(), &self.input_contents(id)?);
+        let d = self.judge.decide(
+            id,
+            recipe,
+            true,
+            Vec::new(),
+            &self.of_inputs(id, |s| &s.content)?,
+        );
         let fingerprint = d.fingerprint.clone().unwrap_or_default();
         let key = d.key.clone().unwrap_or_default();
         if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
