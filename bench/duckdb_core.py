@@ -87,6 +87,10 @@ def run(args):
     print(json.dumps({"seconds": seconds, "steps": steps}))
 
 
+# Tables the reference pipeline publishes under its ADaM name, with the same columns.
+ALIASES = {"phases": "adph"}
+
+
 def aggregates(args):
     con = duckdb.connect()
     result = {}
@@ -95,6 +99,8 @@ def aggregates(args):
         missing = False
         for table in [p.split("}")[0] for p in query.split("{")[1:]]:
             path = os.path.join(args.dir, f"{table}.parquet")
+            if not os.path.exists(path) and table in ALIASES:
+                path = os.path.join(args.dir, f"{ALIASES[table]}.parquet")
             if not os.path.exists(path):
                 missing = True
             tables[table] = "read_parquet('%s')" % path.replace("'", "''")

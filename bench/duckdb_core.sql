@@ -206,6 +206,27 @@ WITH cells AS (
 SELECT w.v.site AS site, w.file AS file, subject, start, w.v."end" AS "end", w.v.dose_mg AS dose_mg, w.v.per_day AS per_day, w.v.regimen AS regimen
 FROM newest;
 
+-- Steroid spellings (the reference pipeline's `recode` stage): matched ignoring case and
+-- every space, with µ read as u; an order whose drug, frequency or dose unit is not listed is
+-- rejected before dedupe.
+CREATE MACRO code_key(s) AS
+    nullif(regexp_replace(replace(replace(lower(s), 'µ', 'u'), 'μ', 'u'), '\s', '', 'g'), '');
+CREATE TABLE drug_names (key VARCHAR, drug VARCHAR, factor DOUBLE);
+INSERT INTO drug_names VALUES
+    ('prednisone', 'prednisone', 5 / 5), ('prednisolone', 'prednisolone', 5 / 5),
+    ('methylprednisolone', 'methylprednisolone', 5 / 4), ('solu-medrol', 'methylprednisolone', 5 / 4),
+    ('medrol', 'methylprednisolone', 5 / 4), ('methylpred', 'methylprednisolone', 5 / 4),
+    ('triamcinolone', 'triamcinolone', 5 / 4),
+    ('hydrocortisone', 'hydrocortisone', 5 / 20), ('cortisol', 'hydrocortisone', 5 / 20),
+    ('solu-cortef', 'hydrocortisone', 5 / 20), ('cortisone', 'cortisone', 5 / 25),
+    ('dexamethasone', 'dexamethasone', 5 / 0.75), ('decadron', 'dexamethasone', 5 / 0.75),
+    ('betamethasone', 'betamethasone', 5 / 0.6), ('deflazacort', 'deflazacort', 5 / 6);
+CREATE TABLE frequencies (key VARCHAR, per_day DOUBLE);
+INSERT INTO frequencies VALUES ('qd', 1), ('daily', 1), ('bid', 2), ('tid', 3), ('qid', 4),
+    ('qod', 0.5), ('everyotherday', 0.5), ('weekly', 1 / 7);
+CREATE TABLE dose_units (key VARCHAR, per_kg BOOLEAN);
+INSERT INTO dose_units VALUES ('mg', false), ('mg/kg', true);
+
 CREATE TABLE steroids AS
 WITH cells AS (
     SELECT site, file, miss(subject) AS subject, miss(drug) AS drug, miss(dose) AS dose, miss(dose_unit) AS dose_unit, miss(frequency) AS frequency, miss(route) AS route, miss(start) AS start, miss("end") AS "end"
@@ -224,11 +245,19 @@ WITH cells AS (
            plausible(p_end) AS "end",
            parsed.subject AS r_subject, parsed.drug AS r_drug, parsed.dose AS r_dose, parsed.dose_unit AS r_dose_unit, parsed.frequency AS r_frequency, parsed.route AS r_route, parsed.start AS r_start, parsed."end" AS r_end
     FROM parsed
+), coded AS (
+    SELECT c.*, d.drug AS drug_std
+    FROM checked c
+    LEFT JOIN drug_names d ON d.key = code_key(c.drug)
+    WHERE code_key(c.drug) IS NULL OR d.drug IS NOT NULL
 ), accepted AS (
-    SELECT file, export_date(file) AS export_dt, subject, drug, start,
-           struct_pack(site, dose, dose_unit, frequency, route, "end") AS v
-    FROM checked
-    WHERE given(r_subject, subject)
+    SELECT file, export_date(file) AS export_dt, subject, drug_std, start,
+           struct_pack(site, drug, dose, dose_unit, frequency, route, "end") AS v
+    FROM coded
+    WHERE (frequency IS NULL OR code_key(frequency) IN (SELECT key FROM frequencies))
+      AND (dose_unit IS NULL OR code_key(dose_unit) IN (SELECT key FROM dose_units))
+      AND ("end" IS NULL OR start IS NULL OR "end" >= start)
+      AND given(r_subject, subject)
       AND given(r_drug, drug)
       AND given(r_dose, dose)
       AND given(r_dose_unit, dose_unit)
@@ -237,16 +266,16 @@ WITH cells AS (
       AND given(r_start, start)
       AND fine(r_end, "end")
 ), per_file AS (
-    SELECT file, export_dt, subject, drug, start, min(v) AS v
+    SELECT file, export_dt, subject, drug_std, start, min(v) AS v
     FROM accepted
-    GROUP BY file, export_dt, subject, drug, start
+    GROUP BY file, export_dt, subject, drug_std, start
     HAVING min(v) IS NOT DISTINCT FROM max(v)
 ), newest AS (
-    SELECT subject, drug, start, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
+    SELECT subject, drug_std, start, arg_max(struct_pack(file, v), struct_pack(export_dt, file)) AS w
     FROM per_file
-    GROUP BY subject, drug, start
+    GROUP BY subject, drug_std, start
 )
-SELECT w.v.site AS site, w.file AS file, subject, drug, w.v.dose AS dose, w.v.dose_unit AS dose_unit, w.v.frequency AS frequency, w.v.route AS route, start, w.v."end" AS "end"
+SELECT w.v.site AS site, w.file AS file, subject, w.v.drug AS drug, drug_std, w.v.dose AS dose, w.v.dose_unit AS dose_unit, w.v.frequency AS frequency, w.v.route AS route, start, w.v."end" AS "end"
 FROM newest;
 
 CREATE TABLE diary AS
@@ -530,31 +559,14 @@ FROM (SELECT *, (fever IS NOT NULL)::INT + (rash IS NOT NULL)::INT + (msk_pain I
                 + (organ IS NOT NULL)::INT AS n
       FROM diary);
 
--- Steroids (DOMAIN.md 4.2): daily prednisone-equivalent mg and mg/kg/day.
-CREATE MACRO spelling_key(s) AS lower(trim(regexp_replace(s, '\s+', ' ', 'g')));
-CREATE TABLE drug_names (key VARCHAR, drug VARCHAR, factor DOUBLE);
-INSERT INTO drug_names VALUES
-    ('prednisone', 'prednisone', 5 / 5), ('prednisolone', 'prednisolone', 5 / 5),
-    ('methylprednisolone', 'methylprednisolone', 5 / 4), ('solu-medrol', 'methylprednisolone', 5 / 4),
-    ('medrol', 'methylprednisolone', 5 / 4), ('methylpred', 'methylprednisolone', 5 / 4),
-    ('triamcinolone', 'triamcinolone', 5 / 4),
-    ('hydrocortisone', 'hydrocortisone', 5 / 20), ('cortisol', 'hydrocortisone', 5 / 20),
-    ('solu-cortef', 'hydrocortisone', 5 / 20), ('cortisone', 'cortisone', 5 / 25),
-    ('dexamethasone', 'dexamethasone', 5 / 0.75), ('decadron', 'dexamethasone', 5 / 0.75),
-    ('betamethasone', 'betamethasone', 5 / 0.6), ('deflazacort', 'deflazacort', 5 / 6);
-CREATE TABLE frequencies (key VARCHAR, per_day DOUBLE);
-INSERT INTO frequencies VALUES ('qd', 1), ('daily', 1), ('bid', 2), ('tid', 3), ('qid', 4),
-    ('qod', 0.5), ('every other day', 0.5), ('weekly', 1 / 7);
-CREATE TABLE dose_units (key VARCHAR, per_kg BOOLEAN);
-INSERT INTO dose_units VALUES ('mg', false), ('mg/kg', true);
-
+-- Steroids (DOMAIN.md 4.2): daily prednisone-equivalent mg and mg/kg/day (spellings above).
 -- Each subject's span: first event in any stream to the final visit.
 CREATE TABLE span AS
 WITH events AS (
     SELECT subject, start AS d FROM steroids UNION ALL SELECT subject, "end" FROM steroids
     UNION ALL SELECT subject, start FROM dosing UNION ALL SELECT subject, "end" FROM dosing
-    UNION ALL SELECT subject, date FROM diary UNION ALL SELECT subject, date FROM labs
-    UNION ALL SELECT subject, date FROM questionnaires UNION ALL SELECT subject, date FROM visits_std
+    UNION ALL SELECT subject, date FROM diary UNION ALL SELECT subject, date FROM labs_std
+    UNION ALL SELECT subject, date FROM questionnaires_std UNION ALL SELECT subject, date FROM visits_std
 ), last_visit AS (
     SELECT subject, max(date) AS last_dt FROM visits_std GROUP BY subject
 )
@@ -568,9 +580,9 @@ CREATE TABLE orders AS
 WITH looked_up AS (
     SELECT s.subject, s.start, s."end", s.dose, d.drug AS cdrug, d.factor, f.per_day, u.per_kg
     FROM steroids s
-    LEFT JOIN drug_names d ON d.key = spelling_key(s.drug)
-    LEFT JOIN frequencies f ON f.key = spelling_key(s.frequency)
-    LEFT JOIN dose_units u ON u.key = unit_key(s.dose_unit)
+    LEFT JOIN drug_names d ON d.key = code_key(s.drug)
+    LEFT JOIN frequencies f ON f.key = code_key(s.frequency)
+    LEFT JOIN dose_units u ON u.key = code_key(s.dose_unit)
 ), accepted AS (
     SELECT * FROM looked_up
     WHERE cdrug IS NOT NULL AND per_day IS NOT NULL AND per_kg IS NOT NULL AND dose >= 0
@@ -633,8 +645,8 @@ CREATE TABLE anchors AS
 WITH events AS (
     SELECT subject, start AS d FROM steroids UNION ALL SELECT subject, "end" FROM steroids
     UNION ALL SELECT subject, start FROM dosing UNION ALL SELECT subject, "end" FROM dosing
-    UNION ALL SELECT subject, date FROM diary UNION ALL SELECT subject, date FROM labs
-    UNION ALL SELECT subject, date FROM questionnaires UNION ALL SELECT subject, date FROM visits_std
+    UNION ALL SELECT subject, date FROM diary UNION ALL SELECT subject, date FROM labs_std
+    UNION ALL SELECT subject, date FROM questionnaires_std UNION ALL SELECT subject, date FROM visits_std
 ), first_event AS (
     SELECT subject, min(d) AS FRSTDT FROM events GROUP BY subject
 ), doses AS (

@@ -150,7 +150,7 @@ mod tests {
         ])
         .unwrap();
         let yaml = format!(
-            "constants: {{W: {w}}}\nphases:\n  - {{number: 4, label: final, start: 'max(LSTVSTDT - W + 1, TRTSDT)', end: LSTVSTDT}}\n  - {{number: 1, label: pretreatment, start: FRSTDT, end: 'TRTSDT - 1 | LSTVSTDT'}}\n  - {{number: 2, label: escalation, start: TRTSDT, end: 'OPTSDT - 1 | LSTVSTDT'}}\n  - {{number: 3, label: optimal, start: OPTSDT, end: LSTVSTDT - W}}\n"
+            "constants: {{W: {w}}}\nphases:\n  - {{number: 4, label: final, start: 'max(LSTVSTDT - W + 1, TRTSDT)', end: LSTVSTDT}}\n  - {{number: 1, label: pretreatment, start: FRSTDT, end: 'min(TRTSDT - 1, LSTVSTDT) | LSTVSTDT'}}\n  - {{number: 2, label: escalation, start: TRTSDT, end: 'min(OPTSDT - 1, LSTVSTDT) | LSTVSTDT'}}\n  - {{number: 3, label: optimal, start: OPTSDT, end: LSTVSTDT - W}}\n"
         );
         let stage: PhaseWindows = serde_saphyr::from_str(&yaml).unwrap();
         let inputs = Inputs {

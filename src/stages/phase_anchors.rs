@@ -13,7 +13,8 @@ use crate::stages::{Arity, Inputs, Stage, StageCtx, StageOutput};
 /// - name: anchors
 ///   kind: phase_anchors
 ///   inputs: [subjects, dosing, visits]
-///   subjects: subjects            # every subject gets a row, even with no events
+///   subjects: subjects            # every subject gets a row, even with no events (and so
+///                                 # does a subject with events but no subjects row)
 ///   subject: subject              # subject id column, in every input
 ///   anchors:
 ///     - {name: TRTSDT, agg: min, from: [{table: dosing, column: start}]}
@@ -97,9 +98,16 @@ impl Stage for PhaseAnchors {
             })
         };
         let subj = self.subject.as_str();
-        let mut out = table(&self.subjects)?
-            .clone()
-            .lazy()
+        // Every subject of the subjects table, and every subject with a row in an anchor's
+        // table: a subject whose demographics row was rejected still has its records phased.
+        let mut ids = vec![table(&self.subjects)?.clone().lazy().select([col(subj)])];
+        for a in &self.anchors {
+            for f in &a.from {
+                ids.push(table(&f.table)?.clone().lazy().select([col(subj)]));
+            }
+        }
+        let mut out = concat(ids, UnionArgs::default())?
+            .filter(col(subj).is_not_null())
             .select([col(subj).alias("USUBJID")])
             .unique_stable(None, UniqueKeepStrategy::First);
         for a in &self.anchors {
@@ -150,9 +158,10 @@ mod tests {
             "regimen" => ["escalation", "optimal", "optimal", "escalation"],
         )
         .unwrap();
+        // O9 has visits but no subjects row (its demographics row was rejected).
         let visits = df!(
-            "subject" => ["C1", "C1", "C2", "S1"],
-            "date" => dates(&["2011-12-01", "2015-05-05", "2014-01-01", "2013-02-02"]),
+            "subject" => ["C1", "C1", "C2", "S1", "O9"],
+            "date" => dates(&["2011-12-01", "2015-05-05", "2014-01-01", "2013-02-02", "2014-04-04"]),
         )
         .unwrap();
         let yaml = "subjects: subjects\nanchors:\n  - {name: TRTSDT, agg: min, from: [{table: dosing, column: start}]}\n  - {name: OPTSDT, agg: min, from: [{table: dosing, column: start, filter: \"regimen = 'optimal'\"}]}\n  - {name: LSTVSTDT, agg: max, from: [{table: visits, column: date}]}\n";
@@ -170,9 +179,12 @@ mod tests {
             .collect()
             .unwrap();
         let s = |c: &str| strings(&out, c);
-        assert_eq!(s("USUBJID"), ["C1", "C2", "S1"]);
-        assert_eq!(s("TRTSDT"), ["2012-01-10", "2013-01-01", "null"]);
-        assert_eq!(s("OPTSDT"), ["2012-03-01", "null", "null"]);
-        assert_eq!(s("LSTVSTDT"), ["2015-05-05", "2014-01-01", "2013-02-02"]);
+        assert_eq!(s("USUBJID"), ["C1", "C2", "O9", "S1"]);
+        assert_eq!(s("TRTSDT"), ["2012-01-10", "2013-01-01", "null", "null"]);
+        assert_eq!(s("OPTSDT"), ["2012-03-01", "null", "null", "null"]);
+        assert_eq!(
+            s("LSTVSTDT"),
+            ["2015-05-05", "2014-01-01", "2014-04-04", "2013-02-02"]
+        );
     }
 }

@@ -215,6 +215,9 @@ pub fn resolve(
         };
         let mut a = lo.map(i64::from).unwrap_or(i64::MIN);
         let mut b = hi.map(i64::from).unwrap_or(i64::MAX);
+        if a > b {
+            continue; // empty for this subject (an optimal start after the final visit)
+        }
         for &(ta, tb) in &taken {
             if tb < a || ta > b {
                 continue;
@@ -348,7 +351,7 @@ mod tests {
     /// The four phases of the study protocol, W = 90.
     pub fn protocol(w: i64) -> PhaseWindows {
         let yaml = format!(
-            "constants: {{W: {w}}}\nphases:\n  - {{number: 4, label: final, start: 'max(LSTVSTDT - W + 1, TRTSDT)', end: LSTVSTDT}}\n  - {{number: 1, label: pretreatment, start: FRSTDT, end: 'TRTSDT - 1 | LSTVSTDT'}}\n  - {{number: 2, label: escalation, start: TRTSDT, end: 'OPTSDT - 1 | LSTVSTDT'}}\n  - {{number: 3, label: optimal, start: OPTSDT, end: LSTVSTDT - W}}\n"
+            "constants: {{W: {w}}}\nphases:\n  - {{number: 4, label: final, start: 'max(LSTVSTDT - W + 1, TRTSDT)', end: LSTVSTDT}}\n  - {{number: 1, label: pretreatment, start: FRSTDT, end: 'min(TRTSDT - 1, LSTVSTDT) | LSTVSTDT'}}\n  - {{number: 2, label: escalation, start: TRTSDT, end: 'min(OPTSDT - 1, LSTVSTDT) | LSTVSTDT'}}\n  - {{number: 3, label: optimal, start: OPTSDT, end: LSTVSTDT - W}}\n"
         );
         serde_saphyr::from_str(&yaml).unwrap()
     }
@@ -375,6 +378,20 @@ mod tests {
             .collect();
         w.sort_by_key(|x| x.1);
         w
+    }
+
+    #[test]
+    fn an_optimal_start_after_the_final_visit_leaves_escalation_up_to_the_final_window() {
+        // First dose day 100, optimal start day 260, final visit day 200 (the subject's
+        // optimal dose began after the last visit the study has): phase 4 is days 111-200,
+        // escalation 100-110, no optimal days, nothing after the final visit.
+        let p = protocol(90);
+        assert_eq!(
+            windows(&p, 10, Some(100), Some(260), 200),
+            vec![(1, 10, 99), (2, 100, 110), (4, 111, 200)]
+        );
+        // First dose after the final visit: pretreatment ends at the final visit.
+        assert_eq!(windows(&p, 10, Some(300), None, 200), vec![(1, 10, 200)]);
     }
 
     #[test]
