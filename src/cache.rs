@@ -172,15 +172,16 @@ pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"PAR1", "Parquet")
 }
 
-// Cache parts are Arrow IPC files (zstd): written about twice as fast as Parquet, which
-// matters because a cold run writes every stage's output. `polars::io::ipc` is compiled in
+// Cache parts are Arrow IPC files (LZ4): a cold run writes every stage's output on a thread
+// that shares the cores with the stages, and LZ4 costs a fraction of zstd's CPU for files that
+// are read back whole by this machine alone. `polars::io::ipc` is compiled in
 // through polars-stream (polars-io's `ipc` feature); no feature of polars is added for it.
 fn encode(df: &DataFrame) -> PolarsResult<Vec<u8>> {
     use polars::io::ipc::{IpcCompression, IpcWriter};
     let mut buf = Vec::new();
     let mut df = df.clone();
     IpcWriter::new(&mut buf)
-        .with_compression(Some(IpcCompression::ZSTD(Default::default())))
+        .with_compression(Some(IpcCompression::LZ4))
         .finish(&mut df)?;
     Ok(buf)
 }
