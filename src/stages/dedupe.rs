@@ -254,25 +254,33 @@ impl Stage for Dedupe {
             )
             .with_row_index(KEPT_POS, None)
             .with_column(same_as(-1, false, KEPT_POS)?.not().alias(NEWEST))
+            .collect()?;
+        // Rows in the order of the input, those without a repeated key first: one integer to
+        // sort by, and each part sorted after it is filtered.
+        let input_order = (col(REPEATED).cast(DataType::UInt64) * lit(1u64 << 32))
+            + col(ROW).cast(DataType::UInt64);
+        let superseded = survivors
+            .clone()
+            .lazy()
             .with_columns([
                 fill_back("SRCFILE").alias("KEPTFILE"),
                 fill_back("SRCLINE").alias("KEPTLINE"),
             ])
-            // Rows in the order of the input, those without a repeated key first.
-            .sort([REPEATED, ROW], Default::default())
-            .collect()?;
-        let superseded = survivors.clone().lazy().filter(col(NEWEST).not()).select([
-            col("SRCFILE"),
-            col("SRCLINE"),
-            col("SITE"),
-            lit("superseded").alias("FATE"),
-            col("KEPTFILE"),
-            col("KEPTLINE"),
-        ]);
+            .filter(col(NEWEST).not())
+            .sort_by_exprs([input_order.clone()], Default::default())
+            .select([
+                col("SRCFILE"),
+                col("SRCLINE"),
+                col("SITE"),
+                lit("superseded").alias("FATE"),
+                col("KEPTFILE"),
+                col("KEPTLINE"),
+            ]);
         let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
         let kept = survivors
             .lazy()
             .filter(col(NEWEST))
+            .sort_by_exprs([input_order], Default::default())
             .select([col(ROW)])
             .collect()?;
         let table = input.take(kept.column(ROW)?.idx()?)?.lazy();
