@@ -359,4 +359,44 @@ mod tests {
         // Row fate: 6 in = 2 kept + 2 rejected + 2 set aside.
         assert_eq!(kept.height() + rej.height() + dropped.height(), 6);
     }
+
+    #[test]
+    fn the_newest_export_wins_whatever_the_file_order_and_null_keys_match() {
+        // File b (older export) is read before file a (newer). C1 with a missing date is in
+        // both: a's copy (twice, identical) supersedes b's. C2 is only in b.
+        let d = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = |s: &str| (d(s) - d("1970-01-01")).num_days() as i32;
+        let t = df!(
+            "SITE" => ["A"; 4],
+            "SRCFILE" => ["b", "b", "a", "a"],
+            "SRCLINE" => [2i64, 3, 2, 3],
+            "EXPORTDT" => [days("2017-01-01"), days("2017-01-01"), days("2017-06-30"), days("2017-06-30")],
+            "subject" => ["C1", "C2", "C1", "C1"],
+            "date" => [None, Some("d1"), None, None],
+            "score" => [1i64, 2, 5, 5],
+        )
+        .unwrap()
+        .lazy()
+        .with_column(col("EXPORTDT").cast(DataType::Date))
+        .collect()
+        .unwrap();
+        let stage = Dedupe {
+            key: vec!["subject".into(), "date".into()],
+        };
+        let inputs = Inputs {
+            tables: vec![("x".into(), t)],
+        };
+        let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
+        let kept = out.table.collect().unwrap();
+        // Rows whose key is alone in its file first, each group in input order.
+        assert_eq!(strings(&kept, "SRCFILE"), ["b", "a"]);
+        assert_eq!(ints(&kept, "SRCLINE"), [Some(3), Some(2)]);
+        assert_eq!(out.rejects.unwrap().height(), 0);
+        let dropped = out.dropped.unwrap();
+        assert_eq!(strings(&dropped, "FATE"), ["collapsed", "superseded"]);
+        assert_eq!(strings(&dropped, "SRCFILE"), ["a", "b"]);
+        assert_eq!(ints(&dropped, "SRCLINE"), [Some(3), Some(2)]);
+        assert_eq!(strings(&dropped, "KEPTFILE"), ["a", "a"]);
+        assert_eq!(ints(&dropped, "KEPTLINE"), [Some(2), Some(2)]);
+    }
 }
