@@ -1,8 +1,6 @@
 //! A site's CSV dialect, compiled from its YAML, and the parsing of raw cell text into typed
 //! values (dates, numbers, subject ids) under that dialect.
 
-use std::collections::HashSet;
-
 use chrono::NaiveDate;
 use regex::Regex;
 
@@ -22,7 +20,8 @@ pub struct Dialect {
     pub encoding: Encoding,
     pub decimal_comma: bool,
     pub date_formats: Vec<String>,
-    missing: HashSet<String>,
+    /// A handful of tokens: a scan beats hashing every cell.
+    missing: Vec<String>,
     subject_id: Option<SubjectIdRule>,
 }
 
@@ -126,14 +125,20 @@ impl Dialect {
             encoding,
             decimal_comma,
             date_formats: spec.date_formats.clone(),
-            missing: spec.missing.iter().map(|m| m.trim().to_string()).collect(),
+            missing: {
+                let mut m: Vec<String> =
+                    spec.missing.iter().map(|m| m.trim().to_string()).collect();
+                m.sort();
+                m.dedup();
+                m
+            },
             subject_id,
         })
     }
 
     /// True when the trimmed cell is one of the site's missing-value tokens.
     pub fn is_missing(&self, cell: &str) -> bool {
-        self.missing.contains(cell)
+        self.missing.iter().any(|m| m == cell)
     }
 
     /// Parses a date with the site's formats, in order.

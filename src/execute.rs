@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -34,6 +35,8 @@ pub(crate) struct Slot {
     /// Where its output is cached (`None` when the cache could not be written).
     pub(crate) entry: Option<StageEntry>,
     pub(crate) frames: Mutex<Option<Arc<Frames>>>,
+    /// The table was dropped after its last consumer ran (rejects and dropped rows are kept).
+    pub(crate) released: AtomicBool,
     pub(crate) state: Mutex<SlotState>,
     /// Ingest: files parsed and files taken from the cache.
     pub(crate) files: Option<(u64, u64)>,
@@ -140,6 +143,14 @@ impl Engine<'_> {
 
     pub(crate) fn execute(&self) -> anyhow::Result<()> {
         let bar = self.log.progress(self.plan.stages.len() as u64);
+        // Stages still to run that read each table: an unpublished table is dropped when
+        // the last of them has run, so peak memory holds only the tables still needed.
+        let readers: Vec<AtomicUsize> = (0..self.plan.stages.len())
+            .map(|j| {
+                let n = self.plan.stages.iter().filter(|s| s.input_ids.contains(&j));
+                AtomicUsize::new(n.count())
+            })
+            .collect();
         for wave in &self.plan.waves {
             concurrently(wave, self.workers, |&id| -> anyhow::Result<()> {
                 let s = &self.plan.stages[id];
@@ -152,13 +163,48 @@ impl Engine<'_> {
                     bar.set_message(s.name.clone());
                     bar.inc(1);
                 }
+                let ran = slot.state.lock().map_err(|_| poisoned())?.status == "ran";
                 self.slots[id]
                     .set(slot)
                     .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+                // A reused stage may still have to run if its cached output turns out broken,
+                // and then needs its inputs: only a stage that ran lets go of them.
+                if ran {
+                    let mut inputs = s.input_ids.clone();
+                    inputs.sort_unstable();
+                    inputs.dedup();
+                    for j in inputs {
+                        if readers[j].fetch_sub(1, Ordering::AcqRel) == 1 {
+                            self.release_table(j)?;
+                        }
+                    }
+                    if readers[id].load(Ordering::Acquire) == 0 {
+                        self.release_table(id)?;
+                    }
+                }
                 Ok(())
             })?;
         }
         bar.finish_and_clear();
+        Ok(())
+    }
+
+    /// Drops the table of stage `id` unless it is published (the publisher reads it at the
+    /// end); its rejects and dropped rows stay for row fate.
+    fn release_table(&self, id: usize) -> anyhow::Result<()> {
+        if self.plan.stages[id].publish {
+            return Ok(());
+        }
+        let slot = self.slot(id)?;
+        let mut guard = slot.frames.lock().map_err(|_| poisoned())?;
+        if let Some(f) = guard.take() {
+            *guard = Some(Arc::new(Frames {
+                table: DataFrame::empty(),
+                rejects: f.rejects.clone(),
+                dropped: f.dropped.clone(),
+            }));
+            slot.released.store(true, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -232,6 +278,7 @@ impl Engine<'_> {
                 summary: entry.summary.clone(),
                 entry: Some(entry),
                 frames: Mutex::new(None),
+                released: AtomicBool::new(false),
                 state: Mutex::new(SlotState {
                     status: "reused",
                     reasons: d.reasons,
@@ -259,6 +306,7 @@ impl Engine<'_> {
             summary,
             entry: None,
             frames: Mutex::new(Some(Arc::new(frames))),
+            released: AtomicBool::new(false),
             state: Mutex::new(SlotState {
                 status: "ran",
                 reasons,
@@ -401,6 +449,7 @@ impl Engine<'_> {
                 summary: entry.summary.clone(),
                 entry: Some(entry),
                 frames: Mutex::new(None),
+                released: AtomicBool::new(false),
                 state: Mutex::new(SlotState {
                     status: "reused",
                     reasons: d.reasons,
@@ -421,6 +470,7 @@ impl Engine<'_> {
             summary,
             entry: None,
             frames: Mutex::new(Some(Arc::new(frames))),
+            released: AtomicBool::new(false),
             state: Mutex::new(SlotState {
                 status: "ran",
                 reasons: d.reasons,
@@ -523,6 +573,13 @@ impl Engine<'_> {
     /// The frames of stage `id`: in memory, else from the cache, else computed again.
     pub(crate) fn frames(&self, id: usize) -> anyhow::Result<Arc<Frames>> {
         let slot = self.slot(id)?;
+        if slot.released.load(Ordering::Acquire) {
+            return Err(RunError::Internal(format!(
+                "the table of `{}` was asked for after its last reader ran",
+                self.plan.stages[id].name
+            ))
+            .into());
+        }
         let mut guard = slot.frames.lock().map_err(|_| poisoned())?;
         if let Some(f) = guard.as_ref() {
             return Ok(f.clone());

@@ -56,16 +56,12 @@ impl Stage for AssignPhase {
                 anyhow::bail!("`{rows_name}` has no column `{c}`");
             }
         }
-        let columns: Vec<Expr> = rows
-            .get_column_names()
-            .iter()
-            .map(|c| col(c.as_str()))
-            .collect();
+        // Only the row number, subject and day take part in the join and the two sorts; the
+        // phase columns are then put next to the rows, which are never reordered.
         let left = rows
             .clone()
             .lazy()
-            .with_row_index("__row", None)
-            .with_columns([
+            .select([
                 col(self.subject.as_str())
                     .cast(DataType::String)
                     .alias("__sid"),
@@ -74,6 +70,7 @@ impl Stage for AssignPhase {
                     .cast(DataType::Int32)
                     .alias("__day"),
             ])
+            .with_row_index("__row", None)
             .sort(["__day"], Default::default());
         let right = phases
             .clone()
@@ -105,20 +102,22 @@ impl Stage for AssignPhase {
             })))
             .finish();
         let inside = col("__end").is_null().or(col("__day").lt_eq(col("__end")));
-        let mut out = columns;
-        out.push(
-            when(inside.clone())
-                .then(col("APHASEN"))
-                .otherwise(lit(NULL).cast(DataType::Int64))
-                .alias("APHASEN"),
-        );
-        out.push(
-            when(inside)
-                .then(col("APHASE"))
-                .otherwise(lit(NULL).cast(DataType::String))
-                .alias("APHASE"),
-        );
-        let table = joined.sort(["__row"], Default::default()).select(out);
+        let assigned = joined
+            .sort(["__row"], Default::default())
+            .select([
+                when(inside.clone())
+                    .then(col("APHASEN"))
+                    .otherwise(lit(NULL).cast(DataType::Int64))
+                    .alias("APHASEN"),
+                when(inside)
+                    .then(col("APHASE"))
+                    .otherwise(lit(NULL).cast(DataType::String))
+                    .alias("APHASE"),
+            ])
+            .collect()?;
+        let mut table = rows.clone();
+        table.hstack_mut(assigned.columns())?;
+        let table = table.lazy();
         Ok(StageOutput::table(table))
     }
 }

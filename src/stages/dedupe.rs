@@ -20,6 +20,11 @@ pub const LINEAGE: &[&str] = &["SITE", "SRCFILE", "SRCLINE", "EXPORTDT"];
 
 const SIG: &str = "__sig";
 const ORDER: &str = "__order";
+const ROW: &str = "__row";
+const POS: &str = "__pos";
+const KEPT_POS: &str = "__keptpos";
+const REPEATED: &str = "__repeated";
+const NEWEST: &str = "__newest";
 
 impl Stage for Dedupe {
     fn row_level(&self) -> bool {
@@ -72,16 +77,49 @@ impl Stage for Dedupe {
             )
             .with_row_index(ORDER, None)
             .select([col("SRCFILE"), col(ORDER)]);
+        // Keys, lineage and row numbers only, sorted by key, export order and line: the rows
+        // of one key sit next to each other, file by file in export order. Neighbours then say
+        // which keys repeat within a file and which row is the newest, without hashing every
+        // row into groups; the value columns are gathered once at the end (and for the few
+        // rows whose key repeats in a file).
+        let mut narrow: Vec<Expr> = key.clone();
+        for l in ["SITE", "SRCFILE", "SRCLINE"] {
+            if !self.key.iter().any(|k| k == l) {
+                narrow.push(col(l));
+            }
+        }
+        let mut sort_by = key.clone();
+        sort_by.extend([col(ORDER), col("SRCLINE")]);
+        let same_as = |offset: i64, with_file: bool, pos: &str| {
+            let mut same: Vec<Expr> = key
+                .iter()
+                .map(|k| k.clone().eq_missing(k.clone().shift(lit(offset))))
+                .collect();
+            if with_file {
+                same.push(col(ORDER).eq(col(ORDER).shift(lit(offset))));
+            }
+            // The first (last) row has no neighbour before (after) it.
+            same.push(col(pos).shift(lit(offset)).is_not_null());
+            all_horizontal(same)
+        };
         let marked = input
             .clone()
             .lazy()
+            .with_row_index(ROW, None)
+            .select(std::iter::once(col(ROW)).chain(narrow).collect::<Vec<_>>())
             .join(
                 order,
                 [col("SRCFILE")],
                 [col("SRCFILE")],
                 JoinArgs::new(JoinType::Left),
             )
-            .with_column(len().over(&key_file)?.alias("__nkey"))
+            .sort_by_exprs(sort_by, SortMultipleOptions::default())
+            .with_row_index(POS, None)
+            .with_column(
+                same_as(1, true, POS)?
+                    .or(same_as(-1, true, POS)?)
+                    .alias(REPEATED),
+            )
             .collect()?;
 
         // Within one file: most keys occur once. Only the repeated ones are compared, by a
@@ -98,10 +136,18 @@ impl Stage for Dedupe {
             .collect();
         let mut key_file_sig = key_file.clone();
         key_file_sig.push(col(SIG));
-        let repeated = marked
+        let repeated_rows = marked
             .clone()
             .lazy()
-            .filter(col("__nkey").gt(lit(1)))
+            .filter(col(REPEATED))
+            .select([col(ROW), col(ORDER)])
+            .sort([ROW], Default::default())
+            .collect()?;
+        let mut repeated = input.take(repeated_rows.column(ROW)?.idx()?)?;
+        repeated.hstack_mut(repeated_rows.columns())?;
+        let repeated = repeated
+            .lazy()
+            .with_column(len().over(&key_file)?.alias("__nkey"))
             .with_column(concat_str(values, "\u{1f}", false).alias(SIG))
             .with_columns([
                 col("SRCLINE")
@@ -176,13 +222,9 @@ impl Stage for Dedupe {
                 col("__keepline").alias("KEPTLINE"),
             ]);
 
-        // Across files: the newest export (then the last file path) wins each key.
-        let mut kept_cols: Vec<Expr> = names.iter().map(|n| col(n.as_str())).collect();
-        kept_cols.push(col(ORDER));
-        let single = marked
-            .lazy()
-            .filter(col("__nkey").eq(lit(1)))
-            .select(kept_cols.clone());
+        // Across files: the newest export (then the last file path) wins each key. Among the
+        // rows that survive their own file, still in key order, that is the last of each key;
+        // an older row points at it.
         let first_of_repeated = repeated
             .lazy()
             .filter(
@@ -190,31 +232,42 @@ impl Stage for Dedupe {
                     .not()
                     .and(col("SRCLINE").eq(col("__keepline"))),
             )
-            .select(kept_cols);
-        let survivors = concat([single, first_of_repeated], UnionArgs::default())?
-            .with_column(col(ORDER).max().over(&key)?.alias("__newest"))
+            .select([col(ROW)])
             .collect()?;
-        let mut winner_cols = key.clone();
-        winner_cols.push(col("SRCFILE").alias("KEPTFILE"));
-        winner_cols.push(col("SRCLINE").alias("KEPTLINE"));
-        let winners = survivors
-            .clone()
+        let fill_back = |c: &str| {
+            when(col(NEWEST))
+                .then(col(c))
+                .otherwise(lit(NULL))
+                .fill_null_with_strategy(FillNullStrategy::Backward(None))
+        };
+        let survivors = marked
             .lazy()
-            .filter(col(ORDER).eq(col("__newest")))
-            .select(winner_cols);
+            .filter(
+                col(REPEATED).not().or(col(ROW).is_in(
+                    lit(first_of_repeated
+                        .column(ROW)?
+                        .as_materialized_series()
+                        .clone())
+                    .implode(false),
+                    false,
+                )),
+            )
+            .with_row_index(KEPT_POS, None)
+            .with_column(same_as(-1, false, KEPT_POS)?.not().alias(NEWEST))
+            .collect()?;
+        // Rows in the order of the input, those without a repeated key first: one integer to
+        // sort by, and each part sorted after it is filtered.
+        let input_order = (col(REPEATED).cast(DataType::UInt64) * lit(1u64 << 32))
+            + col(ROW).cast(DataType::UInt64);
         let superseded = survivors
             .clone()
             .lazy()
-            .filter(col(ORDER).neq(col("__newest")))
-            .join(
-                winners,
-                key.clone(),
-                key.clone(),
-                JoinArgs {
-                    nulls_equal: true,
-                    ..JoinArgs::new(JoinType::Left)
-                },
-            )
+            .with_columns([
+                fill_back("SRCFILE").alias("KEPTFILE"),
+                fill_back("SRCLINE").alias("KEPTLINE"),
+            ])
+            .filter(col(NEWEST).not())
+            .sort_by_exprs([input_order.clone()], Default::default())
             .select([
                 col("SRCFILE"),
                 col("SRCLINE"),
@@ -224,10 +277,13 @@ impl Stage for Dedupe {
                 col("KEPTLINE"),
             ]);
         let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
-        let table = survivors
+        let kept = survivors
             .lazy()
-            .filter(col(ORDER).eq(col("__newest")))
-            .select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
+            .filter(col(NEWEST))
+            .sort_by_exprs([input_order], Default::default())
+            .select([col(ROW)])
+            .collect()?;
+        let table = input.take(kept.column(ROW)?.idx()?)?.lazy();
         Ok(StageOutput {
             table,
             rejects: Some(rejects),
@@ -302,5 +358,45 @@ mod tests {
         );
         // Row fate: 6 in = 2 kept + 2 rejected + 2 set aside.
         assert_eq!(kept.height() + rej.height() + dropped.height(), 6);
+    }
+
+    #[test]
+    fn the_newest_export_wins_whatever_the_file_order_and_null_keys_match() {
+        // File b (older export) is read before file a (newer). C1 with a missing date is in
+        // both: a's copy (twice, identical) supersedes b's. C2 is only in b.
+        let d = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let days = |s: &str| (d(s) - d("1970-01-01")).num_days() as i32;
+        let t = df!(
+            "SITE" => ["A"; 4],
+            "SRCFILE" => ["b", "b", "a", "a"],
+            "SRCLINE" => [2i64, 3, 2, 3],
+            "EXPORTDT" => [days("2017-01-01"), days("2017-01-01"), days("2017-06-30"), days("2017-06-30")],
+            "subject" => ["C1", "C2", "C1", "C1"],
+            "date" => [None, Some("d1"), None, None],
+            "score" => [1i64, 2, 5, 5],
+        )
+        .unwrap()
+        .lazy()
+        .with_column(col("EXPORTDT").cast(DataType::Date))
+        .collect()
+        .unwrap();
+        let stage = Dedupe {
+            key: vec!["subject".into(), "date".into()],
+        };
+        let inputs = Inputs {
+            tables: vec![("x".into(), t)],
+        };
+        let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
+        let kept = out.table.collect().unwrap();
+        // Rows whose key is alone in its file first, each group in input order.
+        assert_eq!(strings(&kept, "SRCFILE"), ["b", "a"]);
+        assert_eq!(ints(&kept, "SRCLINE"), [Some(3), Some(2)]);
+        assert_eq!(out.rejects.unwrap().height(), 0);
+        let dropped = out.dropped.unwrap();
+        assert_eq!(strings(&dropped, "FATE"), ["collapsed", "superseded"]);
+        assert_eq!(strings(&dropped, "SRCFILE"), ["a", "b"]);
+        assert_eq!(ints(&dropped, "SRCLINE"), [Some(3), Some(2)]);
+        assert_eq!(strings(&dropped, "KEPTFILE"), ["a", "a"]);
+        assert_eq!(ints(&dropped, "KEPTLINE"), [Some(2), Some(2)]);
     }
 }

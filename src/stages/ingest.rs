@@ -201,17 +201,20 @@ pub fn printable(text: &str, max: usize) -> String {
     out
 }
 
-/// One parsed cell.
-#[derive(Debug, Clone)]
-enum Cell {
+/// One parsed cell. Text borrows from the record or from the column's canonical spellings;
+/// a subject id is an index into the file's [`CellMemo`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell<'a> {
     Null,
-    Str(String),
+    Str(&'a str),
+    Id(u32),
     Int(i64),
     Float(f64),
     Date(i32),
 }
 
 /// A failed cell: rule and reason.
+#[derive(Clone)]
 struct Failure {
     rule: &'static str,
     reason: String,
@@ -229,7 +232,26 @@ fn fail(rule: &'static str, reason: String) -> Failure {
 
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
 
-fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failure> {
+/// Distinct cells remembered per column and file; past this, cells are parsed each time.
+const MEMO_CELLS: usize = 1 << 16;
+
+/// What one column of one file has parsed so far. Subject ids and dates repeat on almost every
+/// row (one subject, one day per diary row), and their parses (a regex, a strftime format) cost
+/// far more than a look-up; the outcome of a cell depends only on its text and its column.
+#[derive(Default)]
+struct CellMemo {
+    subjects: PlHashMap<String, Result<u32, Failure>>,
+    /// Canonical subject ids, indexed by [`Cell::Id`].
+    ids: Vec<String>,
+    dates: PlHashMap<String, Result<i32, Failure>>,
+}
+
+fn parse_cell<'a>(
+    c: &'a CompiledColumn,
+    d: &Dialect,
+    raw: &'a str,
+    memo: &mut CellMemo,
+) -> Result<Cell<'a>, Failure> {
     // A byte-order mark inside a file (two exports concatenated) is invisible: treat it as
     // the surrounding spaces are treated.
     let cell = raw.trim_matches(|ch: char| ch.is_whitespace() || ch == '\u{feff}');
@@ -239,160 +261,195 @@ fn parse_cell(c: &CompiledColumn, d: &Dialect, raw: &str) -> Result<Cell, Failur
         }
         return Ok(Cell::Null);
     }
-    let value = match c.ty {
-        ColumnType::Subject => match d.subject_id(cell) {
-            Some(id) => Cell::Str(id),
-            None => {
-                return Err(fail(
-                    "subject_id",
-                    format!(
-                        "{} is not a subject id that the site's id rule recognises",
-                        c.shown(cell)
-                    ),
-                ));
+    match c.ty {
+        ColumnType::Subject => {
+            if let Some(r) = memo.subjects.get(cell) {
+                return r.clone().map(Cell::Id);
             }
-        },
-        ColumnType::String => Cell::Str(cell.to_string()),
+            let r = subject_cell(c, d, cell).map(|id| {
+                memo.ids.push(id);
+                (memo.ids.len() - 1) as u32
+            });
+            if memo.subjects.len() < MEMO_CELLS {
+                memo.subjects.insert(cell.to_string(), r.clone());
+            }
+            r.map(Cell::Id)
+        }
+        ColumnType::String => checked_text(c, cell).map(Cell::Str),
+        ColumnType::Date => {
+            if let Some(r) = memo.dates.get(cell) {
+                return r.clone().map(Cell::Date);
+            }
+            let r = date_cell(c, d, cell);
+            if memo.dates.len() < MEMO_CELLS {
+                memo.dates.insert(cell.to_string(), r.clone());
+            }
+            r.map(Cell::Date)
+        }
         ColumnType::Int => match d.parse_int(cell) {
-            Some(v) => Cell::Int(v),
-            None => {
-                return Err(fail(
-                    "parse",
-                    format!("{} is not a whole number", c.shown(cell)),
-                ));
-            }
+            Some(v) => in_range(c, cell, v as f64).map(|_| Cell::Int(v)),
+            None => Err(fail(
+                "parse",
+                format!("{} is not a whole number", c.shown(cell)),
+            )),
         },
         ColumnType::Float => match d.parse_float(cell) {
-            Some(v) => Cell::Float(v),
+            Some(v) => in_range(c, cell, v).map(|_| Cell::Float(v)),
             None => {
                 let mark = if d.decimal_comma { "comma" } else { "point" };
-                return Err(fail(
+                Err(fail(
                     "parse",
                     format!(
                         "{} is not a number (this site writes a decimal {mark})",
                         c.shown(cell)
                     ),
-                ));
+                ))
             }
         },
-        ColumnType::Date => match d.parse_date(cell) {
-            Some(date) => {
-                let what = || {
-                    if c.identifying {
-                        c.shown(cell)
-                    } else {
-                        format!("date {date}")
-                    }
-                };
-                if date < c.min_date {
-                    return Err(fail(
-                        "date_range",
-                        format!("{} is before {}, not plausible", what(), c.min_date),
-                    ));
-                }
-                if date > c.max_date {
-                    return Err(Failure {
-                        late: true,
-                        ..fail(
-                            "date_range",
-                            format!("{} is after {}, not plausible", what(), c.max_date),
-                        )
-                    });
-                }
-                Cell::Date((date - EPOCH).num_days() as i32)
-            }
-            None => {
-                return Err(fail(
-                    "parse",
-                    format!(
-                        "{} is not a date in the site's formats ({})",
-                        c.shown(cell),
-                        d.date_formats.join(", ")
-                    ),
-                ));
-            }
-        },
-    };
-    let number = match &value {
-        Cell::Int(v) => Some(*v as f64),
-        Cell::Float(v) => Some(*v),
-        _ => None,
-    };
-    if let Some(v) = number {
-        let below = c.min.is_some_and(|m| v < m);
-        let above = c.max.is_some_and(|m| v > m);
-        if below || above {
-            let lo = c
-                .min
-                .map(|m| m.to_string())
-                .unwrap_or_else(|| "-inf".into());
-            let hi = c.max.map(|m| m.to_string()).unwrap_or_else(|| "inf".into());
-            let what = if c.identifying {
+    }
+}
+
+/// A subject id cell: the canonical id, checked like any text.
+fn subject_cell(c: &CompiledColumn, d: &Dialect, cell: &str) -> Result<String, Failure> {
+    match d.subject_id(cell) {
+        Some(id) => checked_text(c, &id).map(|s| s.to_string()),
+        None => Err(fail(
+            "subject_id",
+            format!(
+                "{} is not a subject id that the site's id rule recognises",
                 c.shown(cell)
-            } else {
-                v.to_string()
-            };
-            return Err(fail(
-                "range",
-                format!(
-                    "{what} is outside the plausible range {lo} to {hi} for `{}`",
-                    c.name
-                ),
-            ));
-        }
+            ),
+        )),
     }
-    if let Cell::Str(s) = &value {
-        if let Some(p) = &c.pattern
-            && !p.is_match(s)
-        {
-            return Err(fail(
-                "pattern",
-                format!("{} does not match the pattern of `{}`", c.shown(s), c.name),
-            ));
+}
+
+/// A date cell as days since 1970, within the column's plausible dates.
+fn date_cell(c: &CompiledColumn, d: &Dialect, cell: &str) -> Result<i32, Failure> {
+    let Some(date) = d.parse_date(cell) else {
+        return Err(fail(
+            "parse",
+            format!(
+                "{} is not a date in the site's formats ({})",
+                c.shown(cell),
+                d.date_formats.join(", ")
+            ),
+        ));
+    };
+    let what = || {
+        if c.identifying {
+            c.shown(cell)
+        } else {
+            format!("date {date}")
         }
-        if let Some(allowed) = &c.allowed {
-            return match allowed.get(&s.to_lowercase()) {
-                Some(canon) => Ok(Cell::Str(canon.clone())),
-                None => Err(fail(
-                    "allowed",
-                    format!(
-                        "{} is not one of {} for `{}`",
-                        c.shown(s),
-                        c.allowed_list,
-                        c.name
-                    ),
-                )),
-            };
-        }
+    };
+    if date < c.min_date {
+        return Err(fail(
+            "date_range",
+            format!("{} is before {}, not plausible", what(), c.min_date),
+        ));
     }
-    Ok(value)
+    if date > c.max_date {
+        return Err(Failure {
+            late: true,
+            ..fail(
+                "date_range",
+                format!("{} is after {}, not plausible", what(), c.max_date),
+            )
+        });
+    }
+    Ok((date - EPOCH).num_days() as i32)
+}
+
+/// Checks a number against the column's plausible range.
+fn in_range(c: &CompiledColumn, cell: &str, v: f64) -> Result<(), Failure> {
+    let below = c.min.is_some_and(|m| v < m);
+    let above = c.max.is_some_and(|m| v > m);
+    if !(below || above) {
+        return Ok(());
+    }
+    let lo = c
+        .min
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "-inf".into());
+    let hi = c.max.map(|m| m.to_string()).unwrap_or_else(|| "inf".into());
+    let what = if c.identifying {
+        c.shown(cell)
+    } else {
+        v.to_string()
+    };
+    Err(fail(
+        "range",
+        format!(
+            "{what} is outside the plausible range {lo} to {hi} for `{}`",
+            c.name
+        ),
+    ))
+}
+
+/// Checks text against the column's pattern and allowed values; an allowed value takes its
+/// canonical spelling.
+fn checked_text<'a>(c: &'a CompiledColumn, s: &'a str) -> Result<&'a str, Failure> {
+    if let Some(p) = &c.pattern
+        && !p.is_match(s)
+    {
+        return Err(fail(
+            "pattern",
+            format!("{} does not match the pattern of `{}`", c.shown(s), c.name),
+        ));
+    }
+    let Some(allowed) = &c.allowed else {
+        return Ok(s);
+    };
+    let canon = if s.bytes().any(|b| !b.is_ascii() || b.is_ascii_uppercase()) {
+        allowed.get(&s.to_lowercase())
+    } else {
+        allowed.get(s)
+    };
+    match canon {
+        Some(canon) => Ok(canon.as_str()),
+        None => Err(fail(
+            "allowed",
+            format!(
+                "{} is not one of {} for `{}`",
+                c.shown(s),
+                c.allowed_list,
+                c.name
+            ),
+        )),
+    }
 }
 
 /// Column buffers of one file.
 enum Buffer {
-    Str(Vec<Option<String>>),
+    Str(StringChunkedBuilder),
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     Date(Vec<Option<i32>>),
 }
 
 impl Buffer {
-    fn new(ty: ColumnType) -> Buffer {
-        match ty {
-            ColumnType::Subject | ColumnType::String => Buffer::Str(Vec::new()),
+    fn new(c: &CompiledColumn) -> Buffer {
+        match c.ty {
+            ColumnType::Subject | ColumnType::String => {
+                Buffer::Str(StringChunkedBuilder::new(c.name.as_str().into(), 0))
+            }
             ColumnType::Int => Buffer::Int(Vec::new()),
             ColumnType::Float => Buffer::Float(Vec::new()),
             ColumnType::Date => Buffer::Date(Vec::new()),
         }
     }
 
-    fn push(&mut self, cell: Cell) {
+    fn push(&mut self, cell: Cell, ids: &[String]) {
         match (self, cell) {
-            (Buffer::Str(v), Cell::Str(s)) => v.push(Some(s)),
+            (Buffer::Str(b), Cell::Str(s)) => b.append_value(s),
+            (Buffer::Str(b), Cell::Id(i)) => match ids.get(i as usize) {
+                Some(id) => b.append_value(id),
+                None => b.append_null(),
+            },
             (Buffer::Int(v), Cell::Int(x)) => v.push(Some(x)),
             (Buffer::Float(v), Cell::Float(x)) => v.push(Some(x)),
             (Buffer::Date(v), Cell::Date(x)) => v.push(Some(x)),
-            (Buffer::Str(v), _) => v.push(None),
+            (Buffer::Str(b), _) => b.append_null(),
             (Buffer::Int(v), _) => v.push(None),
             (Buffer::Float(v), _) => v.push(None),
             (Buffer::Date(v), _) => v.push(None),
@@ -401,7 +458,7 @@ impl Buffer {
 
     fn into_column(self, name: &str) -> PolarsResult<Column> {
         Ok(match self {
-            Buffer::Str(v) => Column::new(name.into(), v),
+            Buffer::Str(b) => b.finish().into_column(),
             Buffer::Int(v) => Column::new(name.into(), v),
             Buffer::Float(v) => Column::new(name.into(), v),
             Buffer::Date(v) => Column::new(name.into(), v).cast(&DataType::Date)?,
@@ -639,11 +696,38 @@ fn raw_record(rec: &csv::ByteRecord, d: &Dialect) -> String {
 
 /// True when every field of `rec` is the header's field (a second header line).
 fn repeats_header(rec: &csv::ByteRecord, normalised: &[String]) -> bool {
-    rec.len() == normalised.len()
-        && rec
-            .iter()
-            .zip(normalised)
-            .all(|(f, h)| normalise_header(&String::from_utf8_lossy(f)) == *h)
+    rec.len() == normalised.len() && rec.iter().zip(normalised).all(|(f, h)| normalises_to(f, h))
+}
+
+/// `normalise_header(field) == h`, without allocating for an ASCII field (every data row is
+/// checked against the header).
+fn normalises_to(field: &[u8], h: &str) -> bool {
+    if !field.is_ascii() {
+        return normalise_header(&String::from_utf8_lossy(field)) == h;
+    }
+    // The ASCII white space of `char::is_whitespace`, which `split_whitespace` splits on.
+    let space = |b: &u8| matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    let mut rest = h.as_bytes();
+    for (i, word) in field.split(space).filter(|w| !w.is_empty()).enumerate() {
+        if i > 0 {
+            match rest.strip_prefix(b" ") {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        match rest.get(..word.len()) {
+            Some(head)
+                if head
+                    .iter()
+                    .zip(word)
+                    .all(|(e, b)| *e == b.to_ascii_lowercase()) =>
+            {
+                rest = &rest[word.len()..]
+            }
+            _ => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult, DataError> {
@@ -686,11 +770,12 @@ fn parse_file(
         .has_headers(false)
         .flexible(true)
         .from_reader(&text[..]);
-    let mut records = reader.byte_records();
-    let header_rec = match records.next() {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => return Err(bad(file, format!("cannot read the header: {e}"))),
-        None => return Err(bad(file, "no header line".into())),
+    // One record buffer for the whole file: no allocation per row.
+    let mut rec = csv::ByteRecord::new();
+    let header_rec = match reader.read_byte_record(&mut rec) {
+        Ok(true) => rec.clone(),
+        Err(e) => return Err(bad(file, format!("cannot read the header: {e}"))),
+        Ok(false) => return Err(bad(file, "no header line".into())),
     };
     let header: Vec<String> = header_rec
         .iter()
@@ -698,16 +783,17 @@ fn parse_file(
         .collect();
     let mapping = map_header(file, &header, columns, d)?;
     let normalised: Vec<String> = header.iter().map(|h| normalise_header(h)).collect();
-    let mut buffers: Vec<Buffer> = columns.iter().map(|c| Buffer::new(c.ty)).collect();
+    let mut buffers: Vec<Buffer> = columns.iter().map(Buffer::new).collect();
+    let mut memos: Vec<CellMemo> = columns.iter().map(|_| CellMemo::default()).collect();
     let mut lines: Vec<i64> = Vec::new();
     let mut rejects = RejectsBuilder::default();
     let mut rows = 0u64;
-    let mut parsed: Vec<Cell> = Vec::with_capacity(columns.len());
     let mut lines_at = LineCounter::default();
     let (mut latest_date, mut late) = (None::<i32>, false);
-    for rec in records {
-        let rec = match rec {
-            Ok(r) => r,
+    loop {
+        match reader.read_byte_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(e) => {
                 // The csv reader only fails on I/O; a bad record still has a position.
                 let line = e
@@ -760,9 +846,9 @@ fn parse_file(
             );
             continue;
         }
-        parsed.clear();
+        let mut parsed: Vec<Cell> = Vec::with_capacity(columns.len());
         let mut failure = None;
-        for (c, idx) in columns.iter().zip(&mapping) {
+        for ((c, idx), memo) in columns.iter().zip(&mapping).zip(memos.iter_mut()) {
             let Some(idx) = idx else {
                 parsed.push(Cell::Null);
                 continue;
@@ -785,7 +871,7 @@ fn parse_file(
                     break;
                 }
             };
-            match parse_cell(c, d, raw) {
+            match parse_cell(c, d, raw, memo) {
                 Ok(cell) => {
                     if let Cell::Date(day) = cell {
                         latest_date = latest_date.max(Some(day));
@@ -804,8 +890,8 @@ fn parse_file(
                 rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason)
             }
             None => {
-                for (b, cell) in buffers.iter_mut().zip(parsed.drain(..)) {
-                    b.push(cell);
+                for ((b, cell), memo) in buffers.iter_mut().zip(parsed).zip(&memos) {
+                    b.push(cell, &memo.ids);
                 }
                 lines.push(line);
             }
@@ -1105,8 +1191,17 @@ mod tests {
     fn allowed_values_take_the_canonical_spelling() {
         let c = column("{name: group, type: string, allowed: [CANDLE, SAVI, OTHER]}");
         let d = dialect("{}");
-        assert!(matches!(parse_cell(&c, &d, " candle "), Ok(Cell::Str(s)) if s == "CANDLE"));
-        assert_eq!(parse_cell(&c, &d, "AGS").err().unwrap().rule, "allowed");
+        let mut memo = CellMemo::default();
+        assert!(
+            matches!(parse_cell(&c, &d, " candle ", &mut memo), Ok(Cell::Str(s)) if s == "CANDLE")
+        );
+        assert_eq!(
+            parse_cell(&c, &d, "AGS", &mut CellMemo::default())
+                .err()
+                .unwrap()
+                .rule,
+            "allowed"
+        );
     }
 
     #[test]
@@ -1199,12 +1294,18 @@ mod tests {
         c.identifying = true;
         let d = dialect("{}");
         for raw in ["1889-01-01", "2091-01-01", "12.04.2005"] {
-            let reason = parse_cell(&c, &d, raw).err().unwrap().reason;
+            let reason = parse_cell(&c, &d, raw, &mut CellMemo::default())
+                .err()
+                .unwrap()
+                .reason;
             assert!(!reason.contains(raw), "{reason}");
             assert!(reason.contains("withheld"), "{reason}");
         }
         c.identifying = false;
-        let reason = parse_cell(&c, &d, "1889-01-01").err().unwrap().reason;
+        let reason = parse_cell(&c, &d, "1889-01-01", &mut CellMemo::default())
+            .err()
+            .unwrap()
+            .reason;
         assert_eq!(
             reason,
             "date 1889-01-01 is before 1990-01-01, not plausible"
@@ -1216,10 +1317,15 @@ mod tests {
         assert_eq!(printable("a\0b\u{feff}", 10), "a\\0b\\u{feff}");
         assert_eq!(printable(&"x".repeat(50), 3), "xxx… (50 characters)");
         let c = column("{name: fever, type: int}");
-        let reason = parse_cell(&c, &dialect("{}"), &"7".repeat(100_000))
-            .err()
-            .unwrap()
-            .reason;
+        let reason = parse_cell(
+            &c,
+            &dialect("{}"),
+            &"7".repeat(100_000),
+            &mut CellMemo::default(),
+        )
+        .err()
+        .unwrap()
+        .reason;
         assert!(reason.len() < 200, "{reason}");
     }
 

@@ -35,22 +35,57 @@ fn default_by() -> Vec<String> {
 }
 
 impl Summarize {
-    fn long(&self, table: &DataFrame) -> LazyFrame {
+    /// The statistics of `__v` per group of `keys`.
+    fn stats(rows: LazyFrame, keys: Vec<Expr>, by: &[String]) -> PolarsResult<LazyFrame> {
+        let v = || col("__v");
+        Ok(rows
+            .filter(v().is_not_null().and(v().is_not_nan()))
+            .filter(all_horizontal(
+                by.iter()
+                    .map(|b| col(b.as_str()).is_not_null())
+                    .collect::<Vec<_>>(),
+            )?)
+            .group_by(keys)
+            .agg([
+                v().count().cast(DataType::Int64).alias("N"),
+                v().mean().alias("MEAN"),
+                v().std(1).alias("SD"),
+                v().median().alias("MEDIAN"),
+                v().quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
+                v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
+                v().min().alias("MIN"),
+                v().max().alias("MAX"),
+            ]))
+    }
+
+    /// One summary per parameter: the long shape groups by its parameter column; each column
+    /// of the wide shape is grouped on its own (no long copy of the table is built).
+    fn summaries(&self, table: &DataFrame) -> PolarsResult<Vec<LazyFrame>> {
         let mut parts = Vec::new();
         let by: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
         if let (Some(v), Some(p)) = (&self.value, &self.parameter) {
             let mut sel = by.clone();
             sel.push(col(p.as_str()).cast(DataType::String).alias("PARAMCD"));
             sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
-            parts.push(table.clone().lazy().select(sel));
+            let mut keys = by.clone();
+            keys.push(col("PARAMCD"));
+            parts.push(Self::stats(
+                table.clone().lazy().select(sel),
+                keys,
+                &self.by,
+            )?);
         }
         for v in &self.values {
             let mut sel = by.clone();
-            sel.push(lit(v.clone()).alias("PARAMCD"));
             sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
-            parts.push(table.clone().lazy().select(sel));
+            let mut out = by.clone();
+            out.push(lit(v.clone()).alias("PARAMCD"));
+            out.push(all().exclude_cols(self.by.clone()).as_expr());
+            parts.push(
+                Self::stats(table.clone().lazy().select(sel), by.clone(), &self.by)?.select(out),
+            );
         }
-        concat(parts, UnionArgs::default()).unwrap_or_else(|_| table.clone().lazy())
+        Ok(parts)
     }
 }
 
@@ -81,32 +116,10 @@ impl Stage for Summarize {
                 anyhow::bail!("the input has no column `{c}`");
             }
         }
-        let v = || col("__v");
-        let mut keys: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
-        keys.push(col("PARAMCD"));
         let mut sort: Vec<String> = self.by.clone();
         sort.push("PARAMCD".into());
-        let out = self
-            .long(table)
-            .filter(v().is_not_null().and(v().is_not_nan()))
-            .filter(all_horizontal(
-                self.by
-                    .iter()
-                    .map(|b| col(b.as_str()).is_not_null())
-                    .collect::<Vec<_>>(),
-            )?)
-            .group_by(keys)
-            .agg([
-                v().count().cast(DataType::Int64).alias("N"),
-                v().mean().alias("MEAN"),
-                v().std(1).alias("SD"),
-                v().median().alias("MEDIAN"),
-                v().quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
-                v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
-                v().min().alias("MIN"),
-                v().max().alias("MAX"),
-            ])
-            .sort(sort, Default::default());
+        let out =
+            concat(self.summaries(table)?, UnionArgs::default())?.sort(sort, Default::default());
         Ok(StageOutput::table(out))
     }
 }
