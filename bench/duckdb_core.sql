@@ -655,8 +655,10 @@ WITH events AS (
 ), final_visit AS (
     SELECT subject, max(date) AS LSTVSTDT FROM visits_std GROUP BY subject
 )
+-- Every subject with a subjects row or with records (a rejected demographics row does not
+-- leave the subject's records unphased).
 SELECT s.subject AS USUBJID, f.FRSTDT, d.TRTSDT, d.OPTSDT, v.LSTVSTDT
-FROM (SELECT DISTINCT subject FROM subjects) s
+FROM (SELECT subject FROM subjects UNION SELECT subject FROM events WHERE subject IS NOT NULL) s
 LEFT JOIN first_event f ON f.subject = s.subject
 LEFT JOIN doses d ON d.subject = s.subject
 LEFT JOIN final_visit v ON v.subject = s.subject;
