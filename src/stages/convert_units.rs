@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 
 use crate::spec::PipelineSpec;
-use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput, spelling_key, spelling_key_expr};
 
 /// Converts values to the canonical unit of their parameter (DOMAIN.md 4.1); the parameters,
 /// their unit spellings, factors and plausibility limits are all configuration.
@@ -237,31 +237,8 @@ fn name_key(s: &str) -> String {
     s.trim().to_lowercase()
 }
 
-/// The key of a unit spelling: lower case, no spaces, `µ`/`μ` as `u`.
-fn unit_key(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .map(|c| if c == 'µ' || c == 'μ' { 'u' } else { c })
-        .collect()
-}
-
 fn name_key_expr(e: Expr) -> Expr {
     e.str().strip_chars(lit(NULL)).str().to_lowercase()
-}
-
-/// [`unit_key`] as an expression; an empty spelling is a missing unit.
-fn unit_key_expr(e: Expr) -> Expr {
-    let key = e
-        .str()
-        .to_lowercase()
-        .str()
-        .replace_all(lit("[µμ]"), lit("u"), false)
-        .str()
-        .replace_all(lit(r"\s"), lit(""), false);
-    when(key.clone().eq(lit("")))
-        .then(lit(NULL).cast(DataType::String))
-        .otherwise(key)
 }
 
 /// Looks `key` up in a small table; keys not in it give null.
@@ -309,17 +286,17 @@ impl ConvertUnits {
                 problems.push(format!("{at}: the parameter is defined twice"));
                 continue;
             }
-            let canonical = unit_key(&p.unit);
+            let canonical = spelling_key(&p.unit);
             if canonical.is_empty() {
                 problems.push(format!("{at}.unit: the canonical unit is empty"));
             }
             let mut seen: Vec<(String, String)> = Vec::new();
-            if !p.units.0.iter().any(|(s, _)| unit_key(s) == canonical) {
+            if !p.units.0.iter().any(|(s, _)| spelling_key(s) == canonical) {
                 seen.push((canonical.clone(), p.unit.clone()));
                 table.factors.push((format!("{code}{SEP}{canonical}"), 1.0));
             }
             for (spelling, factor) in &p.units.0 {
-                let key = unit_key(spelling);
+                let key = spelling_key(spelling);
                 if key.is_empty() {
                     problems.push(format!("{at}.units: an empty unit spelling"));
                     continue;
@@ -555,7 +532,7 @@ impl Measurement<'_> {
                 lit(NULL).cast(DataType::String),
             )
         };
-        let ukey = unit_key_expr(col(self.unit).cast(DataType::String))
+        let ukey = spelling_key_expr(col(self.unit).cast(DataType::String))
             .fill_null(self.param.default_unit.clone());
         let first = vec![
             raw.alias(&w.raw),

@@ -252,6 +252,30 @@ impl Kind {
     }
 }
 
+/// The key of a spelling (codes of `recode`, units of `convert_units`): lower case, no
+/// spaces, `µ`/`μ` as `u`.
+pub(crate) fn spelling_key(s: &str) -> String {
+    s.to_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| if c == 'µ' || c == 'μ' { 'u' } else { c })
+        .collect()
+}
+
+/// [`spelling_key`] as an expression; a blank value is missing (null).
+pub(crate) fn spelling_key_expr(e: Expr) -> Expr {
+    let key = e
+        .str()
+        .to_lowercase()
+        .str()
+        .replace_all(lit("[µμ]"), lit("u"), false)
+        .str()
+        .replace_all(lit(r"\s"), lit(""), false);
+    when(key.clone().eq(lit("")))
+        .then(lit(NULL).cast(DataType::String))
+        .otherwise(key)
+}
+
 /// A stage context for unit tests of kinds: a minimal pipeline, run date 2026-11-25.
 #[cfg(test)]
 pub mod tests_support {

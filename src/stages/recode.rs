@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::rejects::RejectsBuilder;
 use crate::spec::PipelineSpec;
 use crate::stages::convert_units::Ordered;
-use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput, spelling_key, spelling_key_expr};
 
 /// Maps the values of text columns to canonical codes. Each entry of `columns` reads one
 /// column and writes its code to `output` (a new column, or the column itself to replace the
@@ -62,29 +62,6 @@ pub struct RecodeColumn {
     pub optional: bool,
     /// Code -> the other spellings that mean it, in the order written.
     pub codes: Ordered<Vec<String>>,
-}
-
-/// The key of a spelling: lower case, no spaces, `µ`/`μ` as `u`.
-fn spelling_key(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .map(|c| if c == 'µ' || c == 'μ' { 'u' } else { c })
-        .collect()
-}
-
-/// [`spelling_key`] as an expression; a blank value is missing (null).
-fn spelling_key_expr(e: Expr) -> Expr {
-    let key = e
-        .str()
-        .to_lowercase()
-        .str()
-        .replace_all(lit("[µμ]"), lit("u"), false)
-        .str()
-        .replace_all(lit(r"\s"), lit(""), false);
-    when(key.clone().eq(lit("")))
-        .then(lit(NULL).cast(DataType::String))
-        .otherwise(key)
 }
 
 /// One entry checked: spelling keys and the code each stands for.
