@@ -42,6 +42,66 @@ pub(crate) struct Slot {
     pub(crate) files: Option<(u64, u64)>,
 }
 
+impl Slot {
+    /// A stage whose output is taken from its cache entry (loaded when first read).
+    fn reused(
+        fingerprint: String,
+        key: String,
+        recipe: Recipe,
+        entry: StageEntry,
+        reasons: Vec<String>,
+        t0: Instant,
+        files: Option<(u64, u64)>,
+    ) -> Slot {
+        Slot {
+            content: entry.summary.content.clone().unwrap_or(key.clone()),
+            key,
+            fingerprint,
+            recipe,
+            summary: entry.summary.clone(),
+            entry: Some(entry),
+            frames: Mutex::new(None),
+            released: AtomicBool::new(false),
+            state: Mutex::new(SlotState {
+                status: "reused",
+                reasons,
+                seconds: t0.elapsed().as_secs_f64(),
+            }),
+            files,
+        }
+    }
+
+    /// A stage that ran, its output in memory.
+    #[allow(clippy::too_many_arguments)]
+    fn ran(
+        fingerprint: String,
+        key: String,
+        content: String,
+        recipe: Recipe,
+        (frames, summary): (Frames, StageSummary),
+        reasons: Vec<String>,
+        t0: Instant,
+        files: Option<(u64, u64)>,
+    ) -> Slot {
+        Slot {
+            fingerprint,
+            key,
+            content,
+            recipe,
+            summary,
+            entry: None,
+            frames: Mutex::new(Some(Arc::new(frames))),
+            released: AtomicBool::new(false),
+            state: Mutex::new(SlotState {
+                status: "ran",
+                reasons,
+                seconds: t0.elapsed().as_secs_f64(),
+            }),
+            files,
+        }
+    }
+}
+
 /// What may change while a run goes on: a reused stage whose cached output turns out broken
 /// when read is run again.
 pub(crate) struct SlotState {
@@ -270,22 +330,15 @@ impl Engine<'_> {
         let fingerprint = d.fingerprint.clone().unwrap_or_default();
         let key = d.key.clone().unwrap_or_default();
         if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
-            return Ok(Slot {
-                content: entry.summary.content.clone().unwrap_or(key.clone()),
-                key,
+            return Ok(Slot::reused(
                 fingerprint,
-                recipe: d.recipe,
-                summary: entry.summary.clone(),
-                entry: Some(entry),
-                frames: Mutex::new(None),
-                released: AtomicBool::new(false),
-                state: Mutex::new(SlotState {
-                    status: "reused",
-                    reasons: d.reasons,
-                    seconds: t0.elapsed().as_secs_f64(),
-                }),
-                files: None,
-            });
+                key,
+                d.recipe,
+                entry,
+                d.reasons,
+                t0,
+                None,
+            ));
         }
         let (frames, mut summary) = self.compute(id)?;
         let mut reasons = d.reasons;
@@ -298,22 +351,16 @@ impl Engine<'_> {
         };
         summary.content = Some(content.clone());
         self.store(id, &key, Some(&frames), &summary, Vec::new());
-        Ok(Slot {
+        Ok(Slot::ran(
             fingerprint,
             key,
             content,
-            recipe: d.recipe,
-            summary,
-            entry: None,
-            frames: Mutex::new(Some(Arc::new(frames))),
-            released: AtomicBool::new(false),
-            state: Mutex::new(SlotState {
-                status: "ran",
-                reasons,
-                seconds: t0.elapsed().as_secs_f64(),
-            }),
-            files: None,
-        })
+            d.recipe,
+            (frames, summary),
+            reasons,
+            t0,
+            None,
+        ))
     }
 
     /// When stage `id` ran again and made exactly the table of the last published run, the
@@ -440,44 +487,34 @@ impl Engine<'_> {
         let files = Some((n_parsed, states.len() as u64 - n_parsed));
         let d = self.judge.decide(id, recipe, true, notes, &[]);
         let fingerprint = d.fingerprint.clone().unwrap_or_default();
+        // An ingest reads no tables: its key is its fingerprint.
+        let key = d.key.clone().unwrap_or_default();
         if let (Action::Reuse, Some(entry)) = (d.action, d.entry) {
-            return Ok(Slot {
-                content: entry.summary.content.clone().unwrap_or(fingerprint.clone()),
-                key: fingerprint.clone(),
+            let files = Some((0, states.len() as u64));
+            return Ok(Slot::reused(
                 fingerprint,
-                recipe: d.recipe,
-                summary: entry.summary.clone(),
-                entry: Some(entry),
-                frames: Mutex::new(None),
-                released: AtomicBool::new(false),
-                state: Mutex::new(SlotState {
-                    status: "reused",
-                    reasons: d.reasons,
-                    seconds: t0.elapsed().as_secs_f64(),
-                }),
-                files: Some((0, states.len() as u64)),
-            });
+                key,
+                d.recipe,
+                entry,
+                d.reasons,
+                t0,
+                files,
+            ));
         }
         // An ingest's table names its files, so a changed file always changes it: no
         // comparison with the earlier output.
-        let (frames, summary) = self.ingest_frames(id, &parser, &src, &states, parsed)?;
-        self.store(id, &fingerprint, None, &summary, file_keys);
-        Ok(Slot {
-            content: fingerprint.clone(),
-            key: fingerprint.clone(),
+        let output = self.ingest_frames(id, &parser, &src, &states, parsed)?;
+        self.store(id, &key, None, &output.1, file_keys);
+        Ok(Slot::ran(
             fingerprint,
-            recipe: d.recipe,
-            summary,
-            entry: None,
-            frames: Mutex::new(Some(Arc::new(frames))),
-            released: AtomicBool::new(false),
-            state: Mutex::new(SlotState {
-                status: "ran",
-                reasons: d.reasons,
-                seconds: t0.elapsed().as_secs_f64(),
-            }),
+            key.clone(),
+            key,
+            d.recipe,
+            output,
+            d.reasons,
+            t0,
             files,
-        })
+        ))
     }
 
     fn store_file(&self, src: &crate::fingerprint::SourceRecipe, p: &ParsedFile) {
