@@ -172,6 +172,13 @@ fn looks_whole(path: &Path, bytes: u64, magic: &[u8], format: &str) -> Result<()
     Ok(())
 }
 
+/// Every part of an entry has its recorded size and whole Arrow IPC framing.
+fn parts_look_whole(folder: &Path, parts: &[Part]) -> Result<(), String> {
+    parts
+        .iter()
+        .try_for_each(|p| part_looks_whole(&folder.join(&p.file), p.bytes))
+}
+
 /// Cheap check of a Parquet file (a published table): its size and the magic at both ends.
 pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"PAR1", "Parquet")
@@ -288,10 +295,8 @@ impl Cache {
         if e.format != CACHE_FORMAT || e.fingerprint != fp {
             return Lookup::Missing;
         }
-        for p in &e.parts {
-            if let Err(why) = part_looks_whole(&folder.join(&p.file), p.bytes) {
-                return Lookup::Corrupt(why);
-            }
+        if let Err(why) = parts_look_whole(&folder, &e.parts) {
+            return Lookup::Corrupt(why);
         }
         for k in &e.file_keys {
             match self.file_entry(k) {
@@ -389,10 +394,8 @@ impl Cache {
         if e.format != CACHE_FORMAT || e.key != key {
             return Lookup::Missing;
         }
-        for p in &e.parts {
-            if let Err(why) = part_looks_whole(&folder.join(&p.file), p.bytes) {
-                return Lookup::Corrupt(why);
-            }
+        if let Err(why) = parts_look_whole(&folder, &e.parts) {
+            return Lookup::Corrupt(why);
         }
         Lookup::Found(e)
     }
