@@ -408,27 +408,6 @@ mod tests {
         }
     }
 
-    /// Dirt ten times as often as the defaults, so a small cohort shows every kind.
-    fn dirty() -> DirtRates {
-        let d = DirtRates::default();
-        DirtRates {
-            unparseable_date: d.unparseable_date * 10.0,
-            implausible_date: d.implausible_date * 10.0,
-            missing_required: d.missing_required * 10.0,
-            unparseable_number: d.unparseable_number * 10.0,
-            out_of_range: d.out_of_range * 10.0,
-            not_allowed: 0.05,
-            bad_subject_id: d.bad_subject_id * 10.0,
-            wrong_field_count: d.wrong_field_count * 10.0,
-            unknown_unit: d.unknown_unit * 10.0,
-            unknown_drug: 0.05,
-            unknown_frequency: 0.05,
-            duplicate: d.duplicate * 10.0,
-            conflict: d.conflict * 10.0,
-            ..d
-        }
-    }
-
     fn fnv1a(bytes: &[u8]) -> u64 {
         bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -778,7 +757,7 @@ mod tests {
     fn truth_agrees_with_a_literal_reading_of_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = options(dir.path(), 12, 2, 77);
-        o.dirt = dirty();
+        o.dirt = DirtRates::dense();
         generate(&o).unwrap();
         let spec = reference_spec();
         let records = read_with_pipeline(&spec, dir.path());

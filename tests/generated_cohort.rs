@@ -48,28 +48,6 @@ fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// The default dirt rates ten times over (a few kinds a little more), so that a cohort of a
-/// dozen subjects shows every kind of dirt at every site.
-fn ten_times_dirt() -> DirtRates {
-    let d = DirtRates::default();
-    DirtRates {
-        unparseable_date: d.unparseable_date * 10.0,
-        implausible_date: d.implausible_date * 10.0,
-        missing_required: d.missing_required * 10.0,
-        unparseable_number: d.unparseable_number * 10.0,
-        out_of_range: d.out_of_range * 10.0,
-        not_allowed: 0.05,
-        bad_subject_id: d.bad_subject_id * 10.0,
-        wrong_field_count: d.wrong_field_count * 10.0,
-        unknown_unit: d.unknown_unit * 10.0,
-        unknown_drug: 0.05,
-        unknown_frequency: 0.05,
-        duplicate: d.duplicate * 10.0,
-        conflict: d.conflict * 10.0,
-        ..d
-    }
-}
-
 /// Runs the shipped reference pipeline (its relative paths resolve against `pipelines/`) on
 /// `data`, publishing to `out`.
 fn run_reference(data: &Path, out: &Path) {
@@ -494,7 +472,7 @@ fn dirty_generated_cohort_lands_where_its_truth_says_at_every_site() {
         years: 1,
         sites: 3,
         seed: 11,
-        dirt: ten_times_dirt(),
+        dirt: DirtRates::dense(),
     })
     .unwrap();
     let truth = Truth::read(&data);

@@ -75,6 +75,29 @@ impl Default for DirtRates {
 }
 
 impl DirtRates {
+    /// The defaults ten times over (row-level spelling and vocabulary kinds a little more),
+    /// so that a cohort of a dozen subjects shows every kind of dirt at every site: what the
+    /// tests run on.
+    pub fn dense() -> DirtRates {
+        let d = DirtRates::default();
+        DirtRates {
+            unparseable_date: d.unparseable_date * 10.0,
+            implausible_date: d.implausible_date * 10.0,
+            missing_required: d.missing_required * 10.0,
+            unparseable_number: d.unparseable_number * 10.0,
+            out_of_range: d.out_of_range * 10.0,
+            not_allowed: 0.05,
+            bad_subject_id: d.bad_subject_id * 10.0,
+            wrong_field_count: d.wrong_field_count * 10.0,
+            unknown_unit: d.unknown_unit * 10.0,
+            unknown_drug: 0.05,
+            unknown_frequency: 0.05,
+            duplicate: d.duplicate * 10.0,
+            conflict: d.conflict * 10.0,
+            ..d
+        }
+    }
+
     /// No dirt, no re-exports, no missing values: every row is accepted.
     pub fn none() -> DirtRates {
         DirtRates {
