@@ -128,6 +128,24 @@ const MAX_SITES: usize = 60;
 /// Subjects generated in parallel before their rows are written.
 const CHUNK: usize = 64;
 
+/// Reads one file of `truth/` (plain CSV with a header line): each row by column name.
+pub fn read_truth(
+    path: &Path,
+) -> Result<Vec<std::collections::HashMap<String, String>>, csv::Error> {
+    let mut r = csv::Reader::from_path(path)?;
+    let head = r.headers()?.clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec?;
+            Ok(head
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect())
+        })
+        .collect()
+}
+
 /// Writes the site exports and the truth of a synthetic cohort into `opts.out`.
 ///
 /// A folder that holds an earlier output (it has `truth/anchors.csv`) is cleared of the
@@ -440,17 +458,7 @@ mod tests {
     }
 
     fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-        let mut r = csv::Reader::from_path(path).unwrap();
-        let head = r.headers().unwrap().clone();
-        r.records()
-            .map(|rec| {
-                let rec = rec.unwrap();
-                head.iter()
-                    .zip(rec.iter())
-                    .map(|(h, v)| (h.to_string(), v.to_string()))
-                    .collect()
-            })
-            .collect()
+        read_truth(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     #[test]

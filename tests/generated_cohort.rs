@@ -73,17 +73,7 @@ fn table(out: &Path, name: &str) -> DataFrame {
 }
 
 fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let head = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            head.iter()
-                .zip(rec.iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
+    studyflow::generate::read_truth(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn site_of(file: &str) -> &str {
