@@ -20,7 +20,8 @@ pub struct Cache {
     dir: PathBuf,
 }
 
-/// One file of an entry (Arrow IPC), with what it must be to be trusted.
+/// One file of an entry, with what it must be to be trusted: Arrow IPC (`.arrow`), or for the
+/// table of a published stage, the published Parquet file itself (`.parquet`, a hard link).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Part {
     /// `table`, `rejects` or `dropped`.
@@ -125,6 +126,27 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// The table part of a published stage: a hard link to the published file (a copy where the
+/// file system cannot link), through a temporary name and a rename.
+fn link_part(folder: &Path, key: &str, t: &TableFile, rows: u64) -> std::io::Result<Part> {
+    let file = format!("{key}.table.parquet");
+    let path = folder.join(&file);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = folder.join(format!(".{file}.tmp-{}-{n}", std::process::id()));
+    if fs::hard_link(&t.path, &tmp).is_err() {
+        fs::copy(&t.path, &tmp)?;
+    }
+    fs::rename(&tmp, &path)?;
+    Ok(Part {
+        role: "table".into(),
+        file,
+        bytes: t.bytes,
+        blake3: t.blake3.clone(),
+        rows,
+    })
+}
+
 /// JSON followed by a line `blake3 <hash of the JSON>`, so that a file altered or torn in any
 /// way, even into other valid JSON, is not trusted.
 pub fn sealed_json<T: Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
@@ -172,11 +194,29 @@ fn looks_whole(path: &Path, bytes: u64, magic: &[u8], format: &str) -> Result<()
     Ok(())
 }
 
-/// Every part of an entry has its recorded size and whole Arrow IPC framing.
+/// Every part of an entry has its recorded size and whole Arrow IPC or Parquet framing.
 fn parts_look_whole(folder: &Path, parts: &[Part]) -> Result<(), String> {
-    parts
-        .iter()
-        .try_for_each(|p| part_looks_whole(&folder.join(&p.file), p.bytes))
+    parts.iter().try_for_each(|p| {
+        let path = folder.join(&p.file);
+        if is_parquet(&p.file) {
+            parquet_looks_whole(&path, p.bytes)
+        } else {
+            part_looks_whole(&path, p.bytes)
+        }
+    })
+}
+
+fn is_parquet(file: &str) -> bool {
+    file.ends_with(".parquet")
+}
+
+/// A published table's file, which a stage's cache entry links to instead of writing its
+/// table a second time.
+#[derive(Debug, Clone)]
+pub struct TableFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub blake3: String,
 }
 
 /// Cheap check of a Parquet file (a published table): its size and the magic at both ends.
@@ -199,8 +239,13 @@ fn encode(df: &DataFrame) -> PolarsResult<Vec<u8>> {
     Ok(buf)
 }
 
-fn decode(bytes: Vec<u8>) -> PolarsResult<DataFrame> {
-    polars::io::ipc::IpcReader::new(std::io::Cursor::new(bytes)).finish()
+fn decode(bytes: Vec<u8>, parquet: bool) -> PolarsResult<DataFrame> {
+    let bytes = std::io::Cursor::new(bytes);
+    if parquet {
+        ParquetReader::new(bytes).finish()
+    } else {
+        polars::io::ipc::IpcReader::new(bytes).finish()
+    }
 }
 
 fn part_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
@@ -260,7 +305,8 @@ impl Cache {
         if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
             return Err(format!("{} does not match its hash", path.display()));
         }
-        let df = decode(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let df = decode(bytes, is_parquet(&part.file))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if df.height() as u64 != part.rows {
             return Err(format!(
                 "{} has {} rows, expected {}",
@@ -349,12 +395,14 @@ impl Cache {
         }
     }
 
-    /// Stores a stage output; the JSON is written last, so a torn entry is a miss.
+    /// Stores a stage output; the JSON is written last, so a torn entry is a miss. With
+    /// `published`, the table part is a link to that file (the table as published).
     pub fn store_stage(
         &self,
         fp: &str,
         stage: &str,
         frames: Option<&Frames>,
+        published: Option<&TableFile>,
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) -> anyhow::Result<StageEntry> {
@@ -362,7 +410,10 @@ impl Cache {
         fs::create_dir_all(&folder)?;
         let mut parts = Vec::new();
         if let Some(f) = frames {
-            parts.push(self.write_part(&folder, fp, "table", &f.table)?);
+            parts.push(match published {
+                Some(t) => link_part(&folder, fp, t, f.table.height() as u64)?,
+                None => self.write_part(&folder, fp, "table", &f.table)?,
+            });
             if let Some(r) = &f.rejects {
                 parts.push(self.write_part(&folder, fp, "rejects", r)?);
             }
@@ -561,7 +612,7 @@ mod tests {
             ..Default::default()
         };
         cache
-            .store_stage("fp1", "s", Some(&frames()), &summary, vec![])
+            .store_stage("fp1", "s", Some(&frames()), None, &summary, vec![])
             .unwrap();
         let Lookup::Found(e) = cache.stage_entry("fp1") else {
             panic!("entry not found")
@@ -586,7 +637,7 @@ mod tests {
 
         // Same size, one byte flipped: only the hash check on reading sees it.
         cache
-            .store_stage("fp1", "s", Some(&frames()), &summary, vec![])
+            .store_stage("fp1", "s", Some(&frames()), None, &summary, vec![])
             .unwrap();
         let mut bytes = fs::read(&table).unwrap();
         bytes[len as usize / 2] ^= 0xff;
@@ -638,10 +689,10 @@ mod tests {
         let cache = Cache::new(dir.path());
         let s = StageSummary::default();
         cache
-            .store_stage("keep", "s", Some(&frames()), &s, vec![])
+            .store_stage("keep", "s", Some(&frames()), None, &s, vec![])
             .unwrap();
         cache
-            .store_stage("drop", "s", Some(&frames()), &s, vec![])
+            .store_stage("drop", "s", Some(&frames()), None, &s, vec![])
             .unwrap();
         fs::write(dir.path().join("cache/.file_hashes.json.tmp-1-2"), b"{").unwrap();
         let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());

@@ -140,6 +140,12 @@ pub(crate) struct Engine<'a> {
     /// Stages (and published tables) handled at once.
     pub(crate) workers: usize,
     pub(crate) writer: cache::Writer,
+    /// The folder this run publishes into (renamed into place when the run succeeds).
+    pub(crate) run_dir: &'a Path,
+    pub(crate) previous: Option<&'a (std::path::PathBuf, crate::manifest::Manifest)>,
+    /// Tables already published, by stage: a stage that runs publishes its table at once,
+    /// so it need not stay in memory until the end of the run.
+    pub(crate) published: Vec<OnceLock<crate::manifest::TableRecord>>,
 }
 
 /// Runs `f` on every item with at most `workers` OS threads, results in item order.
@@ -249,10 +255,10 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Drops the table of stage `id` unless it is published (the publisher reads it at the
-    /// end); its rejects and dropped rows stay for row fate.
+    /// Drops the table of stage `id` unless it is still to be published (the publisher reads
+    /// it at the end); its rejects and dropped rows stay for row fate.
     fn release_table(&self, id: usize) -> anyhow::Result<()> {
-        if self.plan.stages[id].publish {
+        if self.plan.stages[id].publish && self.published(id).is_none() {
             return Ok(());
         }
         let slot = self.slot(id)?;
@@ -266,6 +272,44 @@ impl Engine<'_> {
             slot.released.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// The published file of stage `id`, when it was published as it ran.
+    pub(crate) fn published(&self, id: usize) -> Option<&crate::manifest::TableRecord> {
+        self.published[id].get()
+    }
+
+    /// Publishes the table of stage `id`, which just ran, into the run folder (sorted by
+    /// [`crate::run::sorted`] in [`Engine::compute`]); the cache entry then links to that
+    /// file. `None` for a stage that is not published.
+    fn publish_now(
+        &self,
+        id: usize,
+        fingerprint: &str,
+        table: &DataFrame,
+    ) -> anyhow::Result<Option<cache::TableFile>> {
+        let s = &self.plan.stages[id];
+        if !s.publish {
+            return Ok(None);
+        }
+        let rec = crate::run::publish_table(
+            self.plan,
+            self.run_dir,
+            self.previous,
+            &s.name,
+            &s.sort_by,
+            fingerprint,
+            false,
+            || Ok(table.clone()),
+        )?;
+        let file = cache::TableFile {
+            path: self.run_dir.join(&rec.file),
+            bytes: rec.bytes,
+            blake3: rec.blake3.clone(),
+        };
+        // A stage publishes once: it runs at most once per run.
+        let _ = self.published[id].set(rec);
+        Ok(Some(file))
     }
 
     fn describe(&self, id: usize, slot: &Slot) -> anyhow::Result<String> {
@@ -350,7 +394,8 @@ impl Engine<'_> {
             None => key.clone(),
         };
         summary.content = Some(content.clone());
-        self.store(id, &key, Some(&frames), &summary, Vec::new());
+        let file = self.publish_now(id, &fingerprint, &frames.table)?;
+        self.store(id, &key, Some(&frames), file, &summary, Vec::new());
         Ok(Slot::ran(
             fingerprint,
             key,
@@ -395,10 +440,15 @@ impl Engine<'_> {
             .stage()
             .run(&self.ctx(id), &Inputs { tables })
             .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
-        let table = out
+        let mut table = out
             .table
             .collect()
             .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+        // A published table is sorted once, as it will be published: the stages reading it,
+        // now or from the cache in a later run, see it in that one order.
+        if s.publish {
+            table = crate::run::sorted(&table, &s.sort_by)?;
+        }
         let summary = row_fate::summarize(
             &table,
             out.rejects.as_ref(),
@@ -424,6 +474,7 @@ impl Engine<'_> {
         id: usize,
         fp: &str,
         frames: Option<&Frames>,
+        published: Option<cache::TableFile>,
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) {
@@ -431,7 +482,14 @@ impl Engine<'_> {
         let (cache, log, fp) = (self.cache.clone(), self.log.clone(), fp.to_string());
         let (frames, summary) = (frames.cloned(), summary.clone());
         self.writer.queue(move || {
-            if let Err(e) = cache.store_stage(&fp, &name, frames.as_ref(), &summary, file_keys) {
+            if let Err(e) = cache.store_stage(
+                &fp,
+                &name,
+                frames.as_ref(),
+                published.as_ref(),
+                &summary,
+                file_keys,
+            ) {
                 log.warn(&format!("could not cache the output of `{name}`: {e:#}"));
             }
         });
@@ -504,7 +562,7 @@ impl Engine<'_> {
         // An ingest's table names its files, so a changed file always changes it: no
         // comparison with the earlier output.
         let output = self.ingest_frames(id, &parser, &src, &states, parsed)?;
-        self.store(id, &key, None, &output.1, file_keys);
+        self.store(id, &key, None, None, &output.1, file_keys);
         Ok(Slot::ran(
             fingerprint,
             key.clone(),
@@ -647,7 +705,8 @@ impl Engine<'_> {
                 ));
                 let (frames, mut summary) = self.compute(id)?;
                 summary.content = Some(slot.content.clone());
-                self.store(id, &slot.key, Some(&frames), &summary, Vec::new());
+                let file = self.publish_now(id, &slot.fingerprint, &frames.table)?;
+                self.store(id, &slot.key, Some(&frames), file, &summary, Vec::new());
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.status = "ran";
                 st.reasons.push(format!("cached output unusable ({why})"));

@@ -139,6 +139,9 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         slots: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
         workers: opts.threads.max(1),
         writer: cache::Writer::start(),
+        run_dir: &partial,
+        previous: previous.as_ref(),
+        published: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
     };
     if let Err(e) = engine.execute() {
         engine.writer.finish();
@@ -207,7 +210,7 @@ fn prune_cache(cache: &Cache, now: &Manifest, before: Option<&Manifest>) {
 }
 
 /// Sorts a published table by its keys (every column when none are given).
-fn sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<DataFrame> {
+pub(crate) fn sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<DataFrame> {
     let by: Vec<Expr> = if keys.is_empty() {
         df.get_column_names()
             .iter()
@@ -253,6 +256,72 @@ fn link_previous(
     Some(rec.clone())
 }
 
+/// What the footer of published table `table` (of stage fingerprint `fp`) says of it.
+fn provenance(plan: &Plan, table: &str, fp: &str) -> Provenance {
+    Provenance {
+        pipeline: plan.spec.header.pipeline.clone(),
+        pipeline_hash: plan.pipeline_hash.clone(),
+        table: table.to_string(),
+        stage_fingerprint: fp.to_string(),
+        engine_version: crate::ENGINE_VERSION.to_string(),
+        identifying: plan.spec.header.identifying.clone(),
+    }
+}
+
+/// Publishes table `name` into the run folder: linked from the previous run when its content
+/// key is unchanged, else made by `make` and written. A stage's table (`engine` false) is
+/// published as soon as the stage has run; the engine's own tables at the end of the run.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn publish_table(
+    plan: &Plan,
+    run_dir: &Path,
+    previous: Option<&(PathBuf, Manifest)>,
+    name: &str,
+    key: &[String],
+    fp: &str,
+    engine: bool,
+    make: impl FnOnce() -> anyhow::Result<DataFrame>,
+) -> anyhow::Result<TableRecord> {
+    publish::failpoint(&format!("write:{name}"))?;
+    let file = format!("{name}.parquet");
+    let dest = run_dir.join(&file);
+    let sort = if engine {
+        "engine".to_string()
+    } else {
+        key.join("\u{1f}")
+    };
+    let ck = content_key(&[
+        name,
+        fp,
+        &plan.spec.header.pipeline,
+        &plan.pipeline_hash,
+        crate::ENGINE_VERSION,
+        &sort,
+    ]);
+    if let Some(prev) = link_previous(previous, &ck, &dest) {
+        return Ok(TableRecord {
+            name: name.to_string(),
+            file,
+            key: key.to_vec(),
+            content_key: ck,
+            status: "linked".into(),
+            ..prev
+        });
+    }
+    let mut df = make()?;
+    let (bytes, hash) = publish::write_parquet(&mut df, &dest, &provenance(plan, name, fp))?;
+    Ok(TableRecord {
+        name: name.to_string(),
+        file,
+        rows: df.height() as u64,
+        bytes,
+        blake3: hash,
+        key: key.to_vec(),
+        content_key: ck,
+        status: "written".into(),
+    })
+}
+
 /// Reconciles row fate, checks reject limits, publishes the tables (linked from the previous
 /// run when unchanged) and writes the manifest.
 #[allow(clippy::too_many_arguments)]
@@ -279,14 +348,6 @@ fn finish(
         }
         h.finalize().to_hex().to_string()
     };
-    let prov = |table: &str, fp: &str| Provenance {
-        pipeline: plan.spec.header.pipeline.clone(),
-        pipeline_hash: plan.pipeline_hash.clone(),
-        table: table.to_string(),
-        stage_fingerprint: fp.to_string(),
-        engine_version: crate::ENGINE_VERSION.to_string(),
-        identifying: plan.spec.header.identifying.clone(),
-    };
     let rejects_of = || -> anyhow::Result<DataFrame> {
         let parts = (0..n)
             .map(|id| {
@@ -305,7 +366,7 @@ fn finish(
         let _ = publish::write_parquet(
             &mut r,
             &run_dir.join("rejects.parquet"),
-            &prov("rejects", &all_fp),
+            &provenance(plan, "rejects", &all_fp),
         );
         return Err(row_fate::reject_limit_error(
             &over,
@@ -356,60 +417,37 @@ fn finish(
         &jobs,
         e.workers,
         |(name, key, fp, job)| -> anyhow::Result<TableRecord> {
-            let (name, key, fp) = (name.clone(), key.clone(), fp.clone());
-            publish::failpoint(&format!("write:{name}"))?;
-            let file = format!("{name}.parquet");
-            let dest = run_dir.join(&file);
-            let sort = match &job {
-                Job::Stage(_) => key.join("\u{1f}"),
-                _ => "engine".to_string(),
-            };
-            let ck = content_key(&[
-                &name,
-                &fp,
-                &plan.spec.header.pipeline,
-                &plan.pipeline_hash,
-                crate::ENGINE_VERSION,
-                &sort,
-            ]);
-            if let Some(prev) = link_previous(previous, &ck, &dest) {
-                return Ok(TableRecord {
-                    name,
-                    file,
-                    key,
-                    content_key: ck,
-                    status: "linked".into(),
-                    ..prev
-                });
+            if let Job::Stage(id) = job
+                && let Some(rec) = e.published(*id)
+            {
+                return Ok(rec.clone());
             }
-            let mut df = match *job {
-                Job::Stage(id) => sorted(&e.frames(id)?.table, &plan.stages[id].sort_by)?,
-                Job::Rejects => rejects_of()?,
-                Job::Duplicates => {
-                    let parts = (0..n)
-                        .map(|id| {
-                            if slots[id].summary.set_aside == 0 {
-                                Ok(None)
-                            } else {
-                                e.part(id, "dropped")
-                            }
-                        })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
-                    row_fate::all_dropped(&parts)?
-                }
-                Job::RowFate(f) => row_fate::fate_table(f)?,
-            };
-            let (bytes, hash) = publish::write_parquet(&mut df, &dest, &prov(&name, &fp))?;
-            Ok(TableRecord {
+            publish_table(
+                plan,
+                run_dir,
+                previous,
                 name,
-                file,
-                rows: df.height() as u64,
-                bytes,
-                blake3: hash,
                 key,
-                content_key: ck,
-                status: "written".into(),
-            })
+                fp,
+                !matches!(job, Job::Stage(_)),
+                || match *job {
+                    Job::Stage(id) => sorted(&e.frames(id)?.table, &plan.stages[id].sort_by),
+                    Job::Rejects => rejects_of(),
+                    Job::Duplicates => {
+                        let parts = (0..n)
+                            .map(|id| {
+                                if slots[id].summary.set_aside == 0 {
+                                    Ok(None)
+                                } else {
+                                    e.part(id, "dropped")
+                                }
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        row_fate::all_dropped(&parts)
+                    }
+                    Job::RowFate(f) => row_fate::fate_table(f),
+                },
+            )
         },
     )?;
 

@@ -281,7 +281,8 @@ fn a_truncated_cache_file_is_rebuilt() {
         .as_str()
         .unwrap()
         .to_string();
-    truncate(&w.path(&format!("out/cache/stages/{fp}.table.arrow")));
+    // `subjects` is published: its cache entry links to the published Parquet file.
+    truncate(&w.path(&format!("out/cache/stages/{fp}.table.parquet")));
     // The cached parse of one visits file, found from the recipe in the manifest.
     let recipe: studyflow::fingerprint::Recipe =
         serde_json::from_value(stage(&m, "visits_raw")["recipe"].clone()).unwrap();
