@@ -3,6 +3,17 @@
 
 use std::process::ExitCode;
 
+// polars allocates and frees large buffers from many threads. jemalloc, keeping the pages it
+// has (no decay: a run is one batch), reuses them instead of returning them to the system and
+// faulting them in again: 10-15 % less wall time than the system allocator at the same peak
+// memory, measured side by side on 1,000 subjects (README "Performance").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
+
 fn main() -> ExitCode {
     match studyflow::cli::main() {
         Ok(code) => code,
