@@ -31,6 +31,147 @@ fn default_date() -> String {
 /// Day number used for an unbounded window start (far before any plausible date).
 const OPEN_START: i32 = -1_000_000;
 
+/// The phase (APHASEN, APHASE) of each row: the subject's window with the latest start on or
+/// before the day, if the day is not after that window's end.
+///
+/// Subjects are numbered by their place among the windows' sorted subject ids, and each
+/// window and row gets one integer key, subject number * 2^32 + day. A binary search of every
+/// row's key among the sorted window keys then finds its window: the rows are neither hashed
+/// by subject nor sorted, so the cost is a few passes over them.
+fn phase_of_rows(
+    subject: &Column,
+    date: &Column,
+    phases: &DataFrame,
+) -> PolarsResult<(Column, Column)> {
+    let n = subject.len();
+    let none = || {
+        (
+            Column::full_null("APHASEN".into(), n, &DataType::Int64),
+            Column::full_null("APHASE".into(), n, &DataType::String),
+        )
+    };
+    let windows = phases
+        .clone()
+        .lazy()
+        .select([
+            col("USUBJID").cast(DataType::String).alias("__sid"),
+            col("ASTDT")
+                .cast(DataType::Int32)
+                .fill_null(lit(OPEN_START))
+                .alias("__start"),
+            col("AENDT").cast(DataType::Int32).alias("__end"),
+            col("APHASEN").cast(DataType::Int64),
+            col("APHASE").cast(DataType::String),
+        ])
+        .filter(col("__sid").is_not_null())
+        .collect()?;
+    if windows.height() == 0 || n == 0 {
+        return Ok(none());
+    }
+    let ids = windows
+        .column("__sid")?
+        .as_materialized_series()
+        .unique()?
+        .sort(Default::default())?;
+    // subject number * 2^32 + day + 2^31: ordered by subject, then day.
+    let key = |number: Expr, day: Expr| {
+        number.cast(DataType::Int64) * lit(1i64 << 32) + day.cast(DataType::Int64) + lit(1i64 << 31)
+    };
+    let numbers = search_sorted(
+        &ids,
+        windows.column("__sid")?.as_materialized_series(),
+        SearchSortedSide::Left,
+        false,
+    )?;
+    let mut windows = windows;
+    windows.with_column(numbers.with_name("__number".into()).into_column())?;
+    let windows = windows
+        .lazy()
+        .with_column(key(col("__number"), col("__start")).alias("__key"))
+        .sort(["__key"], Default::default())
+        .collect()?;
+
+    let sid = subject.cast(&DataType::String)?;
+    let sid = sid.as_materialized_series();
+    let place = search_sorted(&ids, sid, SearchSortedSide::Left, false)?;
+    let last = (ids.len() - 1) as IdxSize;
+    let place = place.apply_values(|p| p.min(last));
+    let found = ids.take(&place)?.equal_missing(sid)?;
+    let rows = DataFrame::new(
+        n,
+        vec![
+            place.with_name("__number".into()).into_column(),
+            found.with_name("__found".into()).into_column(),
+            date.cast(&DataType::Date)?
+                .cast(&DataType::Int32)?
+                .with_name("__day".into()),
+        ],
+    )?;
+    let mut keyed = rows
+        .lazy()
+        .with_column(
+            when(col("__found").and(col("__day").is_not_null()))
+                .then(key(col("__number"), col("__day")))
+                .otherwise(lit(NULL).cast(DataType::Int64))
+                .alias("__key"),
+        )
+        .collect()?;
+    // Windows whose key is at most the row's: the last of them is the candidate.
+    let after = search_sorted(
+        windows.column("__key")?.as_materialized_series(),
+        keyed.column("__key")?.as_materialized_series(),
+        SearchSortedSide::Right,
+        false,
+    )?;
+    keyed.with_column(after.with_name("__after".into()).into_column())?;
+    let candidate = keyed
+        .clone()
+        .lazy()
+        .select([
+            when(col("__key").is_not_null().and(col("__after").gt(lit(0))))
+                .then(col("__after") - lit(1))
+                .otherwise(lit(NULL))
+                .cast(IDX_DTYPE)
+                .alias("__candidate"),
+        ])
+        .collect()?;
+    let window = windows
+        .select(["__number", "__start", "__end", "APHASEN", "APHASE"])?
+        .take(candidate.column("__candidate")?.idx()?)?;
+    let mut both = keyed.select(["__number", "__found", "__day"])?;
+    both.hstack_mut(&[
+        window
+            .column("__number")?
+            .clone()
+            .with_name("__wnumber".into()),
+        window.column("__start")?.clone(),
+        window.column("__end")?.clone(),
+        window.column("APHASEN")?.clone(),
+        window.column("APHASE")?.clone(),
+    ])?;
+    let inside = col("__found")
+        .and(col("__start").is_not_null())
+        .and(col("__wnumber").eq(col("__number")))
+        .and(col("__end").is_null().or(col("__day").lt_eq(col("__end"))));
+    let out = both
+        .lazy()
+        .select([
+            when(inside.clone())
+                .then(col("APHASEN"))
+                .otherwise(lit(NULL).cast(DataType::Int64))
+                .alias("APHASEN"),
+            when(inside)
+                .then(col("APHASE"))
+                .otherwise(lit(NULL).cast(DataType::String))
+                .alias("APHASE"),
+        ])
+        .collect()?;
+    Ok((
+        out.column("APHASEN")?.clone(),
+        out.column("APHASE")?.clone(),
+    ))
+}
+
 impl Stage for AssignPhase {
     fn arity(&self) -> Arity {
         Arity::Exactly(2)
@@ -56,67 +197,13 @@ impl Stage for AssignPhase {
                 anyhow::bail!("`{rows_name}` has no column `{c}`");
             }
         }
-        // Only the row number, subject and day take part in the join and the two sorts; the
-        // phase columns are then put next to the rows, which are never reordered.
-        let left = rows
-            .clone()
-            .lazy()
-            .select([
-                col(self.subject.as_str())
-                    .cast(DataType::String)
-                    .alias("__sid"),
-                col(self.date.as_str())
-                    .cast(DataType::Date)
-                    .cast(DataType::Int32)
-                    .alias("__day"),
-            ])
-            .with_row_index("__row", None)
-            .sort(["__day"], Default::default());
-        let right = phases
-            .clone()
-            .lazy()
-            .select([
-                col("USUBJID").cast(DataType::String).alias("__sid"),
-                col("ASTDT")
-                    .cast(DataType::Int32)
-                    .fill_null(lit(OPEN_START))
-                    .alias("__start"),
-                col("AENDT").cast(DataType::Int32).alias("__end"),
-                col("APHASEN"),
-                col("APHASE"),
-            ])
-            .sort(["__start"], Default::default());
-        let joined = left
-            .join_builder()
-            .with(right)
-            .left_on([col("__day")])
-            .right_on([col("__start")])
-            .how(JoinType::AsOf(Box::new(AsOfOptions {
-                strategy: AsofStrategy::Backward,
-                tolerance: None,
-                tolerance_str: None,
-                left_by: Some(vec!["__sid".into()]),
-                right_by: Some(vec!["__sid".into()]),
-                allow_eq: true,
-                check_sortedness: false,
-            })))
-            .finish();
-        let inside = col("__end").is_null().or(col("__day").lt_eq(col("__end")));
-        let assigned = joined
-            .sort(["__row"], Default::default())
-            .select([
-                when(inside.clone())
-                    .then(col("APHASEN"))
-                    .otherwise(lit(NULL).cast(DataType::Int64))
-                    .alias("APHASEN"),
-                when(inside)
-                    .then(col("APHASE"))
-                    .otherwise(lit(NULL).cast(DataType::String))
-                    .alias("APHASE"),
-            ])
-            .collect()?;
+        let (aphasen, aphase) = phase_of_rows(
+            rows.column(&self.subject)?,
+            rows.column(&self.date)?,
+            phases,
+        )?;
         let mut table = rows.clone();
-        table.hstack_mut(assigned.columns())?;
+        table.hstack_mut(&[aphasen, aphase])?;
         let table = table.lazy();
         Ok(StageOutput::table(table))
     }
@@ -233,6 +320,74 @@ mod tests {
             phase_of("A", &["2014-10-04", "2014-11-02", "2014-11-03"], 60),
             ["3", "3", "4"]
         );
+    }
+
+    /// One window: subject, start (None: open), end (None: open), phase number.
+    type Window = (&'static str, Option<i32>, Option<i32>, i64);
+
+    /// The rule, row by row: the subject's window with the latest start on or before the day,
+    /// when the day is not after its end.
+    fn oracle(windows: &[Window], subject: Option<&str>, day: Option<i32>) -> Option<i64> {
+        let (subject, day) = (subject?, day?);
+        let w = windows
+            .iter()
+            .filter(|w| w.0 == subject && w.1.is_none_or(|s| s <= day))
+            .max_by_key(|w| w.1.unwrap_or(i32::MIN))?;
+        w.2.is_none_or(|e| day <= e).then_some(w.3)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_row_gets_the_window_the_rule_gives(
+            spans in proptest::collection::vec((0usize..4, 0i32..40, 0i32..8, proptest::bool::ANY), 0..12),
+            rows in proptest::collection::vec((0usize..6, proptest::option::of(-5i32..60)), 0..60),
+        ) {
+            // Windows of subjects A..D, one per start (starts apart, as phase_windows makes them).
+            let names = ["A", "B", "C", "D", "E", ""];
+            let mut windows: Vec<Window> = Vec::new();
+            for (i, (subj, start, len, open)) in spans.iter().enumerate() {
+                if windows.iter().any(|w| w.0 == names[*subj] && w.1 == Some(*start)) {
+                    continue;
+                }
+                let start = if *open && *start < 3 { None } else { Some(*start) };
+                let end = if *open && *len == 7 { None } else { Some(start.unwrap_or(0) + len) };
+                windows.push((names[*subj], start, end, i as i64 + 1));
+            }
+            let phases = DataFrame::new_infer_height(vec![
+                Column::new("USUBJID".into(), windows.iter().map(|w| w.0).collect::<Vec<_>>()),
+                Column::new("ASTDT".into(), windows.iter().map(|w| w.1).collect::<Vec<_>>())
+                    .cast(&DataType::Date).unwrap(),
+                Column::new("AENDT".into(), windows.iter().map(|w| w.2).collect::<Vec<_>>())
+                    .cast(&DataType::Date).unwrap(),
+                Column::new("APHASEN".into(), windows.iter().map(|w| w.3).collect::<Vec<_>>()),
+                Column::new("APHASE".into(), windows.iter().map(|w| format!("p{}", w.3)).collect::<Vec<_>>()),
+            ]).unwrap();
+            // Subject index 5 stands for a missing subject id.
+            let subjects: Vec<Option<&str>> =
+                rows.iter().map(|r| (r.0 < 5).then_some(names[r.0])).collect();
+            let days: Vec<Option<i32>> = rows.iter().map(|r| r.1).collect();
+            let table = DataFrame::new_infer_height(vec![
+                Column::new("USUBJID".into(), subjects.clone()),
+                Column::new("ADT".into(), days.clone()).cast(&DataType::Date).unwrap(),
+            ]).unwrap();
+            let stage = AssignPhase {
+                phases: "adph".into(),
+                subject: "USUBJID".into(),
+                date: "ADT".into(),
+            };
+            let inputs = Inputs {
+                tables: vec![("rows".into(), table), ("adph".into(), phases)],
+            };
+            let out = ctx_for(|c| stage.run(c, &inputs)).unwrap().table.collect().unwrap();
+            let got: Vec<Option<i64>> = out.column("APHASEN").unwrap().i64().unwrap().iter().collect();
+            let labels: Vec<Option<String>> = out.column("APHASE").unwrap().str().unwrap()
+                .iter().map(|s| s.map(str::to_string)).collect();
+            let want: Vec<Option<i64>> = subjects.iter().zip(&days)
+                .map(|(s, d)| oracle(&windows, *s, *d)).collect();
+            proptest::prop_assert_eq!(&got, &want);
+            let want_labels: Vec<Option<String>> = want.iter().map(|p| p.map(|p| format!("p{p}"))).collect();
+            proptest::prop_assert_eq!(labels, want_labels);
+        }
     }
 
     #[test]
