@@ -505,7 +505,7 @@ impl Cache {
     }
 
     /// Removes every stage entry and file entry not kept, and leftover temporary files.
-    /// Call only when no [`Writer`] of this cache is running.
+    /// Call only when no run is writing to this cache.
     /// Returns how many files were removed.
     pub fn prune(&self, keep_stages: &HashSet<String>, keep_files: &HashSet<String>) -> usize {
         let mut removed = 0;
@@ -530,64 +530,6 @@ impl Cache {
             }
         }
         removed
-    }
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Writes cache entries on a thread of its own, in the order they are queued, so that a run
-/// does not wait for its cache. [`Writer::finish`] waits for every queued write.
-pub struct Writer {
-    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Writer {
-    pub fn start() -> Writer {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("cache-writer".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .ok();
-        Writer {
-            tx: std::sync::Mutex::new(thread.is_some().then_some(tx)),
-            thread: std::sync::Mutex::new(thread),
-        }
-    }
-
-    /// Queues a write (or does it now when the writer thread could not start).
-    pub fn queue(&self, job: impl FnOnce() + Send + 'static) {
-        let job: Job = Box::new(job);
-        let rejected = match self.tx.lock() {
-            Ok(tx) => match tx.as_ref() {
-                Some(tx) => tx.send(job).err().map(|e| e.0),
-                None => Some(job),
-            },
-            Err(_) => Some(job),
-        };
-        if let Some(job) = rejected {
-            job();
-        }
-    }
-
-    /// Waits until every queued write is done.
-    pub fn finish(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.finish();
     }
 }
 

@@ -138,13 +138,11 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         log,
         slots: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
         workers: opts.threads.max(1),
-        writer: cache::Writer::start(),
         run_dir: &partial,
         previous: previous.as_ref(),
         published: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
     };
     if let Err(e) = engine.execute() {
-        engine.writer.finish();
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -158,8 +156,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         previous.as_ref(),
     );
     // What this run computed is cached even when it fails on the data (a fixed file then
-    // re-parses alone).
-    engine.writer.finish();
+    // re-parses alone): stages cache their outputs as they run.
     match outcome {
         Ok(manifest) => {
             publish::failpoint("publish")?;
