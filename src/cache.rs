@@ -112,18 +112,23 @@ pub struct Frames {
 /// Writes bytes to `path` through a temporary name and a rename. No fsync: a cache file
 /// torn by a crash fails its size or hash check and is rebuilt.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Unique per writer: two stages of one run may write the same file entry at once.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let tmp = tmp_path(path);
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     drop(f);
     fs::rename(&tmp, path)
+}
+
+/// A temporary name next to `path`, unique per writer: two stages of one run may write the
+/// same file entry at once.
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
 /// The table part of a published stage: a hard link to the published file (a copy where the
@@ -131,9 +136,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 fn link_part(folder: &Path, key: &str, t: &TableFile, rows: u64) -> std::io::Result<Part> {
     let file = format!("{key}.table.parquet");
     let path = folder.join(&file);
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = folder.join(format!(".{file}.tmp-{}-{n}", std::process::id()));
+    let tmp = tmp_path(&path);
     if fs::hard_link(&t.path, &tmp).is_err() {
         fs::copy(&t.path, &tmp)?;
     }
@@ -228,15 +231,55 @@ pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
 // a thread that shares the cores with the stages. Level 1 costs about half the CPU of the
 // default level 3 for files a little larger; LZ4 (framed, with checksums) was no cheaper and
 // made files more than twice as large.
-fn encode(df: &DataFrame) -> PolarsResult<Vec<u8>> {
+// The part is streamed to its file through a hasher, not built in memory first: a buffer the
+// size of a large table, grown by doubling, cost page faults and copies worth several seconds
+// of a registry-scale run.
+fn encode(df: &DataFrame, out: impl Write) -> PolarsResult<()> {
     use polars::io::ipc::{IpcCompression, IpcWriter};
     use polars::polars_utils::compression::ZstdLevel;
-    let mut buf = Vec::new();
     let mut df = df.clone();
-    IpcWriter::new(&mut buf)
+    IpcWriter::new(out)
         .with_compression(Some(IpcCompression::ZSTD(ZstdLevel::try_new(1)?)))
-        .finish(&mut df)?;
-    Ok(buf)
+        .finish(&mut df)
+}
+
+/// A writer that counts and hashes (blake3) the bytes it passes on.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The inner writer, the number of bytes written and their blake3 (hex).
+    pub fn finish(self) -> (W, u64, String) {
+        (
+            self.inner,
+            self.bytes,
+            self.hasher.finalize().to_hex().to_string(),
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn decode(bytes: Vec<u8>, parquet: bool) -> PolarsResult<DataFrame> {
@@ -279,14 +322,30 @@ impl Cache {
         role: &str,
         df: &DataFrame,
     ) -> anyhow::Result<Part> {
-        let bytes = encode(df)?;
         let file = format!("{key}.{role}.arrow");
-        write_file(&folder.join(&file), &bytes)?;
+        let path = folder.join(&file);
+        let tmp = tmp_path(&path);
+        let written = (|| -> anyhow::Result<(u64, String)> {
+            let f = fs::File::create(&tmp)?;
+            let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+            encode(df, &mut w)?;
+            let (buf, bytes, hash) = w.finish();
+            buf.into_inner().map_err(|e| e.into_error())?;
+            Ok((bytes, hash))
+        })();
+        let (bytes, blake3) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        fs::rename(&tmp, &path)?;
         Ok(Part {
             role: role.into(),
             file,
-            bytes: bytes.len() as u64,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            bytes,
+            blake3,
             rows: df.height() as u64,
         })
     }
@@ -543,6 +602,19 @@ mod tests {
             rejects: Some(crate::rejects::empty().unwrap()),
             dropped: None,
         }
+    }
+
+    #[test]
+    fn a_hashing_writer_counts_and_hashes_what_it_passes_on() {
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut w = HashingWriter::new(Vec::new());
+        for chunk in data.chunks(777) {
+            w.write_all(chunk).unwrap();
+        }
+        let (inner, bytes, hash) = w.finish();
+        assert_eq!(inner, data);
+        assert_eq!(bytes, data.len() as u64);
+        assert_eq!(hash, blake3::hash(&data).to_hex().to_string());
     }
 
     #[test]

@@ -129,18 +129,26 @@ pub fn write_parquet(
     prov: &Provenance,
 ) -> Result<(u64, String), RunError> {
     let tmp = tmp_name(path);
-    let mut file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    let file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    // Hashed as it is written: reading a large file back only to hash it cost page faults
+    // and copies on registry-scale tables.
+    let mut out =
+        crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
     let pairs = prov.pairs(df);
-    ParquetWriter::new(&mut file)
+    ParquetWriter::new(&mut out)
         .with_compression(ParquetCompression::Zstd(None))
         .with_statistics(StatisticsOptions::full())
         .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
         .finish(df)
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+    let (buf, bytes, hash) = out.finish();
+    let file = buf
+        .into_inner()
+        .map_err(|e| RunError::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(|e| RunError::io(&tmp, e))?;
     drop(file);
     fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
-    hash_file(path)
+    Ok((bytes, hash))
 }
 
 /// Writes bytes to `path` via a temporary file and a rename.
