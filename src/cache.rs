@@ -213,6 +213,24 @@ fn is_parquet(file: &str) -> bool {
     file.ends_with(".parquet")
 }
 
+/// What a stage's cache entry holds of its table.
+#[derive(Debug, Clone, Copy)]
+pub enum TablePart<'a> {
+    /// The table, as an Arrow IPC part.
+    Write,
+    /// A hard link to the published file (the table as published).
+    Link(&'a TableFile),
+    /// Nothing: the table is computed again from the stage's inputs when needed.
+    Omit,
+}
+
+impl StageEntry {
+    /// True when the entry holds the stage's table.
+    pub fn has_table(&self) -> bool {
+        self.parts.iter().any(|p| p.role == "table")
+    }
+}
+
 /// A published table's file, which a stage's cache entry links to instead of writing its
 /// table a second time.
 #[derive(Debug, Clone)]
@@ -454,14 +472,14 @@ impl Cache {
         }
     }
 
-    /// Stores a stage output; the JSON is written last, so a torn entry is a miss. With
-    /// `published`, the table part is a link to that file (the table as published).
+    /// Stores a stage output; the JSON is written last, so a torn entry is a miss. The table
+    /// part is written, linked to the published file, or left out (see [`TablePart`]).
     pub fn store_stage(
         &self,
         fp: &str,
         stage: &str,
         frames: Option<&Frames>,
-        published: Option<&TableFile>,
+        table: TablePart,
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) -> anyhow::Result<StageEntry> {
@@ -469,10 +487,13 @@ impl Cache {
         fs::create_dir_all(&folder)?;
         let mut parts = Vec::new();
         if let Some(f) = frames {
-            parts.push(match published {
-                Some(t) => link_part(&folder, fp, t, f.table.height() as u64)?,
-                None => self.write_part(&folder, fp, "table", &f.table)?,
-            });
+            match table {
+                TablePart::Write => parts.push(self.write_part(&folder, fp, "table", &f.table)?),
+                TablePart::Link(t) => {
+                    parts.push(link_part(&folder, fp, t, f.table.height() as u64)?)
+                }
+                TablePart::Omit => {}
+            }
             if let Some(r) = &f.rejects {
                 parts.push(self.write_part(&folder, fp, "rejects", r)?);
             }
@@ -626,7 +647,14 @@ mod tests {
             ..Default::default()
         };
         cache
-            .store_stage("fp1", "s", Some(&frames()), None, &summary, vec![])
+            .store_stage(
+                "fp1",
+                "s",
+                Some(&frames()),
+                TablePart::Write,
+                &summary,
+                vec![],
+            )
             .unwrap();
         let Lookup::Found(e) = cache.stage_entry("fp1") else {
             panic!("entry not found")
@@ -651,7 +679,14 @@ mod tests {
 
         // Same size, one byte flipped: only the hash check on reading sees it.
         cache
-            .store_stage("fp1", "s", Some(&frames()), None, &summary, vec![])
+            .store_stage(
+                "fp1",
+                "s",
+                Some(&frames()),
+                TablePart::Write,
+                &summary,
+                vec![],
+            )
             .unwrap();
         let mut bytes = fs::read(&table).unwrap();
         bytes[len as usize / 2] ^= 0xff;
@@ -703,10 +738,10 @@ mod tests {
         let cache = Cache::new(dir.path());
         let s = StageSummary::default();
         cache
-            .store_stage("keep", "s", Some(&frames()), None, &s, vec![])
+            .store_stage("keep", "s", Some(&frames()), TablePart::Write, &s, vec![])
             .unwrap();
         cache
-            .store_stage("drop", "s", Some(&frames()), None, &s, vec![])
+            .store_stage("drop", "s", Some(&frames()), TablePart::Write, &s, vec![])
             .unwrap();
         fs::write(dir.path().join("cache/.file_hashes.json.tmp-1-2"), b"{").unwrap();
         let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());

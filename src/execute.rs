@@ -479,10 +479,16 @@ impl Engine<'_> {
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) {
-        let name = &self.plan.stages[id].name;
-        if let Err(e) =
-            self.cache
-                .store_stage(fp, name, frames, published.as_ref(), summary, file_keys)
+        let s = &self.plan.stages[id];
+        let name = &s.name;
+        let table = match &published {
+            Some(t) => cache::TablePart::Link(t),
+            None if s.kind.stage().cache_table() => cache::TablePart::Write,
+            None => cache::TablePart::Omit,
+        };
+        if let Err(e) = self
+            .cache
+            .store_stage(fp, name, frames, table, summary, file_keys)
         {
             self.log
                 .warn(&format!("could not cache the output of `{name}`: {e:#}"));
@@ -685,6 +691,15 @@ impl Engine<'_> {
                 let states = self.judge.files(id, source, &src)?;
                 let none = states.iter().map(|_| None).collect();
                 Ok(self.ingest_frames(id, &parser, &src, &states, none)?.0)
+            }
+            (_, Some(e)) if !e.has_table() && !s.kind.stage().cache_table() => {
+                // Not cached by design: computed again from its inputs, still a reuse.
+                let (frames, _) = self.compute(id)?;
+                let mut st = slot.state.lock().map_err(|_| poisoned())?;
+                st.reasons
+                    .push("its table is not cached: computed again from its inputs".into());
+                st.seconds += t0.elapsed().as_secs_f64();
+                Ok(frames)
             }
             (_, Some(e)) => self.cache.load_stage(e),
             (_, None) => Err("no cached output".to_string()),

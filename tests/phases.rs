@@ -165,6 +165,30 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     };
     let after_dir = std::fs::read_link(w.path("out/current")).unwrap();
     assert_ne!(before_dir, after_dir);
+    // The daily diary's ADaM selection (an unpublished `sql` stage) is reused but not cached:
+    // addiary, which runs again, gets it computed again from diary_scored.
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(w.path("out").join(&after_dir).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let stage = |name: &str| {
+        m["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(stage("addiary")["status"], "ran");
+    assert_eq!(stage("diary_bds")["status"], "reused");
+    assert!(
+        stage("diary_bds")["reasons"]
+            .to_string()
+            .contains("its table is not cached: computed again from its inputs"),
+        "{}",
+        stage("diary_bds")
+    );
     // Upstream of the phases nothing changes.
     for t in [
         "subjects",

@@ -127,6 +127,13 @@ pub trait Stage: Send + Sync + Debug {
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
         Vec::new()
     }
+    /// True when the cache keeps this kind's table. False for kinds whose table costs less to
+    /// compute again from its inputs than to write and read (a view, as dbt would say): when
+    /// a later run needs the table of such a reused stage, it computes it again. Published
+    /// tables are always kept (the cache links the published file).
+    fn cache_table(&self) -> bool {
+        true
+    }
     /// Names of sources this stage reads (ingest only).
     fn reads_source(&self) -> Option<&str> {
         None

@@ -21,6 +21,13 @@ impl Stage for Sql {
         Arity::Any
     }
 
+    /// An unpublished query's table is not cached: it is mostly a selection or a union of
+    /// its inputs, and writing a daily table of millions of rows to the cache cost more than
+    /// the query.
+    fn cache_table(&self) -> bool {
+        false
+    }
+
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
         // Parsing needs the input schemas in polars SQL; an empty query is caught here.
         if self.query.trim().is_empty() {
