@@ -255,8 +255,8 @@ impl Stage for Dedupe {
             .with_row_index(KEPT_POS, None)
             .with_column(same_as(-1, false, KEPT_POS)?.not().alias(NEWEST))
             .collect()?;
-        // Rows in the order of the input, those without a repeated key first: one integer to
-        // sort by, and each part sorted after it is filtered.
+        // Superseded rows in the order of the input, those without a repeated key first: one
+        // integer to sort by.
         let input_order = (col(REPEATED).cast(DataType::UInt64) * lit(1u64 << 32))
             + col(ROW).cast(DataType::UInt64);
         let superseded = survivors
@@ -277,10 +277,12 @@ impl Stage for Dedupe {
                 col("KEPTLINE"),
             ]);
         let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
+        // The kept rows come out in key order (missing keys first): the survivors already are,
+        // and the tables a dedupe feeds are published sorted by their key, which then costs
+        // no second sort.
         let kept = survivors
             .lazy()
             .filter(col(NEWEST))
-            .sort_by_exprs([input_order], Default::default())
             .select([col(ROW)])
             .collect()?;
         let table = input.take(kept.column(ROW)?.idx()?)?.lazy();
@@ -388,9 +390,10 @@ mod tests {
         };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs)).unwrap();
         let kept = out.table.collect().unwrap();
-        // Rows whose key is alone in its file first, each group in input order.
-        assert_eq!(strings(&kept, "SRCFILE"), ["b", "a"]);
-        assert_eq!(ints(&kept, "SRCLINE"), [Some(3), Some(2)]);
+        // In key order: C1 (missing date) before C2.
+        assert_eq!(strings(&kept, "subject"), ["C1", "C2"]);
+        assert_eq!(strings(&kept, "SRCFILE"), ["a", "b"]);
+        assert_eq!(ints(&kept, "SRCLINE"), [Some(2), Some(3)]);
         assert_eq!(out.rejects.unwrap().height(), 0);
         let dropped = out.dropped.unwrap();
         assert_eq!(strings(&dropped, "FATE"), ["collapsed", "superseded"]);
