@@ -145,7 +145,13 @@ pub(crate) struct Engine<'a> {
     /// Tables already published, by stage: a stage that runs publishes its table at once,
     /// so it need not stay in memory until the end of the run.
     pub(crate) published: Vec<OnceLock<crate::manifest::TableRecord>>,
+    /// Held by a stage that reads at least [`HEAVY_ROWS`] rows while it runs: two such
+    /// stages never run side by side (see [`Engine::stage`]).
+    pub(crate) heavy: Mutex<()>,
 }
+
+/// Input rows from which a stage counts as heavy.
+pub(crate) const HEAVY_ROWS: u64 = 2_000_000;
 
 /// Runs `f` on every item with at most `workers` OS threads, results in item order.
 /// Not rayon: a stage waits on a slot lock for its inputs, and a rayon worker waiting there
@@ -383,6 +389,20 @@ impl Engine<'_> {
                 None,
             ));
         }
+        // Heavy stages (a daily table of millions of rows) run one at a time; light ones run
+        // beside them. Two heavy stages side by side held both their working sets at once and
+        // gained little: polars already spreads each one over the cores. On 5,000 subjects,
+        // three cold runs each: peak 6.5-6.6 GB instead of 7.2-8.2 GB, wall time the same.
+        let rows: u64 = s
+            .input_ids
+            .iter()
+            .map(|&j| self.slot(j).map(|slot| slot.summary.rows))
+            .sum::<anyhow::Result<u64>>()?;
+        let _gate = if rows >= HEAVY_ROWS {
+            Some(self.heavy.lock().map_err(|_| poisoned())?)
+        } else {
+            None
+        };
         let (frames, mut summary) = self.compute(id)?;
         let mut reasons = d.reasons;
         let content = match self.unchanged_output(id, &frames.table) {
