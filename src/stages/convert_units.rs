@@ -622,7 +622,10 @@ impl Measurement<'_> {
 }
 
 /// RULE, COLUMN, RAWVALUE and REASON of the first check that holds (null when none does).
-fn first_failure(checks: Vec<Check>) -> Vec<Expr> {
+/// The first failing check of each row: its rule, column and raw value (null when every
+/// check passes), and the expression of its reason. The reason is a formatted text, so it is
+/// evaluated on the rejected rows alone ([`rejects_of`]), not on every row.
+fn first_failure(checks: Vec<Check>) -> (Vec<Expr>, Expr) {
     let null = || lit(NULL).cast(DataType::String);
     let (mut rule, mut column, mut raw, mut reason) = (null(), null(), null(), null());
     for c in checks.into_iter().rev() {
@@ -634,16 +637,18 @@ fn first_failure(checks: Vec<Check>) -> Vec<Expr> {
             .otherwise(raw);
         reason = when(cond).then(c.reason).otherwise(reason);
     }
-    vec![
-        rule.alias("RULE"),
-        column.alias("COLUMN"),
-        raw.alias("RAWVALUE"),
+    (
+        vec![
+            rule.alias("RULE"),
+            column.alias("COLUMN"),
+            raw.alias("RAWVALUE"),
+        ],
         reason.alias("REASON"),
-    ]
+    )
 }
 
-/// The rejects of the annotated rows, in the shape of [`crate::rejects`].
-fn rejects_of(annotated: &DataFrame) -> PolarsResult<DataFrame> {
+/// The rejects of the annotated rows, in the shape of [`crate::rejects`], with their reason.
+fn rejects_of(annotated: &DataFrame, reason: Expr) -> PolarsResult<DataFrame> {
     let schema = annotated.schema();
     let text = |name: &str| {
         if schema.contains(name) {
@@ -668,7 +673,7 @@ fn rejects_of(annotated: &DataFrame) -> PolarsResult<DataFrame> {
             col("COLUMN"),
             col("RAWVALUE"),
             col("RULE"),
-            col("REASON"),
+            reason,
         ])
         .collect()
 }
@@ -858,9 +863,10 @@ impl ConvertUnits {
         for m in &shape.measurements {
             checks.extend(m.checks()?);
         }
-        let annotated = frame.with_columns(first_failure(checks)).collect()?;
+        let (annotation, reason) = first_failure(checks);
+        let annotated = frame.with_columns(annotation).collect()?;
         Ok(StageOutput {
-            rejects: Some(rejects_of(&annotated)?),
+            rejects: Some(rejects_of(&annotated, reason)?),
             table: annotated
                 .lazy()
                 .filter(col("RULE").is_null())
