@@ -30,33 +30,11 @@ pub struct Summarize {
     pub values: Vec<String>,
 }
 
-/// The statistics of a summary, in column order.
-const STATISTICS: [&str; 8] = ["N", "MEAN", "SD", "MEDIAN", "Q1", "Q3", "MIN", "MAX"];
-
 fn default_by() -> Vec<String> {
     vec!["USUBJID".into(), "APHASEN".into(), "APHASE".into()]
 }
 
 impl Summarize {
-    /// The statistics of `v`, named `{prefix}N`, `{prefix}MEAN`, ... (see [`STATISTICS`]).
-    fn statistics(v: Expr, prefix: &str) -> Vec<Expr> {
-        let v = || v.clone();
-        vec![
-            v().count()
-                .cast(DataType::Int64)
-                .alias(format!("{prefix}N")),
-            v().mean().alias(format!("{prefix}MEAN")),
-            v().std(1).alias(format!("{prefix}SD")),
-            v().median().alias(format!("{prefix}MEDIAN")),
-            v().quantile(lit(0.25), QuantileMethod::Linear)
-                .alias(format!("{prefix}Q1")),
-            v().quantile(lit(0.75), QuantileMethod::Linear)
-                .alias(format!("{prefix}Q3")),
-            v().min().alias(format!("{prefix}MIN")),
-            v().max().alias(format!("{prefix}MAX")),
-        ]
-    }
-
     /// The statistics of `__v` per group of `keys`.
     fn stats(rows: LazyFrame, keys: Vec<Expr>, by: &[String]) -> PolarsResult<LazyFrame> {
         let v = || col("__v");
@@ -68,11 +46,20 @@ impl Summarize {
                     .collect::<Vec<_>>(),
             )?)
             .group_by(keys)
-            .agg(Self::statistics(v(), "")))
+            .agg([
+                v().count().cast(DataType::Int64).alias("N"),
+                v().mean().alias("MEAN"),
+                v().std(1).alias("SD"),
+                v().median().alias("MEDIAN"),
+                v().quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
+                v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
+                v().min().alias("MIN"),
+                v().max().alias("MAX"),
+            ]))
     }
 
-    /// One summary per parameter: the long shape groups by its parameter column; the wide
-    /// shape groups once for all its columns (no long copy of the table is built).
+    /// One summary per parameter: the long shape groups by its parameter column; each column
+    /// of the wide shape is grouped on its own (no long copy of the table is built).
     fn summaries(&self, table: &DataFrame) -> PolarsResult<Vec<LazyFrame>> {
         let mut parts = Vec::new();
         let by: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
@@ -88,51 +75,15 @@ impl Summarize {
                 &self.by,
             )?);
         }
-        if !self.values.is_empty() {
-            // Wide shape: one grouping for every value column. Each statistic skips missing
-            // values (NaN counts as missing), and a group without any value of a column gives
-            // no row for it, as if its rows had been left out before grouping.
+        for v in &self.values {
             let mut sel = by.clone();
-            for (i, v) in self.values.iter().enumerate() {
-                let x = col(v.as_str()).cast(DataType::Float64);
-                sel.push(
-                    when(x.clone().is_nan())
-                        .then(lit(NULL).cast(DataType::Float64))
-                        .otherwise(x)
-                        .alias(format!("__v{i}")),
-                );
-            }
-            let mut aggs = Vec::new();
-            for i in 0..self.values.len() {
-                aggs.extend(Self::statistics(col(format!("__v{i}")), &format!("__{i}")));
-            }
-            let grouped = table
-                .clone()
-                .lazy()
-                .select(sel)
-                .filter(all_horizontal(
-                    self.by
-                        .iter()
-                        .map(|b| col(b.as_str()).is_not_null())
-                        .collect::<Vec<_>>(),
-                )?)
-                .group_by(by.clone())
-                .agg(aggs)
-                .collect()?;
-            for (i, v) in self.values.iter().enumerate() {
-                let mut out = by.clone();
-                out.push(lit(v.clone()).alias("PARAMCD"));
-                for stat in STATISTICS {
-                    out.push(col(format!("__{i}{stat}")).alias(stat));
-                }
-                parts.push(
-                    grouped
-                        .clone()
-                        .lazy()
-                        .filter(col(format!("__{i}N")).gt(lit(0)))
-                        .select(out),
-                );
-            }
+            sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
+            let mut out = by.clone();
+            out.push(lit(v.clone()).alias("PARAMCD"));
+            out.push(all().exclude_cols(self.by.clone()).as_expr());
+            parts.push(
+                Self::stats(table.clone().lazy().select(sel), by.clone(), &self.by)?.select(out),
+            );
         }
         Ok(parts)
     }
