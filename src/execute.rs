@@ -487,8 +487,8 @@ impl Engine<'_> {
     }
 
     /// Caches a stage output, in the stage's own thread. (A writer thread of its own with a
-    /// queue held every queued table until written: on 5,000 subjects that cost 1.5-2 GB of
-    /// peak memory and was slower, the writes competing with the stages for the cores.)
+    /// queue held every queued table until written: on 5,000 subjects that cost about 1-2 GB of
+    /// peak memory and was no faster, the writes competing with the stages for the cores.)
     /// Failing to cache only warns: the run goes on.
     fn store(
         &self,
