@@ -131,15 +131,18 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
+/// Hard-links `src` at `dest`, or copies it where the file system cannot link.
+pub fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
+    fs::hard_link(src, dest).or_else(|_| fs::copy(src, dest).map(|_| ()))
+}
+
 /// The table part of a published stage: a hard link to the published file (a copy where the
 /// file system cannot link), through a temporary name and a rename.
 fn link_part(folder: &Path, key: &str, t: &TableFile, rows: u64) -> std::io::Result<Part> {
     let file = format!("{key}.table.parquet");
     let path = folder.join(&file);
     let tmp = tmp_path(&path);
-    if fs::hard_link(&t.path, &tmp).is_err() {
-        fs::copy(&t.path, &tmp)?;
-    }
+    link_or_copy(&t.path, &tmp)?;
     fs::rename(&tmp, &path)?;
     Ok(Part {
         role: "table".into(),
@@ -646,16 +649,19 @@ mod tests {
             rows: 3,
             ..Default::default()
         };
-        cache
-            .store_stage(
-                "fp1",
-                "s",
-                Some(&frames()),
-                TablePart::Write,
-                &summary,
-                vec![],
-            )
-            .unwrap();
+        let store = || {
+            cache
+                .store_stage(
+                    "fp1",
+                    "s",
+                    Some(&frames()),
+                    TablePart::Write,
+                    &summary,
+                    vec![],
+                )
+                .unwrap()
+        };
+        store();
         let Lookup::Found(e) = cache.stage_entry("fp1") else {
             panic!("entry not found")
         };
@@ -678,16 +684,7 @@ mod tests {
         assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
 
         // Same size, one byte flipped: only the hash check on reading sees it.
-        cache
-            .store_stage(
-                "fp1",
-                "s",
-                Some(&frames()),
-                TablePart::Write,
-                &summary,
-                vec![],
-            )
-            .unwrap();
+        store();
         let mut bytes = fs::read(&table).unwrap();
         bytes[len as usize / 2] ^= 0xff;
         fs::write(&table, &bytes).unwrap();

@@ -294,9 +294,7 @@ fn link_previous(
     let rec = m.tables.iter().find(|t| t.content_key == key)?;
     let src = dir.join(&rec.file);
     cache::parquet_looks_whole(&src, rec.bytes).ok()?;
-    std::fs::hard_link(&src, dest)
-        .or_else(|_| std::fs::copy(&src, dest).map(|_| ()))
-        .ok()?;
+    cache::link_or_copy(&src, dest).ok()?;
     Some(rec.clone())
 }
 
@@ -392,16 +390,20 @@ fn finish(
         }
         h.finalize().to_hex().to_string()
     };
-    let rejects_of = || -> anyhow::Result<DataFrame> {
-        let parts = (0..n)
+    // One part (`rejects` or `dropped`) of every stage that has some rows of it.
+    let parts_of = |role: &str, rows: fn(&StageSummary) -> u64| {
+        (0..n)
             .map(|id| {
-                if slots[id].summary.rejected == 0 {
+                if rows(&slots[id].summary) == 0 {
                     Ok(None)
                 } else {
-                    e.part(id, "rejects")
+                    e.part(id, role)
                 }
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let rejects_of = || -> anyhow::Result<DataFrame> {
+        let parts = parts_of("rejects", |s| s.rejected)?;
         row_fate::all_rejects(plan, &parts, &files)
     };
     let over = row_fate::over_limit(plan, &fates);
@@ -478,16 +480,7 @@ fn finish(
                     Job::Stage(id) => sorted(&e.frames(id)?.table, &plan.stages[id].sort_by),
                     Job::Rejects => rejects_of(),
                     Job::Duplicates => {
-                        let parts = (0..n)
-                            .map(|id| {
-                                if slots[id].summary.set_aside == 0 {
-                                    Ok(None)
-                                } else {
-                                    e.part(id, "dropped")
-                                }
-                            })
-                            .collect::<anyhow::Result<Vec<_>>>()?;
-                        row_fate::all_dropped(&parts)
+                        row_fate::all_dropped(&parts_of("dropped", |s| s.set_aside)?)
                     }
                     Job::RowFate(f) => row_fate::fate_table(f),
                 },
