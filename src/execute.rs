@@ -279,6 +279,13 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// True when the cache keeps the table of stage `id`: a published table (linked), or one of
+    /// a kind whose table is worth keeping (see [`crate::stages::Stage::cache_table`]).
+    fn table_cached(&self, id: usize) -> bool {
+        let s = &self.plan.stages[id];
+        s.publish || s.kind.stage().cache_table()
+    }
+
     /// The published file of stage `id`, when it was published as it ran.
     pub(crate) fn published(&self, id: usize) -> Option<&crate::manifest::TableRecord> {
         self.published[id].get()
@@ -432,7 +439,11 @@ impl Engine<'_> {
     /// see an unchanged input. Only asked where some stage reads the table, and only of an
     /// earlier output whose cache entry is intact (its parts' hashes are checked on reading).
     fn unchanged_output(&self, id: usize, table: &DataFrame) -> Option<String> {
-        if self.plan.consumers(id).is_empty() || self.judge.selection.forces(id).is_some() {
+        // A table the cache does not keep has no earlier copy to compare with.
+        if self.plan.consumers(id).is_empty()
+            || self.judge.selection.forces(id).is_some()
+            || !self.table_cached(id)
+        {
             return None;
         }
         let before = self.judge.previous?.stage(&self.plan.stages[id].name)?;
@@ -499,11 +510,10 @@ impl Engine<'_> {
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) {
-        let s = &self.plan.stages[id];
-        let name = &s.name;
+        let name = &self.plan.stages[id].name;
         let table = match &published {
             Some(t) => cache::TablePart::Link(t),
-            None if s.kind.stage().cache_table() => cache::TablePart::Write,
+            None if self.table_cached(id) => cache::TablePart::Write,
             None => cache::TablePart::Omit,
         };
         if let Err(e) = self
@@ -712,7 +722,7 @@ impl Engine<'_> {
                 let none = states.iter().map(|_| None).collect();
                 Ok(self.ingest_frames(id, &parser, &src, &states, none)?.0)
             }
-            (_, Some(e)) if !e.has_table() && !s.kind.stage().cache_table() => {
+            (_, Some(e)) if !e.has_table() && !self.table_cached(id) => {
                 // Not cached by design: computed again from its inputs, still a reuse.
                 let (frames, _) = self.compute(id)?;
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
