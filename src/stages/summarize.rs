@@ -129,6 +129,20 @@ mod tests {
     use super::*;
     use crate::stages::tests_support::{ctx_for, strings};
 
+    /// The summary of `table` by a stage of parameters `yaml` (checked first).
+    fn summarize(yaml: &str, table: DataFrame) -> DataFrame {
+        let stage: Summarize = serde_saphyr::from_str(yaml).unwrap();
+        assert!(stage.check(&ctx_for(|c| c.spec.clone())).is_empty());
+        let inputs = Inputs {
+            tables: vec![("daily".into(), table)],
+        };
+        ctx_for(|c| stage.run(c, &inputs))
+            .unwrap()
+            .table
+            .collect()
+            .unwrap()
+    }
+
     #[test]
     fn statistics_per_subject_phase_and_parameter() {
         // Phase 1 diary scores 1, 2, 3, 4 (and a missing day): n 4, mean 2.5,
@@ -141,16 +155,7 @@ mod tests {
             "DIARYSCORE" => [Some(1.0), Some(2.0), Some(3.0), Some(4.0), None, Some(9.0)],
         )
         .unwrap();
-        let stage: Summarize = serde_saphyr::from_str("values: [DIARYSCORE]").unwrap();
-        assert!(stage.check(&ctx_for(|c| c.spec.clone())).is_empty());
-        let inputs = Inputs {
-            tables: vec![("diary".into(), t)],
-        };
-        let out = ctx_for(|c| stage.run(c, &inputs))
-            .unwrap()
-            .table
-            .collect()
-            .unwrap();
+        let out = summarize("values: [DIARYSCORE]", t);
         assert_eq!(out.height(), 1);
         assert_eq!(strings(&out, "N"), ["4"]);
         assert_eq!(strings(&out, "MEAN"), ["2.5"]);
@@ -176,15 +181,7 @@ mod tests {
             "B" => [None, None, None, Some(5.0)],
         )
         .unwrap();
-        let stage: Summarize = serde_saphyr::from_str("values: [A, B]").unwrap();
-        let inputs = Inputs {
-            tables: vec![("daily".into(), t)],
-        };
-        let out = ctx_for(|c| stage.run(c, &inputs))
-            .unwrap()
-            .table
-            .collect()
-            .unwrap();
+        let out = summarize("values: [A, B]", t);
         assert_eq!(strings(&out, "APHASEN"), ["1", "2"]);
         assert_eq!(strings(&out, "PARAMCD"), ["A", "B"]);
         assert_eq!(strings(&out, "N"), ["2", "1"]);
