@@ -248,8 +248,8 @@ pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"PAR1", "Parquet")
 }
 
-// Cache parts are Arrow IPC files, zstd at level 1: a cold run writes every stage's output on
-// a thread that shares the cores with the stages. Level 1 costs about half the CPU of the
+// Cache parts are Arrow IPC files, zstd at level 1: a cold run writes every cached stage's
+// output in that stage's thread, sharing the cores with the other stages. Level 1 costs about half the CPU of the
 // default level 3 for files a little larger; LZ4 (framed, with checksums) was no cheaper and
 // made files more than twice as large.
 // The part is streamed to its file through a hasher, not built in memory first: a buffer the
