@@ -283,6 +283,36 @@ pub(crate) fn spelling_key_expr(e: Expr) -> Expr {
         .otherwise(key)
 }
 
+/// Runs of consecutive equal rows: for each row of `df`, the number of its run of rows equal in
+/// every one of `columns` (missing equals missing), and the first row of each run. On a table
+/// sorted by those columns there is one run per distinct value, and work keyed by the run
+/// (a lookup, a grouping) is done once per run instead of once per row; on any other table it
+/// is still right, the runs just being shorter.
+pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, IdxCa)> {
+    let n = df.height();
+    let mut starts = BooleanChunked::full("__start".into(), false, n);
+    for c in columns {
+        let s = df.column(c)?.as_materialized_series();
+        starts = &starts | &s.not_equal_missing(&s.shift(1))?;
+    }
+    let mut starts: Vec<bool> = starts.iter().map(|b| b == Some(true)).collect();
+    if let Some(first) = starts.first_mut() {
+        *first = true;
+    }
+    let mut run_of_row = Vec::with_capacity(n);
+    let mut first_rows = Vec::new();
+    for (i, start) in starts.into_iter().enumerate() {
+        if start {
+            first_rows.push(i as IdxSize);
+        }
+        run_of_row.push((first_rows.len() - 1) as IdxSize);
+    }
+    Ok((
+        IdxCa::from_vec("__run".into(), run_of_row),
+        IdxCa::from_vec("__first".into(), first_rows),
+    ))
+}
+
 /// A stage context for unit tests of kinds: a minimal pipeline, run date 2026-11-25.
 #[cfg(test)]
 pub mod tests_support {

@@ -34,18 +34,89 @@ fn default_by() -> Vec<String> {
     vec!["USUBJID".into(), "APHASEN".into(), "APHASE".into()]
 }
 
+const GROUP: &str = "__group";
+const VALUE: &str = "__v";
+
+/// The groups of a table: each row's group number, and one row per group with its keys.
+struct Groups {
+    /// Group number of each row (null for a row with a missing key: it is left out).
+    of_row: Column,
+    /// GROUP, then the key columns, one row per group.
+    keys: DataFrame,
+}
+
+impl Groups {
+    /// Groups `table` by `columns`. The keys are compared once per run of equal rows
+    /// ([`crate::stages::runs`]): on a table sorted by subject, a daily table of millions of
+    /// rows has a few thousand runs, and the statistics are then grouped by one integer.
+    fn of(table: &DataFrame, columns: &[String]) -> PolarsResult<Groups> {
+        let names: Vec<&str> = columns.iter().map(|c| c.as_str()).collect();
+        let (run_of_row, first_rows) = crate::stages::runs(table, &names)?;
+        let mut run_keys = table.select(names.iter().copied())?.take(&first_rows)?;
+        run_keys.with_column(Column::new(
+            "__run".into(),
+            (0..first_rows.len() as IdxSize).collect::<Vec<_>>(),
+        ))?;
+        let complete = all_horizontal(
+            names
+                .iter()
+                .map(|c| col(*c).is_not_null())
+                .collect::<Vec<_>>(),
+        )?;
+        // Runs with one key are one group; the group of each run, in run order.
+        let keys = run_keys
+            .lazy()
+            .filter(complete)
+            .group_by(names.iter().map(|c| col(*c)).collect::<Vec<_>>())
+            .agg([col("__run")])
+            .with_row_index(GROUP, None)
+            .collect()?;
+        let group_of_run = keys
+            .clone()
+            .lazy()
+            .select([col(GROUP), col("__run")])
+            .explode(
+                by_name(["__run"], true, false),
+                ExplodeOptions {
+                    empty_as_null: false,
+                    keep_nulls: false,
+                },
+            )
+            .collect()?;
+        let mut lookup: Vec<Option<IdxSize>> = vec![None; first_rows.len()];
+        let runs = group_of_run.column("__run")?.idx()?;
+        let groups = group_of_run.column(GROUP)?.idx()?;
+        for (run, group) in runs.iter().zip(groups.iter()) {
+            if let (Some(run), Some(group)) = (run, group) {
+                lookup[run as usize] = Some(group);
+            }
+        }
+        let lookup = IdxCa::from_iter_options("__lookup".into(), lookup.into_iter());
+        let of_row = lookup
+            .take(&run_of_row)?
+            .into_series()
+            .with_name(GROUP.into());
+        Ok(Groups {
+            of_row: of_row.into_column(),
+            keys: keys.drop("__run")?,
+        })
+    }
+}
+
 impl Summarize {
-    /// The statistics of `__v` per group of `keys`.
-    fn stats(rows: LazyFrame, keys: Vec<Expr>, by: &[String]) -> PolarsResult<LazyFrame> {
-        let v = || col("__v");
+    /// The statistics of `values` per group (rows with a missing or NaN value left out), with
+    /// the group's keys, PARAMCD taken from `parameter`.
+    fn stats(groups: &Groups, values: Column, parameter: Expr) -> PolarsResult<LazyFrame> {
+        let v = || col(VALUE);
+        let rows = DataFrame::new(
+            values.len(),
+            vec![groups.of_row.clone(), values.with_name(VALUE.into())],
+        )?;
         Ok(rows
+            .lazy()
             .filter(v().is_not_null().and(v().is_not_nan()))
-            .filter(all_horizontal(
-                by.iter()
-                    .map(|b| col(b.as_str()).is_not_null())
-                    .collect::<Vec<_>>(),
-            )?)
-            .group_by(keys)
+            .filter(col(GROUP).is_not_null())
+            .group_by([col(GROUP)])
             .agg([
                 v().count().cast(DataType::Int64).alias("N"),
                 v().mean().alias("MEAN"),
@@ -55,37 +126,46 @@ impl Summarize {
                 v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
                 v().min().alias("MIN"),
                 v().max().alias("MAX"),
-            ]))
+            ])
+            .join(
+                groups.keys.clone().lazy(),
+                [col(GROUP)],
+                [col(GROUP)],
+                JoinArgs::new(JoinType::Inner),
+            )
+            .with_column(parameter.alias("PARAMCD")))
     }
 
-    /// One summary per parameter: the long shape groups by its parameter column; each column
-    /// of the wide shape is grouped on its own (no long copy of the table is built).
+    /// One summary per parameter: the long shape groups by its parameter column too; each
+    /// column of the wide shape is summarised over the same groups (no long copy of the table
+    /// is built).
     fn summaries(&self, table: &DataFrame) -> PolarsResult<Vec<LazyFrame>> {
+        let value =
+            |name: &str| -> PolarsResult<Column> { table.column(name)?.cast(&DataType::Float64) };
         let mut parts = Vec::new();
-        let by: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
         if let (Some(v), Some(p)) = (&self.value, &self.parameter) {
-            let mut sel = by.clone();
-            sel.push(col(p.as_str()).cast(DataType::String).alias("PARAMCD"));
-            sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
-            let mut keys = by.clone();
-            keys.push(col("PARAMCD"));
-            parts.push(Self::stats(
-                table.clone().lazy().select(sel),
-                keys,
-                &self.by,
-            )?);
+            let mut keys = self.by.clone();
+            keys.push(p.clone());
+            let mut long = table.select(keys.iter().map(|k| k.as_str()))?;
+            long.apply(p.as_str(), |c| {
+                c.cast(&DataType::String).unwrap_or_else(|_| c.clone())
+            })?;
+            let groups = Groups::of(&long, &keys)?;
+            parts.push(Self::stats(&groups, value(v)?, col(p.as_str()))?);
         }
-        for v in &self.values {
-            let mut sel = by.clone();
-            sel.push(col(v.as_str()).cast(DataType::Float64).alias("__v"));
-            let mut out = by.clone();
-            out.push(lit(v.clone()).alias("PARAMCD"));
-            out.push(all().exclude_cols(self.by.clone()).as_expr());
-            parts.push(
-                Self::stats(table.clone().lazy().select(sel), by.clone(), &self.by)?.select(out),
-            );
+        if !self.values.is_empty() {
+            let groups = Groups::of(table, &self.by)?;
+            for v in &self.values {
+                parts.push(Self::stats(&groups, value(v)?, lit(v.clone()))?);
+            }
         }
-        Ok(parts)
+        let mut columns: Vec<Expr> = self.by.iter().map(|b| col(b.as_str())).collect();
+        columns.push(col("PARAMCD").cast(DataType::String));
+        columns.extend(["N", "MEAN", "SD", "MEDIAN", "Q1", "Q3", "MIN", "MAX"].map(col));
+        Ok(parts
+            .into_iter()
+            .map(|p| p.select(columns.clone()))
+            .collect())
     }
 }
 
@@ -188,5 +268,100 @@ mod tests {
         assert_eq!(strings(&out, "MEAN"), ["2.0", "5.0"]);
         assert_eq!(strings(&out, "MEDIAN"), ["2.0", "5.0"]);
         assert_eq!(strings(&out, "Q1"), ["1.5", "5.0"]);
+    }
+
+    /// R type 7 quantile of sorted values.
+    fn quantile(sorted: &[f64], p: f64) -> f64 {
+        let h = (sorted.len() - 1) as f64 * p;
+        let lo = h.floor() as usize;
+        let hi = h.ceil() as usize;
+        sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+    }
+
+    proptest::proptest! {
+        /// Grouping by runs of equal rows gives, on any row order (sorted, interleaved, keys
+        /// missing), the statistics a row-by-row oracle of the rule gives, long and wide.
+        #[test]
+        fn statistics_match_an_oracle_on_any_row_order(
+            rows in proptest::collection::vec(
+                (0u8..4, proptest::option::of(1i64..3), 0u8..2,
+                 proptest::option::of(0u8..6), proptest::option::of(0u8..6)), 0..40),
+            presort in proptest::bool::ANY,
+        ) {
+            let mut rows = rows;
+            if presort {
+                rows.sort_by_key(|r| (r.0, r.1, r.2));
+            }
+            // Subject 3 is missing; a value 5 stands for NaN.
+            let subject = |r: &(u8, Option<i64>, u8, Option<u8>, Option<u8>)| {
+                ["S1", "S2", "S10"].get(r.0 as usize).copied()
+            };
+            let value = |v: Option<u8>| v.map(|v| if v == 5 { f64::NAN } else { v as f64 / 2.0 });
+            let t = df!(
+                "USUBJID" => rows.iter().map(subject).collect::<Vec<_>>(),
+                "APHASEN" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                "APHASE" => rows.iter().map(|r| r.1.map(|n| format!("phase {n}"))).collect::<Vec<_>>(),
+                "PARAMCD" => rows.iter().map(|r| ["HGT", "WGT"][r.2 as usize]).collect::<Vec<_>>(),
+                "A" => rows.iter().map(|r| value(r.3)).collect::<Vec<_>>(),
+                "B" => rows.iter().map(|r| value(r.4)).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let wide = summarize("values: [A, B]", t.clone());
+            let long = summarize("value: A\nparameter: PARAMCD", t);
+            for (out, shape) in [(wide, "wide"), (long, "long")] {
+                // The oracle: values per (subject, phase number, parameter), in any order.
+                let mut want: std::collections::BTreeMap<(String, i64, String), Vec<f64>> =
+                    Default::default();
+                for r in &rows {
+                    let (Some(s), Some(n)) = (subject(r), r.1) else { continue };
+                    let cells = if shape == "wide" {
+                        vec![("A", r.3), ("B", r.4)]
+                    } else {
+                        vec![(["HGT", "WGT"][r.2 as usize], r.3)]
+                    };
+                    for (p, v) in cells {
+                        if let Some(v) = value(v).filter(|v| !v.is_nan()) {
+                            want.entry((s.to_string(), n, p.to_string())).or_default().push(v);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(out.height(), want.len(), "{}", shape);
+                let subjects = strings(&out, "USUBJID");
+                let phases = strings(&out, "APHASEN");
+                let labels = strings(&out, "APHASE");
+                let params = strings(&out, "PARAMCD");
+                let stat = |c: &str, i: usize| {
+                    out.column(c).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().get(i)
+                };
+                for i in 0..out.height() {
+                    let n: i64 = phases[i].parse().unwrap();
+                    proptest::prop_assert_eq!(&labels[i], &format!("phase {n}"));
+                    let key = (subjects[i].clone(), n, params[i].clone());
+                    let mut v = want[&key].clone();
+                    v.sort_by(f64::total_cmp);
+                    let len = v.len() as f64;
+                    let mean = v.iter().sum::<f64>() / len;
+                    let sd = (len > 1.0).then(|| {
+                        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (len - 1.0)).sqrt()
+                    });
+                    let close = |got: Option<f64>, want: Option<f64>| match (got, want) {
+                        (Some(g), Some(w)) => (g - w).abs() < 1e-9,
+                        (g, w) => g == w,
+                    };
+                    proptest::prop_assert_eq!(stat("N", i), Some(len), "{:?}", key);
+                    for (c, w) in [
+                        ("MEAN", Some(mean)),
+                        ("SD", sd),
+                        ("MEDIAN", Some(quantile(&v, 0.5))),
+                        ("Q1", Some(quantile(&v, 0.25))),
+                        ("Q3", Some(quantile(&v, 0.75))),
+                        ("MIN", Some(v[0])),
+                        ("MAX", Some(v[v.len() - 1])),
+                    ] {
+                        proptest::prop_assert!(close(stat(c, i), w), "{} {:?} {:?} {:?}", c, key, stat(c, i), w);
+                    }
+                }
+            }
+        }
     }
 }
