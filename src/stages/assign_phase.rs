@@ -35,9 +35,10 @@ const OPEN_START: i32 = -1_000_000;
 /// before the day, if the day is not after that window's end.
 ///
 /// Subjects are numbered by their place among the windows' sorted subject ids, and each
-/// window and row gets one integer key, subject number * 2^32 + day. A binary search of every
-/// row's key among the sorted window keys then finds its window: the rows are neither hashed
-/// by subject nor sorted, so the cost is a few passes over them.
+/// window and row gets one integer key, subject number * 2^32 + day (a row's subject is looked
+/// up once per run of rows of one subject). A binary search of every row's key among the sorted
+/// window keys then finds its window: the rows are neither hashed by subject nor sorted, so the
+/// cost is a few passes over them.
 fn phase_of_rows(
     subject: &Column,
     date: &Column,
@@ -91,12 +92,19 @@ fn phase_of_rows(
         .sort(["__key"], Default::default())
         .collect()?;
 
+    // Each run of rows of one subject is looked up once: a table sorted by subject has one
+    // run per subject.
     let sid = subject.cast(&DataType::String)?;
-    let sid = sid.as_materialized_series();
-    let place = search_sorted(&ids, sid, SearchSortedSide::Left, false)?;
+    let (run_of_row, first_rows) = crate::stages::runs(
+        &DataFrame::new(n, vec![sid.clone().with_name("__sid".into())])?,
+        &["__sid"],
+    )?;
+    let run_sid = sid.as_materialized_series().take(&first_rows)?;
+    let place = search_sorted(&ids, &run_sid, SearchSortedSide::Left, false)?;
     let last = (ids.len() - 1) as IdxSize;
     let place = place.apply_values(|p| p.min(last));
-    let found = ids.take(&place)?.equal_missing(sid)?;
+    let found = ids.take(&place)?.equal_missing(&run_sid)?;
+    let (place, found) = (place.take(&run_of_row)?, found.take(&run_of_row)?);
     let rows = DataFrame::new(
         n,
         vec![
