@@ -145,13 +145,7 @@ pub(crate) struct Engine<'a> {
     /// Tables already published, by stage: a stage that runs publishes its table at once,
     /// so it need not stay in memory until the end of the run.
     pub(crate) published: Vec<OnceLock<crate::manifest::TableRecord>>,
-    /// Held by a stage that reads at least [`HEAVY_ROWS`] rows while it runs: two such
-    /// stages never run side by side (see [`Engine::stage`]).
-    pub(crate) heavy: Mutex<()>,
 }
-
-/// Input rows from which a stage counts as heavy.
-pub(crate) const HEAVY_ROWS: u64 = 2_000_000;
 
 /// Runs `f` on every item with at most `workers` OS threads, results in item order.
 /// Not rayon: a stage waits on a slot lock for its inputs, and a rayon worker waiting there
@@ -212,51 +206,150 @@ impl Engine<'_> {
         })
     }
 
+    /// Runs every stage, each as soon as the stages it reads have finished (not wave by wave:
+    /// a short stage does not wait for a long one it does not read), at most `workers` at
+    /// once. Of the stages ready, the one heading the costliest chain of stages still to come
+    /// starts first. After a failure no stage starts; those running finish, and the first
+    /// failure is returned.
     pub(crate) fn execute(&self) -> anyhow::Result<()> {
-        let bar = self.log.progress(self.plan.stages.len() as u64);
-        // Stages still to run that read each table: an unpublished table is dropped when
-        // the last of them has run, so peak memory holds only the tables still needed.
-        let readers: Vec<AtomicUsize> = (0..self.plan.stages.len())
-            .map(|j| {
-                let n = self.plan.stages.iter().filter(|s| s.input_ids.contains(&j));
-                AtomicUsize::new(n.count())
+        let n = self.plan.stages.len();
+        let bar = self.log.progress(n as u64);
+        let inputs: Vec<Vec<usize>> = self
+            .plan
+            .stages
+            .iter()
+            .map(|s| {
+                let mut v = s.input_ids.clone();
+                v.sort_unstable();
+                v.dedup();
+                v
             })
             .collect();
-        for wave in &self.plan.waves {
-            concurrently(wave, self.workers, |&id| -> anyhow::Result<()> {
-                let s = &self.plan.stages[id];
-                publish::failpoint(&format!("stage:{}", s.name))?;
-                let slot = self.stage(id)?;
-                let line = self.describe(id, &slot)?;
-                if self.log.plain_steps() {
-                    self.log.info(&line);
-                } else {
-                    bar.set_message(s.name.clone());
-                    bar.inc(1);
+        let mut readers_of: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (id, ins) in inputs.iter().enumerate() {
+            for &j in ins {
+                readers_of[j].push(id);
+            }
+        }
+        // Stages still to run that read each table: an unpublished table is dropped when
+        // the last of them has run, so peak memory holds only the tables still needed.
+        let readers: Vec<AtomicUsize> = readers_of
+            .iter()
+            .map(|r| AtomicUsize::new(r.len()))
+            .collect();
+        // What a stage costs, guessed before it runs: the bytes of raw files it reads (an
+        // ingest), else the most of its inputs. A stage's priority is its cost plus the
+        // greatest priority among its readers: the costliest chain still to come starts first
+        // (on the reference pipeline, the diary's ingest, which heads the longest chain). The
+        // waves are in dependency order.
+        let mut cost = vec![0u64; n];
+        for &id in self.plan.waves.iter().flatten() {
+            cost[id] = match self.plan.stages[id].kind.stage().reads_source() {
+                Some(source) => self
+                    .sources
+                    .iter()
+                    .filter(|s| s.name == source)
+                    .flat_map(|s| &s.files)
+                    .map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len()))
+                    .sum(),
+                None => inputs[id].iter().map(|&j| cost[j]).max().unwrap_or(0),
+            };
+        }
+        let mut chain = vec![0u64; n];
+        for &id in self.plan.waves.iter().rev().flatten() {
+            let below = readers_of[id].iter().map(|&r| chain[r]).max().unwrap_or(0);
+            chain[id] = cost[id].max(1).saturating_add(below);
+        }
+        let mut waiting: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let mut ready: Vec<usize> = (0..n).filter(|&id| waiting[id] == 0).collect();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, anyhow::Result<()>)>();
+        let mut running = 0usize;
+        let mut failure: Option<anyhow::Error> = None;
+        std::thread::scope(|scope| {
+            loop {
+                while failure.is_none() && running < self.workers.max(1) {
+                    let next = ready
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|&(_, &id)| (chain[id], std::cmp::Reverse(id)))
+                        .map(|(place, _)| place);
+                    let Some(place) = next else { break };
+                    let id = ready.swap_remove(place);
+                    running += 1;
+                    let (done_tx, bar, readers, inputs) =
+                        (done_tx.clone(), &bar, &readers, &inputs);
+                    scope.spawn(move || {
+                        let r = self.run_stage(id, &inputs[id], readers, bar);
+                        // The receiver lives until every spawned stage has reported.
+                        let _ = done_tx.send((id, r));
+                    });
                 }
-                let ran = slot.state.lock().map_err(|_| poisoned())?.status == "ran";
-                self.slots[id]
-                    .set(slot)
-                    .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
-                // A reused stage may still have to run if its cached output turns out broken,
-                // and then needs its inputs: only a stage that ran lets go of them.
-                if ran {
-                    let mut inputs = s.input_ids.clone();
-                    inputs.sort_unstable();
-                    inputs.dedup();
-                    for j in inputs {
-                        if readers[j].fetch_sub(1, Ordering::AcqRel) == 1 {
-                            self.release_table(j)?;
+                if running == 0 {
+                    break;
+                }
+                let Ok((id, r)) = done_rx.recv() else { break };
+                running -= 1;
+                match r {
+                    Ok(()) => {
+                        for &r in &readers_of[id] {
+                            waiting[r] -= 1;
+                            if waiting[r] == 0 {
+                                ready.push(r);
+                            }
                         }
                     }
-                    if readers[id].load(Ordering::Acquire) == 0 {
-                        self.release_table(id)?;
+                    Err(e) => {
+                        failure.get_or_insert(e);
                     }
                 }
-                Ok(())
-            })?;
-        }
+            }
+        });
         bar.finish_and_clear();
+        match failure {
+            Some(e) => Err(e),
+            None if self.slots.iter().any(|s| s.get().is_none()) => Err(RunError::Internal(
+                "a stage was never ready to run: the plan has a cycle".into(),
+            )
+            .into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs stage `id` (its distinct inputs `inputs` have finished), logs it, and lets go of
+    /// the tables no stage still to run reads.
+    fn run_stage(
+        &self,
+        id: usize,
+        inputs: &[usize],
+        readers: &[AtomicUsize],
+        bar: &indicatif::ProgressBar,
+    ) -> anyhow::Result<()> {
+        let s = &self.plan.stages[id];
+        publish::failpoint(&format!("stage:{}", s.name))?;
+        let slot = self.stage(id)?;
+        let line = self.describe(id, &slot)?;
+        if self.log.plain_steps() {
+            self.log.info(&line);
+        } else {
+            bar.set_message(s.name.clone());
+            bar.inc(1);
+        }
+        let ran = slot.state.lock().map_err(|_| poisoned())?.status == "ran";
+        self.slots[id]
+            .set(slot)
+            .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+        // A reused stage may still have to run if its cached output turns out broken,
+        // and then needs its inputs: only a stage that ran lets go of them.
+        if ran {
+            for &j in inputs {
+                if readers[j].fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.release_table(j)?;
+                }
+            }
+            if readers[id].load(Ordering::Acquire) == 0 {
+                self.release_table(id)?;
+            }
+        }
         Ok(())
     }
 
@@ -396,20 +489,6 @@ impl Engine<'_> {
                 None,
             ));
         }
-        // Heavy stages (a daily table of millions of rows) run one at a time; light ones run
-        // beside them. Two heavy stages side by side held both their working sets at once and
-        // gained little: polars already spreads each one over the cores. On 5,000 subjects,
-        // three cold runs each: peak 6.5-6.6 GB instead of 7.2-8.2 GB, wall time the same.
-        let rows: u64 = s
-            .input_ids
-            .iter()
-            .map(|&j| self.slot(j).map(|slot| slot.summary.rows))
-            .sum::<anyhow::Result<u64>>()?;
-        let _gate = if rows >= HEAVY_ROWS {
-            Some(self.heavy.lock().map_err(|_| poisoned())?)
-        } else {
-            None
-        };
         let (frames, mut summary) = self.compute(id)?;
         let mut reasons = d.reasons;
         let content = match self.unchanged_output(id, &frames.table) {

@@ -141,7 +141,6 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         run_dir: &partial,
         previous: previous.as_ref(),
         published: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
-        heavy: std::sync::Mutex::new(()),
     };
     if let Err(e) = engine.execute() {
         let _ = std::fs::remove_dir_all(&partial);
