@@ -170,18 +170,17 @@ def touch_file(path):
 
 
 def stage_profile(manifest):
-    """Per-stage seconds, the stage waves' critical path and the rest (row fate, publish)."""
+    """Per-stage seconds, the critical path through the stages' inputs (a stage starts when the
+    stages it reads have finished) and the rest (row fate, rejects, manifest)."""
     stages = manifest["stages"]
-    wave = {}
+    finish = {}
     for s in stages:  # manifest stages are in plan order: inputs first
-        wave[s["name"]] = 1 + max((wave[i] for i in s["inputs"] if i in wave), default=-1)
-    per_wave = {}
-    for s in stages:
-        per_wave.setdefault(wave[s["name"]], []).append(s["seconds"])
-    critical = sum(max(v) for v in per_wave.values())
-    return {"stages": {s["name"]: {"kind": s["kind"], "seconds": s["seconds"], "wave": wave[s["name"]],
+        start = max((finish[i] for i in s["inputs"] if i in finish), default=0.0)
+        finish[s["name"]] = start + s["seconds"]
+    critical = max(finish.values(), default=0.0)
+    return {"stages": {s["name"]: {"kind": s["kind"], "seconds": s["seconds"],
                                    "rows_out": s["rows_out"], "status": s["status"]} for s in stages},
-            "stage_waves_seconds": critical, "manifest_seconds": manifest["seconds"]}
+            "critical_path_seconds": critical, "manifest_seconds": manifest["seconds"]}
 
 
 def read_manifest(out):
@@ -357,17 +356,17 @@ def main():
             print(f"  note: the {k} runs reused no stage (no cache on this branch yet), "
                   "so they are full runs")
     print()
-    print("studyflow core run, per stage (median s over rounds; stages of a wave run concurrently):")
+    print("studyflow core run, per stage (median s over rounds; independent stages run concurrently):")
     by_time = sorted(profile["stages"].items(), key=lambda kv: -kv[1]["seconds"])
     for name, s in by_time:
-        print(f"  {name:<22} {s['kind']:<19} wave {s['wave']}  {s['seconds']:7.2f} s  "
+        print(f"  {name:<22} {s['kind']:<19} {s['seconds']:7.2f} s  "
               f"{s['rows_out']:>10} rows")
-    rest = profile["manifest_seconds"] - profile["stage_waves_seconds"]
-    print(f"  critical path of the waves: {profile['stage_waves_seconds']:.2f} s; "
+    rest = profile["manifest_seconds"] - profile["critical_path_seconds"]
+    print(f"  critical path through the stages' inputs: {profile['critical_path_seconds']:.2f} s; "
           f"row fate + rejects + sort + Parquet + manifest: {rest:.2f} s; "
           f"manifest total {profile['manifest_seconds']:.2f} s, process {med['core']:.2f} s")
-    print(f"  (reference.yaml alone: waves {ref_profile['stage_waves_seconds']:.2f} s, "
-          f"finish {ref_profile['manifest_seconds'] - ref_profile['stage_waves_seconds']:.2f} s)")
+    print(f"  (reference.yaml alone: critical path {ref_profile['critical_path_seconds']:.2f} s, "
+          f"finish {ref_profile['manifest_seconds'] - ref_profile['critical_path_seconds']:.2f} s)")
     steps = {}
     for d in duckdb_steps:
         for k, v in d["steps"].items():
