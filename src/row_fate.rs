@@ -11,27 +11,36 @@ use crate::manifest::FileFate;
 use crate::plan::Plan;
 use crate::stages::FileRead;
 
-/// Rows per SRCFILE in `df` (optionally only where `filter` holds).
+/// Rows per SRCFILE in `df` (optionally only where `filter` holds). Rows of one file mostly
+/// sit together (an ingest appends file after file; a table in key order alternates between a
+/// few exports), so the rows are counted per run of one file ([`crate::stages::runs`]) and the
+/// runs added up by file, instead of hashing the file name of every row.
 fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeMap<String, u64>> {
     if df.height() == 0 || df.column("SRCFILE").is_err() {
         return Ok(BTreeMap::new());
     }
-    let mut lf = df.clone().lazy();
-    if let Some(f) = filter {
-        lf = lf.filter(f);
+    let files = match filter {
+        Some(f) => df
+            .clone()
+            .lazy()
+            .filter(f)
+            .select([col("SRCFILE")])
+            .collect()?,
+        None => df.select(["SRCFILE"])?,
+    };
+    let n = files.height() as IdxSize;
+    let (_, first_rows) = crate::stages::runs(&files, &["SRCFILE"])?;
+    let names = files.column("SRCFILE")?.cast(&DataType::String)?;
+    let names = names.str()?;
+    let starts: Vec<IdxSize> = first_rows.into_no_null_iter().collect();
+    let mut counts = BTreeMap::new();
+    for (i, &start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(n);
+        if let Some(file) = names.get(start as usize) {
+            *counts.entry(file.to_string()).or_insert(0) += u64::from(end - start);
+        }
     }
-    let counts = lf
-        .group_by([col("SRCFILE")])
-        .agg([len().alias("n")])
-        .collect()?;
-    let files = counts.column("SRCFILE")?.str()?.clone();
-    let ns = counts.column("n")?.cast(&DataType::UInt64)?;
-    let ns = ns.u64()?;
-    Ok(files
-        .iter()
-        .zip(ns.iter())
-        .filter_map(|(f, n)| Some((f?.to_string(), n?)))
-        .collect())
+    Ok(counts)
 }
 
 /// The summary of a stage output. `accepted_by_file` is counted for row-level stages only;
@@ -357,6 +366,20 @@ pub fn fate_table(fates: &[FileFate]) -> anyhow::Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_per_file_add_up_runs_of_a_file_wherever_they_are() {
+        // Files interleaved (a table in key order), a missing file name, and a filter.
+        let df = df!(
+            "SRCFILE" => [Some("a"), Some("a"), Some("b"), None, Some("a"), Some("b"), Some("b")],
+            "FATE" => ["x", "y", "x", "x", "x", "y", "x"],
+        )
+        .unwrap();
+        let all = counts_by_file(&df, None).unwrap();
+        assert_eq!(all, BTreeMap::from([("a".into(), 3), ("b".into(), 3)]));
+        let x = counts_by_file(&df, Some(col("FATE").eq(lit("x")))).unwrap();
+        assert_eq!(x, BTreeMap::from([("a".into(), 2), ("b".into(), 2)]));
+    }
 
     #[test]
     fn summaries_count_rows_per_file() {
