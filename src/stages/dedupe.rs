@@ -25,6 +25,62 @@ const POS: &str = "__pos";
 const KEPT_POS: &str = "__keptpos";
 const REPEATED: &str = "__repeated";
 const NEWEST: &str = "__newest";
+const PACKED: &str = "__packed";
+
+/// One integer per row that sorts like `columns` (missing values first, text in byte order)
+/// when every column is text or an integer (dates included) and their codes fit in 64 bits
+/// together; `None` otherwise. A text column's code is the value's place among its distinct
+/// values, found once per run of equal rows; an integer's is its distance from the smallest.
+fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Column>> {
+    let mut codes: Vec<(UInt64Chunked, u32)> = Vec::new();
+    for c in columns {
+        let column = df.column(c)?;
+        let code: UInt64Chunked = match column.dtype() {
+            DataType::String => {
+                let (run_of_row, first_rows) =
+                    crate::stages::runs(&df.select([c.as_str()])?, &[c])?;
+                let run_values = column.as_materialized_series().take(&first_rows)?;
+                let distinct = run_values.drop_nulls().unique()?.sort(Default::default())?;
+                let place = search_sorted(&distinct, &run_values, SearchSortedSide::Left, false)?;
+                let code: UInt64Chunked = place
+                    .iter()
+                    .zip(run_values.is_null().iter())
+                    .map(|(p, null)| match (p, null) {
+                        (Some(p), Some(false)) => Some(u64::from(p) + 1),
+                        _ => Some(0),
+                    })
+                    .collect();
+                code.take(&run_of_row)?
+            }
+            dt if dt.is_integer() || matches!(dt, DataType::Date) => {
+                let v = column.to_physical_repr().cast(&DataType::Int64)?;
+                let v = v.i64()?;
+                let Some(min) = v.min() else {
+                    codes.push((UInt64Chunked::full("c".into(), 0, df.height()), 0));
+                    continue;
+                };
+                v.iter()
+                    .map(|x| Some(x.map_or(0, |x| (x as i128 - min as i128 + 1) as u64)))
+                    .collect()
+            }
+            _ => return Ok(None),
+        };
+        let max = code.max().unwrap_or(0);
+        codes.push((code, 64 - max.leading_zeros()));
+    }
+    if codes.iter().map(|(_, bits)| *bits).sum::<u32>() > 64 {
+        return Ok(None);
+    }
+    let mut packed = UInt64Chunked::full(PACKED.into(), 0, df.height());
+    for (code, bits) in codes {
+        if bits == 0 {
+            continue;
+        }
+        packed = packed.apply_values(|p| p.checked_shl(bits).unwrap_or(0));
+        packed = &packed | &code;
+    }
+    Ok(Some(packed.with_name(PACKED.into()).into_column()))
+}
 
 impl Stage for Dedupe {
     fn row_level(&self) -> bool {
@@ -65,18 +121,37 @@ impl Stage for Dedupe {
         let mut key_file = key.clone();
         key_file.push(col("SRCFILE"));
 
-        // Export order of the files: export date, then path, as one small integer per file.
-        let order = input
-            .clone()
+        // Export order of the files (export date, then path) as one small integer per row,
+        // looked up once per run of rows of one file (an ingest appends file after file).
+        let (run_of_row, first_rows) = crate::stages::runs(input, &["SRCFILE"])?;
+        let run_files = input
+            .select(["SRCFILE", "EXPORTDT"])?
+            .take(&first_rows)?
             .lazy()
-            .group_by([col("SRCFILE")])
-            .agg([col("EXPORTDT").first()])
+            .with_row_index("__run", None);
+        let order = run_files
+            .clone()
+            .select([col("SRCFILE"), col("EXPORTDT")])
+            .unique_stable(None, UniqueKeepStrategy::First)
             .sort_by_exprs(
                 [col("EXPORTDT"), col("SRCFILE")],
                 SortMultipleOptions::default(),
             )
             .with_row_index(ORDER, None)
             .select([col("SRCFILE"), col(ORDER)]);
+        let order_of_run = run_files
+            .join(
+                order,
+                [col("SRCFILE")],
+                [col("SRCFILE")],
+                JoinArgs::new(JoinType::Left),
+            )
+            .sort(["__run"], Default::default())
+            .collect()?;
+        let order_of_row = order_of_run
+            .column(ORDER)?
+            .take(&run_of_row)?
+            .with_name(ORDER.into());
         // Keys, lineage and row numbers only, sorted by key, export order and line: the rows
         // of one key sit next to each other, file by file in export order. Neighbours then say
         // which keys repeat within a file and which row is the newest, without hashing every
@@ -102,18 +177,30 @@ impl Stage for Dedupe {
             same.push(col(pos).shift(lit(offset)).is_not_null());
             all_horizontal(same)
         };
-        let marked = input
+        let mut narrow = input
             .clone()
             .lazy()
             .with_row_index(ROW, None)
             .select(std::iter::once(col(ROW)).chain(narrow).collect::<Vec<_>>())
-            .join(
-                order,
-                [col("SRCFILE")],
-                [col("SRCFILE")],
-                JoinArgs::new(JoinType::Left),
-            )
-            .sort_by_exprs(sort_by, SortMultipleOptions::default())
+            .collect()?;
+        narrow.with_column(order_of_row)?;
+        // Sorting by one integer that packs the key, the export order and the line is much
+        // cheaper than comparing text keys row against row; keys too wide for it sort as they are.
+        let mut sort_columns: Vec<String> = self.key.clone();
+        sort_columns.extend([ORDER.to_string(), "SRCLINE".to_string()]);
+        let sorted = match packed_sort_key(&narrow, &sort_columns)? {
+            Some(packed) => {
+                narrow.with_column(packed)?;
+                narrow
+                    .lazy()
+                    .sort([PACKED], Default::default())
+                    .drop(by_name([PACKED], true, false))
+            }
+            None => narrow
+                .lazy()
+                .sort_by_exprs(sort_by, SortMultipleOptions::default()),
+        };
+        let marked = sorted
             .with_row_index(POS, None)
             .with_column(
                 same_as(1, true, POS)?
@@ -401,5 +488,49 @@ mod tests {
         assert_eq!(ints(&dropped, "SRCLINE"), [Some(3), Some(2)]);
         assert_eq!(strings(&dropped, "KEPTFILE"), ["a", "a"]);
         assert_eq!(ints(&dropped, "KEPTLINE"), [Some(2), Some(2)]);
+    }
+
+    proptest::proptest! {
+        /// Sorting by the packed key orders rows exactly as sorting by the columns does
+        /// (missing first, text in byte order, integers and dates by value), on any input.
+        #[test]
+        fn the_packed_key_sorts_like_the_columns(
+            rows in proptest::collection::vec(
+                (proptest::option::of(0usize..5), proptest::option::of(-3i32..4), 0u32..3, 0i64..40),
+                0..40),
+        ) {
+            let texts = ["C1", "C10", "C2", "", "C1 "];
+            let df = df!(
+                "subject" => rows.iter().map(|r| r.0.map(|i| texts[i])).collect::<Vec<_>>(),
+                "date" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                ORDER => rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                "SRCLINE" => rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )
+            .unwrap()
+            .lazy()
+            .with_column(col("date").cast(DataType::Date))
+            .with_row_index("i", None)
+            .collect()
+            .unwrap();
+            let columns: Vec<String> =
+                ["subject", "date", ORDER, "SRCLINE"].map(String::from).to_vec();
+            let packed = packed_sort_key(&df, &columns).unwrap().expect("fits in 64 bits");
+            let mut with_key = df.clone();
+            with_key.with_column(packed).unwrap();
+            let by_key = with_key
+                .lazy()
+                .sort_by_exprs([col(PACKED)], SortMultipleOptions::default().with_maintain_order(true))
+                .collect()
+                .unwrap();
+            let by_columns = df
+                .lazy()
+                .sort_by_exprs(
+                    columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>(),
+                    SortMultipleOptions::default().with_maintain_order(true),
+                )
+                .collect()
+                .unwrap();
+            proptest::prop_assert_eq!(ints(&by_key, "i"), ints(&by_columns, "i"));
+        }
     }
 }
