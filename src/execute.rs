@@ -1,5 +1,6 @@
-//! Executing the stages of a run: each one, wave by wave, runs or is reused from the cache;
-//! outputs are read from the cache only when a later stage or the publisher needs them.
+//! Executing the stages of a run: each one, once the stages it reads have finished, runs or is
+//! reused from the cache; outputs are read from the cache only when a later stage or the
+//! publisher needs them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
