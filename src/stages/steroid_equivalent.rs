@@ -81,7 +81,9 @@ pub struct SteroidEquivalent {
     pub final_visit_from: String,
     /// Inputs and their date columns whose earliest date per subject (with the dates of
     /// `final_visit_from`) is the subject's first observed date, the first day of the series.
-    /// List every event stream; the birth date is not an event.
+    /// List every event stream; the birth date is not an event. A table's subject column is
+    /// `subject`, or `USUBJID` in a derived table without one (a `phase_anchors` table of each
+    /// subject's first date: the series then reruns only when that date changes).
     #[serde(default)]
     pub span_tables: BTreeMap<String, Vec<String>>,
     /// A weight up to this many days before a day (inclusive) is that day's weight.
@@ -653,14 +655,23 @@ impl Stage for SteroidEquivalent {
                 .select([col("subject"), col("date").alias("_event")]),
         ];
         for (table, columns) in &self.span_tables {
+            let subject = match inputs.get(table) {
+                Some(df) if df.column("subject").is_err() && df.column("USUBJID").is_ok() => {
+                    "USUBJID"
+                }
+                _ => "subject",
+            };
             for column in columns {
                 let lf = input_columns(
                     ctx,
                     inputs,
                     table,
-                    &[("subject", Want::Text), (column.as_str(), Want::Date)],
+                    &[(subject, Want::Text), (column.as_str(), Want::Date)],
                 )?;
-                events.push(lf.select([col("subject"), col(column.as_str()).alias("_event")]));
+                events.push(lf.select([
+                    col(subject).alias("subject"),
+                    col(column.as_str()).alias("_event"),
+                ]));
             }
         }
 
