@@ -406,6 +406,7 @@ impl Engine<'_> {
             &s.sort_by,
             fingerprint,
             false,
+            None,
             || Ok(table.clone()),
         )?;
         let file = cache::TableFile {

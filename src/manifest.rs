@@ -103,7 +103,8 @@ pub struct TableRecord {
     /// Hash of everything the file's bytes depend on; equal keys, equal bytes.
     #[serde(default)]
     pub content_key: String,
-    /// `written`, or `linked` from the previous run.
+    /// `written`; `linked` from the previous run (same bytes); or `restamped`: the previous
+    /// run's file of the same table with a new footer (its lineage changed, its rows did not).
     #[serde(default)]
     pub status: String,
 }

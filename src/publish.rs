@@ -2,7 +2,7 @@
 //! and the atomic switch of `current` to a finished run.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -27,11 +27,17 @@ pub const IDENTIFYING_KEY: &str = "studyflow.identifying";
 
 impl Provenance {
     fn pairs(&self, df: &DataFrame) -> Vec<(String, String)> {
+        let columns: Vec<&str> = df.get_column_names().iter().map(|c| c.as_str()).collect();
+        self.pairs_for(&columns)
+    }
+
+    /// The footer entries of a table of `columns`.
+    fn pairs_for(&self, columns: &[&str]) -> Vec<(String, String)> {
         let identifying: Vec<&str> = self
             .identifying
             .iter()
             .map(String::as_str)
-            .filter(|c| df.schema().contains(c))
+            .filter(|c| columns.contains(c))
             .collect();
         let mut pairs = vec![
             ("studyflow.pipeline".into(), self.pipeline.clone()),
@@ -151,6 +157,126 @@ pub fn write_parquet(
     Ok((bytes, hash))
 }
 
+/// Publishes at `path` the table of Parquet file `src` (written by [`write_parquet`], of the
+/// same rows in the same order) with the footer `prov` gives it, as [`write_parquet`] would
+/// write it, without decoding and encoding the table again: the data pages are copied as they
+/// are, and the footer is written again with its `studyflow.*` entries replaced. A reused
+/// table whose lineage changed (an input file changed, its content did not) costs a copy.
+/// Returns the size, the blake3 and the row count; `None` when `src` is not the file of blake3
+/// `src_blake3` (checked as it is copied) or not a footer this can rewrite (the caller then
+/// writes the table).
+pub fn restamp_parquet(
+    src: &Path,
+    src_blake3: &str,
+    path: &Path,
+    prov: &Provenance,
+) -> Result<Option<(u64, String, u64)>, RunError> {
+    use polars_parquet_format::thrift::protocol::{TCompactInputProtocol, TCompactOutputProtocol};
+    use polars_parquet_format::{FileMetaData, KeyValue};
+    let mut file = File::open(src).map_err(|e| RunError::io(src, e))?;
+    let len = file.metadata().map_err(|e| RunError::io(src, e))?.len();
+    if len < 12 {
+        return Ok(None);
+    }
+    let mut tail = [0u8; 8];
+    file.seek(SeekFrom::Start(len - 8))
+        .map_err(|e| RunError::io(src, e))?;
+    file.read_exact(&mut tail)
+        .map_err(|e| RunError::io(src, e))?;
+    let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if &tail[4..] != b"PAR1" || footer_len + 12 > len {
+        return Ok(None);
+    }
+    let data_len = len - 8 - footer_len;
+    let mut footer = vec![0u8; footer_len as usize];
+    file.seek(SeekFrom::Start(data_len))
+        .map_err(|e| RunError::io(src, e))?;
+    file.read_exact(&mut footer)
+        .map_err(|e| RunError::io(src, e))?;
+    // The reader's budget bounds what the footer's lengths may make it allocate.
+    let budget = footer.len().saturating_mul(64).max(1 << 20);
+    let Ok(mut meta) = FileMetaData::read_from_in_protocol(&mut TCompactInputProtocol::new(
+        footer.as_slice(),
+        budget,
+    )) else {
+        return Ok(None);
+    };
+    // The provenance of the table's columns as the writer would give it.
+    let columns: Vec<&str> = meta
+        .schema
+        .iter()
+        .skip(1)
+        .map(|e| e.name.as_str())
+        .collect();
+    let pairs = prov.pairs_for(&columns);
+    let Some(old) = meta.key_value_metadata.take() else {
+        return Ok(None);
+    };
+    let Some(first) = old.iter().position(|kv| kv.key.starts_with("studyflow.")) else {
+        return Ok(None);
+    };
+    let mut kv: Vec<KeyValue> = Vec::with_capacity(old.len());
+    for (i, entry) in old.into_iter().enumerate() {
+        if i == first {
+            kv.extend(
+                pairs
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), Some(v.clone()))),
+            );
+        }
+        if !entry.key.starts_with("studyflow.") {
+            kv.push(entry);
+        }
+    }
+    meta.key_value_metadata = Some(kv);
+    let mut new_footer = Vec::with_capacity(footer.len() + 256);
+    if meta
+        .write_to_out_protocol(&mut TCompactOutputProtocol::new(&mut new_footer))
+        .is_err()
+    {
+        return Ok(None);
+    }
+
+    let tmp = tmp_name(path);
+    let out = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+    let mut out = crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| RunError::io(src, e))?;
+    // The source is hashed as it is copied: a file changed since it was published is not
+    // trusted.
+    let mut source_hash = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = data_len;
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        file.read_exact(&mut buf[..n])
+            .map_err(|e| RunError::io(src, e))?;
+        source_hash.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| RunError::io(&tmp, e))?;
+        left -= n as u64;
+    }
+    source_hash.update(&footer);
+    source_hash.update(&tail);
+    if source_hash.finalize().to_hex().as_str() != src_blake3 {
+        drop(out);
+        let _ = fs::remove_file(&tmp);
+        return Ok(None);
+    }
+    out.write_all(&new_footer)
+        .and_then(|_| out.write_all(&(new_footer.len() as u32).to_le_bytes()))
+        .and_then(|_| out.write_all(b"PAR1"))
+        .map_err(|e| RunError::io(&tmp, e))?;
+    let (buf, bytes, hash) = out.finish();
+    let written = buf
+        .into_inner()
+        .map_err(|e| RunError::io(&tmp, e.into_error()))?;
+    written.sync_all().map_err(|e| RunError::io(&tmp, e))?;
+    drop(written);
+    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
+    Ok(Some((bytes, hash, meta.num_rows.max(0) as u64)))
+}
+
 /// Writes bytes to `path` via a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     let tmp = tmp_name(path);
@@ -249,5 +375,63 @@ pub fn failpoint(name: &str) -> Result<(), RunError> {
             Err(RunError::Failpoint(name.to_string()))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prov(fingerprint: &str) -> Provenance {
+        Provenance {
+            pipeline: "p".into(),
+            pipeline_hash: "h".into(),
+            table: "t".into(),
+            stage_fingerprint: fingerprint.into(),
+            engine_version: "v".into(),
+            identifying: vec!["birth".into(), "absent".into()],
+        }
+    }
+
+    #[test]
+    fn a_restamped_table_is_the_file_a_fresh_write_gives_and_a_changed_source_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut df = df!(
+            "USUBJID" => ["C1", "C2", "C3"],
+            "birth" => ["2010-01-01", "2011-02-02", "2012-03-03"],
+            "AVAL" => [Some(1.5), None, Some(3.0)],
+        )
+        .unwrap();
+        let old = dir.path().join("old.parquet");
+        let (_, old_hash) = write_parquet(&mut df, &old, &prov("before")).unwrap();
+        let fresh = dir.path().join("fresh.parquet");
+        let (fresh_bytes, fresh_hash) = write_parquet(&mut df, &fresh, &prov("after")).unwrap();
+
+        let restamped = dir.path().join("restamped.parquet");
+        let (bytes, hash, rows) = restamp_parquet(&old, &old_hash, &restamped, &prov("after"))
+            .unwrap()
+            .expect("restamped");
+        assert_eq!(
+            (bytes, hash.as_str(), rows),
+            (fresh_bytes, fresh_hash.as_str(), 3)
+        );
+        assert_eq!(fs::read(&restamped).unwrap(), fs::read(&fresh).unwrap());
+
+        // A source whose bytes are not those published is not copied.
+        let mut bytes = fs::read(&old).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&old, &bytes).unwrap();
+        let again = dir.path().join("again.parquet");
+        assert!(
+            restamp_parquet(&old, &old_hash, &again, &prov("after"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(!again.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "no temporary left"
+        );
     }
 }

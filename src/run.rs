@@ -297,6 +297,29 @@ fn link_previous(
     Some(rec.clone())
 }
 
+/// The previous run's published file of stage `id`'s table, when its cache entry links that
+/// very file (same blake3) and it was published in the stage's present `sort_by` order.
+fn same_published_table(
+    e: &Engine,
+    previous: Option<&(PathBuf, Manifest)>,
+    id: usize,
+) -> Option<(PathBuf, String)> {
+    let (dir, m) = previous?;
+    let s = &e.plan.stages[id];
+    let part = e
+        .slots
+        .get(id)?
+        .get()?
+        .entry
+        .as_ref()?
+        .parts
+        .iter()
+        .find(|p| p.role == "table" && p.file.ends_with(".parquet"))?;
+    let rec = m.tables.iter().find(|t| t.name == s.name)?;
+    (rec.blake3 == part.blake3 && rec.key == s.sort_by)
+        .then(|| (dir.join(&rec.file), rec.blake3.clone()))
+}
+
 /// What the footer of published table `table` (of stage fingerprint `fp`) says of it.
 fn provenance(plan: &Plan, table: &str, fp: &str) -> Provenance {
     Provenance {
@@ -310,8 +333,10 @@ fn provenance(plan: &Plan, table: &str, fp: &str) -> Provenance {
 }
 
 /// Publishes table `name` into the run folder: linked from the previous run when its content
-/// key is unchanged, else made by `make` and written. A stage's table (`engine` false) is
-/// published as soon as the stage has run; the engine's own tables at the end of the run.
+/// key is unchanged; else, when `same_table` names a published file of this very table (same
+/// rows, same order), copied from it with a new footer; else made by `make` and written. A
+/// stage's table (`engine` false) is published as soon as the stage has run; the engine's own
+/// tables at the end of the run.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn publish_table(
     plan: &Plan,
@@ -321,6 +346,7 @@ pub(crate) fn publish_table(
     key: &[String],
     fp: &str,
     engine: bool,
+    same_table: Option<(PathBuf, String)>,
     make: impl FnOnce() -> anyhow::Result<DataFrame>,
 ) -> anyhow::Result<TableRecord> {
     publish::failpoint(&format!("write:{name}"))?;
@@ -349,8 +375,24 @@ pub(crate) fn publish_table(
             ..prev
         });
     }
+    let prov = provenance(plan, name, fp);
+    if let Some((src, src_blake3)) = same_table
+        && let Some((bytes, hash, rows)) =
+            publish::restamp_parquet(&src, &src_blake3, &dest, &prov)?
+    {
+        return Ok(TableRecord {
+            name: name.to_string(),
+            file,
+            rows,
+            bytes,
+            blake3: hash,
+            key: key.to_vec(),
+            content_key: ck,
+            status: "restamped".into(),
+        });
+    }
     let mut df = make()?;
-    let (bytes, hash) = publish::write_parquet(&mut df, &dest, &provenance(plan, name, fp))?;
+    let (bytes, hash) = publish::write_parquet(&mut df, &dest, &prov)?;
     Ok(TableRecord {
         name: name.to_string(),
         file,
@@ -467,6 +509,12 @@ fn finish(
             {
                 return Ok(rec.clone());
             }
+            // A reused stage's table whose lineage changed: the previous run published this
+            // very table (its cache entry links that file) in this order.
+            let same_table = match *job {
+                Job::Stage(id) => same_published_table(e, previous, id),
+                _ => None,
+            };
             publish_table(
                 plan,
                 run_dir,
@@ -475,6 +523,7 @@ fn finish(
                 key,
                 fp,
                 !matches!(job, Job::Stage(_)),
+                same_table,
                 || match *job {
                     Job::Stage(id) => sorted(&e.frames(id)?.table, &plan.stages[id].sort_by),
                     Job::Rejects => rejects_of(),

@@ -454,6 +454,14 @@ fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
         reasons(&m, "diary"),
         "up to date: the tables of inputs `diary_dedup` are unchanged"
     );
+    // Its published table is the previous one with a new footer (its lineage changed).
+    let status = m["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "diary")
+        .map(|t| t["status"].clone());
+    assert_eq!(status, Some(Value::from("restamped")), "{m}");
     // The published tables are those of a cold run on the same files, byte for byte
     // (fingerprints in the footers included: they do not depend on what was cached).
     let o = w.run(&[
