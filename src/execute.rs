@@ -374,10 +374,11 @@ impl Engine<'_> {
     }
 
     /// True when the cache keeps the table of stage `id`: a published table (linked), or one of
-    /// a kind whose table is worth keeping (see [`crate::stages::Stage::cache_table`]).
+    /// a kind whose table is worth keeping (see [`crate::stages::Stage::cache_table`]) that
+    /// does not say `cache: false`.
     fn table_cached(&self, id: usize) -> bool {
         let s = &self.plan.stages[id];
-        s.publish || s.kind.stage().cache_table()
+        s.publish || (s.cache && s.kind.stage().cache_table())
     }
 
     /// The published file of stage `id`, when it was published as it ran.

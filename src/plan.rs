@@ -25,6 +25,8 @@ pub struct PlannedStage {
     /// Indexes of the input stages in `Plan::stages`.
     pub input_ids: Vec<usize>,
     pub publish: bool,
+    /// `cache:` as written (see [`crate::spec::StageCommon::cache`]).
+    pub cache: bool,
     pub sort_by: Vec<String>,
     pub description: Option<String>,
     pub line: u64,
@@ -291,6 +293,17 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
         if let Some(k) = &kinds[i] {
             check_arity(&mut p, e, k.stage().arity());
         }
+        if e.common.publish && !e.common.cache {
+            p.at(
+                e.line,
+                1,
+                format!(
+                    "stage `{}` is published and says `cache: false`",
+                    e.common.name.value
+                ),
+                Some("a published table is always kept in the cache (a link to the published file): drop `cache: false`".into()),
+            );
+        }
         input_ids.push(ids);
     }
 
@@ -335,6 +348,7 @@ pub fn build(spec: PipelineSpec) -> Result<Plan, ConfigErrors> {
             inputs: e.common.inputs.iter().map(|i| i.value.clone()).collect(),
             input_ids: input_ids[old].iter().map(|&j| new_id[j]).collect(),
             publish: e.common.publish,
+            cache: e.common.cache,
             sort_by: e.common.sort_by.clone(),
             description: e.common.description.clone(),
             line: e.line,
@@ -484,6 +498,22 @@ mod tests {
             .collect();
         assert_eq!(unknown.len(), 1, "{err}");
         assert_eq!(unknown[0].line, 4, "{err}");
+    }
+
+    #[test]
+    fn cache_false_is_read_and_refused_on_a_published_stage() {
+        let p = plan("pipeline: t\nstages:\n  - {name: a, kind: sql, query: SELECT 1, cache: false}\n  - {name: b, kind: sql, query: SELECT 1}\n").unwrap();
+        assert_eq!(
+            p.stages.iter().map(|s| s.cache).collect::<Vec<_>>(),
+            [false, true]
+        );
+        let err = plan("pipeline: t\nstages:\n  - {name: a, kind: sql, query: SELECT 1, publish: true, cache: false}\n").unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.line == 3 && p.message.contains("published and says `cache: false`")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -254,6 +254,12 @@ pub struct StageCommon {
     /// Write this table to the published output folder.
     #[serde(default)]
     pub publish: bool,
+    /// Keep this stage's table in the cache (default true). `false` for an unpublished table
+    /// cheaper to compute again from its inputs than to write and read back (like a view):
+    /// a later run that needs it computes it again. A published table is always kept (the
+    /// cache links the published file).
+    #[serde(default = "default_cache")]
+    pub cache: bool,
     /// Sort keys of the published table; defaults to every column in order.
     #[serde(default)]
     pub sort_by: Vec<String>,
@@ -262,6 +268,10 @@ pub struct StageCommon {
     /// Labels (and units) of output columns, for the data dictionary.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, ColumnLabel>,
+}
+
+fn default_cache() -> bool {
+    true
 }
 
 /// A column's label in the data dictionary: a text, or a label with a unit.
@@ -297,6 +307,7 @@ pub const COMMON_STAGE_KEYS: &[&str] = &[
     "kind",
     "inputs",
     "publish",
+    "cache",
     "sort_by",
     "description",
     "labels",

@@ -428,7 +428,7 @@ fn assert_values_match(out: &Path, truth: &Truth) {
 
 /// Derived tables hold plausible values: mg/kg/day of a child on steroids, Z-scores.
 fn assert_derived_tables_plausible(out: &Path) {
-    let daily = table(out, "steroid_daily");
+    let daily = table(out, "adster");
     assert!(daily.height() > 0);
     // Oral doses stay below 2 mg/kg/day; a methylprednisolone pulse of 30 mg/kg is 37.5.
     let mgkg = daily.column("PREDMGKG").unwrap().f64().unwrap();

@@ -165,8 +165,9 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     };
     let after_dir = std::fs::read_link(w.path("out/current")).unwrap();
     assert_ne!(before_dir, after_dir);
-    // The daily diary's ADaM selection (an unpublished `sql` stage) is reused but not cached:
-    // addiary, which runs again, gets it computed again from diary_scored.
+    // The daily diary's ADaM selection (an unpublished `sql` stage) and the steroid series
+    // (`cache: false`) are reused but not cached: addiary and adster, which run again, get
+    // them computed again from their inputs.
     let m: serde_json::Value = serde_json::from_slice(
         &std::fs::read(w.path("out").join(&after_dir).join("manifest.json")).unwrap(),
     )
@@ -182,13 +183,17 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     };
     assert_eq!(stage("addiary")["status"], "ran");
     assert_eq!(stage("diary_bds")["status"], "reused");
-    assert!(
-        stage("diary_bds")["reasons"]
-            .to_string()
-            .contains("its table is not cached: computed again from its inputs"),
-        "{}",
-        stage("diary_bds")
-    );
+    for name in ["diary_bds", "steroid_daily"] {
+        assert_eq!(stage(name)["status"], "reused");
+        assert!(
+            stage(name)["reasons"]
+                .to_string()
+                .contains("its table is not cached: computed again from its inputs"),
+            "{}",
+            stage(name)
+        );
+    }
+    assert_eq!(stage("adster")["status"], "ran");
     // Upstream of the phases nothing changes.
     for t in [
         "subjects",
@@ -197,7 +202,6 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
         "diary_scored",
         "visits_std",
         "labs_std",
-        "steroid_daily",
         "growth",
         "anchors",
         "rejects",
