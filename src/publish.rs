@@ -134,12 +134,7 @@ pub fn write_parquet(
     path: &Path,
     prov: &Provenance,
 ) -> Result<(u64, String), RunError> {
-    let tmp = tmp_name(path);
-    let file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
-    // Hashed as it is written: reading a large file back only to hash it cost page faults
-    // and copies on registry-scale tables.
-    let mut out =
-        crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    let (tmp, mut out) = HashedFile::create(path)?;
     let pairs = prov.pairs(df);
     ParquetWriter::new(&mut out)
         .with_compression(ParquetCompression::Zstd(None))
@@ -147,14 +142,44 @@ pub fn write_parquet(
         .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
         .finish(df)
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
-    let (buf, bytes, hash) = out.finish();
-    let file = buf
-        .into_inner()
-        .map_err(|e| RunError::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| RunError::io(&tmp, e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
-    Ok((bytes, hash))
+    out.publish(&tmp, path)
+}
+
+/// A temporary file beside a published file, hashed as it is written: reading a large file
+/// back only to hash it cost page faults and copies on registry-scale tables.
+struct HashedFile(crate::cache::HashingWriter<std::io::BufWriter<File>>);
+
+impl HashedFile {
+    /// The temporary file for `path`, and its writer.
+    fn create(path: &Path) -> Result<(PathBuf, HashedFile), RunError> {
+        let tmp = tmp_name(path);
+        let file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
+        let writer =
+            crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        Ok((tmp, HashedFile(writer)))
+    }
+
+    /// Flushes and syncs the temporary file `tmp` and renames it to `path`; its size and
+    /// blake3.
+    fn publish(self, tmp: &Path, path: &Path) -> Result<(u64, String), RunError> {
+        let (buf, bytes, hash) = self.0.finish();
+        let file = buf
+            .into_inner()
+            .map_err(|e| RunError::io(tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| RunError::io(tmp, e))?;
+        drop(file);
+        fs::rename(tmp, path).map_err(|e| RunError::io(path, e))?;
+        Ok((bytes, hash))
+    }
+}
+
+impl Write for HashedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Publishes at `path` the table of Parquet file `src` (written by [`write_parquet`], of the
@@ -237,9 +262,7 @@ pub fn restamp_parquet(
         return Ok(None);
     }
 
-    let tmp = tmp_name(path);
-    let out = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
-    let mut out = crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    let (tmp, mut out) = HashedFile::create(path)?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| RunError::io(src, e))?;
     // The source is hashed as it is copied: a file changed since it was published is not
@@ -267,13 +290,7 @@ pub fn restamp_parquet(
         .and_then(|_| out.write_all(&(new_footer.len() as u32).to_le_bytes()))
         .and_then(|_| out.write_all(b"PAR1"))
         .map_err(|e| RunError::io(&tmp, e))?;
-    let (buf, bytes, hash) = out.finish();
-    let written = buf
-        .into_inner()
-        .map_err(|e| RunError::io(&tmp, e.into_error()))?;
-    written.sync_all().map_err(|e| RunError::io(&tmp, e))?;
-    drop(written);
-    fs::rename(&tmp, path).map_err(|e| RunError::io(path, e))?;
+    let (bytes, hash) = out.publish(&tmp, path)?;
     Ok(Some((bytes, hash, meta.num_rows.max(0) as u64)))
 }
 
