@@ -280,7 +280,23 @@ impl Engine<'_> {
                     let (done_tx, bar, readers, inputs) =
                         (done_tx.clone(), &bar, &readers, &inputs);
                     scope.spawn(move || {
-                        let r = self.run_stage(id, &inputs[id], readers, bar);
+                        // A panic is reported as the stage's failure: the loop waits for a
+                        // report from every stage it started.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.run_stage(id, &inputs[id], readers, bar)
+                        }))
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(RunError::Internal(format!(
+                                "stage `{}` panicked: {what}",
+                                self.plan.stages[id].name
+                            ))
+                            .into())
+                        });
                         // The receiver lives until every spawned stage has reported.
                         let _ = done_tx.send((id, r));
                     });

@@ -381,13 +381,15 @@ pub fn sweep_unfinished(out_dir: &Path) {
     }
 }
 
-/// Test-only failpoints: `STUDYFLOW_FAILPOINT=<name>` makes the run fail at that step, and
-/// `STUDYFLOW_FAILPOINT_ACTION=abort` kills the process there instead.
+/// Test-only failpoints: `STUDYFLOW_FAILPOINT=<name>` makes the run fail at that step;
+/// `STUDYFLOW_FAILPOINT_ACTION=abort` kills the process there instead, and `panic` panics.
 pub fn failpoint(name: &str) -> Result<(), RunError> {
     match std::env::var("STUDYFLOW_FAILPOINT") {
         Ok(v) if v == name => {
-            if std::env::var("STUDYFLOW_FAILPOINT_ACTION").as_deref() == Ok("abort") {
-                std::process::abort();
+            match std::env::var("STUDYFLOW_FAILPOINT_ACTION").as_deref() {
+                Ok("abort") => std::process::abort(),
+                Ok("panic") => panic!("failpoint {name}"),
+                _ => {}
             }
             Err(RunError::Failpoint(name.to_string()))
         }

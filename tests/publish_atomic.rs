@@ -43,6 +43,27 @@ fn a_run_failing_midway_leaves_current_untouched() {
             "failpoint {point} changed the published run"
         );
     }
+    // A stage that panics (a bug) fails the run with an internal error naming it, while the
+    // stages beside it finish: the run neither hangs nor publishes.
+    let o = w
+        .cmd()
+        .args(["run", "pipeline.yaml", "--run-date", "2026-11-25"])
+        .env("STUDYFLOW_FAILPOINT", "stage:visits")
+        .env("STUDYFLOW_FAILPOINT_ACTION", "panic")
+        .output()
+        .unwrap();
+    // (Not `assert_exit`: that refuses any panic, and this one is deliberate.)
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stage `visits` panicked: failpoint stage:visits"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        published(&w),
+        before,
+        "a panicking stage changed the published run"
+    );
     assert_exit(&w.run_pipeline(), 0);
     assert_ne!(published(&w).0, before.0, "a good run publishes again");
 }
