@@ -28,7 +28,8 @@ const NEWEST: &str = "__newest";
 const PACKED: &str = "__packed";
 
 /// One integer per row that sorts like `columns` (missing values first, text in byte order)
-/// when every column is text or an integer (dates included) and their codes fit in 64 bits
+/// when every column is text or an integer up to 64 bits signed or 32 bits unsigned (dates
+/// included) and their codes fit in 64 bits
 /// together; `None` otherwise. A text column's code is the value's place among its distinct
 /// values, found once per run of equal rows; an integer's is its distance from the smallest.
 fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Column>> {
@@ -52,7 +53,8 @@ fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Co
                     .collect();
                 code.take(&run_of_row)?
             }
-            dt if dt.is_integer() || matches!(dt, DataType::Date) => {
+            // (UInt64 may not fit the i64 the codes are computed in.)
+            dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {
                 let v = column.to_physical_repr().cast(&DataType::Int64)?;
                 let v = v.i64()?;
                 let Some(min) = v.min() else {
