@@ -57,10 +57,13 @@ fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Co
             dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {
                 let v = column.to_physical_repr().cast(&DataType::Int64)?;
                 let v = v.i64()?;
-                let Some(min) = v.min() else {
+                let (Some(min), Some(max)) = (v.min(), v.max()) else {
                     codes.push((UInt64Chunked::full("c".into(), 0, df.height()), 0));
                     continue;
                 };
+                if max as i128 - min as i128 + 1 > u64::MAX as i128 {
+                    return Ok(None);
+                }
                 v.iter()
                     .map(|x| Some(x.map_or(0, |x| (x as i128 - min as i128 + 1) as u64)))
                     .collect()
