@@ -303,12 +303,15 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn decode(bytes: Vec<u8>, parquet: bool) -> PolarsResult<DataFrame> {
+fn decode(bytes: Vec<u8>, parquet: bool, columns: Option<&[String]>) -> PolarsResult<DataFrame> {
     let bytes = std::io::Cursor::new(bytes);
+    let columns = columns.map(|c| c.to_vec());
     if parquet {
-        ParquetReader::new(bytes).finish()
+        ParquetReader::new(bytes).with_columns(columns).finish()
     } else {
-        polars::io::ipc::IpcReader::new(bytes).finish()
+        polars::io::ipc::IpcReader::new(bytes)
+            .with_columns(columns)
+            .finish()
     }
 }
 
@@ -372,6 +375,17 @@ impl Cache {
     }
 
     fn read_part(&self, folder: &Path, part: &Part) -> Result<DataFrame, String> {
+        self.read_part_columns(folder, part, None)
+    }
+
+    /// [`Cache::read_part`], decoding only `columns` when given (the whole file is still
+    /// checked against its size and hash).
+    fn read_part_columns(
+        &self,
+        folder: &Path,
+        part: &Part,
+        columns: Option<&[String]>,
+    ) -> Result<DataFrame, String> {
         let path = folder.join(&part.file);
         let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if bytes.len() as u64 != part.bytes {
@@ -385,7 +399,7 @@ impl Cache {
         if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
             return Err(format!("{} does not match its hash", path.display()));
         }
-        let df = decode(bytes, is_parquet(&part.file))
+        let df = decode(bytes, is_parquet(&part.file), columns)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if df.height() as u64 != part.rows {
             return Err(format!(
@@ -455,6 +469,20 @@ impl Cache {
             rejects,
             dropped,
         })
+    }
+
+    /// Reads only `columns` of a stage entry's table.
+    pub fn load_stage_columns(
+        &self,
+        e: &StageEntry,
+        columns: &[String],
+    ) -> Result<DataFrame, String> {
+        let part = e
+            .parts
+            .iter()
+            .find(|p| p.role == "table")
+            .ok_or("the entry has no table")?;
+        self.read_part_columns(&self.stages(), part, Some(columns))
     }
 
     /// Reads one part (`rejects` or `dropped`) of a stage entry; `None` when it has none.
@@ -670,6 +698,9 @@ mod tests {
         assert!(back.table.equals(&frames().table));
         assert_eq!(back.rejects.unwrap().height(), 0);
         assert!(back.dropped.is_none());
+        // Some columns only: decoded alone, the same values.
+        let x = cache.load_stage_columns(&e, &["x".to_string()]).unwrap();
+        assert!(x.equals(&frames().table.select(["x"]).unwrap()));
         assert!(matches!(cache.stage_entry("fp2"), Lookup::Missing));
 
         // Truncated: the cheap check sees it.
@@ -692,6 +723,12 @@ mod tests {
             panic!("cheap check passes")
         };
         assert!(cache.load_stage(&e).unwrap_err().contains("hash"));
+        assert!(
+            cache
+                .load_stage_columns(&e, &["x".to_string()])
+                .unwrap_err()
+                .contains("hash")
+        );
 
         // A torn JSON is not trusted either, nor one altered into other valid JSON.
         let json = dir.path().join("cache/stages/fp1.json");

@@ -134,6 +134,11 @@ pub trait Stage: Send + Sync + Debug {
     fn cache_table(&self) -> bool {
         true
     }
+    /// The columns this stage reads of its input `input`, when it reads only some: a table
+    /// that must come from the cache is then decoded for those columns only. `None`: all.
+    fn reads_columns(&self, _input: &str) -> Option<Vec<String>> {
+        None
+    }
     /// Names of sources this stage reads (ingest only).
     fn reads_source(&self) -> Option<&str> {
         None

@@ -61,6 +61,23 @@ pub struct AnchorSource {
 }
 
 impl Stage for PhaseAnchors {
+    /// The subject column and the anchors' date columns of `input`; all of it when an anchor
+    /// filters its rows (the filter may name any column).
+    fn reads_columns(&self, input: &str) -> Option<Vec<String>> {
+        let mut columns = vec![self.subject.clone()];
+        for f in self.anchors.iter().flat_map(|a| &a.from) {
+            if f.table == input {
+                if f.filter.is_some() {
+                    return None;
+                }
+                if !columns.contains(&f.column) {
+                    columns.push(f.column.clone());
+                }
+            }
+        }
+        Some(columns)
+    }
+
     fn arity(&self) -> Arity {
         Arity::AtLeastOne
     }
