@@ -487,3 +487,34 @@ fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
     let m = manifest(&w);
     assert!(ran(&m).contains(&"diary".to_string()), "{m}");
 }
+
+#[test]
+fn anchors_rerun_on_columns_read_from_the_cache_and_publish_what_a_cold_run_does() {
+    let w = Workdir::from_fixture("phases");
+    run(&w, &[]);
+    // A later escalation dose of C01: the dosing chain runs again, and so do the anchors,
+    // whose reused inputs (subjects, visits) are read from the cache for the columns they use.
+    // No anchor moves, so the phases are reused.
+    let dosing = w.path("data/nih/dosing_2017-01-31.csv");
+    let text = std::fs::read_to_string(&dosing).unwrap();
+    w.write(
+        "data/nih/dosing_2017-01-31.csv",
+        format!("{}\nC01,2014-05-01,escalation\n", text.trim_end()).as_bytes(),
+    );
+    run(&w, &[]);
+    let m = manifest(&w);
+    assert_eq!(stage(&m, "anchors")["status"], "ran", "{m}");
+    assert!(reasons(&m, "anchors").contains("output unchanged"), "{m}");
+    assert_eq!(stage(&m, "subjects")["status"], "reused", "{m}");
+    assert_eq!(stage(&m, "phases")["status"], "reused", "{m}");
+    let o = w.run(&[
+        "run",
+        "pipeline.yaml",
+        "--run-date",
+        "2026-11-25",
+        "--out",
+        "cold",
+    ]);
+    assert_exit(&o, 0);
+    assert_eq!(published_bytes(&w, "out"), published_bytes(&w, "cold"));
+}
