@@ -430,19 +430,40 @@ fn published_bytes(w: &Workdir, out: &str) -> Vec<(String, Vec<u8>)> {
     files
 }
 
+/// Appends `line` to the file `rel` of the work folder.
+fn append_line(w: &Workdir, rel: &str, line: &str) {
+    let text = std::fs::read_to_string(w.path(rel)).unwrap();
+    w.write(rel, format!("{}\n{line}\n", text.trim_end()).as_bytes());
+}
+
+/// A cold run of the same files into `cold/` publishes byte for byte what `out/` holds.
+fn assert_a_cold_run_publishes_the_same(w: &Workdir) {
+    let o = w.run(&[
+        "run",
+        "pipeline.yaml",
+        "--run-date",
+        "2026-11-25",
+        "--out",
+        "cold",
+    ]);
+    assert_exit(&o, 0);
+    let (incremental, cold) = (published_bytes(w, "out"), published_bytes(w, "cold"));
+    assert_eq!(incremental.len(), cold.len());
+    for ((a, x), (b, y)) in incremental.iter().zip(&cold) {
+        assert_eq!(a, b);
+        assert!(x == y, "{a} differs from a cold run's");
+    }
+}
+
 #[test]
 fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
     let w = Workdir::from_fixture("two_sites");
     run(&w, &[]);
     // A duplicate of a diary line already in the newest export: the ingest and the dedupe
     // run again; the dedupe keeps the same rows, so the validation after it is reused.
-    let diary = w.path("data/nih/diary_2017-06-30.csv");
-    let text = std::fs::read_to_string(&diary).unwrap();
+    let text = std::fs::read_to_string(w.path("data/nih/diary_2017-06-30.csv")).unwrap();
     let last = text.trim_end().lines().last().unwrap().to_string();
-    w.write(
-        "data/nih/diary_2017-06-30.csv",
-        format!("{}\n{last}\n", text.trim_end()).as_bytes(),
-    );
+    append_line(&w, "data/nih/diary_2017-06-30.csv", &last);
     run(&w, &[]);
     let m = manifest(&w);
     assert_eq!(ran(&m), ["diary_dedup", "diary_raw"], "{m}");
@@ -464,21 +485,7 @@ fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
     assert_eq!(status, Some(Value::from("restamped")), "{m}");
     // The published tables are those of a cold run on the same files, byte for byte
     // (fingerprints in the footers included: they do not depend on what was cached).
-    let o = w.run(&[
-        "run",
-        "pipeline.yaml",
-        "--run-date",
-        "2026-11-25",
-        "--out",
-        "cold",
-    ]);
-    assert_exit(&o, 0);
-    let (incremental, cold) = (published_bytes(&w, "out"), published_bytes(&w, "cold"));
-    assert_eq!(incremental.len(), cold.len());
-    for ((a, x), (b, y)) in incremental.iter().zip(&cold) {
-        assert_eq!(a, b);
-        assert!(x == y, "{a} differs from a cold run's");
-    }
+    assert_a_cold_run_publishes_the_same(&w);
     // A cached stage whose input changed in content runs again, as before.
     let changed = text.replacen("2014-03-01,2,1", "2014-03-01,3,1", 1);
     assert_ne!(changed, text);
@@ -495,11 +502,10 @@ fn anchors_rerun_on_columns_read_from_the_cache_and_publish_what_a_cold_run_does
     // A later escalation dose of C01: the dosing chain runs again, and so do the anchors,
     // whose reused inputs (subjects, visits) are read from the cache for the columns they use.
     // No anchor moves, so the phases are reused.
-    let dosing = w.path("data/nih/dosing_2017-01-31.csv");
-    let text = std::fs::read_to_string(&dosing).unwrap();
-    w.write(
+    append_line(
+        &w,
         "data/nih/dosing_2017-01-31.csv",
-        format!("{}\nC01,2014-05-01,escalation\n", text.trim_end()).as_bytes(),
+        "C01,2014-05-01,escalation",
     );
     run(&w, &[]);
     let m = manifest(&w);
@@ -507,14 +513,5 @@ fn anchors_rerun_on_columns_read_from_the_cache_and_publish_what_a_cold_run_does
     assert!(reasons(&m, "anchors").contains("output unchanged"), "{m}");
     assert_eq!(stage(&m, "subjects")["status"], "reused", "{m}");
     assert_eq!(stage(&m, "phases")["status"], "reused", "{m}");
-    let o = w.run(&[
-        "run",
-        "pipeline.yaml",
-        "--run-date",
-        "2026-11-25",
-        "--out",
-        "cold",
-    ]);
-    assert_exit(&o, 0);
-    assert_eq!(published_bytes(&w, "out"), published_bytes(&w, "cold"));
+    assert_a_cold_run_publishes_the_same(&w);
 }
