@@ -89,8 +89,9 @@ def run(args):
 
 # Tables the reference pipeline publishes under its ADaM name, with the same columns.
 # A studyflow table that answers for one of DuckDB's when studyflow does not publish that one:
-# the steroid series is published once, with its phase (same rows, same value columns).
-ALIASES = {"phases": "adph", "steroid_daily": "adster"}
+# the diary score and the steroid series are published once, with their phase (same rows,
+# same value columns).
+ALIASES = {"phases": "adph", "diary_scored": "addiary", "steroid_daily": "adster"}
 
 
 def aggregates(args):

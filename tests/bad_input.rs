@@ -112,3 +112,22 @@ fn too_many_rejects_fail_the_run_naming_file_reasons_and_lines() {
     assert!(err.contains("line 2:"), "{err}");
     assert!(!w.path("out/current").exists(), "nothing is published");
 }
+
+#[test]
+fn a_row_level_query_that_drops_rows_fails_the_run_naming_the_files() {
+    // `row_level: true` says each output row is one input row; a query that filters rows
+    // breaks that, and row fate does not reconcile: the run fails and publishes nothing.
+    let w = Workdir::from_fixture("two_sites");
+    let yaml = std::fs::read_to_string(w.path("pipeline.yaml")).unwrap();
+    let stage = "  - name: feverish\n    kind: sql\n    inputs: [diary]\n    row_level: true\n    query: SELECT * FROM diary WHERE fever > 0\n    publish: true\n    sort_by: [subject, date]\n";
+    w.write("pipeline.yaml", format!("{yaml}{stage}").as_bytes());
+    let o = w.run_pipeline();
+    assert_exit(&o, 1);
+    assert!(
+        stderr(&o).contains("row fate does not reconcile")
+            && stderr(&o).contains("diary_2017-06-30.csv -> feverish"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!w.path("out/current").exists());
+}

@@ -14,12 +14,13 @@ use studyflow::generate::{DirtRates, GenerateOptions, generate};
 use crate::workdir::{assert_exit, strs};
 
 /// The published table holding the accepted rows of each stream (the end of its row-level
-/// chain: ingest, recode/validate, dedupe, convert_units or diary_score).
+/// chain: ingest, recode/validate, dedupe, convert_units; the diary's goes on through its
+/// score, its ADaM renaming and its phase to `addiary`).
 const ACCEPTED: [(&str, &str); 7] = [
     ("subjects", "subjects"),
     ("dosing", "dosing"),
     ("steroids", "steroids"),
-    ("diary", "diary_scored"),
+    ("diary", "addiary"),
     ("visits", "visits_std"),
     ("labs", "labs_std"),
     ("questionnaires", "questionnaires_std"),
@@ -324,7 +325,13 @@ fn assert_values_match(out: &Path, truth: &Truth) {
     let id = regex::Regex::new(r"^[CSO][1-9][0-9]*$").unwrap();
     for (stream, name) in ACCEPTED {
         let df = table(out, name);
-        let rows = rows_of(&df, &["subject"]);
+        // The ADaM tables name the subject USUBJID.
+        let subject = if df.column("subject").is_ok() {
+            "subject"
+        } else {
+            "USUBJID"
+        };
+        let rows = rows_of(&df, &[subject]);
         let clean = &truth.clean[stream];
         for (key, values) in &rows {
             assert!(id.is_match(&values[0]), "{key:?}: subject `{}`", values[0]);
@@ -409,7 +416,7 @@ fn assert_values_match(out: &Path, truth: &Truth) {
     }
 
     let items = ["fever", "rash", "msk_pain", "headache", "fatigue", "organ"];
-    let diary = rows_of(&table(out, "diary_scored"), &["DIARYSCORE"]);
+    let diary = rows_of(&table(out, "addiary"), &["DIARYSCORE"]);
     for (key, v) in &diary {
         let want = &truth.clean["diary"][key];
         let present: Vec<f64> = items

@@ -165,9 +165,9 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     };
     let after_dir = std::fs::read_link(w.path("out/current")).unwrap();
     assert_ne!(before_dir, after_dir);
-    // The daily diary's ADaM selection (an unpublished `sql` stage) and the steroid series
-    // (`cache: false`) are reused but not cached: addiary and adster, which run again, get
-    // them computed again from their inputs.
+    // The daily diary's ADaM selection (an unpublished `sql` stage), the diary score and the
+    // steroid series (`cache: false`) are reused but not cached: addiary and adster, which
+    // run again, get them computed again from their inputs.
     let m: serde_json::Value = serde_json::from_slice(
         &std::fs::read(w.path("out").join(&after_dir).join("manifest.json")).unwrap(),
     )
@@ -183,7 +183,7 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
     };
     assert_eq!(stage("addiary")["status"], "ran");
     assert_eq!(stage("diary_bds")["status"], "reused");
-    for name in ["diary_bds", "steroid_daily"] {
+    for name in ["diary_bds", "diary_scored", "steroid_daily"] {
         assert_eq!(stage(name)["status"], "reused");
         assert!(
             stage(name)["reasons"]
@@ -199,7 +199,6 @@ fn amending_w_from_90_to_60_moves_exactly_the_days_it_should() {
         "subjects",
         "dosing",
         "steroids",
-        "diary_scored",
         "visits_std",
         "labs_std",
         "growth",

@@ -14,11 +14,21 @@ use crate::stages::{Arity, Inputs, Stage, StageCtx, StageOutput};
 pub struct Sql {
     /// The query; tables are the stage's inputs by name.
     pub query: String,
+    /// Each output row is one row of the first input, kept with its SRCFILE and SRCLINE (a
+    /// selection or renaming of columns): row fate then follows the rows through this stage.
+    /// Checked at the end of every run: a query that drops or repeats rows makes the row
+    /// fate of their files fail to reconcile, and the run fails naming them.
+    #[serde(default)]
+    pub row_level: bool,
 }
 
 impl Stage for Sql {
     fn arity(&self) -> Arity {
         Arity::Any
+    }
+
+    fn row_level(&self) -> bool {
+        self.row_level
     }
 
     /// An unpublished query's table is not cached: it is mostly a selection or a union of
@@ -63,6 +73,7 @@ mod tests {
         };
         let stage = Sql {
             query: "SELECT a.s, x + y AS z FROM a JOIN b ON a.s = b.s ORDER BY a.s".into(),
+            row_level: false,
         };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs))
             .unwrap()
