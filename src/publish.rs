@@ -187,9 +187,9 @@ impl Write for HashedFile {
 /// write it, without decoding and encoding the table again: the data pages are copied as they
 /// are, and the footer is written again with its `studyflow.*` entries replaced. A reused
 /// table whose lineage changed (an input file changed, its content did not) costs a copy.
-/// Returns the size, the blake3 and the row count; `None` when `src` is not the file of blake3
-/// `src_blake3` (checked as it is copied) or not a footer this can rewrite (the caller then
-/// writes the table).
+/// Returns the size, the blake3 and the row count; `None` when `src` cannot be read, is not the
+/// file of blake3 `src_blake3` (checked as it is copied) or has no footer this can rewrite (the
+/// caller then writes the table).
 pub fn restamp_parquet(
     src: &Path,
     src_blake3: &str,
@@ -198,26 +198,28 @@ pub fn restamp_parquet(
 ) -> Result<Option<(u64, String, u64)>, RunError> {
     use polars_parquet_format::thrift::protocol::{TCompactInputProtocol, TCompactOutputProtocol};
     use polars_parquet_format::{FileMetaData, KeyValue};
-    let mut file = File::open(src).map_err(|e| RunError::io(src, e))?;
-    let len = file.metadata().map_err(|e| RunError::io(src, e))?.len();
+    // A source that cannot be read (a previous run's folder removed by hand) is no error: the
+    // caller writes the table instead.
+    let Ok(mut file) = File::open(src) else {
+        return Ok(None);
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
     if len < 12 {
         return Ok(None);
     }
     let mut tail = [0u8; 8];
-    file.seek(SeekFrom::Start(len - 8))
-        .map_err(|e| RunError::io(src, e))?;
-    file.read_exact(&mut tail)
-        .map_err(|e| RunError::io(src, e))?;
+    if file.seek(SeekFrom::Start(len - 8)).is_err() || file.read_exact(&mut tail).is_err() {
+        return Ok(None);
+    }
     let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
     if &tail[4..] != b"PAR1" || footer_len + 12 > len {
         return Ok(None);
     }
     let data_len = len - 8 - footer_len;
     let mut footer = vec![0u8; footer_len as usize];
-    file.seek(SeekFrom::Start(data_len))
-        .map_err(|e| RunError::io(src, e))?;
-    file.read_exact(&mut footer)
-        .map_err(|e| RunError::io(src, e))?;
+    if file.seek(SeekFrom::Start(data_len)).is_err() || file.read_exact(&mut footer).is_err() {
+        return Ok(None);
+    }
     // The reader's budget bounds what the footer's lengths may make it allocate.
     let budget = footer.len().saturating_mul(64).max(1 << 20);
     let Ok(mut meta) = FileMetaData::read_from_in_protocol(&mut TCompactInputProtocol::new(
@@ -263,17 +265,18 @@ pub fn restamp_parquet(
     }
 
     let (tmp, mut out) = HashedFile::create(path)?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| RunError::io(src, e))?;
     // The source is hashed as it is copied: a file changed since it was published is not
     // trusted.
     let mut source_hash = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = data_len;
-    while left > 0 {
+    let mut readable = file.seek(SeekFrom::Start(0)).is_ok();
+    while readable && left > 0 {
         let n = (left as usize).min(buf.len());
-        file.read_exact(&mut buf[..n])
-            .map_err(|e| RunError::io(src, e))?;
+        if file.read_exact(&mut buf[..n]).is_err() {
+            readable = false;
+            break;
+        }
         source_hash.update(&buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| RunError::io(&tmp, e))?;
@@ -281,7 +284,7 @@ pub fn restamp_parquet(
     }
     source_hash.update(&footer);
     source_hash.update(&tail);
-    if source_hash.finalize().to_hex().as_str() != src_blake3 {
+    if !readable || source_hash.finalize().to_hex().as_str() != src_blake3 {
         drop(out);
         let _ = fs::remove_file(&tmp);
         return Ok(None);
@@ -451,6 +454,13 @@ mod tests {
             fs::read_dir(dir.path()).unwrap().count(),
             3,
             "no temporary left"
+        );
+        // A source that is gone is no error either: the caller writes the table.
+        let gone = dir.path().join("gone.parquet");
+        assert!(
+            restamp_parquet(&gone, &old_hash, &again, &prov("after"))
+                .unwrap()
+                .is_none()
         );
     }
 }
