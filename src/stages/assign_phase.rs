@@ -95,16 +95,8 @@ fn phase_of_rows(
     // Each run of rows of one subject is looked up once: a table sorted by subject has one
     // run per subject.
     let sid = subject.cast(&DataType::String)?;
-    let (run_of_row, first_rows) = crate::stages::runs(
-        &DataFrame::new(n, vec![sid.clone().with_name("__sid".into())])?,
-        &["__sid"],
-    )?;
-    let run_sid = sid.as_materialized_series().take(&first_rows)?;
-    let place = search_sorted(&ids, &run_sid, SearchSortedSide::Left, false)?;
-    let last = (ids.len() - 1) as IdxSize;
-    let place = place.apply_values(|p| p.min(last));
-    let found = ids.take(&place)?.equal_missing(&run_sid)?;
-    let (place, found) = (place.take(&run_of_row)?, found.take(&run_of_row)?);
+    let (place, found) =
+        crate::stages::places_by_run(sid.as_materialized_series(), |_| Ok(ids.clone()))?;
     let rows = DataFrame::new(
         n,
         vec![

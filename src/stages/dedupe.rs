@@ -29,29 +29,28 @@ const PACKED: &str = "__packed";
 
 /// One integer per row that sorts like `columns` (missing values first, text in byte order)
 /// when every column is text or an integer up to 64 bits signed or 32 bits unsigned (dates
-/// included) and their codes fit in 64 bits
-/// together; `None` otherwise. A text column's code is the value's place among its distinct
-/// values, found once per run of equal rows; an integer's is its distance from the smallest.
+/// included) and their codes fit in 64 bits together; `None` otherwise. A text column's code
+/// is the value's place among its distinct values, found once per run of equal rows; an
+/// integer's is its distance from the smallest.
 fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Column>> {
     let mut codes: Vec<(UInt64Chunked, u32)> = Vec::new();
     for c in columns {
         let column = df.column(c)?;
         let code: UInt64Chunked = match column.dtype() {
             DataType::String => {
-                let (run_of_row, first_rows) =
-                    crate::stages::runs(&df.select([c.as_str()])?, &[c])?;
-                let run_values = column.as_materialized_series().take(&first_rows)?;
-                let distinct = run_values.drop_nulls().unique()?.sort(Default::default())?;
-                let place = search_sorted(&distinct, &run_values, SearchSortedSide::Left, false)?;
-                let code: UInt64Chunked = place
+                let (place, found) =
+                    crate::stages::places_by_run(column.as_materialized_series(), |run_values| {
+                        run_values.drop_nulls().unique()?.sort(Default::default())
+                    })?;
+                // Missing values (not found) first, as code 0.
+                place
                     .iter()
-                    .zip(run_values.is_null().iter())
-                    .map(|(p, null)| match (p, null) {
-                        (Some(p), Some(false)) => Some(u64::from(p) + 1),
+                    .zip(found.iter())
+                    .map(|(p, found)| match (p, found) {
+                        (Some(p), Some(true)) => Some(u64::from(p) + 1),
                         _ => Some(0),
                     })
-                    .collect();
-                code.take(&run_of_row)?
+                    .collect()
             }
             // (UInt64 may not fit the i64 the codes are computed in.)
             dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {

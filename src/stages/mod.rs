@@ -318,6 +318,37 @@ pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, Idx
     ))
 }
 
+/// Each value's place among `sorted` (distinct values, ascending, no missing one) and whether
+/// it is there, looked up once per run of equal values ([`runs`]). `sorted_of` gives the sorted
+/// values from the runs' values (one per run), so a caller that looks values up among their own
+/// distinct values finds those once per run too. A missing value is not found.
+pub(crate) fn places_by_run(
+    values: &Series,
+    sorted_of: impl FnOnce(&Series) -> PolarsResult<Series>,
+) -> PolarsResult<(IdxCa, BooleanChunked)> {
+    let n = values.len();
+    let (run_of_row, first_rows) = runs(
+        &DataFrame::new(
+            n,
+            vec![values.clone().with_name("__v".into()).into_column()],
+        )?,
+        &["__v"],
+    )?;
+    let run_values = values.take(&first_rows)?;
+    let sorted = sorted_of(&run_values)?;
+    if sorted.is_empty() {
+        return Ok((
+            IdxCa::full("__place".into(), 0, n),
+            BooleanChunked::full("__found".into(), false, n),
+        ));
+    }
+    let last = (sorted.len() - 1) as IdxSize;
+    let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)?
+        .apply_values(|p| p.min(last));
+    let found = sorted.take(&place)?.equal_missing(&run_values)?;
+    Ok((place.take(&run_of_row)?, found.take(&run_of_row)?))
+}
+
 /// A stage context for unit tests of kinds: a minimal pipeline, run date 2026-11-25.
 #[cfg(test)]
 pub mod tests_support {
