@@ -226,12 +226,7 @@ impl Engine<'_> {
                 v
             })
             .collect();
-        let mut readers_of: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (id, ins) in inputs.iter().enumerate() {
-            for &j in ins {
-                readers_of[j].push(id);
-            }
-        }
+        let readers_of: Vec<Vec<usize>> = (0..n).map(|id| self.plan.consumers(id)).collect();
         // Stages still to run that read each table: an unpublished table is dropped when
         // the last of them has run, so peak memory holds only the tables still needed.
         let readers: Vec<AtomicUsize> = readers_of
@@ -796,7 +791,6 @@ impl Engine<'_> {
         ))
     }
 
-    /// The frames of stage `id`: in memory, else from the cache, else computed again.
     /// `columns` of the table of stage `id`: from memory when it is there, else decoded for
     /// those columns only from its cache entry, without keeping them for other readers (a
     /// per-subject date of a reused 8-million-row diary needs two of its columns). Falls back
@@ -811,11 +805,9 @@ impl Engine<'_> {
         let whole = match in_memory {
             Some(f) => f.table.clone(),
             None => {
-                let cached = match (&self.plan.stages[id].kind, &slot.entry) {
-                    (Kind::Ingest(_), _) => None,
-                    (_, Some(e)) if e.has_table() && self.table_cached(id) => {
-                        self.cache.load_stage_columns(e, columns).ok()
-                    }
+                // (An ingest's entry holds no table: its files' entries make it.)
+                let cached = match &slot.entry {
+                    Some(e) if e.has_table() => self.cache.load_stage_columns(e, columns).ok(),
                     _ => None,
                 };
                 match cached {
@@ -830,6 +822,7 @@ impl Engine<'_> {
             .unwrap_or(whole))
     }
 
+    /// The frames of stage `id`: in memory, else from the cache, else computed again.
     pub(crate) fn frames(&self, id: usize) -> anyhow::Result<Arc<Frames>> {
         let slot = self.slot(id)?;
         if slot.released.load(Ordering::Acquire) {
