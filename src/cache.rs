@@ -228,9 +228,21 @@ pub enum TablePart<'a> {
 }
 
 impl StageEntry {
+    /// The part holding the stage's table, when the entry has one.
+    pub fn table_part(&self) -> Option<&Part> {
+        self.parts.iter().find(|p| p.role == "table")
+    }
+
     /// True when the entry holds the stage's table.
     pub fn has_table(&self) -> bool {
-        self.parts.iter().any(|p| p.role == "table")
+        self.table_part().is_some()
+    }
+}
+
+impl Part {
+    /// True for a part that is a published Parquet file (linked), not Arrow IPC.
+    pub fn is_parquet(&self) -> bool {
+        is_parquet(&self.file)
     }
 }
 
@@ -249,8 +261,8 @@ pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
 }
 
 // Cache parts are Arrow IPC files, zstd at level 1: a cold run writes every cached stage's
-// output in that stage's thread, sharing the cores with the other stages. Level 1 costs about half the CPU of the
-// default level 3 for files a little larger; LZ4 (framed, with checksums) was no cheaper and
+// output in that stage's thread, sharing the cores with the other stages. Level 1 costs about
+// half the CPU of the default level 3 for files a little larger; LZ4 (framed, with checksums) was no cheaper and
 // made files more than twice as large.
 // The part is streamed to its file through a hasher, not built in memory first: a buffer the
 // size of a large table, grown by doubling, cost page faults and copies worth several seconds
@@ -477,11 +489,7 @@ impl Cache {
         e: &StageEntry,
         columns: &[String],
     ) -> Result<DataFrame, String> {
-        let part = e
-            .parts
-            .iter()
-            .find(|p| p.role == "table")
-            .ok_or("the entry has no table")?;
+        let part = e.table_part().ok_or("the entry has no table")?;
         self.read_part_columns(&self.stages(), part, Some(columns))
     }
 

@@ -306,15 +306,10 @@ fn same_published_table(
 ) -> Option<(PathBuf, String)> {
     let (dir, m) = previous?;
     let s = &e.plan.stages[id];
-    let part = e
-        .slots
-        .get(id)?
-        .get()?
-        .entry
-        .as_ref()?
-        .parts
-        .iter()
-        .find(|p| p.role == "table" && p.file.ends_with(".parquet"))?;
+    let part = e.slots.get(id)?.get()?.entry.as_ref()?.table_part()?;
+    if !part.is_parquet() {
+        return None;
+    }
     let rec = m.tables.iter().find(|t| t.name == s.name)?;
     (rec.blake3 == part.blake3 && rec.key == s.sort_by)
         .then(|| (dir.join(&rec.file), rec.blake3.clone()))

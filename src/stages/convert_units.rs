@@ -621,7 +621,6 @@ impl Measurement<'_> {
     }
 }
 
-/// RULE, COLUMN, RAWVALUE and REASON of the first check that holds (null when none does).
 /// The first failing check of each row: its rule, column and raw value (null when every
 /// check passes), and the expression of its reason. The reason is a formatted text, so it is
 /// evaluated on the rejected rows alone ([`rejects_of`]), not on every row.
