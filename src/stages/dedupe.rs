@@ -21,18 +21,24 @@ pub const LINEAGE: &[&str] = &["SITE", "SRCFILE", "SRCLINE", "EXPORTDT"];
 const SIG: &str = "__sig";
 const ORDER: &str = "__order";
 const ROW: &str = "__row";
-const POS: &str = "__pos";
-const KEPT_POS: &str = "__keptpos";
 const REPEATED: &str = "__repeated";
 const NEWEST: &str = "__newest";
 const PACKED: &str = "__packed";
+const KEY_RUN: &str = "__keyrun";
+const FILE_RUN: &str = "__filerun";
+const KEPT_ROW: &str = "__keptrow";
 
 /// One integer per row that sorts like `columns` (missing values first, text in byte order)
 /// when every column is text or an integer up to 64 bits signed or 32 bits unsigned (dates
 /// included) and their codes fit in 64 bits together; `None` otherwise. A text column's code
 /// is the value's place among its distinct values, found once per run of equal rows; an
-/// integer's is its distance from the smallest.
-fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Column>> {
+/// integer's is its distance from the smallest. With the key, the bits each column's code takes
+/// (the last column's in the lowest bits): two rows agree on the first columns exactly when
+/// their keys do after the later columns' bits are shifted out.
+fn packed_sort_key(
+    df: &DataFrame,
+    columns: &[String],
+) -> PolarsResult<Option<(UInt64Chunked, Vec<u32>)>> {
     let mut codes: Vec<(UInt64Chunked, u32)> = Vec::new();
     for c in columns {
         let column = df.column(c)?;
@@ -76,14 +82,93 @@ fn packed_sort_key(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<Co
         return Ok(None);
     }
     let mut packed = UInt64Chunked::full(PACKED.into(), 0, df.height());
+    let mut widths = Vec::with_capacity(codes.len());
     for (code, bits) in codes {
+        widths.push(bits);
         if bits == 0 {
             continue;
         }
         packed = packed.apply_values(|p| p.checked_shl(bits).unwrap_or(0));
         packed = &packed | &code;
     }
-    Ok(Some(packed.with_name(PACKED.into()).into_column()))
+    Ok(Some((packed.with_name(PACKED.into()), widths)))
+}
+
+/// How [`key_order`] may sort.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    /// By one packed integer when the codes fit in 64 bits (see [`packed_sort_key`]).
+    Allowed,
+    /// By the columns themselves (what a key too wide for one integer does).
+    #[cfg(test)]
+    Never,
+}
+
+/// The rows of `input` in key order (the key, then export order `order_of_row`, then line):
+/// `ROW`, the input row, with `KEY_RUN` and `FILE_RUN`, numbers equal on neighbouring rows
+/// exactly when their keys are equal (missing equals missing), and their keys and files.
+fn key_order(
+    input: &DataFrame,
+    key: &[String],
+    order_of_row: Column,
+    packing: Packing,
+) -> PolarsResult<DataFrame> {
+    let mut sort_columns: Vec<String> = key.to_vec();
+    sort_columns.extend([ORDER.to_string(), "SRCLINE".to_string()]);
+    let mut narrow: Vec<Column> = Vec::new();
+    for c in key.iter().chain(std::iter::once(&"SRCLINE".to_string())) {
+        if !narrow.iter().any(|n| n.name() == c) {
+            narrow.push(input.column(c)?.clone());
+        }
+    }
+    narrow.push(order_of_row);
+    let narrow = DataFrame::new(input.height(), narrow)?;
+    let packed = match packing {
+        Packing::Allowed => packed_sort_key(&narrow, &sort_columns)?,
+        #[cfg(test)]
+        Packing::Never => None,
+    };
+    if let Some((packed, bits)) = packed {
+        // Sorting one integer is much cheaper than comparing text keys row against row, and
+        // the key and the file of a row are its packed key with the line's (and the export
+        // order's) bits shifted out: nothing else of the rows is copied.
+        let line_bits = bits[bits.len() - 1];
+        let order_bits = bits[bits.len() - 2];
+        let rows = packed.arg_sort(SortOptions::default().with_multithreaded(true));
+        let sorted = packed.take(&rows)?;
+        drop(packed);
+        let file = sorted.apply_values(|p| p.checked_shr(line_bits).unwrap_or(0));
+        let key = sorted.apply_values(|p| p.checked_shr(line_bits + order_bits).unwrap_or(0));
+        return DataFrame::new(
+            rows.len(),
+            vec![
+                rows.with_name(ROW.into()).into_column(),
+                key.with_name(KEY_RUN.into()).into_column(),
+                file.with_name(FILE_RUN.into()).into_column(),
+            ],
+        );
+    }
+    let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
+    let mut file_names = key_names.clone();
+    file_names.push(ORDER);
+    let sorted = narrow
+        .lazy()
+        .with_row_index(ROW, None)
+        .sort_by_exprs(
+            sort_columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>(),
+            SortMultipleOptions::default(),
+        )
+        .collect()?;
+    let (key_run, _) = crate::stages::runs(&sorted, &key_names)?;
+    let (file_run, _) = crate::stages::runs(&sorted, &file_names)?;
+    DataFrame::new(
+        sorted.height(),
+        vec![
+            sorted.column(ROW)?.clone(),
+            key_run.with_name(KEY_RUN.into()).into_column(),
+            file_run.with_name(FILE_RUN.into()).into_column(),
+        ],
+    )
 }
 
 impl Stage for Dedupe {
@@ -100,7 +185,13 @@ impl Stage for Dedupe {
     }
 
     fn run(&self, _ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
-        let input = inputs.first();
+        self.dedupe(inputs.first(), Packing::Allowed)
+    }
+}
+
+impl Dedupe {
+    /// Deduplicates `input`, sorting by a packed key as `packing` allows.
+    fn dedupe(&self, input: &DataFrame, packing: Packing) -> anyhow::Result<StageOutput> {
         let names: Vec<String> = input
             .get_column_names()
             .iter()
@@ -156,59 +247,18 @@ impl Stage for Dedupe {
             .column(ORDER)?
             .take(&run_of_row)?
             .with_name(ORDER.into());
-        // Keys, lineage and row numbers only, sorted by key, export order and line: the rows
-        // of one key sit next to each other, file by file in export order. Neighbours then say
-        // which keys repeat within a file and which row is the newest, without hashing every
-        // row into groups; the value columns are gathered once at the end (and for the few
-        // rows whose key repeats in a file).
-        let mut narrow: Vec<Expr> = key.clone();
-        for l in ["SITE", "SRCFILE", "SRCLINE"] {
-            if !self.key.iter().any(|k| k == l) {
-                narrow.push(col(l));
-            }
-        }
-        let mut sort_by = key.clone();
-        sort_by.extend([col(ORDER), col("SRCLINE")]);
-        let same_as = |offset: i64, with_file: bool, pos: &str| {
-            let mut same: Vec<Expr> = key
-                .iter()
-                .map(|k| k.clone().eq_missing(k.clone().shift(lit(offset))))
-                .collect();
-            if with_file {
-                same.push(col(ORDER).eq(col(ORDER).shift(lit(offset))));
-            }
-            // The first (last) row has no neighbour before (after) it.
-            same.push(col(pos).shift(lit(offset)).is_not_null());
-            all_horizontal(same)
-        };
-        let mut narrow = input
-            .clone()
+        // The rows in key order, file by file in export order: neighbours then say which keys
+        // repeat within a file and which row is the newest, without hashing every row into
+        // groups; the value columns are gathered once at the end (and for the few rows whose
+        // key repeats in a file).
+        let same_as_next = |c: &str| col(c).eq(col(c).shift(lit(-1))).fill_null(lit(false));
+        let marked = key_order(input, &self.key, order_of_row, packing)?
             .lazy()
-            .with_row_index(ROW, None)
-            .select(std::iter::once(col(ROW)).chain(narrow).collect::<Vec<_>>())
-            .collect()?;
-        narrow.with_column(order_of_row)?;
-        // Sorting by one integer that packs the key, the export order and the line is much
-        // cheaper than comparing text keys row against row; keys too wide for it sort as they are.
-        let mut sort_columns: Vec<String> = self.key.clone();
-        sort_columns.extend([ORDER.to_string(), "SRCLINE".to_string()]);
-        let sorted = match packed_sort_key(&narrow, &sort_columns)? {
-            Some(packed) => {
-                narrow.with_column(packed)?;
-                narrow
-                    .lazy()
-                    .sort([PACKED], Default::default())
-                    .drop(by_name([PACKED], true, false))
-            }
-            None => narrow
-                .lazy()
-                .sort_by_exprs(sort_by, SortMultipleOptions::default()),
-        };
-        let marked = sorted
-            .with_row_index(POS, None)
             .with_column(
-                same_as(1, true, POS)?
-                    .or(same_as(-1, true, POS)?)
+                col(FILE_RUN)
+                    .eq(col(FILE_RUN).shift(lit(1)))
+                    .fill_null(lit(false))
+                    .or(same_as_next(FILE_RUN))
                     .alias(REPEATED),
             )
             .collect()?;
@@ -231,7 +281,7 @@ impl Stage for Dedupe {
             .clone()
             .lazy()
             .filter(col(REPEATED))
-            .select([col(ROW), col(ORDER)])
+            .select([col(ROW)])
             .sort([ROW], Default::default())
             .collect()?;
         let mut repeated = input.take(repeated_rows.column(ROW)?.idx()?)?;
@@ -325,12 +375,6 @@ impl Stage for Dedupe {
             )
             .select([col(ROW)])
             .collect()?;
-        let fill_back = |c: &str| {
-            when(col(NEWEST))
-                .then(col(c))
-                .otherwise(lit(NULL))
-                .fill_null_with_strategy(FillNullStrategy::Backward(None))
-        };
         let survivors = marked
             .lazy()
             .filter(
@@ -343,30 +387,51 @@ impl Stage for Dedupe {
                     false,
                 )),
             )
-            .with_row_index(KEPT_POS, None)
-            .with_column(same_as(-1, false, KEPT_POS)?.not().alias(NEWEST))
+            .with_column(same_as_next(KEY_RUN).not().alias(NEWEST))
             .collect()?;
         // Superseded rows in the order of the input, those without a repeated key first: one
-        // integer to sort by.
+        // integer to sort by. Each points at the newest row of its key, the next one kept.
         let input_order = (col(REPEATED).cast(DataType::UInt64) * lit(1u64 << 32))
             + col(ROW).cast(DataType::UInt64);
         let superseded = survivors
             .clone()
             .lazy()
-            .with_columns([
-                fill_back("SRCFILE").alias("KEPTFILE"),
-                fill_back("SRCLINE").alias("KEPTLINE"),
-            ])
+            .with_column(
+                when(col(NEWEST))
+                    .then(col(ROW))
+                    .otherwise(lit(NULL))
+                    .fill_null_with_strategy(FillNullStrategy::Backward(None))
+                    .alias(KEPT_ROW),
+            )
             .filter(col(NEWEST).not())
-            .sort_by_exprs([input_order.clone()], Default::default())
-            .select([
-                col("SRCFILE"),
-                col("SRCLINE"),
-                col("SITE"),
-                lit("superseded").alias("FATE"),
-                col("KEPTFILE"),
-                col("KEPTLINE"),
-            ]);
+            .sort_by_exprs([input_order], Default::default())
+            .select([col(ROW), col(KEPT_ROW)])
+            .collect()?;
+        let lineage = input.select(["SRCFILE", "SRCLINE", "SITE"])?;
+        let mut superseded_rows = lineage.take(superseded.column(ROW)?.idx()?)?;
+        let kept_of = lineage
+            .select(["SRCFILE", "SRCLINE"])?
+            .take(superseded.column(KEPT_ROW)?.idx()?)?;
+        superseded_rows.with_column(
+            kept_of
+                .column("SRCFILE")?
+                .clone()
+                .with_name("KEPTFILE".into()),
+        )?;
+        superseded_rows.with_column(
+            kept_of
+                .column("SRCLINE")?
+                .clone()
+                .with_name("KEPTLINE".into()),
+        )?;
+        let superseded = superseded_rows.lazy().select([
+            col("SRCFILE"),
+            col("SRCLINE"),
+            col("SITE"),
+            lit("superseded").alias("FATE"),
+            col("KEPTFILE"),
+            col("KEPTLINE"),
+        ]);
         let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
         // The kept rows come out in key order (missing keys first): the survivors already are,
         // and the tables a dedupe feeds are published sorted by their key, which then costs
@@ -518,9 +583,9 @@ mod tests {
             .unwrap();
             let columns: Vec<String> =
                 ["subject", "date", ORDER, "SRCLINE"].map(String::from).to_vec();
-            let packed = packed_sort_key(&df, &columns).unwrap().expect("fits in 64 bits");
+            let (packed, _) = packed_sort_key(&df, &columns).unwrap().expect("fits in 64 bits");
             let mut with_key = df.clone();
-            with_key.with_column(packed).unwrap();
+            with_key.with_column(packed.into_column()).unwrap();
             let by_key = with_key
                 .lazy()
                 .sort_by_exprs([col(PACKED)], SortMultipleOptions::default().with_maintain_order(true))
@@ -535,6 +600,51 @@ mod tests {
                 .collect()
                 .unwrap();
             proptest::prop_assert_eq!(ints(&by_key, "i"), ints(&by_columns, "i"));
+        }
+
+        /// Sorting by the packed key and sorting by the columns deduplicate alike: the same
+        /// rows kept in the same order, the same conflicts, the same rows collapsed and
+        /// superseded pointing at the same kept rows, on any input (keys with missing values,
+        /// repeats within a file, several exports, files in any order).
+        #[test]
+        fn a_packed_key_deduplicates_like_the_columns(
+            rows in proptest::collection::vec(
+                (proptest::option::of(0usize..4), proptest::option::of(0i32..3), 0usize..3, 0i64..3),
+                0..60),
+        ) {
+            let texts = ["C1", "C10", "C2", "C1 "];
+            // Three files, two of them exported on the same day; each file's rows in line order.
+            let files = ["s/b.csv", "s/a.csv", "s/c.csv"];
+            let exported = [3i32, 5, 3];
+            let mut rows = rows;
+            rows.sort_by_key(|r| r.2);
+            let t = df!(
+                "SITE" => rows.iter().map(|_| "s").collect::<Vec<_>>(),
+                "SRCFILE" => rows.iter().map(|r| files[r.2]).collect::<Vec<_>>(),
+                "SRCLINE" => (0..rows.len() as i64).map(|i| i + 2).collect::<Vec<_>>(),
+                "EXPORTDT" => rows.iter().map(|r| exported[r.2]).collect::<Vec<_>>(),
+                "subject" => rows.iter().map(|r| r.0.map(|i| texts[i])).collect::<Vec<_>>(),
+                "date" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                "score" => rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )
+            .unwrap()
+            .lazy()
+            .with_columns([col("EXPORTDT").cast(DataType::Date), col("date").cast(DataType::Date)])
+            .collect()
+            .unwrap();
+            let stage = Dedupe { key: vec!["subject".into(), "date".into()] };
+            let packed = stage.dedupe(&t, Packing::Allowed).unwrap();
+            let columns = stage.dedupe(&t, Packing::Never).unwrap();
+            let table = |o: &StageOutput| o.table.clone().collect().unwrap();
+            proptest::prop_assert!(table(&packed).equals_missing(&table(&columns)));
+            let part = |d: &Option<DataFrame>| d.clone().unwrap();
+            proptest::prop_assert!(part(&packed.rejects).equals_missing(&part(&columns.rejects)));
+            proptest::prop_assert!(part(&packed.dropped).equals_missing(&part(&columns.dropped)));
+            // Every row in exactly one place.
+            proptest::prop_assert_eq!(
+                table(&packed).height() + part(&packed.rejects).height() + part(&packed.dropped).height(),
+                rows.len()
+            );
         }
     }
 }
