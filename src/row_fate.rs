@@ -232,13 +232,18 @@ pub fn all_rejects(
         .collect()?)
 }
 
-/// Every stage's collapsed and superseded rows in one table.
+/// Every stage's collapsed and superseded rows in one table, sorted by file and line.
+///
+/// A dedupe sets its rows aside in the order of its input, which an ingest reads file after
+/// file: each stage's part is then a few blocks of one file each, lines ascending. When every
+/// file is one such block of one part, the blocks are put in file order and joined (slices, no
+/// row is compared or copied before the table is written); otherwise the rows are sorted.
+/// Either way the order is the same: a raw row is set aside at most once.
 pub fn all_dropped(dropped: &[Option<DataFrame>]) -> anyhow::Result<DataFrame> {
-    let parts: Vec<LazyFrame> = dropped
+    let parts: Vec<&DataFrame> = dropped
         .iter()
         .flatten()
         .filter(|d| d.height() > 0)
-        .map(|d| d.clone().lazy())
         .collect();
     if parts.is_empty() {
         return Ok(df!(
@@ -250,12 +255,56 @@ pub fn all_dropped(dropped: &[Option<DataFrame>]) -> anyhow::Result<DataFrame> {
             "KEPTLINE" => Vec::<i64>::new(),
         )?);
     }
-    Ok(concat(parts, UnionArgs::default())?
+    if let Some(blocks) = file_blocks(&parts)? {
+        let mut out = blocks[0].clone();
+        for b in &blocks[1..] {
+            out.vstack_mut(b)?;
+        }
+        return Ok(out);
+    }
+    let lazy: Vec<LazyFrame> = parts.iter().map(|d| (*d).clone().lazy()).collect();
+    Ok(concat(lazy, UnionArgs::default())?
         .sort_by_exprs(
             [col("SRCFILE"), col("SRCLINE")],
             SortMultipleOptions::default(),
         )
         .collect()?)
+}
+
+/// The parts cut into blocks of one file, in file order, when each block's lines ascend and
+/// no file has two blocks; `None` otherwise (a block's order is then not the table's).
+fn file_blocks(parts: &[&DataFrame]) -> PolarsResult<Option<Vec<DataFrame>>> {
+    let mut blocks: Vec<(String, DataFrame)> = Vec::new();
+    for part in parts {
+        if part.column("SRCFILE")?.null_count() > 0 || part.column("SRCLINE")?.null_count() > 0 {
+            return Ok(None);
+        }
+        let (_, first_rows) = crate::stages::runs(part, &["SRCFILE"])?;
+        let ascending = (*part)
+            .clone()
+            .lazy()
+            .select([col("SRCFILE")
+                .neq(col("SRCFILE").shift(lit(1)))
+                .or(col("SRCLINE").gt(col("SRCLINE").shift(lit(1))))
+                .fill_null(lit(true))
+                .all(true)])
+            .collect()?;
+        if ascending.columns()[0].bool()?.get(0) != Some(true) {
+            return Ok(None);
+        }
+        let starts: Vec<usize> = first_rows.into_no_null_iter().map(|i| i as usize).collect();
+        let files = part.column("SRCFILE")?.str()?;
+        for (i, &start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(part.height());
+            let file = files.get(start).unwrap_or_default().to_string();
+            blocks.push((file, part.slice(start as i64, end - start)));
+        }
+    }
+    blocks.sort_by(|a, b| a.0.cmp(&b.0));
+    if blocks.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Ok(None);
+    }
+    Ok(Some(blocks.into_iter().map(|(_, b)| b).collect()))
 }
 
 /// Files above their source's reject limit.
@@ -366,6 +415,76 @@ pub fn fate_table(fates: &[FileFate]) -> anyhow::Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The set-aside rows of several stages come out sorted by file and line whatever the
+        /// order of each part: by joining file blocks when the parts are made of them, by
+        /// sorting otherwise.
+        #[test]
+        fn set_aside_rows_come_out_sorted_by_file_and_line(
+            rows in proptest::collection::btree_map((0usize..5, 2i64..40), 0usize..3, 0..60),
+            in_blocks in proptest::bool::ANY,
+            file_order in proptest::sample::subsequence(vec![3usize, 0, 4, 1, 2], 5),
+        ) {
+            let files = ["s/b.csv", "s/a.csv", "t/a.csv", "s/c.csv", "r/z.csv"];
+            let mut parts = Vec::new();
+            for part in 0..3 {
+                // In blocks, each file belongs to one stage (as each file to one source).
+                let of_part = |&(&(f, _), &p): &(&(usize, i64), &usize)| {
+                    if in_blocks { f % 3 == part } else { p == part }
+                };
+                let mut mine: Vec<(usize, i64)> =
+                    rows.iter().filter(of_part).map(|(k, _)| *k).collect();
+                if in_blocks {
+                    // File after file in an arbitrary (export) order, lines ascending.
+                    mine.sort_by_key(|(f, l)| (file_order.iter().position(|x| x == f), *l));
+                } else {
+                    mine.sort_by_key(|(f, l)| (l % 7, *f));
+                }
+                parts.push(Some(df!(
+                    "SRCFILE" => mine.iter().map(|(f, _)| files[*f]).collect::<Vec<_>>(),
+                    "SRCLINE" => mine.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+                    "SITE" => mine.iter().map(|_| "s").collect::<Vec<_>>(),
+                    "FATE" => mine.iter().map(|_| "collapsed").collect::<Vec<_>>(),
+                    "KEPTFILE" => mine.iter().map(|(f, _)| files[*f]).collect::<Vec<_>>(),
+                    "KEPTLINE" => mine.iter().map(|(_, l)| l + 100).collect::<Vec<_>>(),
+                ).unwrap()));
+            }
+            let got = all_dropped(&parts).unwrap();
+            let mut want: Vec<(&str, i64)> = rows.keys().map(|(f, l)| (files[*f], *l)).collect();
+            want.sort();
+            let got_rows: Vec<(String, i64)> = got
+                .column("SRCFILE").unwrap().str().unwrap().iter().flatten()
+                .zip(got.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter())
+                .map(|(f, l)| (f.to_string(), l))
+                .collect();
+            let want: Vec<(String, i64)> = want.into_iter().map(|(f, l)| (f.to_string(), l)).collect();
+            proptest::prop_assert_eq!(got_rows, want);
+            // Each row keeps its own kept line.
+            let kept: Vec<i64> = got.column("KEPTLINE").unwrap().i64().unwrap().into_no_null_iter().collect();
+            let lines: Vec<i64> = got.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter().collect();
+            proptest::prop_assert!(kept.iter().zip(&lines).all(|(k, l)| *k == l + 100));
+        }
+    }
+
+    #[test]
+    fn parts_made_of_file_blocks_are_joined_without_sorting() {
+        let part =
+            |files: &[&str], lines: &[i64]| df!("SRCFILE" => files, "SRCLINE" => lines).unwrap();
+        let a = part(&["s/b", "s/b", "s/a"], &[2, 5, 3]);
+        let b = part(&["t/c", "r/d"], &[4, 2]);
+        let blocks = file_blocks(&[&a, &b]).unwrap().expect("file blocks");
+        let files: Vec<&str> = blocks
+            .iter()
+            .map(|b| b.column("SRCFILE").unwrap().str().unwrap().get(0).unwrap())
+            .collect();
+        assert_eq!(files, ["r/d", "s/a", "s/b", "t/c"]);
+        // Lines out of order in a block, or one file in two blocks: not blocks.
+        let c = part(&["s/b", "s/b"], &[5, 2]);
+        assert!(file_blocks(&[&c]).unwrap().is_none());
+        let d = part(&["s/a"], &[9]);
+        assert!(file_blocks(&[&a, &d]).unwrap().is_none());
+    }
 
     #[test]
     fn counts_per_file_add_up_runs_of_a_file_wherever_they_are() {

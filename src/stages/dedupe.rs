@@ -155,7 +155,10 @@ fn key_order(
         .lazy()
         .with_row_index(ROW, None)
         .sort_by_exprs(
-            sort_columns.iter().map(|c| col(c.as_str())).collect::<Vec<_>>(),
+            sort_columns
+                .iter()
+                .map(|c| col(c.as_str()))
+                .collect::<Vec<_>>(),
             SortMultipleOptions::default(),
         )
         .collect()?;
@@ -361,6 +364,7 @@ impl Dedupe {
                 lit("collapsed").alias("FATE"),
                 col("SRCFILE").alias("KEPTFILE"),
                 col("__keepline").alias("KEPTLINE"),
+                col(ROW),
             ]);
 
         // Across files: the newest export (then the last file path) wins each key. Among the
@@ -389,10 +393,7 @@ impl Dedupe {
             )
             .with_column(same_as_next(KEY_RUN).not().alias(NEWEST))
             .collect()?;
-        // Superseded rows in the order of the input, those without a repeated key first: one
-        // integer to sort by. Each points at the newest row of its key, the next one kept.
-        let input_order = (col(REPEATED).cast(DataType::UInt64) * lit(1u64 << 32))
-            + col(ROW).cast(DataType::UInt64);
+        // Each superseded row points at the newest row of its key, the next one kept.
         let superseded = survivors
             .clone()
             .lazy()
@@ -404,7 +405,6 @@ impl Dedupe {
                     .alias(KEPT_ROW),
             )
             .filter(col(NEWEST).not())
-            .sort_by_exprs([input_order], Default::default())
             .select([col(ROW), col(KEPT_ROW)])
             .collect()?;
         let lineage = input.select(["SRCFILE", "SRCLINE", "SITE"])?;
@@ -424,6 +424,7 @@ impl Dedupe {
                 .clone()
                 .with_name("KEPTLINE".into()),
         )?;
+        superseded_rows.with_column(superseded.column(ROW)?.clone())?;
         let superseded = superseded_rows.lazy().select([
             col("SRCFILE"),
             col("SRCLINE"),
@@ -431,8 +432,14 @@ impl Dedupe {
             lit("superseded").alias("FATE"),
             col("KEPTFILE"),
             col("KEPTLINE"),
+            col(ROW),
         ]);
-        let dropped = concat([collapsed, superseded], UnionArgs::default())?.collect()?;
+        // In the order of the input: an ingest's rows come file after file, so the run's
+        // table of set-aside rows is these blocks put in file order (`row_fate::all_dropped`).
+        let dropped = concat([collapsed, superseded], UnionArgs::default())?
+            .sort([ROW], Default::default())
+            .drop(by_name([ROW], true, false))
+            .collect()?;
         // The kept rows come out in key order (missing keys first): the survivors already are,
         // and the tables a dedupe feeds are published sorted by their key, which then costs
         // no second sort.
@@ -551,10 +558,11 @@ mod tests {
         assert_eq!(strings(&kept, "SRCFILE"), ["a", "b"]);
         assert_eq!(ints(&kept, "SRCLINE"), [Some(2), Some(3)]);
         assert_eq!(out.rejects.unwrap().height(), 0);
+        // Set-aside rows in the order of the input: b's line 2, then a's line 3.
         let dropped = out.dropped.unwrap();
-        assert_eq!(strings(&dropped, "FATE"), ["collapsed", "superseded"]);
-        assert_eq!(strings(&dropped, "SRCFILE"), ["a", "b"]);
-        assert_eq!(ints(&dropped, "SRCLINE"), [Some(3), Some(2)]);
+        assert_eq!(strings(&dropped, "FATE"), ["superseded", "collapsed"]);
+        assert_eq!(strings(&dropped, "SRCFILE"), ["b", "a"]);
+        assert_eq!(ints(&dropped, "SRCLINE"), [Some(2), Some(3)]);
         assert_eq!(strings(&dropped, "KEPTFILE"), ["a", "a"]);
         assert_eq!(ints(&dropped, "KEPTLINE"), [Some(2), Some(2)]);
     }
