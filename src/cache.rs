@@ -136,19 +136,28 @@ pub fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
     fs::hard_link(src, dest).or_else(|_| fs::copy(src, dest).map(|_| ()))
 }
 
-/// The table part of a published stage: a hard link to the published file (a copy where the
-/// file system cannot link), through a temporary name and a rename.
-fn link_part(folder: &Path, key: &str, t: &TableFile, rows: u64) -> std::io::Result<Part> {
-    let file = format!("{key}.table.parquet");
+/// A table part that is a hard link to a file already written (a copy where the file system
+/// cannot link), through a temporary name and a rename: the published file of a stage, or the
+/// part of an earlier entry holding the same table. `ext` is the file's format (`parquet`,
+/// `arrow`).
+fn link_part(
+    folder: &Path,
+    key: &str,
+    (src, ext): (&Path, &str),
+    bytes: u64,
+    blake3: &str,
+    rows: u64,
+) -> std::io::Result<Part> {
+    let file = format!("{key}.table.{ext}");
     let path = folder.join(&file);
     let tmp = tmp_path(&path);
-    link_or_copy(&t.path, &tmp)?;
+    link_or_copy(src, &tmp)?;
     fs::rename(&tmp, &path)?;
     Ok(Part {
         role: "table".into(),
         file,
-        bytes: t.bytes,
-        blake3: t.blake3.clone(),
+        bytes,
+        blake3: blake3.to_string(),
         rows,
     })
 }
@@ -223,6 +232,9 @@ pub enum TablePart<'a> {
     Write,
     /// A hard link to the published file (the table as published).
     Link(&'a TableFile),
+    /// A hard link to the table part of an earlier entry whose table this one equals (early
+    /// cutoff): the same table is not encoded again. Written when that entry has no table.
+    Same(&'a StageEntry),
     /// Nothing: the table is computed again from the stage's inputs when needed.
     Omit,
 }
@@ -526,11 +538,31 @@ impl Cache {
         fs::create_dir_all(&folder)?;
         let mut parts = Vec::new();
         if let Some(f) = frames {
+            let rows = f.table.height() as u64;
             match table {
                 TablePart::Write => parts.push(self.write_part(&folder, fp, "table", &f.table)?),
-                TablePart::Link(t) => {
-                    parts.push(link_part(&folder, fp, t, f.table.height() as u64)?)
-                }
+                TablePart::Link(t) => parts.push(link_part(
+                    &folder,
+                    fp,
+                    (&t.path, "parquet"),
+                    t.bytes,
+                    &t.blake3,
+                    rows,
+                )?),
+                TablePart::Same(earlier) => match earlier.table_part() {
+                    Some(p) => parts.push(link_part(
+                        &folder,
+                        fp,
+                        (
+                            &folder.join(&p.file),
+                            if p.is_parquet() { "parquet" } else { "arrow" },
+                        ),
+                        p.bytes,
+                        &p.blake3,
+                        rows,
+                    )?),
+                    None => parts.push(self.write_part(&folder, fp, "table", &f.table)?),
+                },
                 TablePart::Omit => {}
             }
             if let Some(r) = &f.rejects {
@@ -662,6 +694,51 @@ mod tests {
             rejects: Some(crate::rejects::empty().unwrap()),
             dropped: None,
         }
+    }
+
+    #[test]
+    fn an_entry_with_the_same_table_links_the_earlier_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let s = StageSummary::default();
+        let earlier = cache
+            .store_stage("old", "s", Some(&frames()), TablePart::Write, &s, vec![])
+            .unwrap();
+        let later = cache
+            .store_stage(
+                "new",
+                "s",
+                Some(&frames()),
+                TablePart::Same(&earlier),
+                &s,
+                vec![],
+            )
+            .unwrap();
+        let (a, b) = (earlier.table_part().unwrap(), later.table_part().unwrap());
+        assert_eq!((a.bytes, &a.blake3), (b.bytes, &b.blake3));
+        assert_eq!(b.file, "new.table.arrow");
+        // The earlier entry pruned, the later one still reads back (its own link).
+        let keep = HashSet::from(["new".to_string()]);
+        cache.prune(&keep, &HashSet::new());
+        let Lookup::Found(e) = cache.stage_entry("new") else {
+            panic!("entry not found")
+        };
+        assert!(cache.load_stage(&e).unwrap().table.equals(&frames().table));
+        // An earlier entry without a table: the table is written.
+        let bare = cache
+            .store_stage("bare", "s", Some(&frames()), TablePart::Omit, &s, vec![])
+            .unwrap();
+        let written = cache
+            .store_stage(
+                "w",
+                "s",
+                Some(&frames()),
+                TablePart::Same(&bare),
+                &s,
+                vec![],
+            )
+            .unwrap();
+        assert_eq!(written.table_part().unwrap().blake3, a.blake3);
     }
 
     #[test]

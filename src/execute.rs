@@ -505,16 +505,18 @@ impl Engine<'_> {
         }
         let (frames, mut summary) = self.compute(id)?;
         let mut reasons = d.reasons;
-        let content = match self.unchanged_output(id, &frames.table) {
-            Some(content) => {
+        let unchanged = self.unchanged_output(id, &frames.table);
+        let content = match &unchanged {
+            Some((content, _)) => {
                 reasons.push("output unchanged, so the stages reading it need not run".into());
-                content
+                content.clone()
             }
             None => key.clone(),
         };
         summary.content = Some(content.clone());
         let file = self.publish_now(id, &fingerprint, &frames.table)?;
-        self.store(id, &key, Some(&frames), file, &summary, Vec::new());
+        let earlier = unchanged.as_ref().map(|(_, e)| e);
+        self.store(id, &key, Some(&frames), file, earlier, &summary, Vec::new());
         Ok(Slot::ran(
             fingerprint,
             key,
@@ -528,10 +530,12 @@ impl Engine<'_> {
     }
 
     /// When stage `id` ran again and made exactly the table of the last published run, the
-    /// name of that table's content ([`StageSummary::content`]); the stages reading it then
-    /// see an unchanged input. Only asked where some stage reads the table, and only of an
-    /// earlier output whose cache entry is intact (its parts' hashes are checked on reading).
-    fn unchanged_output(&self, id: usize, table: &DataFrame) -> Option<String> {
+    /// name of that table's content ([`StageSummary::content`]) and the earlier cache entry;
+    /// the stages reading it then see an unchanged input, and the new entry links the earlier
+    /// table instead of writing it again. Only asked where some stage reads the table, and
+    /// only of an earlier output whose cache entry is intact (its parts' hashes are checked on
+    /// reading).
+    fn unchanged_output(&self, id: usize, table: &DataFrame) -> Option<(String, StageEntry)> {
         // A table the cache does not keep has no earlier copy to compare with.
         if self.plan.consumers(id).is_empty()
             || self.judge.selection.forces(id).is_some()
@@ -548,7 +552,14 @@ impl Engine<'_> {
         }
         let old = self.cache.load_stage_part(&entry, "table").ok()??;
         let same = old.schema() == table.schema() && old.equals_missing(table);
-        same.then(|| entry.summary.content.clone().unwrap_or(entry.fingerprint))
+        same.then(|| {
+            let content = entry
+                .summary
+                .content
+                .clone()
+                .unwrap_or(entry.fingerprint.clone());
+            (content, entry)
+        })
     }
 
     /// Runs a (non-ingest) stage on its inputs.
@@ -598,20 +609,23 @@ impl Engine<'_> {
     /// queue held every queued table until written: on 5,000 subjects that cost about 1-2 GB of
     /// peak memory and was no faster, the writes competing with the stages for the cores.)
     /// Failing to cache only warns: the run goes on.
+    #[allow(clippy::too_many_arguments)]
     fn store(
         &self,
         id: usize,
         fp: &str,
         frames: Option<&Frames>,
         published: Option<cache::TableFile>,
+        same_as: Option<&StageEntry>,
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) {
         let name = &self.plan.stages[id].name;
-        let table = match &published {
-            Some(t) => cache::TablePart::Link(t),
-            None if self.table_cached(id) => cache::TablePart::Write,
-            None => cache::TablePart::Omit,
+        let table = match (&published, same_as) {
+            (Some(t), _) => cache::TablePart::Link(t),
+            (None, _) if !self.table_cached(id) => cache::TablePart::Omit,
+            (None, Some(earlier)) => cache::TablePart::Same(earlier),
+            (None, None) => cache::TablePart::Write,
         };
         if let Err(e) = self
             .cache
@@ -689,7 +703,7 @@ impl Engine<'_> {
         // An ingest's table names its files, so a changed file always changes it: no
         // comparison with the earlier output.
         let output = self.ingest_frames(id, &parser, &src, &states, parsed)?;
-        self.store(id, &key, None, None, &output.1, file_keys);
+        self.store(id, &key, None, None, None, &output.1, file_keys);
         Ok(Slot::ran(
             fingerprint,
             key.clone(),
@@ -872,7 +886,15 @@ impl Engine<'_> {
                 let (frames, mut summary) = self.compute(id)?;
                 summary.content = Some(slot.content.clone());
                 let file = self.publish_now(id, &slot.fingerprint, &frames.table)?;
-                self.store(id, &slot.key, Some(&frames), file, &summary, Vec::new());
+                self.store(
+                    id,
+                    &slot.key,
+                    Some(&frames),
+                    file,
+                    None,
+                    &summary,
+                    Vec::new(),
+                );
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.status = "ran";
                 st.reasons.push(format!("cached output unusable ({why})"));

@@ -459,6 +459,15 @@ fn assert_a_cold_run_publishes_the_same(w: &Workdir) {
 fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
     let w = Workdir::from_fixture("two_sites");
     run(&w, &[]);
+    let cached_table = |m: &Value| {
+        let s = stage(m, "diary_dedup");
+        let key = s["cache_key"]
+            .as_str()
+            .or(s["fingerprint"].as_str())
+            .unwrap();
+        w.path(&format!("out/cache/stages/{key}.table.arrow"))
+    };
+    let before = cached_table(&manifest(&w));
     // A duplicate of a diary line already in the newest export: the ingest and the dedupe
     // run again; the dedupe keeps the same rows, so the validation after it is reused.
     let text = std::fs::read_to_string(w.path("data/nih/diary_2017-06-30.csv")).unwrap();
@@ -475,6 +484,15 @@ fn a_stage_that_makes_the_same_table_again_cuts_off_the_stages_after_it() {
         reasons(&m, "diary"),
         "up to date: the tables of inputs `diary_dedup` are unchanged"
     );
+    // The dedupe's new cache entry links the table it made before instead of writing it again.
+    let after = cached_table(&m);
+    assert_ne!(before, after);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(inode(&before), inode(&after));
+    }
     // Its published table is the previous one with a new footer (its lineage changed).
     let status = m["tables"]
         .as_array()
