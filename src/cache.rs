@@ -739,19 +739,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let s = StageSummary::default();
-        let earlier = cache
-            .store_stage("old", "s", Some(&frames()), TablePart::Write, &s, vec![])
-            .unwrap();
-        let later = cache
-            .store_stage(
-                "new",
-                "s",
-                Some(&frames()),
-                TablePart::Same(&earlier),
-                &s,
-                vec![],
-            )
-            .unwrap();
+        let store = |key: &str, table: TablePart| {
+            cache
+                .store_stage(key, "s", Some(&frames()), table, &s, vec![])
+                .unwrap()
+        };
+        let earlier = store("old", TablePart::Write);
+        let later = store("new", TablePart::Same(&earlier));
         let (a, b) = (earlier.table_part().unwrap(), later.table_part().unwrap());
         assert_eq!((a.bytes, &a.blake3), (b.bytes, &b.blake3));
         assert_eq!(b.file, "new.table.arrow");
@@ -763,19 +757,8 @@ mod tests {
         };
         assert!(cache.load_stage(&e).unwrap().table.equals(&frames().table));
         // An earlier entry without a table: the table is written.
-        let bare = cache
-            .store_stage("bare", "s", Some(&frames()), TablePart::Omit, &s, vec![])
-            .unwrap();
-        let written = cache
-            .store_stage(
-                "w",
-                "s",
-                Some(&frames()),
-                TablePart::Same(&bare),
-                &s,
-                vec![],
-            )
-            .unwrap();
+        let bare = store("bare", TablePart::Omit);
+        let written = store("w", TablePart::Same(&bare));
         assert_eq!(written.table_part().unwrap().blake3, a.blake3);
     }
 
