@@ -378,6 +378,7 @@ impl Engine<'_> {
                 table: DataFrame::empty(),
                 rejects: f.rejects.clone(),
                 dropped: f.dropped.clone(),
+                rows: None,
             }));
             slot.released.store(true, Ordering::Release);
         }
@@ -503,7 +504,7 @@ impl Engine<'_> {
                 None,
             ));
         }
-        let (frames, mut summary) = self.compute(id)?;
+        let (mut frames, mut summary) = self.compute(id)?;
         let mut reasons = d.reasons;
         let unchanged = self.unchanged_output(id, &frames.table);
         let content = match &unchanged {
@@ -517,6 +518,8 @@ impl Engine<'_> {
         let file = self.publish_now(id, &fingerprint, &frames.table)?;
         let earlier = unchanged.as_ref().map(|(_, e)| e);
         self.store(id, &key, Some(&frames), file, earlier, &summary, Vec::new());
+        // (The row numbers were for the cache.)
+        frames.rows = None;
         Ok(Slot::ran(
             fingerprint,
             key,
@@ -550,7 +553,7 @@ impl Engine<'_> {
         if entry.summary.rows != table.height() as u64 {
             return None;
         }
-        let old = self.cache.load_stage_part(&entry, "table").ok()??;
+        let old = self.cache.load_stage_table(&entry, None).ok()?;
         let same = old.schema() == table.schema() && old.equals_missing(table);
         same.then(|| {
             let content = entry
@@ -595,14 +598,40 @@ impl Engine<'_> {
             out.files,
             None,
         )?;
+        // Rows of an ingest's table, as the stage made them (a published table is sorted):
+        // the cache may keep their numbers instead of the table.
+        let rows = match (out.rows_of_input, s.input_ids.first()) {
+            (Some(rows), Some(&j))
+                if !s.publish && s.kind.stage().reads_columns(&s.inputs[0]).is_none() =>
+            {
+                self.ingest_file_keys(j)?
+                    .map(|file_keys| cache::RowsOf { file_keys, rows })
+            }
+            _ => None,
+        };
         Ok((
             Frames {
                 table,
                 rejects: out.rejects,
                 dropped: out.dropped,
+                rows,
             },
             summary,
         ))
+    }
+
+    /// The keys of the files' entries the table of stage `id` is made of, in reading order,
+    /// when it is an ingest.
+    fn ingest_file_keys(&self, id: usize) -> anyhow::Result<Option<Vec<String>>> {
+        if !matches!(self.plan.stages[id].kind, Kind::Ingest(_)) {
+            return Ok(None);
+        }
+        Ok(self.slot(id)?.recipe.source.as_ref().map(|src| {
+            src.files
+                .iter()
+                .map(|f| src.file_key(&f.site, &f.file, &f.hash, f.run_date.as_deref()))
+                .collect()
+        }))
     }
 
     /// Caches a stage output, in the stage's own thread. (A writer thread of its own with a
@@ -800,6 +829,7 @@ impl Engine<'_> {
                 table,
                 rejects: out.rejects,
                 dropped: None,
+                rows: None,
             },
             summary,
         ))

@@ -872,6 +872,7 @@ impl ConvertUnits {
                 .select(shape.output),
             dropped: None,
             files: Vec::new(),
+            rows_of_input: None,
         })
     }
 }

@@ -448,12 +448,14 @@ impl Dedupe {
             .filter(col(NEWEST))
             .select([col(ROW)])
             .collect()?;
-        let table = input.take(kept.column(ROW)?.idx()?)?.lazy();
+        let kept = kept.column(ROW)?.idx()?.clone();
+        let table = input.take(&kept)?.lazy();
         Ok(StageOutput {
             table,
             rejects: Some(rejects),
             dropped: Some(dropped),
             files: Vec::new(),
+            rows_of_input: Some(kept),
         })
     }
 }

@@ -572,6 +572,7 @@ pub fn assemble(parts: Vec<ParsedFile>) -> anyhow::Result<StageOutput> {
         rejects: Some(rejects),
         dropped: None,
         files,
+        rows_of_input: None,
     })
 }
 

@@ -74,6 +74,9 @@ pub struct StageOutput {
     pub dropped: Option<DataFrame>,
     /// Raw files read (ingest only).
     pub files: Vec<FileRead>,
+    /// When the table is these rows of the first input, every column of it in its order (a
+    /// `dedupe`): the cache may then keep the row numbers instead of the table.
+    pub rows_of_input: Option<IdxCa>,
 }
 
 /// One raw file as read by an ingest stage.
@@ -98,6 +101,7 @@ impl StageOutput {
             rejects: None,
             dropped: None,
             files: Vec::new(),
+            rows_of_input: None,
         }
     }
 }

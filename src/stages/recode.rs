@@ -266,6 +266,7 @@ impl Stage for Recode {
             rejects: Some(rejects),
             dropped: None,
             files: Vec::new(),
+            rows_of_input: None,
         })
     }
 }

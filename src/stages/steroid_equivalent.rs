@@ -755,6 +755,7 @@ impl Stage for SteroidEquivalent {
             rejects: Some(rejects),
             dropped: None,
             files: Vec::new(),
+            rows_of_input: None,
         })
     }
 }

@@ -183,6 +183,7 @@ impl Stage for Validate {
             rejects: Some(rejects),
             dropped: None,
             files: Vec::new(),
+            rows_of_input: None,
         })
     }
 }
