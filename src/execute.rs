@@ -604,7 +604,9 @@ impl Engine<'_> {
             (Some(rows), Some(&j))
                 if !s.publish && s.kind.stage().reads_columns(&s.inputs[0]).is_none() =>
             {
+                // (No files: nothing would say the table's columns.)
                 self.ingest_file_keys(j)?
+                    .filter(|keys| !keys.is_empty())
                     .map(|file_keys| cache::RowsOf { file_keys, rows })
             }
             _ => None,
