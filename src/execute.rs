@@ -535,9 +535,9 @@ impl Engine<'_> {
     /// When stage `id` ran again and made exactly the table of the last published run, the
     /// name of that table's content ([`StageSummary::content`]) and the earlier cache entry;
     /// the stages reading it then see an unchanged input, and the new entry links the earlier
-    /// table instead of writing it again. Only asked where some stage reads the table, and
-    /// only of an earlier output whose cache entry is intact (its parts' hashes are checked on
-    /// reading).
+    /// table part instead of encoding the table again (row numbers are written anew: they
+    /// change with the input). Only asked where some stage reads the table, and only of an
+    /// earlier output whose cache entry is intact (its parts' hashes are checked on reading).
     fn unchanged_output(&self, id: usize, table: &DataFrame) -> Option<(String, StageEntry)> {
         // A table the cache does not keep has no earlier copy to compare with.
         if self.plan.consumers(id).is_empty()
@@ -915,7 +915,7 @@ impl Engine<'_> {
                     "cached output of `{}` unusable ({why}); running it again",
                     s.name
                 ));
-                let (frames, mut summary) = self.compute(id)?;
+                let (mut frames, mut summary) = self.compute(id)?;
                 summary.content = Some(slot.content.clone());
                 let file = self.publish_now(id, &slot.fingerprint, &frames.table)?;
                 self.store(
@@ -927,6 +927,7 @@ impl Engine<'_> {
                     &summary,
                     Vec::new(),
                 );
+                frames.rows = None;
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.status = "ran";
                 st.reasons.push(format!("cached output unusable ({why})"));
