@@ -157,16 +157,17 @@ pub fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
 
 /// A table part that is a hard link to a file already written (a copy where the file system
 /// cannot link), through a temporary name and a rename: the published file of a stage, or the
-/// part of an earlier entry holding the same table. `ext` is the file's format (`parquet`,
-/// `arrow`).
+/// part of an earlier entry holding the same table. The part keeps the file's extension, which
+/// says its format.
 fn link_part(
     folder: &Path,
     key: &str,
-    (src, ext): (&Path, &str),
+    src: &Path,
     bytes: u64,
     blake3: &str,
     rows: u64,
 ) -> std::io::Result<Part> {
+    let ext = src.extension().and_then(|x| x.to_str()).unwrap_or("arrow");
     let file = format!("{key}.table.{ext}");
     let path = folder.join(&file);
     let tmp = tmp_path(&path);
@@ -526,13 +527,20 @@ impl Cache {
             return Lookup::Corrupt(why);
         }
         for k in &e.file_keys {
-            match self.file_entry(k) {
-                Lookup::Found(_) => {}
-                Lookup::Missing => return Lookup::Corrupt(format!("file entry {k} is missing")),
-                Lookup::Corrupt(why) => return Lookup::Corrupt(why),
+            if let Err(why) = self.usable_file_entry(k) {
+                return Lookup::Corrupt(why);
             }
         }
         Lookup::Found(e)
+    }
+
+    /// The entry of parsed file `key` a stage entry names: missing or corrupt, it says why.
+    pub fn usable_file_entry(&self, key: &str) -> Result<FileEntry, String> {
+        match self.file_entry(key) {
+            Lookup::Found(fe) => Ok(fe),
+            Lookup::Missing => Err(format!("file entry {key} is missing")),
+            Lookup::Corrupt(why) => Err(why),
+        }
     }
 
     /// Reads a stage entry's frames, verifying every part's hash and row count.
@@ -593,11 +601,7 @@ impl Cache {
         let numbers = self.read_part(&self.stages(), rows)?;
         let mut tables = Vec::with_capacity(e.file_keys.len());
         for k in &e.file_keys {
-            let fe = match self.file_entry(k) {
-                Lookup::Found(fe) => fe,
-                Lookup::Missing => return Err(format!("the entry of file {k} is missing")),
-                Lookup::Corrupt(why) => return Err(format!("the entry of file {k}: {why}")),
-            };
+            let fe = self.usable_file_entry(k)?;
             let part = fe
                 .parts
                 .iter()
@@ -656,43 +660,31 @@ impl Cache {
         if let Some(f) = frames {
             let rows = f.table.height() as u64;
             // The table itself, or the numbers of its rows among its files' rows.
-            let write = |parts: &mut Vec<Part>, file_keys: &mut Vec<String>| match &f.rows {
-                Some(r) => {
-                    let numbers = DataFrame::new(
-                        r.rows.len(),
-                        vec![r.rows.clone().with_name(ROWS.into()).into_column()],
-                    )?;
-                    parts.push(self.write_part(&folder, fp, "rows", &numbers)?);
-                    *file_keys = r.file_keys.clone();
-                    anyhow::Ok(())
-                }
-                None => {
-                    parts.push(self.write_part(&folder, fp, "table", &f.table)?);
-                    anyhow::Ok(())
-                }
+            let write = |parts: &mut Vec<Part>, file_keys: &mut Vec<String>| {
+                let part = match &f.rows {
+                    Some(r) => {
+                        let numbers = DataFrame::new(
+                            r.rows.len(),
+                            vec![r.rows.clone().with_name(ROWS.into()).into_column()],
+                        )?;
+                        *file_keys = r.file_keys.clone();
+                        self.write_part(&folder, fp, "rows", &numbers)?
+                    }
+                    None => self.write_part(&folder, fp, "table", &f.table)?,
+                };
+                parts.push(part);
+                anyhow::Ok(())
             };
             match table {
                 TablePart::Write => write(&mut parts, &mut file_keys)?,
-                TablePart::Link(t) => parts.push(link_part(
-                    &folder,
-                    fp,
-                    (&t.path, "parquet"),
-                    t.bytes,
-                    &t.blake3,
-                    rows,
-                )?),
+                TablePart::Link(t) => {
+                    parts.push(link_part(&folder, fp, &t.path, t.bytes, &t.blake3, rows)?)
+                }
                 TablePart::Same(earlier) => match earlier.table_part() {
-                    Some(p) => parts.push(link_part(
-                        &folder,
-                        fp,
-                        (
-                            &folder.join(&p.file),
-                            if p.is_parquet() { "parquet" } else { "arrow" },
-                        ),
-                        p.bytes,
-                        &p.blake3,
-                        rows,
-                    )?),
+                    Some(p) => {
+                        let src = folder.join(&p.file);
+                        parts.push(link_part(&folder, fp, &src, p.bytes, &p.blake3, rows)?)
+                    }
                     None => write(&mut parts, &mut file_keys)?,
                 },
                 TablePart::Omit => {}

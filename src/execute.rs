@@ -515,11 +515,8 @@ impl Engine<'_> {
             None => key.clone(),
         };
         summary.content = Some(content.clone());
-        let file = self.publish_now(id, &fingerprint, &frames.table)?;
         let earlier = unchanged.as_ref().map(|(_, e)| e);
-        self.store(id, &key, Some(&frames), file, earlier, &summary, Vec::new());
-        // (The row numbers were for the cache.)
-        frames.rows = None;
+        self.keep(id, &fingerprint, &key, &mut frames, earlier, &summary)?;
         Ok(Slot::ran(
             fingerprint,
             key,
@@ -634,6 +631,24 @@ impl Engine<'_> {
                 .map(|f| src.file_key(&f.site, &f.file, &f.hash, f.run_date.as_deref()))
                 .collect()
         }))
+    }
+
+    /// Publishes the table of stage `id`, which just ran, and caches its output under `key`
+    /// (linking the earlier table part when `same_as` holds the same table); the row numbers
+    /// kept for the cache ([`cache::RowsOf`]) are let go of then.
+    fn keep(
+        &self,
+        id: usize,
+        fingerprint: &str,
+        key: &str,
+        frames: &mut Frames,
+        same_as: Option<&StageEntry>,
+        summary: &StageSummary,
+    ) -> anyhow::Result<()> {
+        let file = self.publish_now(id, fingerprint, &frames.table)?;
+        self.store(id, key, Some(frames), file, same_as, summary, Vec::new());
+        frames.rows = None;
+        Ok(())
     }
 
     /// Caches a stage output, in the stage's own thread. (A writer thread of its own with a
@@ -917,17 +932,14 @@ impl Engine<'_> {
                 ));
                 let (mut frames, mut summary) = self.compute(id)?;
                 summary.content = Some(slot.content.clone());
-                let file = self.publish_now(id, &slot.fingerprint, &frames.table)?;
-                self.store(
+                self.keep(
                     id,
+                    &slot.fingerprint,
                     &slot.key,
-                    Some(&frames),
-                    file,
+                    &mut frames,
                     None,
                     &summary,
-                    Vec::new(),
-                );
-                frames.rows = None;
+                )?;
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.status = "ran";
                 st.reasons.push(format!("cached output unusable ({why})"));
@@ -966,10 +978,7 @@ impl Engine<'_> {
     fn ingest_rejects(&self, e: &StageEntry) -> Result<Option<DataFrame>, String> {
         let mut parts = Vec::new();
         for k in &e.file_keys {
-            let fe = match self.cache.file_entry(k) {
-                cache::Lookup::Found(fe) => fe,
-                _ => return Err(format!("file entry {k} unusable")),
-            };
+            let fe = self.cache.usable_file_entry(k)?;
             let r = self.cache.load_file_rejects(&fe)?;
             if r.height() > 0 {
                 parts.push(r.lazy());

@@ -412,19 +412,17 @@ impl Dedupe {
         let kept_of = lineage
             .select(["SRCFILE", "SRCLINE"])?
             .take(superseded.column(KEPT_ROW)?.idx()?)?;
-        superseded_rows.with_column(
+        superseded_rows.hstack_mut(&[
             kept_of
                 .column("SRCFILE")?
                 .clone()
                 .with_name("KEPTFILE".into()),
-        )?;
-        superseded_rows.with_column(
             kept_of
                 .column("SRCLINE")?
                 .clone()
                 .with_name("KEPTLINE".into()),
-        )?;
-        superseded_rows.with_column(superseded.column(ROW)?.clone())?;
+            superseded.column(ROW)?.clone(),
+        ])?;
         let superseded = superseded_rows.lazy().select([
             col("SRCFILE"),
             col("SRCLINE"),
