@@ -22,6 +22,11 @@ pub struct Dialect {
     pub date_formats: Vec<String>,
     /// A handful of tokens: a scan beats hashing every cell.
     missing: Vec<String>,
+    /// Bit `n` is set when some token is `n` bytes long (bit 63: 63 or more), and
+    /// `missing_starts[b]` when some token starts with byte `b`. Most cells fail one of the
+    /// two tests, which settles them without comparing any text.
+    missing_lengths: u64,
+    missing_starts: [bool; 256],
     subject_id: Option<SubjectIdRule>,
 }
 
@@ -120,25 +125,37 @@ impl Dialect {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let mut missing: Vec<String> = spec.missing.iter().map(|m| m.trim().to_string()).collect();
+        missing.sort();
+        missing.dedup();
         Ok(Dialect {
             delimiter,
             encoding,
             decimal_comma,
             date_formats: spec.date_formats.clone(),
-            missing: {
-                let mut m: Vec<String> =
-                    spec.missing.iter().map(|m| m.trim().to_string()).collect();
-                m.sort();
-                m.dedup();
-                m
+            missing_lengths: missing.iter().fold(0, |bits, m| bits | length_bit(m)),
+            missing_starts: {
+                let mut starts = [false; 256];
+                for m in &missing {
+                    if let Some(&b) = m.as_bytes().first() {
+                        starts[b as usize] = true;
+                    }
+                }
+                starts
             },
+            missing,
             subject_id,
         })
     }
 
     /// True when the trimmed cell is one of the site's missing-value tokens.
     pub fn is_missing(&self, cell: &str) -> bool {
-        self.missing.iter().any(|m| m == cell)
+        self.missing_lengths & length_bit(cell) != 0
+            && cell
+                .as_bytes()
+                .first()
+                .is_none_or(|&b| self.missing_starts[b as usize])
+            && self.missing.iter().any(|m| m == cell)
     }
 
     /// Parses a date with the site's formats, in order.
@@ -177,6 +194,11 @@ impl Dialect {
             None => Some(cell.trim().to_string()),
         }
     }
+}
+
+/// The bit of [`Dialect::missing_lengths`] for a text of this length.
+fn length_bit(text: &str) -> u64 {
+    1 << text.len().min(63)
 }
 
 fn parse_date_with(cell: &str, format: &str) -> Option<NaiveDate> {
@@ -267,6 +289,30 @@ mod tests {
             assert_eq!(d.subject_id(s).as_deref(), Some("C1"), "{s}");
         }
         assert_eq!(d.subject_id("patient one"), None);
+    }
+
+    #[test]
+    fn missing_tokens_match_whole_trimmed_cells_of_any_length() {
+        let long = "n".repeat(70);
+        let d = dialect(&format!("missing: ['', 'NA', ' n/a ', '-', '{long}']"));
+        for s in ["", "NA", "n/a", "-", long.as_str()] {
+            assert!(d.is_missing(s), "{s:?}");
+        }
+        // Same lengths as a token, or 63 bytes and more, without being one.
+        for s in [
+            "N",
+            "na",
+            "NAN",
+            "n/b",
+            "+",
+            "A",
+            &"n".repeat(69),
+            &"n".repeat(71),
+            &"x".repeat(70),
+        ] {
+            assert!(!d.is_missing(s), "{s:?}");
+        }
+        assert!(!dialect("missing: []").is_missing(""));
     }
 
     #[test]

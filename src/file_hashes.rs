@@ -107,8 +107,9 @@ impl FileHashes {
         }
         let hashed_ns = now_ns();
         let mut hasher = blake3::Hasher::new();
-        let mut file = std::fs::File::open(path)?;
-        let bytes = std::io::copy(&mut file, &mut hasher)?;
+        // 64 KiB reads (`update_reader`), not `io::copy`'s 8 KiB: wider SIMD batches.
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        let bytes = hasher.count();
         let hash = hasher.finalize().to_hex().to_string();
         self.read_files.fetch_add(1, Ordering::Relaxed);
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
