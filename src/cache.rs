@@ -84,6 +84,10 @@ pub struct FileEntry {
     /// Some date was after the bound: the result holds for that bound only.
     pub late: bool,
     pub parts: Vec<Part>,
+    /// Columns of the parse left out of the table part, with their places: each holds one
+    /// value for the whole file, which `read` gives ([`FILE_CONSTANTS`]).
+    #[serde(default)]
+    pub constants: Vec<(usize, String)>,
 }
 
 impl FileEntry {
@@ -292,6 +296,75 @@ pub struct TableFile {
     pub path: PathBuf,
     pub bytes: u64,
     pub blake3: String,
+}
+
+/// Columns of a parsed file that hold one value for the whole file (its site, its path and its
+/// export date, as [`crate::stages::ingest`] makes them). A file's cached table leaves them out
+/// and takes them from the entry's [`FileRead`] when read back: a third of a raw diary row's
+/// bytes that would be encoded and compressed for nothing.
+const FILE_CONSTANTS: [&str; 3] = ["SITE", "SRCFILE", "EXPORTDT"];
+
+/// A parsed file's table without the columns that hold one value for the whole file, and
+/// those columns with their places.
+fn without_constants(table: &DataFrame) -> (DataFrame, Vec<(usize, String)>) {
+    let mut kept = Vec::with_capacity(table.width());
+    let mut constants = Vec::new();
+    for (i, c) in table.columns().iter().enumerate() {
+        if FILE_CONSTANTS.contains(&c.name().as_str()) && matches!(c, Column::Scalar(_)) {
+            constants.push((i, c.name().to_string()));
+        } else {
+            kept.push(c.clone());
+        }
+    }
+    match DataFrame::new(table.height(), kept) {
+        Ok(t) => (t, constants),
+        Err(_) => (table.clone(), Vec::new()),
+    }
+}
+
+/// A cached file table with the columns `constants` left out put back, made from `read`: in
+/// their places, or, for `columns`, in that order.
+fn with_constants(
+    table: DataFrame,
+    read: &FileRead,
+    constants: &[(usize, String)],
+    columns: Option<&[String]>,
+) -> Result<DataFrame, String> {
+    if constants.is_empty() {
+        return Ok(table);
+    }
+    let n = table.height();
+    let days = chrono::NaiveDate::parse_from_str(&read.export_date, "%Y-%m-%d")
+        .map_err(|e| format!("export date `{}`: {e}", read.export_date))?
+        .to_epoch_days();
+    let constant = |name: &str| -> Result<Column, String> {
+        let value = match name {
+            "SITE" => Scalar::from(PlSmallStr::from(read.site.as_str())),
+            "SRCFILE" => Scalar::from(PlSmallStr::from(read.file.as_str())),
+            "EXPORTDT" => Scalar::new(DataType::Date, AnyValue::Date(days)),
+            other => return Err(format!("`{other}` is not a column with one value per file")),
+        };
+        Ok(Column::new_scalar(name.into(), value, n))
+    };
+    let left_out = |name: &str| constants.iter().any(|(_, c)| c == name);
+    let cols = match columns {
+        Some(columns) => columns
+            .iter()
+            .map(|name| match table.column(name) {
+                Ok(c) => Ok(c.clone()),
+                Err(_) if left_out(name) => constant(name),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect::<Result<Vec<Column>, String>>()?,
+        None => {
+            let mut cols = table.columns().to_vec();
+            for (at, name) in constants {
+                cols.insert((*at).min(cols.len()), constant(name)?);
+            }
+            cols
+        }
+    };
+    DataFrame::new(n, cols).map_err(|e| e.to_string())
 }
 
 /// Cheap check of a Parquet file (a published table): its size and the magic at both ends.
@@ -607,7 +680,14 @@ impl Cache {
                 .iter()
                 .find(|p| p.role == "table")
                 .ok_or_else(|| format!("the entry of file {k} has no table"))?;
-            tables.push(self.read_part_columns(&self.files(), part, columns)?.lazy());
+            let stored: Option<Vec<String>> = columns.map(|c| {
+                c.iter()
+                    .filter(|n| !FILE_CONSTANTS.contains(&n.as_str()))
+                    .cloned()
+                    .collect()
+            });
+            let table = self.read_part_columns(&self.files(), part, stored.as_deref())?;
+            tables.push(with_constants(table, &fe.read, &fe.constants, columns)?.lazy());
         }
         let whole = concat(tables, UnionArgs::default())
             .and_then(|lf| lf.collect())
@@ -740,7 +820,12 @@ impl Cache {
             }
         }
         Ok((
-            table.ok_or("the entry has no table")?,
+            with_constants(
+                table.ok_or("the entry has no table")?,
+                &e.read,
+                &e.constants,
+                None,
+            )?,
             match rejects {
                 Some(r) => r,
                 None => crate::rejects::empty().map_err(|e| e.to_string())?,
@@ -762,7 +847,8 @@ impl Cache {
     ) -> anyhow::Result<FileEntry> {
         let folder = self.files();
         fs::create_dir_all(&folder)?;
-        let mut parts = vec![self.write_part(&folder, key, "table", table)?];
+        let (stored, constants) = without_constants(table);
+        let mut parts = vec![self.write_part(&folder, key, "table", &stored)?];
         if rejects.height() > 0 {
             parts.push(self.write_part(&folder, key, "rejects", rejects)?);
         }
@@ -774,6 +860,7 @@ impl Cache {
             latest_date,
             late,
             parts,
+            constants,
         };
         write_file(&folder.join(format!("{key}.json")), &sealed_json(&e)?)?;
         Ok(e)
@@ -933,6 +1020,79 @@ mod tests {
     }
 
     #[test]
+    fn a_parsed_file_is_cached_without_its_constant_columns_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let read = FileRead {
+            source: "s".into(),
+            site: "nih".into(),
+            file: "nih/d_2017-06-30.csv".into(),
+            bytes: 1,
+            hash: "h".into(),
+            export_date: "2017-06-30".into(),
+            rows: 2,
+        };
+        let export = Scalar::new(DataType::Date, AnyValue::Date(17347));
+        // As an ingest makes it: site, file and export date are one value for the file.
+        let parsed = DataFrame::new(
+            2,
+            vec![
+                Column::new_scalar("SITE".into(), Scalar::from(PlSmallStr::from("nih")), 2),
+                Column::new_scalar(
+                    "SRCFILE".into(),
+                    Scalar::from(PlSmallStr::from("nih/d_2017-06-30.csv")),
+                    2,
+                ),
+                Column::new("SRCLINE".into(), [2i64, 3]),
+                Column::new_scalar("EXPORTDT".into(), export, 2),
+                Column::new("v".into(), ["x", "y"]),
+            ],
+        )
+        .unwrap();
+        let empty = crate::rejects::empty().unwrap();
+        let e = cache
+            .store_file("f", &parsed, &empty, &read, "2026-11-25", None, false)
+            .unwrap();
+        let stored = cache.read_part(&cache.files(), &e.parts[0]).unwrap();
+        assert_eq!(stored.get_column_names(), ["SRCLINE", "v"]);
+        let (back, _) = cache.load_file(&e).unwrap();
+        assert_eq!(back.schema(), parsed.schema());
+        assert!(back.equals(&parsed), "{back}");
+        // Some columns of a dedupe's rows: the constants come from the file's entry.
+        let frames = Frames {
+            table: parsed.select(["v", "SRCFILE"]).unwrap(),
+            rejects: None,
+            dropped: None,
+            rows: Some(RowsOf {
+                file_keys: vec!["f".into()],
+                rows: IdxCa::from_vec("r".into(), vec![1, 0]),
+            }),
+        };
+        let s = StageSummary::default();
+        let st = cache
+            .store_stage("fp", "s", Some(&frames), TablePart::Write, &s, vec![])
+            .unwrap();
+        let cols = ["EXPORTDT".to_string(), "v".to_string()];
+        let got = cache.load_stage_columns(&st, &cols).unwrap();
+        let want = parsed
+            .take(&IdxCa::from_vec("r".into(), vec![1, 0]))
+            .unwrap();
+        assert!(got.equals(&want.select(cols).unwrap()), "{got}");
+        // An entry written with the constants as columns reads back as it was written.
+        let mut old = parsed.clone();
+        for c in FILE_CONSTANTS {
+            let s = old.column(c).unwrap().as_materialized_series().clone();
+            old.with_column(s.into_column()).unwrap();
+        }
+        let e = cache
+            .store_file("g", &old, &empty, &read, "2026-11-25", None, false)
+            .unwrap();
+        let stored = cache.read_part(&cache.files(), &e.parts[0]).unwrap();
+        assert_eq!(stored.width(), 5);
+        assert!(cache.load_file(&e).unwrap().0.equals(&parsed));
+    }
+
+    #[test]
     fn an_entry_kept_as_rows_of_its_files_reads_back_as_those_rows() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
@@ -996,6 +1156,7 @@ mod tests {
             latest_date: Some("2020-01-01".into()),
             late: false,
             parts: vec![],
+            constants: vec![],
         };
         assert!(e.holds_for("2026-11-26"));
         assert!(e.holds_for("2020-01-01"));

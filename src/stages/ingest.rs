@@ -921,9 +921,11 @@ fn parse_file(
             n,
         ),
         Column::new("SRCLINE".into(), lines),
-        Column::new("EXPORTDT".into(), vec![export_days; n])
-            .cast(&DataType::Date)
-            .map_err(|e| bad(file, e.to_string()))?,
+        Column::new_scalar(
+            "EXPORTDT".into(),
+            Scalar::new(DataType::Date, AnyValue::Date(export_days)),
+            n,
+        ),
     ];
     for (b, c) in buffers.into_iter().zip(columns) {
         cols.push(
