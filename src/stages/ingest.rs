@@ -86,6 +86,17 @@ struct CompiledColumn {
     identifying: bool,
 }
 
+impl CompiledColumn {
+    /// An `int` column whose plausible range fits 32 bits holds 32-bit integers (half the
+    /// memory of a raw diary's item scores, and R reads them as `integer`, not `integer64`);
+    /// without both bounds it holds 64-bit integers.
+    fn is_int32(&self) -> bool {
+        let fits =
+            |b: Option<f64>| b.is_some_and(|v| (i32::MIN as f64..=i32::MAX as f64).contains(&v));
+        self.ty == ColumnType::Int && fits(self.min) && fits(self.max)
+    }
+}
+
 fn normalise_header(h: &str) -> String {
     h.trim_start_matches('\u{feff}')
         .split_whitespace()
@@ -425,6 +436,7 @@ fn checked_text<'a>(c: &'a CompiledColumn, s: &'a str) -> Result<&'a str, Failur
 enum Buffer {
     Str(StringChunkedBuilder),
     Int(PrimitiveChunkedBuilder<Int64Type>),
+    Int32(PrimitiveChunkedBuilder<Int32Type>),
     Float(PrimitiveChunkedBuilder<Float64Type>),
     Date(PrimitiveChunkedBuilder<Int32Type>),
 }
@@ -436,6 +448,9 @@ impl Buffer {
         match c.ty {
             ColumnType::Subject | ColumnType::String => {
                 Buffer::Str(StringChunkedBuilder::new(name, rows))
+            }
+            ColumnType::Int if c.is_int32() => {
+                Buffer::Int32(PrimitiveChunkedBuilder::new(name, rows))
             }
             ColumnType::Int => Buffer::Int(PrimitiveChunkedBuilder::new(name, rows)),
             ColumnType::Float => Buffer::Float(PrimitiveChunkedBuilder::new(name, rows)),
@@ -451,10 +466,13 @@ impl Buffer {
                 None => b.append_null(),
             },
             (Buffer::Int(b), Cell::Int(x)) => b.append_value(x),
+            // Within the column's range, checked before the row was kept: it fits.
+            (Buffer::Int32(b), Cell::Int(x)) => b.append_option(i32::try_from(x).ok()),
             (Buffer::Float(b), Cell::Float(x)) => b.append_value(x),
             (Buffer::Date(b), Cell::Date(x)) => b.append_value(x),
             (Buffer::Str(b), _) => b.append_null(),
             (Buffer::Int(b), _) => b.append_null(),
+            (Buffer::Int32(b), _) => b.append_null(),
             (Buffer::Float(b), _) => b.append_null(),
             (Buffer::Date(b), _) => b.append_null(),
         }
@@ -464,6 +482,7 @@ impl Buffer {
         Ok(match self {
             Buffer::Str(b) => b.finish().into_column(),
             Buffer::Int(b) => b.finish().into_column(),
+            Buffer::Int32(b) => b.finish().into_column(),
             Buffer::Float(b) => b.finish().into_column(),
             Buffer::Date(b) => b.finish().into_column().cast(&DataType::Date)?,
         })
@@ -1144,6 +1163,35 @@ mod tests {
         assert_eq!(ints(&r.table, "SRCLINE"), [Some(2), Some(4)]);
         assert_eq!(strings(&r.table, "subject"), ["C1", "C2"]);
         assert_eq!(r.table.column("fever").unwrap().null_count(), 1);
+    }
+
+    #[test]
+    fn whole_numbers_are_32_bit_when_their_range_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "Patient ID,Datum,fever,steps,big\nC1,2014-03-07,4,123456789012,2\nC1,2014-03-08,,7,3\n";
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            csv.as_bytes(),
+            dialect("{}"),
+        );
+        let columns = vec![
+            column("{name: subject, type: subject, headers: ['Patient ID'], required: true}"),
+            column("{name: date, type: date, headers: [Datum], required: true}"),
+            column("{name: fever, type: int, min: 0, max: 4}"),
+            column("{name: steps, type: int, min: 0}"),
+            column("{name: big, type: int, min: 0, max: 9999999999}"),
+        ];
+        let t = read_file(&f, &columns).unwrap().table;
+        let fever = t.column("fever").unwrap();
+        assert_eq!(fever.dtype(), &DataType::Int32);
+        let fever: Vec<Option<i32>> = fever.i32().unwrap().iter().collect();
+        assert_eq!(fever, [Some(4), None]);
+        // One bound only, or a bound beyond 32 bits: 64-bit integers.
+        let steps = t.column("steps").unwrap();
+        assert_eq!(steps.dtype(), &DataType::Int64);
+        assert_eq!(steps.i64().unwrap().get(0), Some(123456789012));
+        assert_eq!(t.column("big").unwrap().dtype(), &DataType::Int64);
     }
 
     #[test]
