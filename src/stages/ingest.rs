@@ -1141,6 +1141,18 @@ mod tests {
         }
     }
 
+    /// Reads `csv` as one export file of a site with the default dialect.
+    fn read_csv(csv: &str, columns: &[CompiledColumn]) -> Result<FileResult, DataError> {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            csv.as_bytes(),
+            dialect("{}"),
+        );
+        read_file(&f, columns)
+    }
+
     fn diary_columns() -> Vec<CompiledColumn> {
         vec![
             column("{name: subject, type: subject, headers: ['Patient ID'], required: true}"),
@@ -1167,14 +1179,7 @@ mod tests {
 
     #[test]
     fn whole_numbers_are_32_bit_when_their_range_fits() {
-        let dir = tempfile::tempdir().unwrap();
         let csv = "Patient ID,Datum,fever,steps,big\nC1,2014-03-07,4,123456789012,2\nC1,2014-03-08,,7,3\n";
-        let f = write(
-            dir.path(),
-            "d_2017-06-30.csv",
-            csv.as_bytes(),
-            dialect("{}"),
-        );
         let columns = vec![
             column("{name: subject, type: subject, headers: ['Patient ID'], required: true}"),
             column("{name: date, type: date, headers: [Datum], required: true}"),
@@ -1182,7 +1187,7 @@ mod tests {
             column("{name: steps, type: int, min: 0}"),
             column("{name: big, type: int, min: 0, max: 9999999999}"),
         ];
-        let t = read_file(&f, &columns).unwrap().table;
+        let t = read_csv(csv, &columns).unwrap().table;
         let fever = t.column("fever").unwrap();
         assert_eq!(fever.dtype(), &DataType::Int32);
         let fever: Vec<Option<i32>> = fever.i32().unwrap().iter().collect();
@@ -1196,15 +1201,8 @@ mod tests {
 
     #[test]
     fn bad_cells_reject_the_row_naming_the_column() {
-        let dir = tempfile::tempdir().unwrap();
         let csv = "Patient ID,Datum,fever\nC1,2014-03-07,7\nC1,1889-03-07,1\nC1,2091-01-01,1\nC1,2014-02-30,1\nC1,NA,1\nC1,2014-03-08,1,extra\nC1,2014-03-09,2\n";
-        let f = write(
-            dir.path(),
-            "d_2017-06-30.csv",
-            csv.as_bytes(),
-            dialect("{}"),
-        );
-        let r = read_file(&f, &diary_columns()).unwrap();
+        let r = read_csv(csv, &diary_columns()).unwrap();
         assert_eq!(r.read.rows, 7);
         assert_eq!(r.table.height(), 1);
         let rej = r.rejects.finish().unwrap();
@@ -1332,15 +1330,8 @@ mod tests {
 
     #[test]
     fn a_second_header_and_a_stray_bom_from_joined_exports() {
-        let dir = tempfile::tempdir().unwrap();
         let csv = "Patient ID,Datum,fever\nC1,2014-03-07,1\n\u{feff}Patient ID,Datum,fever\n\u{feff}C1,2014-03-08,2\n";
-        let f = write(
-            dir.path(),
-            "d_2017-06-30.csv",
-            csv.as_bytes(),
-            dialect("{}"),
-        );
-        let r = read_file(&f, &diary_columns()).unwrap();
+        let r = read_csv(csv, &diary_columns()).unwrap();
         assert_eq!(ints(&r.table, "SRCLINE"), [Some(2), Some(4)]);
         assert_eq!(strings(&r.table, "subject"), ["C1", "C1"]);
         let rej = r.rejects.finish().unwrap();
