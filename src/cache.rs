@@ -680,14 +680,7 @@ impl Cache {
                 .iter()
                 .find(|p| p.role == "table")
                 .ok_or_else(|| format!("the entry of file {k} has no table"))?;
-            let stored: Option<Vec<String>> = columns.map(|c| {
-                c.iter()
-                    .filter(|n| !FILE_CONSTANTS.contains(&n.as_str()))
-                    .cloned()
-                    .collect()
-            });
-            let table = self.read_part_columns(&self.files(), part, stored.as_deref())?;
-            tables.push(with_constants(table, &fe.read, &fe.constants, columns)?.lazy());
+            tables.push(self.file_table(&fe, part, columns)?.lazy());
         }
         let whole = concat(tables, UnionArgs::default())
             .and_then(|lf| lf.collect())
@@ -703,6 +696,25 @@ impl Cache {
             ));
         }
         whole.take(&numbers).map_err(|e| e.to_string())
+    }
+
+    /// The table part `part` of file entry `e` (only `columns` when given), with the columns
+    /// its entry left out put back ([`with_constants`]). Only those are left out of the
+    /// columns decoded: an entry that stored them as columns reads them from its part.
+    fn file_table(
+        &self,
+        e: &FileEntry,
+        part: &Part,
+        columns: Option<&[String]>,
+    ) -> Result<DataFrame, String> {
+        let stored: Option<Vec<String>> = columns.map(|c| {
+            c.iter()
+                .filter(|n| !e.constants.iter().any(|(_, left_out)| left_out == *n))
+                .cloned()
+                .collect()
+        });
+        let table = self.read_part_columns(&self.files(), part, stored.as_deref())?;
+        with_constants(table, &e.read, &e.constants, columns)
     }
 
     /// Reads one part (`rejects` or `dropped`) of a stage entry; `None` when it has none.
@@ -812,20 +824,14 @@ impl Cache {
         let mut table = None;
         let mut rejects = None;
         for p in &e.parts {
-            let df = self.read_part(&folder, p)?;
             match p.role.as_str() {
-                "table" => table = Some(df),
-                "rejects" => rejects = Some(df),
+                "table" => table = Some(self.file_table(e, p, None)?),
+                "rejects" => rejects = Some(self.read_part(&folder, p)?),
                 other => return Err(format!("unknown part `{other}`")),
             }
         }
         Ok((
-            with_constants(
-                table.ok_or("the entry has no table")?,
-                &e.read,
-                &e.constants,
-                None,
-            )?,
+            table.ok_or("the entry has no table")?,
             match rejects {
                 Some(r) => r,
                 None => crate::rejects::empty().map_err(|e| e.to_string())?,
@@ -1077,7 +1083,7 @@ mod tests {
         let want = parsed
             .take(&IdxCa::from_vec("r".into(), vec![1, 0]))
             .unwrap();
-        assert!(got.equals(&want.select(cols).unwrap()), "{got}");
+        assert!(got.equals(&want.select(cols.clone()).unwrap()), "{got}");
         // An entry written with the constants as columns reads back as it was written.
         let mut old = parsed.clone();
         for c in FILE_CONSTANTS {
@@ -1090,6 +1096,18 @@ mod tests {
         let stored = cache.read_part(&cache.files(), &e.parts[0]).unwrap();
         assert_eq!(stored.width(), 5);
         assert!(cache.load_file(&e).unwrap().0.equals(&parsed));
+        let frames = Frames {
+            rows: Some(RowsOf {
+                file_keys: vec!["g".into()],
+                rows: IdxCa::from_vec("r".into(), vec![1, 0]),
+            }),
+            ..frames
+        };
+        let st = cache
+            .store_stage("fq", "s", Some(&frames), TablePart::Write, &s, vec![])
+            .unwrap();
+        let got = cache.load_stage_columns(&st, &cols).unwrap();
+        assert!(got.equals(&want.select(cols).unwrap()), "{got}");
     }
 
     #[test]
