@@ -807,7 +807,9 @@ fn parse_file(
         .collect();
     let mapping = map_header(file, &header, columns, d)?;
     let normalised: Vec<String> = header.iter().map(|h| normalise_header(h)).collect();
-    // Records are at most the file's lines: buffers of that size are not grown by copying.
+    // A size hint: records are at most the lines ending in `\n` (plus a last one without), so
+    // buffers of that size are not grown by copying. A file whose lines end in a bare `\r`
+    // grows its buffers as it goes.
     let lines_in_file = text.iter().filter(|&&b| b == b'\n').count() + 1;
     let mut buffers: Vec<Buffer> = columns
         .iter()
