@@ -111,6 +111,23 @@ pub(crate) struct SlotState {
     pub(crate) seconds: f64,
 }
 
+/// Of the stages ready, one that lets go of more held tables by this many bytes starts
+/// first, whatever chain it heads: finishing a large table's readers before starting the next
+/// large table keeps fewer of them in memory at once. Smaller differences leave the order to
+/// the chains.
+const RELEASE_STEP: u64 = 64 << 20;
+
+/// The place in `ready` of the stage to start next: the one letting go of the most held
+/// bytes (`frees`, in steps of [`RELEASE_STEP`]), then the one heading the costliest chain
+/// still to come (`chain`), then the first in the plan.
+fn next_stage(ready: &[usize], chain: &[u64], frees: impl Fn(usize) -> u64) -> Option<usize> {
+    ready
+        .iter()
+        .enumerate()
+        .max_by_key(|&(_, &id)| (frees(id) / RELEASE_STEP, chain[id], std::cmp::Reverse(id)))
+        .map(|(place, _)| place)
+}
+
 /// A stage's failure as a data error naming the stage (I/O and internal errors keep their kind).
 pub(crate) fn stage_error(name: &str, kind: &str, e: anyhow::Error) -> anyhow::Error {
     if e.is::<DataError>() || e.is::<RunError>() {
@@ -209,9 +226,10 @@ impl Engine<'_> {
 
     /// Runs every stage, each as soon as the stages it reads have finished (not wave by wave:
     /// a short stage does not wait for a long one it does not read), at most `workers` at
-    /// once. Of the stages ready, the one heading the costliest chain of stages still to come
-    /// starts first. After a failure no stage starts; those running finish, and the first
-    /// failure is returned.
+    /// once. Of the stages ready, one that is the last reader of large tables starts first
+    /// (its tables are then let go of), else the one heading the costliest chain of stages
+    /// still to come ([`next_stage`]). After a failure no stage starts; those running finish,
+    /// and the first failure is returned.
     pub(crate) fn execute(&self) -> anyhow::Result<()> {
         let n = self.plan.stages.len();
         let bar = self.log.progress(n as u64);
@@ -256,6 +274,8 @@ impl Engine<'_> {
             let below = readers_of[id].iter().map(|&r| chain[r]).max().unwrap_or(0);
             chain[id] = cost[id].max(1).saturating_add(below);
         }
+        // Bytes of each finished stage's table while it is held for its readers.
+        let mut held = vec![0u64; n];
         let mut waiting: Vec<usize> = inputs.iter().map(Vec::len).collect();
         let mut ready: Vec<usize> = (0..n).filter(|&id| waiting[id] == 0).collect();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, anyhow::Result<()>)>();
@@ -264,11 +284,9 @@ impl Engine<'_> {
         std::thread::scope(|scope| {
             loop {
                 while failure.is_none() && running < self.workers.max(1) {
-                    let next = ready
-                        .iter()
-                        .enumerate()
-                        .max_by_key(|&(_, &id)| (chain[id], std::cmp::Reverse(id)))
-                        .map(|(place, _)| place);
+                    let next = next_stage(&ready, &chain, |id| {
+                        self.frees(&inputs[id], &readers, &held)
+                    });
                     let Some(place) = next else { break };
                     let id = ready.swap_remove(place);
                     running += 1;
@@ -303,6 +321,7 @@ impl Engine<'_> {
                 running -= 1;
                 match r {
                     Ok(()) => {
+                        held[id] = self.held_bytes(id);
                         for &r in &readers_of[id] {
                             waiting[r] -= 1;
                             if waiting[r] == 0 {
@@ -325,6 +344,35 @@ impl Engine<'_> {
             .into()),
             None => Ok(()),
         }
+    }
+
+    /// Bytes of the table of stage `id` held in memory now (0 when released or not loaded).
+    fn held_bytes(&self, id: usize) -> u64 {
+        let Some(slot) = self.slots[id].get() else {
+            return 0;
+        };
+        if slot.released.load(Ordering::Acquire) {
+            return 0;
+        }
+        match slot.frames.lock() {
+            Ok(g) => g.as_ref().map_or(0, |f| f.table.estimated_size() as u64),
+            Err(_) => 0,
+        }
+    }
+
+    /// Bytes a stage reading `inputs` would let go of when it finishes: the held tables it
+    /// is the last stage to read.
+    fn frees(&self, inputs: &[usize], readers: &[AtomicUsize], held: &[u64]) -> u64 {
+        inputs
+            .iter()
+            .filter(|&&j| readers[j].load(Ordering::Acquire) == 1)
+            .filter(|&&j| {
+                self.slots[j]
+                    .get()
+                    .is_some_and(|s| !s.released.load(Ordering::Acquire))
+            })
+            .map(|&j| held[j])
+            .sum()
     }
 
     /// Runs stage `id` (its distinct inputs `inputs` have finished), logs it, and lets go of
@@ -996,6 +1044,42 @@ impl Engine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_reader_of_a_large_table_starts_before_a_longer_chain() {
+        // Stages 3 and 5 are ready; 5 heads the longer chain.
+        let mut chain = vec![0u64; 6];
+        chain[3] = 10;
+        chain[5] = 20;
+        let ready = [3, 5];
+        // Nothing to let go of, or less than a step between them: the chain decides.
+        assert_eq!(next_stage(&ready, &chain, |_| 0), Some(1));
+        assert_eq!(
+            next_stage(&ready, &chain, |id| if id == 3 {
+                RELEASE_STEP - 1
+            } else {
+                0
+            }),
+            Some(1)
+        );
+        // Stage 3 is the last reader of a table of a step or more: it goes first.
+        assert_eq!(
+            next_stage(&ready, &chain, |id| if id == 3 { RELEASE_STEP } else { 0 }),
+            Some(0)
+        );
+        // Both let go of large tables: the larger first, whatever the chains.
+        assert_eq!(
+            next_stage(&ready, &chain, |id| if id == 3 {
+                5 * RELEASE_STEP
+            } else {
+                2 * RELEASE_STEP
+            }),
+            Some(0)
+        );
+        // Equal in both: the first in the plan.
+        assert_eq!(next_stage(&ready, &[0; 6], |_| 0), Some(0));
+        assert_eq!(next_stage(&[], &chain, |_| 0), None);
+    }
 
     #[test]
     fn concurrently_keeps_item_order_and_reports_the_first_error() {
