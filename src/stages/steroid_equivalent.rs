@@ -749,9 +749,14 @@ impl Stage for SteroidEquivalent {
             .order_spans(accepted.filter(col("_last").is_not_null()))
             .collect()?;
         let daily = self.daily(&span, orders.lazy())?;
-        let table = self.with_weights(daily, weights, &span);
+        // The days come out in subject and date order (pieces in `_sid` order, which is
+        // USUBJID order, each exploded to its days in turn, and the as-of joins keep the
+        // order): the table is sorted only if that ever fails to hold, rather than gathering
+        // every column of millions of days again to find it already in order.
+        let table = self.with_weights(daily, weights, &span).collect()?;
+        let table = crate::run::sorted(&table, &["USUBJID".to_string(), "ADT".to_string()])?;
         Ok(StageOutput {
-            table,
+            table: table.lazy(),
             rejects: Some(rejects),
             dropped: None,
             files: Vec::new(),
@@ -1126,18 +1131,28 @@ impl SteroidEquivalent {
         let mg = when(col("_n_per_kg").gt(lit(0)))
             .then(col("_mg") + col("_mg_per_kg") * col("WEIGHT_KG"))
             .otherwise(col("_mg"));
-        let reason = when(col("WEIGHT_KG").is_not_null())
-            .then(lit(NULL).cast(DataType::String))
-            .when(col("_n_per_kg").gt(lit(0)))
-            .then(lit(format!(
-                "{no_weight}; an active order is dosed in mg/kg, so PREDMG is null too"
-            )))
-            .otherwise(lit(no_weight));
-        // `_sid` numbers subjects in USUBJID order: a cheaper sort key than the name.
+        // The reason is picked from its two texts by number: a text column made by a
+        // `when`/`then` copies a long text into every row it chooses (and a nested one into
+        // every row), about 60 bytes on each of millions of days; gathered, every row points at
+        // the one copy of its text.
+        let reasons = Series::new(
+            "WTREASON".into(),
+            [
+                format!("{no_weight}; an active order is dosed in mg/kg, so PREDMG is null too"),
+                no_weight,
+            ],
+        );
+        let reason = lit(reasons).gather(
+            when(col("WEIGHT_KG").is_not_null())
+                .then(lit(NULL).cast(IDX_DTYPE))
+                .when(col("_n_per_kg").gt(lit(0)))
+                .then(lit(0).cast(IDX_DTYPE))
+                .otherwise(lit(1).cast(IDX_DTYPE)),
+            false,
+        );
         daily
             .with_columns([weight.alias("WEIGHT_KG"), weight_date.alias("WEIGHT_DT")])
             .with_column(mg.alias("PREDMG"))
-            .sort(["_sid", "ADT"], SortMultipleOptions::default())
             .select([
                 col("subject").alias("USUBJID"),
                 col("ADT"),
@@ -1657,6 +1672,62 @@ stages:
         assert_eq!(
             reasons[1].as_deref(),
             Some("no weight within 365 days before or 90 days after")
+        );
+    }
+
+    /// Each reason text is stored once, whatever the number of days it explains: a long
+    /// course without a weight must not hold a copy of the text per day.
+    #[test]
+    fn a_reason_is_stored_once_for_all_its_days() {
+        let r = run(
+            &[
+                (
+                    "C1",
+                    "prednisone",
+                    0.5,
+                    "mg/kg",
+                    "QD",
+                    "2020-01-01",
+                    Some("2020-12-31"),
+                ),
+                (
+                    "C2",
+                    "prednisone",
+                    5.0,
+                    "mg",
+                    "QD",
+                    "2020-01-01",
+                    Some("2020-12-31"),
+                ),
+            ],
+            &[],
+            &[("C1", "2020-12-31"), ("C2", "2020-12-31")],
+        );
+        let reasons = texts(&r.daily, "WTREASON");
+        assert_eq!(reasons.len(), 2 * 366);
+        assert!(
+            reasons[..366]
+                .iter()
+                .all(|t| t.as_deref().is_some_and(|t| t.contains("mg/kg")))
+        );
+        assert!(
+            reasons[366..]
+                .iter()
+                .all(|t| t.as_deref() == Some("no weight within 365 days before or 90 days after"))
+        );
+        let stored: usize = r
+            .daily
+            .column("WTREASON")
+            .unwrap()
+            .str()
+            .unwrap()
+            .downcast_iter()
+            .map(|a| a.total_buffer_len())
+            .sum();
+        // The two texts (about 60 and 125 bytes), not 732 copies.
+        assert!(
+            stored < 1_000,
+            "{stored} bytes of reason text for two texts"
         );
     }
 
