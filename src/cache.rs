@@ -695,7 +695,7 @@ impl Cache {
                 whole.height()
             ));
         }
-        whole.take(&numbers).map_err(|e| e.to_string())
+        crate::stages::gather_rows(&whole, &numbers).map_err(|e| e.to_string())
     }
 
     /// The table part `part` of file entry `e` (only `columns` when given), with the columns

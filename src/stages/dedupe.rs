@@ -447,7 +447,7 @@ impl Dedupe {
             .select([col(ROW)])
             .collect()?;
         let kept = kept.column(ROW)?.idx()?.clone();
-        let table = input.take(&kept)?.lazy();
+        let table = crate::stages::gather_rows(input, &kept)?.lazy();
         Ok(StageOutput {
             table,
             rejects: Some(rejects),
