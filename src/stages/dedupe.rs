@@ -39,69 +39,186 @@ fn packed_sort_key(
     df: &DataFrame,
     columns: &[String],
 ) -> PolarsResult<Option<(UInt64Chunked, Vec<u32>)>> {
-    let mut codes: Vec<(UInt64Chunked, u32)> = Vec::new();
+    Ok(packed_codes(df, columns)?
+        .map(|(packed, widths)| (UInt64Chunked::from_vec(PACKED.into(), packed), widths)))
+}
+
+/// [`packed_sort_key`] as a plain vector.
+fn packed_codes(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<(Vec<u64>, Vec<u32>)>> {
+    let mut codes: Vec<Vec<u64>> = Vec::with_capacity(columns.len());
     for c in columns {
-        let column = df.column(c)?;
-        let code: UInt64Chunked = match column.dtype() {
-            DataType::String => {
-                let (place, found) =
-                    crate::stages::places_by_run(column.as_materialized_series(), |run_values| {
-                        run_values.drop_nulls().unique()?.sort(Default::default())
-                    })?;
-                // Missing values (not found) first, as code 0.
-                place
-                    .iter()
-                    .zip(found.iter())
-                    .map(|(p, found)| match (p, found) {
-                        (Some(p), Some(true)) => Some(u64::from(p) + 1),
-                        _ => Some(0),
-                    })
-                    .collect()
-            }
-            // (UInt64 may not fit the i64 the codes are computed in.)
-            dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {
-                let v = column.to_physical_repr().cast(&DataType::Int64)?;
-                let v = v.i64()?;
-                let (Some(min), Some(max)) = (v.min(), v.max()) else {
-                    codes.push((UInt64Chunked::full("c".into(), 0, df.height()), 0));
-                    continue;
-                };
-                if max as i128 - min as i128 + 1 > u64::MAX as i128 {
-                    return Ok(None);
-                }
-                v.iter()
-                    .map(|x| Some(x.map_or(0, |x| (x as i128 - min as i128 + 1) as u64)))
-                    .collect()
-            }
-            _ => return Ok(None),
-        };
-        let max = code.max().unwrap_or(0);
-        codes.push((code, 64 - max.leading_zeros()));
+        match column_codes(df.column(c)?)? {
+            Some(code) => codes.push(code),
+            None => return Ok(None),
+        }
     }
-    if codes.iter().map(|(_, bits)| *bits).sum::<u32>() > 64 {
+    let widths: Vec<u32> = codes
+        .iter()
+        .map(|code| 64 - code.iter().copied().max().unwrap_or(0).leading_zeros())
+        .collect();
+    if widths.iter().sum::<u32>() > 64 {
         return Ok(None);
     }
-    let mut packed = UInt64Chunked::full(PACKED.into(), 0, df.height());
-    let mut widths = Vec::with_capacity(codes.len());
-    for (code, bits) in codes {
-        widths.push(bits);
+    // Column after column into one vector: no table-sized array is made per step.
+    let mut packed = vec![0u64; df.height()];
+    for (code, &bits) in codes.iter().zip(&widths) {
         if bits == 0 {
             continue;
         }
-        packed = packed.apply_values(|p| p.checked_shl(bits).unwrap_or(0));
-        packed = &packed | &code;
+        for (p, &c) in packed.iter_mut().zip(code) {
+            *p = p.checked_shl(bits).unwrap_or(0) | c;
+        }
     }
-    Ok(Some((packed.with_name(PACKED.into()), widths)))
+    Ok(Some((packed, widths)))
+}
+
+/// One column's codes for [`packed_sort_key`] (0 for a missing value), or `None` for a type
+/// without codes or an integer range wider than 64 bits.
+fn column_codes(column: &Column) -> PolarsResult<Option<Vec<u64>>> {
+    let n = column.len();
+    match column.dtype() {
+        DataType::String => {
+            let (place, found) =
+                crate::stages::places_by_run(column.as_materialized_series(), |run_values| {
+                    run_values.drop_nulls().unique()?.sort(Default::default())
+                })?;
+            let (place, found) = (place.rechunk(), found.rechunk());
+            let mut out = Vec::with_capacity(n);
+            for (p, f) in place.downcast_iter().zip(found.downcast_iter()) {
+                // Missing values (not found) first, as code 0.
+                out.extend(p.iter().zip(f.iter()).map(|(p, f)| match (p, f) {
+                    (Some(&p), Some(true)) => u64::from(p) + 1,
+                    _ => 0,
+                }));
+            }
+            Ok(Some(out))
+        }
+        // (UInt64 may not fit the i64 the codes are computed in.)
+        dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {
+            let v = column.to_physical_repr().cast(&DataType::Int64)?;
+            let v = v.i64()?;
+            let (Some(min), Some(max)) = (v.min(), v.max()) else {
+                return Ok(Some(vec![0; n]));
+            };
+            if max as i128 - min as i128 + 1 > u64::MAX as i128 {
+                return Ok(None);
+            }
+            // x - min is below 2^64 - 1 (checked above), so the wrapping difference is exact.
+            let code = |x: i64| x.wrapping_sub(min) as u64 + 1;
+            let mut out = Vec::with_capacity(n);
+            for a in v.downcast_iter() {
+                match a.validity() {
+                    None => out.extend(a.values().iter().map(|&x| code(x))),
+                    Some(valid) => out.extend(
+                        a.values()
+                            .iter()
+                            .zip(valid.iter())
+                            .map(|(&x, ok)| if ok { code(x) } else { 0 }),
+                    ),
+                }
+            }
+            Ok(Some(out))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// How [`key_order`] may sort.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Packing {
-    /// By one packed integer when the codes fit in 64 bits (see [`packed_sort_key`]).
+    /// By one packed integer when the codes fit in 64 bits (see [`packed_sort_key`]), with
+    /// the row number in place of the line where it may be ([`packed_with_rows`]).
     Allowed,
+    /// By one packed integer with the line, never the row number.
+    #[cfg(test)]
+    LinesOnly,
     /// By the columns themselves (what a key too wide for one integer does).
     #[cfg(test)]
     Never,
+}
+
+/// True when the rows of each file (`ORDER`) are one block, in line order: then a row's place
+/// in the table orders the rows of a file as their lines do. (An ingest reads file after
+/// file; a stage between it and the dedupe might have reordered rows.)
+fn lines_follow_rows(narrow: &DataFrame) -> PolarsResult<bool> {
+    let order = narrow.column(ORDER)?.cast(&DataType::UInt64)?;
+    let line = narrow.column("SRCLINE")?.cast(&DataType::Int64)?;
+    let (order, line) = (order.u64()?, line.i64()?);
+    if order.null_count() > 0 || line.null_count() > 0 {
+        return Ok(false);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut previous: Option<(u64, i64)> = None;
+    for (o, l) in order.into_no_null_iter().zip(line.into_no_null_iter()) {
+        match previous {
+            Some((po, pl)) if po == o => {
+                if l <= pl {
+                    return Ok(false);
+                }
+            }
+            _ => {
+                if !seen.insert(o) {
+                    return Ok(false);
+                }
+            }
+        }
+        previous = Some((o, l));
+    }
+    Ok(true)
+}
+
+/// [`key_order`] by one sort of plain integers, when the rows of each file are in line order
+/// ([`lines_follow_rows`]) and the key, the export order and the row number fit in 64 bits
+/// together (`None` otherwise): each row's packed key and export order, with its row number
+/// in the lowest bits in place of its line. Every value is then distinct, the sort needs no
+/// second array of row numbers to carry along, and the row, the file and the key of each
+/// sorted value are its bits.
+fn packed_with_rows(
+    narrow: &DataFrame,
+    key_and_order: &[String],
+) -> PolarsResult<Option<DataFrame>> {
+    use rayon::prelude::*;
+    let n = narrow.height();
+    let Some((mut values, bits)) = packed_codes(narrow, key_and_order)? else {
+        return Ok(None);
+    };
+    let row_bits = 64 - (n.saturating_sub(1) as u64).leading_zeros();
+    if bits.iter().sum::<u32>() + row_bits > 64 {
+        return Ok(None);
+    }
+    let order_bits = bits[bits.len() - 1];
+    for (row, p) in values.iter_mut().enumerate() {
+        *p = p.checked_shl(row_bits).unwrap_or(0) | row as u64;
+    }
+    // Stable and unstable sorts agree on distinct values; the stable one finds the runs
+    // already in order (most files list a subject's days in order) and merges them.
+    values.par_sort();
+    let low = |bits: u32| 1u64.checked_shl(bits).map_or(u64::MAX, |b| b - 1);
+    let rows = IdxCa::from_vec(
+        ROW.into(),
+        values
+            .iter()
+            .map(|&v| (v & low(row_bits)) as IdxSize)
+            .collect(),
+    );
+    let file = UInt64Chunked::from_vec(
+        FILE_RUN.into(),
+        values
+            .iter()
+            .map(|&v| v.checked_shr(row_bits).unwrap_or(0))
+            .collect(),
+    );
+    let key = UInt64Chunked::from_vec(
+        KEY_RUN.into(),
+        values
+            .iter()
+            .map(|&v| v.checked_shr(row_bits + order_bits).unwrap_or(0))
+            .collect(),
+    );
+    Ok(Some(DataFrame::new(
+        n,
+        vec![rows.into_column(), key.into_column(), file.into_column()],
+    )?))
 }
 
 /// The rows of `input` in key order (the key, then export order `order_of_row`, then line):
@@ -123,8 +240,16 @@ fn key_order(
     }
     narrow.push(order_of_row);
     let narrow = DataFrame::new(input.height(), narrow)?;
+    if packing == Packing::Allowed && lines_follow_rows(&narrow)? {
+        let key_and_order = &sort_columns[..sort_columns.len() - 1];
+        if let Some(found) = packed_with_rows(&narrow, key_and_order)? {
+            return Ok(found);
+        }
+    }
     let packed = match packing {
         Packing::Allowed => packed_sort_key(&narrow, &sort_columns)?,
+        #[cfg(test)]
+        Packing::LinesOnly => packed_sort_key(&narrow, &sort_columns)?,
         #[cfg(test)]
         Packing::Never => None,
     };
@@ -567,6 +692,26 @@ mod tests {
         assert_eq!(ints(&dropped, "KEPTLINE"), [Some(2), Some(2)]);
     }
 
+    /// Rows stand for lines only when each file is one block of rows in line order.
+    #[test]
+    fn lines_follow_rows_only_in_blocks_in_line_order() {
+        let narrow = |order: &[u32], line: &[i64]| {
+            df!(ORDER => order.to_vec(), "SRCLINE" => line.to_vec()).unwrap()
+        };
+        let follows =
+            |order: &[u32], line: &[i64]| lines_follow_rows(&narrow(order, line)).unwrap();
+        assert!(follows(&[1, 1, 0, 0, 2], &[2, 5, 2, 3, 9]));
+        assert!(follows(&[], &[]));
+        // A file's lines out of order, or one line twice.
+        assert!(!follows(&[1, 1, 0, 0], &[5, 2, 2, 3]));
+        assert!(!follows(&[1, 1], &[4, 4]));
+        // A file in two blocks.
+        assert!(!follows(&[1, 0, 1], &[2, 2, 3]));
+        // A missing line.
+        let with_missing = df!(ORDER => [0u32, 0], "SRCLINE" => [Some(2i64), None]).unwrap();
+        assert!(!lines_follow_rows(&with_missing).unwrap());
+    }
+
     proptest::proptest! {
         /// Sorting by the packed key orders rows exactly as sorting by the columns does
         /// (missing first, text in byte order, integers and dates by value), on any input.
@@ -619,6 +764,7 @@ mod tests {
             rows in proptest::collection::vec(
                 (proptest::option::of(0usize..4), proptest::option::of(0i32..3), 0usize..3, 0i64..3),
                 0..60),
+            lines_backwards in proptest::bool::ANY,
         ) {
             let texts = ["C1", "C10", "C2", "C1 "];
             // Three files, two of them exported on the same day; each file's rows in line order.
@@ -629,7 +775,11 @@ mod tests {
             let t = df!(
                 "SITE" => rows.iter().map(|_| "s").collect::<Vec<_>>(),
                 "SRCFILE" => rows.iter().map(|r| files[r.2]).collect::<Vec<_>>(),
-                "SRCLINE" => (0..rows.len() as i64).map(|i| i + 2).collect::<Vec<_>>(),
+                // Each file's rows in line order, or (as a stage between ingest and dedupe
+                // might leave them) in reverse line order.
+                "SRCLINE" => (0..rows.len() as i64)
+                    .map(|i| if lines_backwards { rows.len() as i64 + 1 - i } else { i + 2 })
+                    .collect::<Vec<_>>(),
                 "EXPORTDT" => rows.iter().map(|r| exported[r.2]).collect::<Vec<_>>(),
                 "subject" => rows.iter().map(|r| r.0.map(|i| texts[i])).collect::<Vec<_>>(),
                 "date" => rows.iter().map(|r| r.1).collect::<Vec<_>>(),
@@ -641,13 +791,16 @@ mod tests {
             .collect()
             .unwrap();
             let stage = Dedupe { key: vec!["subject".into(), "date".into()] };
-            let packed = stage.dedupe(&t, Packing::Allowed).unwrap();
             let columns = stage.dedupe(&t, Packing::Never).unwrap();
             let table = |o: &StageOutput| o.table.clone().collect().unwrap();
-            proptest::prop_assert!(table(&packed).equals_missing(&table(&columns)));
             let part = |d: &Option<DataFrame>| d.clone().unwrap();
-            proptest::prop_assert!(part(&packed.rejects).equals_missing(&part(&columns.rejects)));
-            proptest::prop_assert!(part(&packed.dropped).equals_missing(&part(&columns.dropped)));
+            // With the row number where lines follow rows, and with the line.
+            let packed = stage.dedupe(&t, Packing::Allowed).unwrap();
+            for p in [&packed, &stage.dedupe(&t, Packing::LinesOnly).unwrap()] {
+                proptest::prop_assert!(table(p).equals_missing(&table(&columns)));
+                proptest::prop_assert!(part(&p.rejects).equals_missing(&part(&columns.rejects)));
+                proptest::prop_assert!(part(&p.dropped).equals_missing(&part(&columns.dropped)));
+            }
             // Every row in exactly one place.
             proptest::prop_assert_eq!(
                 table(&packed).height() + part(&packed.rejects).height() + part(&packed.dropped).height(),
