@@ -360,7 +360,8 @@ mod tests {
                 Column::new("AENDT".into(), windows.iter().map(|w| w.2).collect::<Vec<_>>())
                     .cast(&DataType::Date).unwrap(),
                 Column::new("APHASEN".into(), windows.iter().map(|w| w.3).collect::<Vec<_>>()),
-                Column::new("APHASE".into(), windows.iter().map(|w| format!("p{}", w.3)).collect::<Vec<_>>()),
+                // Names longer than 12 bytes: text a view array keeps in its buffers.
+                Column::new("APHASE".into(), windows.iter().map(|w| format!("treatment phase {}", w.3)).collect::<Vec<_>>()),
             ]).unwrap();
             // Subject index 5 stands for a missing subject id.
             let subjects: Vec<Option<&str>> =
@@ -385,8 +386,14 @@ mod tests {
             let want: Vec<Option<i64>> = subjects.iter().zip(&days)
                 .map(|(s, d)| oracle(&windows, *s, *d)).collect();
             proptest::prop_assert_eq!(&got, &want);
-            let want_labels: Vec<Option<String>> = want.iter().map(|p| p.map(|p| format!("p{p}"))).collect();
+            let want_labels: Vec<Option<String>> =
+                want.iter().map(|p| p.map(|p| format!("treatment phase {p}"))).collect();
             proptest::prop_assert_eq!(labels, want_labels);
+            // Each phase name is stored once, however many rows it names.
+            let stored: usize = out.column("APHASE").unwrap().str().unwrap()
+                .downcast_iter().map(|a| a.total_buffer_len()).sum();
+            let names: usize = windows.iter().map(|w| format!("treatment phase {}", w.3).len()).sum();
+            proptest::prop_assert!(stored <= names, "{} bytes stored for {} bytes of names", stored, names);
         }
     }
 
