@@ -1679,27 +1679,20 @@ stages:
     /// course without a weight must not hold a copy of the text per day.
     #[test]
     fn a_reason_is_stored_once_for_all_its_days() {
+        // A year of daily prednisone for each subject, neither with a weight.
+        let year = |subject, dose, unit| {
+            (
+                subject,
+                "prednisone",
+                dose,
+                unit,
+                "QD",
+                "2020-01-01",
+                Some("2020-12-31"),
+            )
+        };
         let r = run(
-            &[
-                (
-                    "C1",
-                    "prednisone",
-                    0.5,
-                    "mg/kg",
-                    "QD",
-                    "2020-01-01",
-                    Some("2020-12-31"),
-                ),
-                (
-                    "C2",
-                    "prednisone",
-                    5.0,
-                    "mg",
-                    "QD",
-                    "2020-01-01",
-                    Some("2020-12-31"),
-                ),
-            ],
+            &[year("C1", 0.5, "mg/kg"), year("C2", 5.0, "mg")],
             &[],
             &[("C1", "2020-12-31"), ("C2", "2020-12-31")],
         );
