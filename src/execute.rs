@@ -361,7 +361,9 @@ impl Engine<'_> {
     }
 
     /// Bytes a stage reading `inputs` would let go of when it finishes: the held tables it
-    /// is the last stage to read.
+    /// is the last stage to read. Each table counts whole, though one that shares columns
+    /// with a table still held (a stage that adds columns to its input keeps the input's
+    /// buffers) frees less: this only orders the stages, and no result depends on the order.
     fn frees(&self, inputs: &[usize], readers: &[AtomicUsize], held: &[u64]) -> u64 {
         inputs
             .iter()
