@@ -10,6 +10,7 @@ use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stages::FileRead;
+use crate::stages::ingest::{FILE_CONSTANTS, file_constant};
 
 /// Version of the entry layout; entries of another version are misses.
 pub const CACHE_FORMAT: u32 = 2;
@@ -298,14 +299,10 @@ pub struct TableFile {
     pub blake3: String,
 }
 
-/// Columns of a parsed file that hold one value for the whole file (its site, its path and its
-/// export date, as [`crate::stages::ingest`] makes them). A file's cached table leaves them out
-/// and takes them from the entry's [`FileRead`] when read back: a third of a raw diary row's
-/// bytes that would be encoded and compressed for nothing.
-const FILE_CONSTANTS: [&str; 3] = ["SITE", "SRCFILE", "EXPORTDT"];
-
-/// A parsed file's table without the columns that hold one value for the whole file, and
-/// those columns with their places.
+/// A parsed file's table without the columns that hold one value for the whole file
+/// ([`FILE_CONSTANTS`]), and those columns with their places. A file's cached table leaves
+/// them out and takes them from the entry's [`FileRead`] when read back: a third of a raw
+/// diary row's bytes that would be encoded and compressed for nothing.
 fn without_constants(table: &DataFrame) -> (DataFrame, Vec<(usize, String)>) {
     let mut kept = Vec::with_capacity(table.width());
     let mut constants = Vec::new();
@@ -338,13 +335,8 @@ fn with_constants(
         .map_err(|e| format!("export date `{}`: {e}", read.export_date))?
         .to_epoch_days();
     let constant = |name: &str| -> Result<Column, String> {
-        let value = match name {
-            "SITE" => Scalar::from(PlSmallStr::from(read.site.as_str())),
-            "SRCFILE" => Scalar::from(PlSmallStr::from(read.file.as_str())),
-            "EXPORTDT" => Scalar::new(DataType::Date, AnyValue::Date(days)),
-            other => return Err(format!("`{other}` is not a column with one value per file")),
-        };
-        Ok(Column::new_scalar(name.into(), value, n))
+        file_constant(name, &read.site, &read.file, days, n)
+            .ok_or_else(|| format!("`{name}` is not a column with one value per file"))
     };
     let left_out = |name: &str| constants.iter().any(|(_, c)| c == name);
     let cols = match columns {

@@ -930,23 +930,15 @@ fn parse_file(
     }
     let n = lines.len();
     let export_days = (file.export_date - EPOCH).num_days() as i32;
+    let constant = |name: &str| {
+        file_constant(name, &file.site, &file.rel, export_days, n)
+            .ok_or_else(|| bad(file, format!("`{name}` is not a column of the whole file")))
+    };
     let mut cols = vec![
-        Column::new_scalar(
-            "SITE".into(),
-            Scalar::from(PlSmallStr::from(file.site.as_str())),
-            n,
-        ),
-        Column::new_scalar(
-            "SRCFILE".into(),
-            Scalar::from(PlSmallStr::from(file.rel.as_str())),
-            n,
-        ),
+        constant("SITE")?,
+        constant("SRCFILE")?,
         Column::new("SRCLINE".into(), lines),
-        Column::new_scalar(
-            "EXPORTDT".into(),
-            Scalar::new(DataType::Date, AnyValue::Date(export_days)),
-            n,
-        ),
+        constant("EXPORTDT")?,
     ];
     for (b, c) in buffers.into_iter().zip(columns) {
         cols.push(
@@ -970,6 +962,30 @@ fn parse_file(
         latest_date,
         late,
     })
+}
+
+/// Columns of a parsed file that hold one value for the whole file: its site, its path
+/// (relative to the data folder) and its export date ([`file_constant`]).
+pub(crate) const FILE_CONSTANTS: [&str; 3] = ["SITE", "SRCFILE", "EXPORTDT"];
+
+/// The column `name` of [`FILE_CONSTANTS`] for `n` rows of the file at `path` of `site`,
+/// exported on day `export_days` (days since 1970-01-01), as one value for all rows; `None`
+/// for any other name. The ingest makes these columns so, and the cache, which stores a
+/// file's parse without them, puts them back so.
+pub(crate) fn file_constant(
+    name: &str,
+    site: &str,
+    path: &str,
+    export_days: i32,
+    n: usize,
+) -> Option<Column> {
+    let value = match name {
+        "SITE" => Scalar::from(PlSmallStr::from(site)),
+        "SRCFILE" => Scalar::from(PlSmallStr::from(path)),
+        "EXPORTDT" => Scalar::new(DataType::Date, AnyValue::Date(export_days)),
+        _ => return None,
+    };
+    Some(Column::new_scalar(name.into(), value, n))
 }
 
 /// The date window of the pipeline: `dates.min` to `dates.max` or the run date.
