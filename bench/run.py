@@ -10,7 +10,9 @@ repeated (--rounds), each in its own process with its wall time and peak memory 
               DuckDB SQL), cold: a fresh --out folder;
   rerun       core again on the same --out, nothing changed;
   one-file    core again on the same --out after one site's file changed;
-  threads=1   core, cold, with --threads 1.
+  threads=1   core, cold, with --threads 1;
+  batched     core, cold, with --batch-subjects (500 by default): the stages after the
+              ingests on 500 subjects at a time; its aggregates are checked against core's.
 Prints medians, ratios against the targets of PIPELINE.md section 5, the per-stage profile of
 the core run (from its manifest.json), and checks that DuckDB and studyflow agree on aggregates.
 Standard library only; DuckDB runs inside its own venv interpreter.
@@ -205,6 +207,8 @@ def main():
     p.add_argument("--change", default="nih/labs",
                    help="site/stream whose newest export changes for the one-file re-run")
     p.add_argument("--skip", default="", help="comma-separated runs to skip (e.g. threads=1)")
+    p.add_argument("--batch-subjects", type=int, default=500,
+                   help="subjects per batch of the batched run (run --batch-subjects)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -225,15 +229,15 @@ def main():
     change_bytes = os.path.getsize(change)
     run_date = ["--run-date", args.run_date]
     outs = {name: os.path.join(bench_data, "out", name)
-            for name in ["floor", "duckdb", "reference", "core", "threads1"]}
+            for name in ["floor", "duckdb", "reference", "core", "threads1", "batched"]}
 
     def fresh(path):
         if os.path.exists(path):
             shutil.rmtree(path)
         return path
 
-    def studyflow(yaml, out, extra=()):
-        return [args.bin, *extra, "run", yaml, "--data", cohort, "--out", out, *run_date]
+    def studyflow(yaml, out, extra=(), after=()):
+        return [args.bin, *extra, "run", yaml, "--data", cohort, "--out", out, *run_date, *after]
 
     results = {}  # name -> list of (seconds, rss_mb, cpu_seconds)
     manifests = {}
@@ -277,6 +281,12 @@ def main():
                 f.write(original)
         record("one-file", wall, rss, cpu)
         manifests.setdefault("one-file", []).append(read_manifest(outs["core"]))
+        if "batched" not in skip:
+            wall, rss, cpu, _ = measure(
+                studyflow(core_yaml, fresh(outs["batched"]),
+                          after=["--batch-subjects", str(args.batch_subjects)]),
+                os.path.join(logs, f"batched-{r}.log"))
+            record("batched", wall, rss, cpu)
         if "threads=1" not in skip:
             wall, rss, cpu, _ = measure(studyflow(core_yaml, fresh(outs["threads1"]), ["--threads", "1"]),
                                    os.path.join(logs, f"threads1-{r}.log"))
@@ -297,6 +307,12 @@ def main():
                                         os.path.join(outs["core"], "current")],
                                        capture_output=True, text=True, check=True).stdout)
 
+    agg_batched = None
+    if "batched" not in skip:
+        agg_batched = json.loads(subprocess.run(
+            [py, os.path.join(HERE, "duckdb_core.py"), "aggregates",
+             os.path.join(outs["batched"], "current")],
+            capture_output=True, text=True, check=True).stdout)
     reused = {k: sum(1 for m in ms for s in m["stages"] if s["status"] != "ran")
               for k, ms in manifests.items()}
     profile = stage_profile(manifests["core"][-1])
@@ -327,6 +343,7 @@ def main():
         ("rerun", "studyflow core, nothing changed"),
         ("one-file", "studyflow core, 1 file changed"),
         ("threads=1", "studyflow core, cold, --threads 1"),
+        ("batched", f"studyflow core, cold, --batch-subjects {args.batch_subjects}"),
     ]
     print("| run | median s | min s | max s | CPU s (median) | peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -351,6 +368,10 @@ def main():
     if "threads=1" in med:
         print(f"  thread scaling: --threads 1 / {info['cores']} threads = "
               f"{fmt_ratio(med['threads=1'], med['core'])}")
+    if "batched" in med:
+        print(f"  subject batches of {args.batch_subjects}: time / whole run "
+              f"{fmt_ratio(med['batched'], med['core'])}, peak RSS / raw CSV "
+              f"{fmt_ratio(peak['batched'], mb)}, batched / floor {fmt_ratio(med['batched'], med['floor'])}")
     for k in ("rerun", "one-file"):
         if reused.get(k, 0) == 0:
             print(f"  note: the {k} runs reused no stage (no cache on this branch yet), "
@@ -388,13 +409,20 @@ def main():
         print(f"  {k:<38} duckdb {a if a is not None else 'n/a'!s:>22}  "
               f"studyflow {b if b is not None else 'n/a'!s:>22}  {verdict}")
     print("  => " + ("they agree" if agree else "they DISAGREE: see above"))
+    if agg_batched is not None:
+        same = agg_batched == agg_sf
+        print("studyflow in subject batches vs whole, the same aggregates: "
+              + ("all equal" if same else "DIFFERENT: " + ", ".join(
+                  k for k in agg_sf if agg_sf.get(k) != agg_batched.get(k))))
+        agree = agree and same
 
     stamp = time.strftime("%Y%m%dT%H%M%S")
     with open(os.path.join(bench_data, f"results-{stamp}.json"), "w") as f:
         json.dump({"machine": info, "load": [load_before, load_after], "generate": gen, "csv_bytes": csv_bytes, "runs": results,
                    "median": med, "cpu_median": cpu_med, "peak_rss_mb": peak, "profile": profile,
                    "duckdb_steps": duckdb_steps, "aggregates": {"duckdb": agg_duck,
-                                                                "studyflow": agg_sf},
+                                                                "studyflow": agg_sf,
+                                                                "batched": agg_batched},
                    "core_pipeline": core_note, "changed_file": change_rel}, f, indent=1)
     return 0 if agree else 1
 

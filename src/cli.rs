@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Run every stage and parse every file whatever the cache holds.
     #[arg(long)]
     pub force: bool,
+    /// Run the stages after the ingests on about N subjects at a time, to bound memory on a
+    /// large cohort; every such stage then runs (no stage is reused).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_subjects: Option<u64>,
 }
 
 /// How `diff` prints its report.
@@ -296,6 +300,7 @@ fn run_options(args: RunArgs, threads: usize) -> RunOptions {
         run_date: args.run_date,
         threads,
         force: args.force,
+        batch_subjects: args.batch_subjects.map(|n| n as usize),
         select: args.select,
     }
 }

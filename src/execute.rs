@@ -24,6 +24,8 @@ use crate::source::ResolvedSource;
 use crate::stages::ingest::{self, FileParser, ParsedFile};
 use crate::stages::{Inputs, Kind, StageCtx};
 
+mod batch;
+
 /// A stage's outcome in this run; its frames are loaded from the cache only when needed.
 pub(crate) struct Slot {
     pub(crate) fingerprint: String,
@@ -389,13 +391,7 @@ impl Engine<'_> {
         let s = &self.plan.stages[id];
         publish::failpoint(&format!("stage:{}", s.name))?;
         let slot = self.stage(id)?;
-        let line = self.describe(id, &slot)?;
-        if self.log.plain_steps() {
-            self.log.info(&line);
-        } else {
-            bar.set_message(s.name.clone());
-            bar.inc(1);
-        }
+        self.announce(id, &slot, bar)?;
         let ran = slot.state.lock().map_err(|_| poisoned())?.status == "ran";
         self.slots[id]
             .set(slot)
@@ -411,6 +407,18 @@ impl Engine<'_> {
             if readers[id].load(Ordering::Acquire) == 0 {
                 self.release_table(id)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Logs that stage `id` ran or was reused (plain log lines), or advances the progress bar.
+    fn announce(&self, id: usize, slot: &Slot, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+        let line = self.describe(id, slot)?;
+        if self.log.plain_steps() {
+            self.log.info(&line);
+        } else {
+            bar.set_message(self.plan.stages[id].name.clone());
+            bar.inc(1);
         }
         Ok(())
     }
@@ -961,8 +969,10 @@ impl Engine<'_> {
                 let none = states.iter().map(|_| None).collect();
                 Ok(self.ingest_frames(id, &parser, &src, &states, none)?.0)
             }
-            (_, Some(e)) if !e.has_table() && !self.table_cached(id) => {
-                // Not cached by design: computed again from its inputs, still a reuse.
+            (_, Some(e)) if !e.has_table() => {
+                // Not cached by design (a kind or `cache: false` that keeps no table, or a
+                // stage that ran in subject batches): computed again from its inputs, still a
+                // reuse.
                 let (frames, _) = self.compute(id)?;
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.reasons

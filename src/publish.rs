@@ -145,6 +145,160 @@ pub fn write_parquet(
     out.publish(&tmp, path)
 }
 
+/// Row groups of a table written part by part ([`TableWriter`]): the size polars gives the
+/// row groups of a table written whole (at most 512 x 512 rows).
+const ROW_GROUP: usize = 512 * 512;
+
+/// A published table written part by part, in order (a run in subject batches): the same
+/// Parquet settings and footer as [`write_parquet`], rows gathered into row groups of
+/// [`ROW_GROUP`] rows, so that no part is held longer than it takes to fill a row group. The
+/// file is a temporary one until [`TableWriter::finish`] renames it into place.
+pub struct TableWriter {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: std::sync::Arc<std::sync::Mutex<Option<HashedFile>>>,
+    writer: polars::io::parquet::write::BatchedWriter<SharedFile>,
+    schema: Schema,
+    pending: Vec<DataFrame>,
+    pending_rows: usize,
+    rows: u64,
+}
+
+/// The writer a [`TableWriter`] hands to polars, which keeps it until the footer is written.
+struct SharedFile(std::sync::Arc<std::sync::Mutex<Option<HashedFile>>>);
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+            Some(f) => f.write(buf),
+            None => Err(std::io::Error::other("the table's file is closed")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl TableWriter {
+    /// Starts the table at `path` with the columns of `first` (its first part).
+    pub fn create(
+        path: &Path,
+        prov: &Provenance,
+        first: &DataFrame,
+    ) -> Result<TableWriter, RunError> {
+        let (tmp, file) = HashedFile::create(path)?;
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
+        let schema = first.schema().as_ref().clone();
+        let writer = ParquetWriter::new(SharedFile(out.clone()))
+            .with_compression(ParquetCompression::Zstd(None))
+            .with_statistics(StatisticsOptions::full())
+            .with_key_value_metadata(Some(KeyValueMetadata::from_static(prov.pairs(first))))
+            .batched(&schema)
+            .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+        Ok(TableWriter {
+            tmp,
+            path: path.to_path_buf(),
+            out,
+            writer,
+            schema,
+            pending: Vec::new(),
+            pending_rows: 0,
+            rows: 0,
+        })
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> RunError {
+        RunError::Internal(format!("writing {}: {e}", self.path.display()))
+    }
+
+    /// Appends `part`, whose columns must be the first part's (same names, order and types).
+    /// A part whose columns have other types (a column with no value in one batch of
+    /// subjects may have no type) is cast to the table's types.
+    pub fn write(&mut self, mut part: DataFrame) -> Result<(), RunError> {
+        if part.schema().as_ref() != &self.schema {
+            let names = |s: &Schema| s.iter_names().cloned().collect::<Vec<_>>();
+            let cast = (names(part.schema()) == names(&self.schema))
+                .then(|| {
+                    part.clone()
+                        .lazy()
+                        .select(
+                            self.schema
+                                .iter()
+                                .map(|(name, dtype)| col(name.clone()).strict_cast(dtype.clone()))
+                                .collect::<Vec<_>>(),
+                        )
+                        .collect()
+                        .ok()
+                })
+                .flatten();
+            part = cast.ok_or_else(|| {
+                self.failed(format!(
+                    "a part has the columns {:?}, the table {:?}: the stage's columns depend on \
+                     its rows, so it cannot run in subject batches",
+                    part.schema(),
+                    self.schema
+                ))
+            })?;
+        }
+        self.rows += part.height() as u64;
+        self.pending_rows += part.height();
+        self.pending.push(part);
+        while self.pending_rows >= ROW_GROUP {
+            self.write_group(ROW_GROUP)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the first `rows` pending rows as one row group.
+    fn write_group(&mut self, rows: usize) -> Result<(), RunError> {
+        let mut parts = std::mem::take(&mut self.pending);
+        let mut group = DataFrame::empty_with_schema(&self.schema);
+        let mut taken = 0;
+        while taken < rows && !parts.is_empty() {
+            let part = parts.remove(0);
+            let want = rows - taken;
+            let (head, tail) = if part.height() > want {
+                (
+                    part.slice(0, want),
+                    Some(part.slice(want as i64, part.height() - want)),
+                )
+            } else {
+                (part, None)
+            };
+            taken += head.height();
+            group.vstack_mut(&head).map_err(|e| self.failed(e))?;
+            if let Some(tail) = tail {
+                parts.insert(0, tail);
+            }
+        }
+        self.pending = parts;
+        self.pending_rows -= taken;
+        group.rechunk_mut_par();
+        self.writer.write_batch(&group).map_err(|e| self.failed(e))
+    }
+
+    /// Writes what is pending and the footer, syncs the file and renames it into place; its
+    /// size, blake3 and row count.
+    pub fn finish(mut self) -> Result<(u64, String, u64), RunError> {
+        if self.pending_rows > 0 {
+            self.write_group(self.pending_rows)?;
+        }
+        self.writer.finish().map_err(|e| self.failed(e))?;
+        drop(self.writer);
+        let file = self
+            .out
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .ok_or_else(|| RunError::Internal(format!("{} was closed", self.tmp.display())))?;
+        let (bytes, hash) = file.publish(&self.tmp, &self.path)?;
+        Ok((bytes, hash, self.rows))
+    }
+}
+
 /// A temporary file beside a published file, hashed as it is written: reading a large file
 /// back only to hash it cost page faults and copies on registry-scale tables.
 struct HashedFile(crate::cache::HashingWriter<std::io::BufWriter<File>>);
@@ -413,6 +567,90 @@ mod tests {
             engine_version: "v".into(),
             identifying: vec!["birth".into(), "absent".into()],
         }
+    }
+
+    /// The footer's key-value pairs and the row count of each row group of a Parquet file.
+    fn footer(path: &Path) -> (Vec<(String, String)>, Vec<usize>) {
+        let mut reader = ParquetReader::new(File::open(path).unwrap());
+        let md = reader.get_metadata().unwrap().clone();
+        let kv = md
+            .key_value_metadata()
+            .as_ref()
+            .map(|kv| {
+                kv.iter()
+                    .map(|e| (e.key.clone(), e.value.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (kv, md.row_groups.iter().map(|g| g.num_rows()).collect())
+    }
+
+    #[test]
+    fn a_table_written_in_parts_is_the_table_in_full_row_groups_with_its_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = |from: i64, n: usize| {
+            df!(
+                "USUBJID" => (0..n).map(|i| format!("S{:07}", from + i as i64)).collect::<Vec<_>>(),
+                "AVAL" => (0..n).map(|i| (from + i as i64) as f64 / 4.0).collect::<Vec<_>>(),
+                "birth" => (0..n).map(|i| (i % 3 != 0).then_some("x")).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        // Parts smaller and larger than a row group, and an empty one.
+        let sizes = [70_000usize, 0, 400_000, 5, 300_000];
+        let path = dir.path().join("t.parquet");
+        let mut w = TableWriter::create(&path, &prov("fp"), &part(0, 1)).unwrap();
+        let mut whole = part(0, 0);
+        let mut from = 0i64;
+        for n in sizes {
+            let p = part(from, n);
+            whole.vstack_mut(&p).unwrap();
+            w.write(p).unwrap();
+            from += n as i64;
+        }
+        let (bytes, hash, rows) = w.finish().unwrap();
+        assert_eq!(rows, whole.height() as u64);
+        assert_eq!((bytes, hash), hash_file(&path).unwrap());
+        let back = ParquetReader::new(File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        assert!(back.equals_missing(&whole));
+        let (kv, groups) = footer(&path);
+        assert_eq!(groups, [ROW_GROUP, ROW_GROUP, 770_005 - 2 * ROW_GROUP]);
+        // The footer of the same table written whole.
+        let once = dir.path().join("once.parquet");
+        write_parquet(&mut whole.clone(), &once, &prov("fp")).unwrap();
+        assert_eq!(kv, footer(&once).0);
+        assert!(kv.contains(&("studyflow.identifying".into(), "birth".into())));
+        assert!(!tmp_name(&path).exists());
+    }
+
+    #[test]
+    fn a_part_without_types_is_cast_and_a_part_of_other_columns_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = df!("A" => ["x"], "B" => [1i64]).unwrap();
+        let path = dir.path().join("t.parquet");
+        let mut w = TableWriter::create(&path, &prov("fp"), &first).unwrap();
+        w.write(first.clone()).unwrap();
+        // A batch where `A` has no value at all: no type.
+        let untyped = DataFrame::new(
+            2,
+            vec![
+                Column::full_null("A".into(), 2, &DataType::Null),
+                Column::new("B".into(), [2i64, 3]),
+            ],
+        )
+        .unwrap();
+        w.write(untyped).unwrap();
+        let other = df!("A" => ["y"], "C" => [1i64]).unwrap();
+        let e = w.write(other).unwrap_err().to_string();
+        assert!(e.contains("cannot run in subject batches"), "{e}");
+        w.finish().unwrap();
+        let back = ParquetReader::new(File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        assert_eq!(back.column("A").unwrap().null_count(), 2);
+        assert_eq!(back.height(), 3);
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub force: bool,
     /// `--select`: stages that run whatever the cache holds (see [`Selection`]).
     pub select: Vec<String>,
+    /// `--batch-subjects N`: the stages after the ingests run on about N subjects at a time
+    /// (docs/subject-batches.md); `None`: on the whole tables.
+    pub batch_subjects: Option<usize>,
 }
 
 impl RunOptions {
@@ -142,7 +145,15 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         previous: previous.as_ref(),
         published: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
     };
-    if let Err(e) = engine.execute() {
+    let executed = match opts.batch_subjects {
+        Some(size) => match engine.execute_batched(size) {
+            Ok(true) => Ok(()),
+            Ok(false) => engine.execute(),
+            Err(e) => Err(e),
+        },
+        None => engine.execute(),
+    };
+    if let Err(e) = executed {
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e);
     }
@@ -231,7 +242,7 @@ pub(crate) fn sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<DataFram
 /// True when every row's keys are at most the next row's (lexicographically), so a stable
 /// sort would keep the order. Only for keys without nulls of types whose comparison is the
 /// sort's order (text, integers, dates, booleans); anything else says false and is sorted.
-fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<bool> {
+pub(crate) fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<bool> {
     if df.height() < 2 {
         return Ok(true);
     }
@@ -272,7 +283,7 @@ fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<bool> {
     Ok(all.column("ordered")?.bool()?.get(0) == Some(true))
 }
 
-fn content_key(parts: &[&str]) -> String {
+pub(crate) fn content_key(parts: &[&str]) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"studyflow-published-1");
     for p in parts {
@@ -316,7 +327,7 @@ fn same_published_table(
 }
 
 /// What the footer of published table `table` (of stage fingerprint `fp`) says of it.
-fn provenance(plan: &Plan, table: &str, fp: &str) -> Provenance {
+pub(crate) fn provenance(plan: &Plan, table: &str, fp: &str) -> Provenance {
     Provenance {
         pipeline: plan.spec.header.pipeline.clone(),
         pipeline_hash: plan.pipeline_hash.clone(),

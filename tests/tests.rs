@@ -20,3 +20,4 @@ mod nightly;
 mod phases;
 mod publish_atomic;
 mod row_fate_property;
+mod subject_batches;

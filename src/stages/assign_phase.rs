@@ -173,6 +173,11 @@ fn phase_of_rows(
 }
 
 impl Stage for AssignPhase {
+    /// Each row, from its subject's windows.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn arity(&self) -> Arity {
         Arity::Exactly(2)
     }

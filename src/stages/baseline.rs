@@ -35,6 +35,11 @@ fn default_value() -> String {
 }
 
 impl Stage for Baseline {
+    /// Within each subject's rows of a parameter.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn arity(&self) -> Arity {
         Arity::Exactly(2)
     }

@@ -878,6 +878,11 @@ impl ConvertUnits {
 }
 
 impl Stage for ConvertUnits {
+    /// Row by row.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn row_level(&self) -> bool {
         true
     }

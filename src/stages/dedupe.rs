@@ -304,6 +304,17 @@ impl Stage for Dedupe {
         true
     }
 
+    /// Duplicates share the key: with the subject in the key, they share the subject.
+    fn across_subjects(&self, subject_columns: &[String]) -> Option<String> {
+        (!self.key.iter().any(|k| subject_columns.contains(k))).then(|| {
+            format!(
+                "its key ({}) holds no subject column ({})",
+                self.key.join(", "),
+                subject_columns.join(", ")
+            )
+        })
+    }
+
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
         if self.key.is_empty() {
             vec!["`key` needs at least one column".into()]

@@ -40,6 +40,11 @@ fn default_min_items() -> usize {
 const OUTPUTS: [&str; 3] = ["DIARYSCORE", "NITEMS", "DSFLAG"];
 
 impl Stage for DiaryScore {
+    /// Row by row.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn row_level(&self) -> bool {
         true
     }

@@ -427,6 +427,11 @@ fn require_numeric(df: &DataFrame, table: &str, name: &str) -> anyhow::Result<()
 }
 
 impl Stage for GrowthZscore {
+    /// Row by row, with the subject's own sex and birth date.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn arity(&self) -> Arity {
         Arity::Exactly(2)
     }

@@ -157,6 +157,14 @@ pub trait Stage: Send + Sync + Debug {
     fn reads_run_date(&self) -> bool {
         false
     }
+    /// Why an output row of this stage may depend on rows of other subjects; `None` when
+    /// it depends only on rows of its own subject, so that the stage can run on the rows of
+    /// a few subjects at a time (`run --batch-subjects`, docs/subject-batches.md).
+    /// `subject_columns` are the names a subject id goes by in the tables (each source's
+    /// subject column, and `USUBJID`). A kind says so explicitly; by default it may not.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        Some("its kind does not say that it works subject by subject".into())
+    }
     /// Builds the output table.
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput>;
 }

@@ -61,6 +61,11 @@ pub struct AnchorSource {
 }
 
 impl Stage for PhaseAnchors {
+    /// Each subject's dates, from that subject's rows.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     /// The subject column and the anchors' date columns of `input`; all of it when an anchor
     /// filters its rows (the filter may name any column).
     fn reads_columns(&self, input: &str) -> Option<Vec<String>> {

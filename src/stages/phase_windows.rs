@@ -270,6 +270,11 @@ impl PhaseWindows {
 }
 
 impl Stage for PhaseWindows {
+    /// Each subject's windows, from that subject's anchors.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
         let mut out = Vec::new();
         if let Err(e) = self.bounds() {

@@ -186,6 +186,11 @@ fn work(i: usize) -> String {
 }
 
 impl Stage for Recode {
+    /// Row by row.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn row_level(&self) -> bool {
         true
     }

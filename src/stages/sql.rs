@@ -20,6 +20,11 @@ pub struct Sql {
     /// fate of their files fail to reconcile, and the run fails naming them.
     #[serde(default)]
     pub row_level: bool,
+    /// Each output row depends only on rows of one subject (a selection, renaming or union
+    /// of rows, or groups that include the subject), so the query may run on a few subjects
+    /// at a time (`run --batch-subjects`). studyflow cannot judge a query: the pipeline says.
+    #[serde(default)]
+    pub subject_local: bool,
 }
 
 impl Stage for Sql {
@@ -29,6 +34,11 @@ impl Stage for Sql {
 
     fn row_level(&self) -> bool {
         self.row_level
+    }
+
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        (!self.subject_local)
+            .then(|| "it is a query the pipeline does not mark `subject_local: true`".into())
     }
 
     /// An unpublished query's table is not cached: it is mostly a selection or a union of
@@ -74,6 +84,7 @@ mod tests {
         let stage = Sql {
             query: "SELECT a.s, x + y AS z FROM a JOIN b ON a.s = b.s ORDER BY a.s".into(),
             row_level: false,
+            subject_local: false,
         };
         let out = ctx_for(|ctx| stage.run(ctx, &inputs))
             .unwrap()
@@ -81,5 +92,12 @@ mod tests {
             .collect()
             .unwrap();
         assert_eq!(ints(&out, "z"), [Some(11), Some(22)]);
+        // studyflow cannot judge a query: only the pipeline says it works subject by subject.
+        assert!(stage.across_subjects(&["s".into()]).is_some());
+        let marked = Sql {
+            subject_local: true,
+            ..stage
+        };
+        assert_eq!(marked.across_subjects(&["s".into()]), None);
     }
 }

@@ -580,6 +580,11 @@ fn join_weight(
 }
 
 impl Stage for SteroidEquivalent {
+    /// A subject's days come from that subject's orders and weights.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn arity(&self) -> Arity {
         Arity::Exactly(self.named_inputs().len())
     }

@@ -153,7 +153,24 @@ fn input<'a>(inputs: &'a Inputs, name: &str) -> anyhow::Result<&'a DataFrame> {
     })
 }
 
+/// The phase numbers that the `phase_windows` stage named `table` defines; `None` when
+/// `table` is made by a stage of another kind (its phases are then those in its rows).
+fn defined_phases(spec: &PipelineSpec, table: &str) -> Option<Vec<i64>> {
+    let entry = spec
+        .stages
+        .iter()
+        .find(|e| e.common.name.value == table && e.common.kind.value == "phase_windows")?;
+    let windows: crate::stages::phase_windows::PhaseWindows =
+        spec.stage_params(entry.index).ok()?;
+    Some(windows.phases.iter().map(|p| p.number).collect())
+}
+
 impl Stage for SubjectTable {
+    /// One row per subject, from that subject's rows.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn arity(&self) -> Arity {
         Arity::Exactly(self.named_inputs().len())
     }
@@ -182,7 +199,7 @@ impl Stage for SubjectTable {
         out
     }
 
-    fn run(&self, _ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput> {
         let key = || [col("USUBJID")];
         let left = || JoinArgs::new(JoinType::Left);
         let mut sel = vec![col(self.subject.as_str()).alias("USUBJID")];
@@ -197,13 +214,18 @@ impl Stage for SubjectTable {
         }
         if let Some(p) = &self.phases {
             let phases = input(inputs, p)?;
-            let mut numbers: Vec<i64> = phases
-                .column("APHASEN")?
-                .cast(&DataType::Int64)?
-                .i64()?
-                .iter()
-                .flatten()
-                .collect();
+            // Every phase the pipeline defines, reached or not: the table's columns do not
+            // change with the data (nor from one batch of subjects to the next).
+            let mut numbers: Vec<i64> = match defined_phases(ctx.spec, p) {
+                Some(defined) => defined,
+                None => phases
+                    .column("APHASEN")?
+                    .cast(&DataType::Int64)?
+                    .i64()?
+                    .iter()
+                    .flatten()
+                    .collect(),
+            };
             numbers.sort();
             numbers.dedup();
             for n in numbers {
@@ -343,5 +365,51 @@ mod tests {
         // 2012-06-14 .. 2015-06-14 inclusive: 1095 + 1 (2012 leap day is before) = 1096 days.
         assert_eq!(strings(&out, "TRTDURD"), ["1096", "1096", "null"]);
         assert_eq!(strings(&out, "REMFL"), ["Y", "N", "null"]);
+    }
+
+    #[test]
+    fn phase_columns_are_every_defined_phase_reached_or_not() {
+        let subjects = df!("subject" => ["C1", "C2"]).unwrap();
+        // Only phase 1 in the data; the pipeline defines phases 1 and 3.
+        let adph = DataFrame::new_infer_height(vec![
+            Column::new("USUBJID".into(), ["C1"]),
+            Column::new("APHASEN".into(), [1i64]),
+            dates(&["2012-01-01"]).with_name("ASTDT".into()).into(),
+            dates(&["2012-03-01"]).with_name("AENDT".into()).into(),
+            Column::new("ADURN".into(), [61i64]),
+        ])
+        .unwrap();
+        let stage: SubjectTable =
+            serde_saphyr::from_str("subjects: subjects\nphases: adph\n").unwrap();
+        let inputs = Inputs {
+            tables: vec![("subjects".into(), subjects), ("adph".into(), adph)],
+        };
+        let pipeline = "pipeline: test\nstages:\n  - name: adph\n    kind: phase_windows\n    inputs: [anchors]\n    phases:\n      - {number: 3, label: c, start: FRSTDT, end: LSTVSTDT}\n      - {number: 1, label: a, start: FRSTDT, end: LSTVSTDT}\n";
+        let spec = PipelineSpec::parse(std::path::Path::new("test.yaml"), pipeline.into()).unwrap();
+        let ctx = StageCtx {
+            name: "adsl",
+            spec: &spec,
+            run_date: chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap(),
+            data_dir: std::path::Path::new("."),
+            base_dir: std::path::Path::new("."),
+            sources: &[],
+        };
+        let out = stage.run(&ctx, &inputs).unwrap().table.collect().unwrap();
+        let names: Vec<&str> = out.get_column_names().iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "USUBJID", "PH1SDT", "PH1EDT", "PH1DUR", "PH3SDT", "PH3EDT", "PH3DUR"
+            ]
+        );
+        assert_eq!(strings(&out, "PH1SDT"), ["2012-01-01", "null"]);
+        assert_eq!(strings(&out, "PH3SDT"), ["null", "null"]);
+        // Phases made by another kind of stage: those in its rows.
+        let out = ctx_for(|c| stage.run(c, &inputs))
+            .unwrap()
+            .table
+            .collect()
+            .unwrap();
+        assert_eq!(out.width(), 4);
     }
 }

@@ -170,6 +170,17 @@ impl Summarize {
 }
 
 impl Stage for Summarize {
+    /// With the subject among the groups, each group is one subject's rows.
+    fn across_subjects(&self, subject_columns: &[String]) -> Option<String> {
+        (!self.by.iter().any(|k| subject_columns.contains(k))).then(|| {
+            format!(
+                "its groups ({}) hold no subject column ({})",
+                self.by.join(", "),
+                subject_columns.join(", ")
+            )
+        })
+    }
+
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
         let long = self.value.is_some() || self.parameter.is_some();
         if long && (self.value.is_none() || self.parameter.is_none()) {

@@ -134,6 +134,11 @@ impl Rule {
 }
 
 impl Stage for Validate {
+    /// Row by row.
+    fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
+        None
+    }
+
     fn row_level(&self) -> bool {
         true
     }

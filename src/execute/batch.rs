@@ -1,0 +1,620 @@
+//! Running the stages after the ingests in subject batches (`run --batch-subjects N`,
+//! docs/subject-batches.md): the ingests run as always; their tables are then cut by subject
+//! id into batches of about N subjects, and every later stage runs on one batch's rows at a
+//! time, in the same order as a whole run. A batch's tables are dropped once the stages of the
+//! batch that read them have run, and each published table is written part by part, so the
+//! run holds the ingests' tables and the batches in flight, not every stage's whole table.
+//!
+//! This gives the same tables as a whole run when every stage after the ingests works subject
+//! by subject ([`crate::stages::Stage::across_subjects`]); a plan with a stage that does not
+//! runs whole, and says why. Batches are cut in the order of the subject ids, so a published
+//! table sorted by subject first is sorted as a whole; each part's order against the one
+//! before it is checked as it is written.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::*;
+use crate::cache::TablePart;
+use crate::manifest::TableRecord;
+use crate::publish::TableWriter;
+
+/// The subject column of each ingest stage's source (`None` for the other stages).
+type SubjectColumns = Vec<Option<String>>;
+
+/// One stage's output for one batch.
+struct Part {
+    summary: StageSummary,
+    rejects: Option<DataFrame>,
+    dropped: Option<DataFrame>,
+    /// The rows to publish (published stages only), sorted as published.
+    table: Option<DataFrame>,
+    seconds: f64,
+}
+
+/// What the batches of one stage add up to, as they are committed in batch order.
+#[derive(Default)]
+struct Sum {
+    summary: Option<StageSummary>,
+    rejects: Vec<DataFrame>,
+    dropped: Vec<DataFrame>,
+    writer: Option<TableWriter>,
+    /// The sort key of the last published row, to check the next part's order against.
+    last: Option<DataFrame>,
+    seconds: f64,
+}
+
+/// Batches finished out of order wait here until the batches before them are committed.
+struct Commit {
+    next: usize,
+    waiting: BTreeMap<usize, Vec<Option<Part>>>,
+    sums: Vec<Sum>,
+}
+
+/// A stage's fingerprint, cache key and recipe, decided before the batches run.
+struct Decided {
+    fingerprint: String,
+    key: String,
+    recipe: Recipe,
+    reasons: Vec<String>,
+}
+
+/// Adds the row counts of `b` to `a`.
+fn add_summary(a: &mut StageSummary, b: StageSummary) {
+    a.rows += b.rows;
+    a.rejected += b.rejected;
+    a.set_aside += b.set_aside;
+    a.has_srcfile |= b.has_srcfile;
+    a.has_rejects |= b.has_rejects;
+    a.has_dropped |= b.has_dropped;
+    for (mine, theirs) in [
+        (&mut a.accepted_by_file, b.accepted_by_file),
+        (&mut a.rejected_by_file, b.rejected_by_file),
+        (&mut a.collapsed_by_file, b.collapsed_by_file),
+        (&mut a.superseded_by_file, b.superseded_by_file),
+    ] {
+        for (file, n) in theirs {
+            *mine.entry(file).or_default() += n;
+        }
+    }
+    a.files.extend(b.files);
+}
+
+/// The rows of each batch in `table`: batch `b` holds the subject ids from `bounds[b - 1]`
+/// (inclusive) to `bounds[b]` (exclusive); rows without a subject id go to the first batch.
+/// Each subject is looked up once per run of its rows.
+fn rows_by_batch(table: &DataFrame, column: &str, bounds: &[String]) -> PolarsResult<Vec<IdxCa>> {
+    let ids = table.column(column)?.cast(&DataType::String)?;
+    let ids = ids.str()?;
+    let mut rows: Vec<Vec<IdxSize>> = vec![Vec::new(); bounds.len() + 1];
+    let mut last: Option<(Option<&str>, usize)> = None;
+    for (i, id) in ids.iter().enumerate() {
+        let batch = match last {
+            Some((seen, batch)) if seen == id => batch,
+            _ => {
+                let batch = id.map_or(0, |id| bounds.partition_point(|b| b.as_str() <= id));
+                last = Some((id, batch));
+                batch
+            }
+        };
+        rows[batch].push(i as IdxSize);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| IdxCa::from_vec("__rows".into(), r))
+        .collect())
+}
+
+/// The tables `parts` one after the other (`None` when no batch made one).
+fn stacked(parts: Vec<DataFrame>) -> PolarsResult<Option<DataFrame>> {
+    let mut parts = parts.into_iter();
+    let Some(mut all) = parts.next() else {
+        return Ok(None);
+    };
+    for p in parts {
+        all.vstack_mut_owned(p)?;
+    }
+    all.rechunk_mut_par();
+    Ok(Some(all))
+}
+
+impl Engine<'_> {
+    /// The subject column of each ingest's source (by stage), or why the plan cannot run in
+    /// subject batches.
+    fn batch_plan(&self) -> anyhow::Result<Result<SubjectColumns, String>> {
+        let plan = self.plan;
+        let mut subject_of = vec![None; plan.stages.len()];
+        for (id, s) in plan.stages.iter().enumerate() {
+            if let Kind::Ingest(ing) = &s.kind {
+                let source = ing.source(self.sources)?;
+                match source.spec.columns.iter().find(|c| c.value.ty == "subject") {
+                    Some(c) => subject_of[id] = Some(c.value.name.clone()),
+                    None => {
+                        return Ok(Err(format!(
+                            "source `{}` (stage `{}`) has no column of type subject",
+                            source.name, s.name
+                        )));
+                    }
+                }
+            }
+        }
+        let mut names: Vec<String> = subject_of.iter().flatten().cloned().collect();
+        names.push("USUBJID".into());
+        names.sort();
+        names.dedup();
+        for s in &plan.stages {
+            if matches!(s.kind, Kind::Ingest(_)) {
+                continue;
+            }
+            if let Some(why) = s.kind.stage().across_subjects(&names) {
+                return Ok(Err(format!("stage `{}` ({}): {why}", s.name, s.kind_name)));
+            }
+            if s.publish && s.sort_by.first().is_none_or(|k| !names.contains(k)) {
+                return Ok(Err(format!(
+                    "stage `{}` is published sorted by {} rather than by a subject column ({})",
+                    s.name,
+                    if s.sort_by.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        s.sort_by.join(", ")
+                    },
+                    names.join(", ")
+                )));
+            }
+        }
+        Ok(Ok(subject_of))
+    }
+
+    /// Runs the plan with the stages after the ingests in batches of about `size` subjects.
+    /// `Ok(false)`, having run nothing, when the plan cannot run so (the log says why); the
+    /// caller then runs it whole.
+    pub(crate) fn execute_batched(&self, size: usize) -> anyhow::Result<bool> {
+        let subject_of = match self.batch_plan()? {
+            Ok(p) => p,
+            Err(why) => {
+                self.log.warn(&format!(
+                    "not running in subject batches: {why}; running the stages whole"
+                ));
+                return Ok(false);
+            }
+        };
+        let plan = self.plan;
+        let n = plan.stages.len();
+        let bar = self.log.progress(n as u64);
+        let ingests: Vec<usize> = (0..n).filter(|&id| subject_of[id].is_some()).collect();
+        concurrently(&ingests, self.workers, |&id| {
+            let slot = self.stage(id)?;
+            self.announce(id, &slot, &bar)?;
+            self.slots[id].set(slot).map_err(|_| {
+                RunError::Internal(format!("stage `{}` ran twice", plan.stages[id].name))
+            })?;
+            Ok(())
+        })?;
+        let tables: Vec<Option<Arc<Frames>>> = (0..n)
+            .map(|id| match subject_of[id] {
+                Some(_) => self.frames(id).map(Some),
+                None => Ok(None),
+            })
+            .collect::<anyhow::Result<_>>()?;
+
+        // Batches of `size` subject ids, in the order of the ids.
+        let mut ids: Vec<String> = Vec::new();
+        for &id in &ingests {
+            let (Some(t), Some(column)) = (&tables[id], &subject_of[id]) else {
+                continue;
+            };
+            let distinct = t.table.column(column)?.cast(&DataType::String)?;
+            let distinct = distinct.as_materialized_series().unique()?;
+            ids.extend(distinct.str()?.iter().flatten().map(str::to_string));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let size = size.max(1);
+        let batches = ids.len().div_ceil(size).max(1);
+        let bounds: Vec<String> = (1..batches).map(|b| ids[b * size].clone()).collect();
+        let mut rows: Vec<Vec<IdxCa>> = vec![Vec::new(); n];
+        for &id in &ingests {
+            if let (Some(t), Some(column)) = (&tables[id], &subject_of[id]) {
+                rows[id] = rows_by_batch(&t.table, column, &bounds)?;
+            }
+        }
+        self.log.info(&format!(
+            "{} subjects in {batches} batches of up to {size}",
+            ids.len()
+        ));
+
+        // Every later stage, in dependency order, decided as a run of all of them.
+        let order: Vec<usize> = plan
+            .waves
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&id| subject_of[id].is_none())
+            .collect();
+        let mut fps: Vec<Option<String>> = vec![None; n];
+        let mut contents: Vec<Option<String>> = vec![None; n];
+        for &id in &ingests {
+            let s = self.slot(id)?;
+            fps[id] = Some(s.fingerprint.clone());
+            contents[id] = Some(s.content.clone());
+        }
+        let mut decided: Vec<Option<Decided>> = (0..n).map(|_| None).collect();
+        for &id in &order {
+            let of = |v: &[Option<String>]| -> Vec<Option<String>> {
+                plan.stages[id]
+                    .input_ids
+                    .iter()
+                    .map(|&j| v[j].clone())
+                    .collect()
+            };
+            let recipe = self.judge.recipe(id, &of(&fps));
+            let d = self
+                .judge
+                .decide(id, recipe, true, Vec::new(), &of(&contents));
+            let fingerprint = d.fingerprint.clone().unwrap_or_default();
+            let key = d.key.clone().unwrap_or_default();
+            fps[id] = Some(fingerprint.clone());
+            contents[id] = Some(key.clone());
+            let mut reasons = vec![format!("ran in {batches} subject batches")];
+            reasons.extend(d.reasons);
+            decided[id] = Some(Decided {
+                fingerprint,
+                key,
+                recipe: d.recipe,
+                reasons,
+            });
+        }
+
+        // The batches, `workers` at a time, committed in batch order.
+        let commit = Mutex::new(Commit {
+            next: 0,
+            waiting: BTreeMap::new(),
+            sums: (0..n).map(|_| Sum::default()).collect(),
+        });
+        let next = AtomicUsize::new(0);
+        let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..self.workers.clamp(1, batches) {
+                scope.spawn(|| {
+                    loop {
+                        let b = next.fetch_add(1, Ordering::Relaxed);
+                        if b >= batches || failed.load(Ordering::Acquire) {
+                            break;
+                        }
+                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let parts = self.run_batch(b, &order, &tables, &rows)?;
+                            self.commit(&commit, b, parts, &decided)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(
+                                RunError::Internal(format!("subject batch {} panicked", b + 1))
+                                    .into(),
+                            )
+                        });
+                        if let Err(e) = done {
+                            failed.store(true, Ordering::Release);
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
+                        if self.log.plain_steps() {
+                            self.log
+                                .info(&format!("subject batch {} of {batches} done", b + 1));
+                        } else {
+                            bar.set_message(format!("subject batch {} of {batches}", b + 1));
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = failure.into_inner().map_err(|_| poisoned())? {
+            return Err(e);
+        }
+        for &id in &ingests {
+            self.release_table(id)?;
+        }
+        drop(tables);
+
+        // Each stage's slot, cache entry and published table, as a whole run leaves them.
+        let mut sums = commit.into_inner().map_err(|_| poisoned())?.sums;
+        for &id in &order {
+            let s = &plan.stages[id];
+            let d = decided[id]
+                .take()
+                .ok_or_else(|| RunError::Internal(format!("`{}` was not decided", s.name)))?;
+            let sum = std::mem::take(&mut sums[id]);
+            let mut summary = sum.summary.unwrap_or_default();
+            summary.content = Some(d.key.clone());
+            let frames = Frames {
+                table: DataFrame::empty(),
+                rejects: stacked(sum.rejects)?,
+                dropped: stacked(sum.dropped)?,
+                rows: None,
+            };
+            let file = match sum.writer {
+                Some(writer) => {
+                    let (bytes, blake3, rows) = writer.finish()?;
+                    let file = format!("{}.parquet", s.name);
+                    let record = TableRecord {
+                        name: s.name.clone(),
+                        file: file.clone(),
+                        rows,
+                        bytes,
+                        blake3: blake3.clone(),
+                        key: s.sort_by.clone(),
+                        content_key: batched_content_key(
+                            plan,
+                            &s.name,
+                            &s.sort_by,
+                            &d.fingerprint,
+                            size,
+                        ),
+                        status: "written".into(),
+                    };
+                    let _ = self.published[id].set(record);
+                    Some(cache::TableFile {
+                        path: self.run_dir.join(file),
+                        bytes,
+                        blake3,
+                    })
+                }
+                None => None,
+            };
+            let table = match &file {
+                Some(f) => TablePart::Link(f),
+                None => TablePart::Omit,
+            };
+            if let Err(e) =
+                self.cache
+                    .store_stage(&d.key, &s.name, Some(&frames), table, &summary, Vec::new())
+            {
+                self.log.warn(&format!(
+                    "could not cache the output of `{}`: {e:#}",
+                    s.name
+                ));
+            }
+            let slot = Slot::ran(
+                d.fingerprint,
+                d.key.clone(),
+                d.key,
+                d.recipe,
+                (frames, summary),
+                d.reasons,
+                Instant::now(),
+                None,
+            );
+            slot.state.lock().map_err(|_| poisoned())?.seconds = sum.seconds;
+            // Its table was never whole: a later reader would get nothing.
+            slot.released.store(true, Ordering::Release);
+            self.announce(id, &slot, &bar)?;
+            self.slots[id]
+                .set(slot)
+                .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+        }
+        bar.finish_and_clear();
+        Ok(true)
+    }
+
+    /// Runs every stage of `order` on the rows of batch `b` of the ingests' `tables`; what
+    /// each stage made, by stage.
+    fn run_batch(
+        &self,
+        b: usize,
+        order: &[usize],
+        tables: &[Option<Arc<Frames>>],
+        rows: &[Vec<IdxCa>],
+    ) -> anyhow::Result<Vec<Option<Part>>> {
+        let plan = self.plan;
+        let n = plan.stages.len();
+        let mut held: Vec<Option<DataFrame>> = vec![None; n];
+        for (id, t) in tables.iter().enumerate() {
+            if let (Some(t), Some(r)) = (t, rows[id].get(b)) {
+                held[id] = Some(crate::stages::gather_rows(&t.table, r)?);
+            }
+        }
+        // Readers still to run of each table in this batch.
+        let mut left = vec![0usize; n];
+        for &id in order {
+            let mut inputs = plan.stages[id].input_ids.clone();
+            inputs.sort_unstable();
+            inputs.dedup();
+            for j in inputs {
+                left[j] += 1;
+            }
+        }
+        let mut parts: Vec<Option<Part>> = (0..n).map(|_| None).collect();
+        for &id in order {
+            let s = &plan.stages[id];
+            let t0 = Instant::now();
+            let mut inputs = Vec::with_capacity(s.inputs.len());
+            for (&j, name) in s.input_ids.iter().zip(&s.inputs) {
+                let t = held[j].as_ref().ok_or_else(|| {
+                    RunError::Internal(format!(
+                        "`{}` of batch {} is gone",
+                        plan.stages[j].name,
+                        b + 1
+                    ))
+                })?;
+                let t = match s.kind.stage().reads_columns(name) {
+                    // A column the table lacks is left for the stage to name in its message.
+                    Some(columns) => t
+                        .select(columns.iter().map(String::as_str))
+                        .unwrap_or(t.clone()),
+                    None => t.clone(),
+                };
+                inputs.push((name.clone(), t));
+            }
+            let out = s
+                .kind
+                .stage()
+                .run(&self.ctx(id), &Inputs { tables: inputs })
+                .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
+            let mut table = out
+                .table
+                .collect()
+                .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+            if s.publish {
+                table = crate::run::sorted(&table, &s.sort_by)?;
+            }
+            let summary = row_fate::summarize(
+                &table,
+                out.rejects.as_ref(),
+                out.dropped.as_ref(),
+                s.kind.stage().row_level(),
+                out.files,
+                None,
+            )?;
+            let mut inputs = s.input_ids.clone();
+            inputs.sort_unstable();
+            inputs.dedup();
+            for j in inputs {
+                left[j] -= 1;
+                if left[j] == 0 {
+                    held[j] = None;
+                }
+            }
+            parts[id] = Some(Part {
+                summary,
+                rejects: out.rejects,
+                dropped: out.dropped,
+                table: s.publish.then(|| table.clone()),
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+            if left[id] > 0 {
+                held[id] = Some(table);
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Commits batch `b` once the batches before it are: its published rows are written,
+    /// its counts added.
+    fn commit(
+        &self,
+        commit: &Mutex<Commit>,
+        b: usize,
+        parts: Vec<Option<Part>>,
+        decided: &[Option<Decided>],
+    ) -> anyhow::Result<()> {
+        let mut c = commit.lock().map_err(|_| poisoned())?;
+        c.waiting.insert(b, parts);
+        loop {
+            let next = c.next;
+            let Some(parts) = c.waiting.remove(&next) else {
+                break;
+            };
+            for (id, part) in parts.into_iter().enumerate() {
+                let Some(part) = part else { continue };
+                let s = &self.plan.stages[id];
+                let sum = &mut c.sums[id];
+                sum.seconds += part.seconds;
+                match &mut sum.summary {
+                    Some(total) => add_summary(total, part.summary),
+                    None => sum.summary = Some(part.summary),
+                }
+                sum.rejects.extend(part.rejects);
+                sum.dropped.extend(part.dropped);
+                let Some(table) = part.table else { continue };
+                if table.height() > 0 {
+                    let keys: Vec<&str> = s.sort_by.iter().map(String::as_str).collect();
+                    let first = table.select(keys.iter().copied())?.slice(0, 1);
+                    if let Some(last) = &sum.last {
+                        let mut pair = last.clone();
+                        pair.vstack_mut(&first)?;
+                        if !crate::run::already_sorted(&pair, &s.sort_by)? {
+                            return Err(DataError::Stage {
+                                stage: s.name.clone(),
+                                message: format!(
+                                    "in subject batches its rows are not in the order of its \
+                                     sort_by ({}): the first of them is not ordered like the \
+                                     subject ids; run it without --batch-subjects",
+                                    s.sort_by.join(", ")
+                                ),
+                            }
+                            .into());
+                        }
+                    }
+                    sum.last = Some(
+                        table
+                            .select(keys.iter().copied())?
+                            .slice(table.height() as i64 - 1, 1),
+                    );
+                }
+                if sum.writer.is_none() {
+                    let d = decided[id].as_ref().ok_or_else(|| {
+                        RunError::Internal(format!("`{}` was not decided", s.name))
+                    })?;
+                    publish::failpoint(&format!("write:{}", s.name))?;
+                    let prov = crate::run::provenance(self.plan, &s.name, &d.fingerprint);
+                    sum.writer = Some(TableWriter::create(
+                        &self.run_dir.join(format!("{}.parquet", s.name)),
+                        &prov,
+                        &table,
+                    )?);
+                }
+                if let Some(w) = &mut sum.writer {
+                    w.write(table)?;
+                }
+            }
+            c.next += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The content key of a table published in subject batches: its row groups follow the
+/// batches, so its bytes differ from the same table written whole.
+fn batched_content_key(plan: &Plan, name: &str, key: &[String], fp: &str, size: usize) -> String {
+    crate::run::content_key(&[
+        name,
+        fp,
+        &plan.spec.header.pipeline,
+        &plan.pipeline_hash,
+        crate::ENGINE_VERSION,
+        &key.join("\u{1f}"),
+        &format!("subject batches of {size}"),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_to_the_batch_of_their_subject_id_and_missing_ids_to_the_first() {
+        let t = df!(
+            "subject" => [Some("C7"), Some("C7"), None, Some("A1"), Some("C10"), Some("Z9"), Some("C7")],
+        )
+        .unwrap();
+        // Batches: [.., C10), [C10, S1), [S1, ..).
+        let bounds = ["C10".to_string(), "S1".to_string()];
+        let rows: Vec<Vec<IdxSize>> = rows_by_batch(&t, "subject", &bounds)
+            .unwrap()
+            .iter()
+            .map(|r| r.into_no_null_iter().collect())
+            .collect();
+        assert_eq!(rows, [vec![2, 3], vec![0, 1, 4, 6], vec![5]]);
+    }
+
+    #[test]
+    fn batch_counts_add_up_by_file() {
+        let one = |file: &str, rows: u64| StageSummary {
+            rows,
+            rejected: 1,
+            accepted_by_file: [(file.to_string(), rows)].into(),
+            rejected_by_file: [(file.to_string(), 1)].into(),
+            ..Default::default()
+        };
+        let mut total = one("a.csv", 3);
+        add_summary(&mut total, one("a.csv", 4));
+        add_summary(&mut total, one("b.csv", 5));
+        assert_eq!((total.rows, total.rejected), (12, 3));
+        assert_eq!(
+            total.accepted_by_file,
+            [("a.csv".to_string(), 7), ("b.csv".to_string(), 5)].into()
+        );
+        assert_eq!(total.rejected_by_file["a.csv"], 2);
+    }
+}

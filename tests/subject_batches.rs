@@ -1,0 +1,229 @@
+//! `run --batch-subjects N`: the stages after the ingests run a few subjects at a time and
+//! publish exactly the tables of a whole run; a later whole run reuses what a batched run
+//! cached; a plan with a stage that needs several subjects at once runs whole and says why.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use polars::prelude::*;
+use serde_json::Value;
+use studyflow::generate::{DirtRates, GenerateOptions, generate};
+
+use crate::workdir::{Workdir, assert_exit, stderr};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Runs the reference pipeline on `data` into `out`, with `extra` arguments.
+fn run_reference(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_studyflow"))
+        .arg("run")
+        .arg(repo("pipelines/reference.yaml"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--run-date", "2026-11-25"])
+        .args(extra)
+        .env_remove("STUDYFLOW_FAILPOINT")
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    o
+}
+
+/// Every published table of `out/current`, by file name.
+fn tables(out: &Path) -> BTreeMap<String, DataFrame> {
+    std::fs::read_dir(out.join("current"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .map(|p| {
+            let df = ParquetReader::new(std::fs::File::open(&p).unwrap())
+                .finish()
+                .unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), df)
+        })
+        .collect()
+}
+
+fn assert_same_tables(
+    got: &BTreeMap<String, DataFrame>,
+    want: &BTreeMap<String, DataFrame>,
+    what: &str,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: the tables published"
+    );
+    for (name, w) in want {
+        let g = &got[name];
+        assert_eq!(g.schema(), w.schema(), "{what}: columns of {name}");
+        assert!(
+            g.equals_missing(w),
+            "{what}: rows of {name} differ\ngot {g}\nwant {w}"
+        );
+    }
+}
+
+fn manifest(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("current/manifest.json")).unwrap()).unwrap()
+}
+
+/// Stage name -> (status, reasons).
+fn stages(m: &Value) -> BTreeMap<String, (String, String)> {
+    m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let reasons: Vec<&str> = s["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            (
+                s["name"].as_str().unwrap().to_string(),
+                (
+                    s["status"].as_str().unwrap().to_string(),
+                    reasons.join("; "),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn cohort(dir: &Path, subjects: usize, seed: u64) -> PathBuf {
+    let data = dir.join("data");
+    generate(&GenerateOptions {
+        out: data.clone(),
+        subjects,
+        years: 1,
+        sites: 3,
+        seed,
+        dirt: DirtRates::dense(),
+    })
+    .unwrap();
+    data
+}
+
+#[test]
+fn batches_of_any_size_publish_the_tables_of_a_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cohort(dir.path(), 12, 11);
+    let whole = dir.path().join("whole");
+    run_reference(&data, &whole, &[]);
+    let want = tables(&whole);
+    assert!(want.contains_key("addiary.parquet") && want.contains_key("row_fate.parquet"));
+    // One subject per batch, batches that do not divide the cohort, one batch for all.
+    for size in ["1", "5", "1000"] {
+        let out = dir.path().join(format!("batches-{size}"));
+        run_reference(&data, &out, &["--batch-subjects", size]);
+        assert_same_tables(&tables(&out), &want, &format!("batches of {size}"));
+        let m = manifest(&out);
+        let n: usize = size.parse().unwrap();
+        let subjects = tables(&whole)["subjects.parquet"].height();
+        let (status, reasons) = &stages(&m)["addiary"];
+        assert_eq!(status, "ran");
+        // The subject ids of every source: at least the subjects table's.
+        let batches: usize = reasons
+            .strip_prefix("ran in ")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("{reasons}"));
+        assert!(batches >= subjects.div_ceil(n), "{reasons}");
+        assert!(batches <= 1000, "{reasons}");
+    }
+}
+
+#[test]
+fn a_whole_run_after_a_batched_run_reuses_it_and_recomputes_what_it_did_not_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cohort(dir.path(), 9, 8);
+    let out = dir.path().join("out");
+    run_reference(&data, &out, &["--batch-subjects", "4"]);
+    let batched = tables(&out);
+
+    // Nothing changed: every stage is reused, the tables are the same.
+    run_reference(&data, &out, &[]);
+    let m = manifest(&out);
+    let ran: Vec<String> = stages(&m)
+        .into_iter()
+        .filter(|(_, (s, _))| s == "ran")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(ran, Vec::<String>::new());
+    assert_same_tables(&tables(&out), &batched, "reused after a batched run");
+
+    // One lab file changes: the stages after it run whole, and the tables they read that the
+    // batched run did not keep (the diary's dedupe, say) are computed again. The result is a
+    // cold whole run's on the same files.
+    let labs = std::fs::read_dir(data.join("nih"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("labs_")
+        })
+        .unwrap();
+    let mut text = std::fs::read(&labs).unwrap();
+    let last_line = text
+        .split(|&b| b == b'\n')
+        .rfind(|l| !l.is_empty())
+        .unwrap()
+        .to_vec();
+    text.extend_from_slice(b"\n");
+    text.extend_from_slice(&last_line);
+    text.extend_from_slice(b"\n");
+    std::fs::write(&labs, text).unwrap();
+    let o = run_reference(&data, &out, &[]);
+    let m = manifest(&out);
+    let st = stages(&m);
+    assert_eq!(st["labs"].0, "ran", "{}", stderr(&o));
+    assert_eq!(st["diary_raw"].0, "reused");
+    let cold = dir.path().join("cold");
+    run_reference(&data, &cold, &[]);
+    assert_same_tables(
+        &tables(&out),
+        &tables(&cold),
+        "incremental after a batched run",
+    );
+}
+
+#[test]
+fn a_plan_with_a_stage_across_subjects_runs_whole_and_says_why() {
+    // The fixture's `sql` stage is not marked `subject_local: true`.
+    let w = Workdir::from_fixture("two_sites");
+    let o = w.run(&[
+        "run",
+        "pipeline.yaml",
+        "--run-date",
+        "2026-11-25",
+        "--batch-subjects",
+        "1",
+    ]);
+    assert_exit(&o, 0);
+    let err = stderr(&o);
+    assert!(
+        err.contains("not running in subject batches: stage `")
+            && err
+                .contains("(sql): it is a query the pipeline does not mark `subject_local: true`"),
+        "{err}"
+    );
+    let whole = Workdir::from_fixture("two_sites");
+    assert_exit(
+        &whole.run(&["run", "pipeline.yaml", "--run-date", "2026-11-25"]),
+        0,
+    );
+    assert_same_tables(
+        &tables(&w.path("out")),
+        &tables(&whole.path("out")),
+        "whole run despite --batch-subjects",
+    );
+}
