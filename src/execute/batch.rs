@@ -12,6 +12,7 @@
 //! before it is checked as it is written.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use super::*;
@@ -103,6 +104,49 @@ fn rows_by_batch(table: &DataFrame, column: &str, bounds: &[String]) -> PolarsRe
         .into_iter()
         .map(|r| IdxCa::from_vec("__rows".into(), r))
         .collect())
+}
+
+/// The ingests' rows, batch by batch, in Arrow IPC files of a folder of the run (removed when
+/// the batches are done, or the run fails): the ingests' tables are let go of before the
+/// batches start, and each batch reads only its rows.
+struct Spill {
+    dir: PathBuf,
+}
+
+impl Spill {
+    fn create(dir: PathBuf) -> anyhow::Result<Spill> {
+        std::fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
+        Ok(Spill { dir })
+    }
+
+    fn path(&self, stage: usize, batch: usize) -> PathBuf {
+        self.dir.join(format!("{stage}-{batch}.arrow"))
+    }
+
+    fn write(&self, stage: usize, batch: usize, mut rows: DataFrame) -> anyhow::Result<()> {
+        use polars::io::ipc::{IpcCompression, IpcWriter};
+        let path = self.path(stage, batch);
+        let file = std::fs::File::create(&path).map_err(|e| RunError::io(&path, e))?;
+        IpcWriter::new(std::io::BufWriter::with_capacity(1 << 20, file))
+            .with_compression(Some(IpcCompression::LZ4))
+            .finish(&mut rows)
+            .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+        Ok(())
+    }
+
+    fn read(&self, stage: usize, batch: usize) -> anyhow::Result<DataFrame> {
+        let path = self.path(stage, batch);
+        let file = std::fs::File::open(&path).map_err(|e| RunError::io(&path, e))?;
+        Ok(polars::io::ipc::IpcReader::new(std::io::BufReader::new(file))
+            .finish()
+            .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?)
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The tables `parts` one after the other (`None` when no batch made one).
@@ -212,16 +256,23 @@ impl Engine<'_> {
         let size = size.max(1);
         let batches = ids.len().div_ceil(size).max(1);
         let bounds: Vec<String> = (1..batches).map(|b| ids[b * size].clone()).collect();
-        let mut rows: Vec<Vec<IdxCa>> = vec![Vec::new(); n];
-        for &id in &ingests {
-            if let (Some(t), Some(column)) = (&tables[id], &subject_of[id]) {
-                rows[id] = rows_by_batch(&t.table, column, &bounds)?;
-            }
-        }
         self.log.info(&format!(
             "{} subjects in {batches} batches of up to {size}",
             ids.len()
         ));
+        // Each ingest's rows by batch to the spill folder; then its table is let go of.
+        let spill = Spill::create(self.run_dir.join(".batches"))?;
+        let mut tables = tables;
+        for &id in &ingests {
+            if let (Some(t), Some(column)) = (tables[id].take(), &subject_of[id]) {
+                let rows = rows_by_batch(&t.table, column, &bounds)?;
+                for (b, r) in rows.iter().enumerate() {
+                    spill.write(id, b, crate::stages::gather_rows(&t.table, r)?)?;
+                }
+            }
+            self.release_table(id)?;
+        }
+        drop(tables);
 
         // Every later stage, in dependency order, decided as a run of all of them.
         let order: Vec<usize> = plan
@@ -283,7 +334,7 @@ impl Engine<'_> {
                             break;
                         }
                         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let parts = self.run_batch(b, &order, &tables, &rows)?;
+                            let parts = self.run_batch(b, &order, &ingests, &spill)?;
                             self.commit(&commit, b, parts, &decided)
                         }))
                         .unwrap_or_else(|_| {
@@ -312,10 +363,7 @@ impl Engine<'_> {
         if let Some(e) = failure.into_inner().map_err(|_| poisoned())? {
             return Err(e);
         }
-        for &id in &ingests {
-            self.release_table(id)?;
-        }
-        drop(tables);
+        drop(spill);
 
         // Each stage's slot, cache entry and published table, as a whole run leaves them.
         let mut sums = commit.into_inner().map_err(|_| poisoned())?.sums;
@@ -397,22 +445,20 @@ impl Engine<'_> {
         Ok(true)
     }
 
-    /// Runs every stage of `order` on the rows of batch `b` of the ingests' `tables`; what
-    /// each stage made, by stage.
+    /// Runs every stage of `order` on the rows of batch `b` of the `ingests` (from `spill`);
+    /// what each stage made, by stage.
     fn run_batch(
         &self,
         b: usize,
         order: &[usize],
-        tables: &[Option<Arc<Frames>>],
-        rows: &[Vec<IdxCa>],
+        ingests: &[usize],
+        spill: &Spill,
     ) -> anyhow::Result<Vec<Option<Part>>> {
         let plan = self.plan;
         let n = plan.stages.len();
         let mut held: Vec<Option<DataFrame>> = vec![None; n];
-        for (id, t) in tables.iter().enumerate() {
-            if let (Some(t), Some(r)) = (t, rows[id].get(b)) {
-                held[id] = Some(crate::stages::gather_rows(&t.table, r)?);
-            }
+        for &id in ingests {
+            held[id] = Some(spill.read(id, b)?);
         }
         // Readers still to run of each table in this batch.
         let mut left = vec![0usize; n];
