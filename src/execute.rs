@@ -278,8 +278,17 @@ impl Engine<'_> {
         }
         // Bytes of each finished stage's table while it is held for its readers.
         let mut held = vec![0u64; n];
-        let mut waiting: Vec<usize> = inputs.iter().map(Vec::len).collect();
-        let mut ready: Vec<usize> = (0..n).filter(|&id| waiting[id] == 0).collect();
+        // Stages already run (the ingests, when a run in subject batches found nothing after
+        // them to run) are done: only the inputs still to run are waited for.
+        let done = |id: usize| self.slots[id].get().is_some();
+        let mut waiting: Vec<usize> = inputs
+            .iter()
+            .map(|ins| ins.iter().filter(|&&j| !done(j)).count())
+            .collect();
+        let mut ready: Vec<usize> = (0..n).filter(|&id| !done(id) && waiting[id] == 0).collect();
+        for id in (0..n).filter(|&id| done(id)) {
+            held[id] = self.held_bytes(id);
+        }
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, anyhow::Result<()>)>();
         let mut running = 0usize;
         let mut failure: Option<anyhow::Error> = None;

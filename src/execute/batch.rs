@@ -137,9 +137,11 @@ impl Spill {
     fn read(&self, stage: usize, batch: usize) -> anyhow::Result<DataFrame> {
         let path = self.path(stage, batch);
         let file = std::fs::File::open(&path).map_err(|e| RunError::io(&path, e))?;
-        Ok(polars::io::ipc::IpcReader::new(std::io::BufReader::new(file))
-            .finish()
-            .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?)
+        Ok(
+            polars::io::ipc::IpcReader::new(std::io::BufReader::new(file))
+                .finish()
+                .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?,
+        )
     }
 }
 
@@ -234,6 +236,57 @@ impl Engine<'_> {
             })?;
             Ok(())
         })?;
+        // Every later stage, in dependency order, decided as a run of all of them.
+        let order: Vec<usize> = plan
+            .waves
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&id| subject_of[id].is_none())
+            .collect();
+        let mut fps: Vec<Option<String>> = vec![None; n];
+        let mut contents: Vec<Option<String>> = vec![None; n];
+        for &id in &ingests {
+            let s = self.slot(id)?;
+            fps[id] = Some(s.fingerprint.clone());
+            contents[id] = Some(s.content.clone());
+        }
+        let mut decided: Vec<Option<Decided>> = (0..n).map(|_| None).collect();
+        let mut all_reused = true;
+        for &id in &order {
+            let of = |v: &[Option<String>]| -> Vec<Option<String>> {
+                plan.stages[id]
+                    .input_ids
+                    .iter()
+                    .map(|&j| v[j].clone())
+                    .collect()
+            };
+            let recipe = self.judge.recipe(id, &of(&fps));
+            let d = self
+                .judge
+                .decide(id, recipe, true, Vec::new(), &of(&contents));
+            all_reused &= matches!(d.action, crate::reuse::Action::Reuse);
+            let fingerprint = d.fingerprint.clone().unwrap_or_default();
+            let key = d.key.clone().unwrap_or_default();
+            fps[id] = Some(fingerprint.clone());
+            contents[id] = Some(key.clone());
+            decided[id] = Some(Decided {
+                fingerprint,
+                key,
+                recipe: d.recipe,
+                reasons: d.reasons,
+            });
+        }
+
+        if all_reused {
+            // Nothing after the ingests has to run: the whole run reuses it all.
+            bar.finish_and_clear();
+            self.log
+                .info("every stage after the ingests is up to date: no subject batches");
+            self.execute()?;
+            return Ok(true);
+        }
+
         let tables: Vec<Option<Arc<Frames>>> = (0..n)
             .map(|id| match subject_of[id] {
                 Some(_) => self.frames(id).map(Some),
@@ -273,48 +326,6 @@ impl Engine<'_> {
             self.release_table(id)?;
         }
         drop(tables);
-
-        // Every later stage, in dependency order, decided as a run of all of them.
-        let order: Vec<usize> = plan
-            .waves
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|&id| subject_of[id].is_none())
-            .collect();
-        let mut fps: Vec<Option<String>> = vec![None; n];
-        let mut contents: Vec<Option<String>> = vec![None; n];
-        for &id in &ingests {
-            let s = self.slot(id)?;
-            fps[id] = Some(s.fingerprint.clone());
-            contents[id] = Some(s.content.clone());
-        }
-        let mut decided: Vec<Option<Decided>> = (0..n).map(|_| None).collect();
-        for &id in &order {
-            let of = |v: &[Option<String>]| -> Vec<Option<String>> {
-                plan.stages[id]
-                    .input_ids
-                    .iter()
-                    .map(|&j| v[j].clone())
-                    .collect()
-            };
-            let recipe = self.judge.recipe(id, &of(&fps));
-            let d = self
-                .judge
-                .decide(id, recipe, true, Vec::new(), &of(&contents));
-            let fingerprint = d.fingerprint.clone().unwrap_or_default();
-            let key = d.key.clone().unwrap_or_default();
-            fps[id] = Some(fingerprint.clone());
-            contents[id] = Some(key.clone());
-            let mut reasons = vec![format!("ran in {batches} subject batches")];
-            reasons.extend(d.reasons);
-            decided[id] = Some(Decided {
-                fingerprint,
-                key,
-                recipe: d.recipe,
-                reasons,
-            });
-        }
 
         // The batches, `workers` at a time, committed in batch order.
         let commit = Mutex::new(Commit {
@@ -423,13 +434,15 @@ impl Engine<'_> {
                     s.name
                 ));
             }
+            let mut reasons = vec![format!("ran in {batches} subject batches")];
+            reasons.extend(d.reasons);
             let slot = Slot::ran(
                 d.fingerprint,
                 d.key.clone(),
                 d.key,
                 d.recipe,
                 (frames, summary),
-                d.reasons,
+                reasons,
                 Instant::now(),
                 None,
             );
