@@ -629,6 +629,37 @@ impl Engine<'_> {
         })
     }
 
+    /// Runs (non-ingest) stage `id` on `tables`, its inputs by name: its table (sorted as it
+    /// will be published, when it is: the stages reading it, now or from the cache in a later
+    /// run, see it in that one order), the rest of what it made, and its counts.
+    fn run_on(
+        &self,
+        id: usize,
+        tables: Vec<(String, DataFrame)>,
+    ) -> anyhow::Result<(DataFrame, crate::stages::StageOutput, StageSummary)> {
+        let s = &self.plan.stages[id];
+        let mut out = s
+            .kind
+            .stage()
+            .run(&self.ctx(id), &Inputs { tables })
+            .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
+        let mut table = std::mem::replace(&mut out.table, DataFrame::empty().lazy())
+            .collect()
+            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+        if s.publish {
+            table = crate::run::sorted(&table, &s.sort_by)?;
+        }
+        let summary = row_fate::summarize(
+            &table,
+            out.rejects.as_ref(),
+            out.dropped.as_ref(),
+            s.kind.stage().row_level(),
+            std::mem::take(&mut out.files),
+            None,
+        )?;
+        Ok((table, out, summary))
+    }
+
     /// Runs a (non-ingest) stage on its inputs.
     fn compute(&self, id: usize) -> anyhow::Result<(Frames, StageSummary)> {
         let s = &self.plan.stages[id];
@@ -640,28 +671,7 @@ impl Engine<'_> {
             };
             tables.push((name.clone(), table));
         }
-        let out = s
-            .kind
-            .stage()
-            .run(&self.ctx(id), &Inputs { tables })
-            .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
-        let mut table = out
-            .table
-            .collect()
-            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-        // A published table is sorted once, as it will be published: the stages reading it,
-        // now or from the cache in a later run, see it in that one order.
-        if s.publish {
-            table = crate::run::sorted(&table, &s.sort_by)?;
-        }
-        let summary = row_fate::summarize(
-            &table,
-            out.rejects.as_ref(),
-            out.dropped.as_ref(),
-            s.kind.stage().row_level(),
-            out.files,
-            None,
-        )?;
+        let (table, out, summary) = self.run_on(id, tables)?;
         // Rows of an ingest's table, as the stage made them (a published table is sorted):
         // the cache may keep their numbers instead of the table.
         let rows = match (out.rows_of_input, s.input_ids.first()) {

@@ -2,8 +2,7 @@
 //! dialect, each raw row lands where the truth says, and harmonised values are the truth's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 /// Clean rows of one stream by (SRCFILE, SRCLINE), each as column -> value.
 type CleanRows = HashMap<(String, i64), HashMap<String, String>>;
@@ -11,7 +10,7 @@ type CleanRows = HashMap<(String, i64), HashMap<String, String>>;
 use polars::prelude::*;
 use studyflow::generate::{DirtRates, GenerateOptions, generate};
 
-use crate::workdir::{assert_exit, strs};
+use crate::workdir::{repo, run_reference, strs};
 
 /// The published table holding the accepted rows of each stream (the end of its row-level
 /// chain: ingest, recode/validate, dedupe, convert_units; the diary's goes on through its
@@ -44,28 +43,6 @@ const FATES: [&str; 15] = [
     "superseded",
     "accepted",
 ];
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// Runs the shipped reference pipeline (its relative paths resolve against `pipelines/`) on
-/// `data`, publishing to `out`.
-fn run_reference(data: &Path, out: &Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_studyflow"))
-        .arg("--quiet")
-        .arg("run")
-        .arg(repo("pipelines/reference.yaml"))
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(["--run-date", "2026-11-25"])
-        .env_remove("STUDYFLOW_FAILPOINT")
-        .output()
-        .unwrap();
-    assert_exit(&o, 0);
-}
 
 fn table(out: &Path, name: &str) -> DataFrame {
     let p = out.join(format!("current/{name}.parquet"));
@@ -490,7 +467,7 @@ fn dirty_generated_cohort_lands_where_its_truth_says_at_every_site() {
     }
 
     let out = dir.path().join("out");
-    run_reference(&data, &out);
+    run_reference(&data, &out, &["--quiet"]);
     assert_fates_match(&out, &truth);
     assert_values_match(&out, &truth);
     assert_derived_tables_plausible(&out);
@@ -502,7 +479,7 @@ fn shipped_sample_lands_where_its_truth_says() {
     let data = repo("data/sample");
     let truth = Truth::read(&data);
     let out = dir.path().join("out");
-    run_reference(&data, &out);
+    run_reference(&data, &out, &["--quiet"]);
     assert_fates_match(&out, &truth);
     assert_values_match(&out, &truth);
     assert_derived_tables_plausible(&out);

@@ -4,35 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use polars::prelude::*;
 use serde_json::Value;
 use studyflow::generate::{DirtRates, GenerateOptions, generate};
 
-use crate::workdir::{Workdir, assert_exit, stderr};
-
-fn repo(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// Runs the reference pipeline on `data` into `out`, with `extra` arguments.
-fn run_reference(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_studyflow"))
-        .arg("run")
-        .arg(repo("pipelines/reference.yaml"))
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args(["--run-date", "2026-11-25"])
-        .args(extra)
-        .env_remove("STUDYFLOW_FAILPOINT")
-        .output()
-        .unwrap();
-    assert_exit(&o, 0);
-    o
-}
+use crate::workdir::{Workdir, assert_exit, run_reference, stderr};
 
 /// Every published table of `out/current`, by file name.
 fn tables(out: &Path) -> BTreeMap<String, DataFrame> {

@@ -81,6 +81,30 @@ impl Workdir {
     }
 }
 
+/// A path in the repository.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Runs the shipped reference pipeline (its relative paths resolve against `pipelines/`) on
+/// `data`, publishing to `out`, with `extra` arguments; asserts that it succeeds.
+pub fn run_reference(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_studyflow"))
+        .arg("run")
+        .arg(repo("pipelines/reference.yaml"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--run-date", "2026-11-25"])
+        .args(extra)
+        .env_remove("STUDYFLOW_FAILPOINT")
+        .output()
+        .unwrap();
+    assert_exit(&o, 0);
+    o
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

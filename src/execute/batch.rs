@@ -505,26 +505,7 @@ impl Engine<'_> {
                 };
                 inputs.push((name.clone(), t));
             }
-            let out = s
-                .kind
-                .stage()
-                .run(&self.ctx(id), &Inputs { tables: inputs })
-                .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
-            let mut table = out
-                .table
-                .collect()
-                .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-            if s.publish {
-                table = crate::run::sorted(&table, &s.sort_by)?;
-            }
-            let summary = row_fate::summarize(
-                &table,
-                out.rejects.as_ref(),
-                out.dropped.as_ref(),
-                s.kind.stage().row_level(),
-                out.files,
-                None,
-            )?;
+            let (table, out, summary) = self.run_on(id, inputs)?;
             let mut inputs = s.input_ids.clone();
             inputs.sort_unstable();
             inputs.dedup();
