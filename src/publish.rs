@@ -271,7 +271,10 @@ impl TableWriter {
             taken += head.height();
             group.vstack_mut(&head).map_err(|e| self.failed(e))?;
             if let Some(tail) = tail {
-                parts.insert(0, tail);
+                // A copy: a slice would keep the whole part's buffers until the next group.
+                let rows =
+                    IdxCa::from_vec("__rows".into(), (0..tail.height() as IdxSize).collect());
+                parts.insert(0, tail.take(&rows).map_err(|e| self.failed(e))?);
             }
         }
         self.pending = parts;
