@@ -206,3 +206,46 @@ fn a_plan_with_a_stage_across_subjects_runs_whole_and_says_why() {
         "whole run despite --batch-subjects",
     );
 }
+
+#[test]
+fn a_batched_run_failing_or_killed_midway_leaves_the_published_run_and_no_spill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cohort(dir.path(), 9, 8);
+    let out = dir.path().join("out");
+    run_reference(&data, &out, &[]);
+    let before = tables(&out);
+    let current = std::fs::read_link(out.join("current")).unwrap();
+    // A failed write of a batched table (an error), then a kill while writing one.
+    for (point, action) in [("write:addiary", "error"), ("write:adster", "abort")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_studyflow"))
+            .arg("run")
+            .arg(crate::workdir::repo("pipelines/reference.yaml"))
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args([
+                "--run-date",
+                "2026-11-25",
+                "--force",
+                "--batch-subjects",
+                "2",
+            ])
+            .env("STUDYFLOW_FAILPOINT", point)
+            .env("STUDYFLOW_FAILPOINT_ACTION", action)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{point}: {}", stderr(&o));
+        assert_eq!(std::fs::read_link(out.join("current")).unwrap(), current);
+        assert_same_tables(&tables(&out), &before, point);
+    }
+    // The next run sweeps the killed run's folder, spill included, and publishes.
+    run_reference(&data, &out, &["--batch-subjects", "2"]);
+    assert_same_tables(&tables(&out), &before, "after recovery");
+    for e in std::fs::read_dir(out.join("runs")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".partial"), "{name} left behind");
+        let spill = out.join("runs").join(&name).join(".batches");
+        assert!(!spill.exists(), "{} left behind", spill.display());
+    }
+}
