@@ -811,6 +811,20 @@ impl Cache {
     }
 
     /// Reads a parsed file's table and rejects, verifying hashes and row counts.
+    /// The table of a cached parse, `columns` only when given.
+    pub fn load_file_table(
+        &self,
+        e: &FileEntry,
+        columns: Option<&[String]>,
+    ) -> Result<DataFrame, String> {
+        let part = e
+            .parts
+            .iter()
+            .find(|p| p.role == "table")
+            .ok_or("the entry has no table")?;
+        self.file_table(e, part, columns)
+    }
+
     pub fn load_file(&self, e: &FileEntry) -> Result<(DataFrame, DataFrame), String> {
         let folder = self.files();
         let mut table = None;

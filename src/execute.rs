@@ -165,6 +165,9 @@ pub(crate) struct Engine<'a> {
     /// Tables already published, by stage: a stage that runs publishes its table at once,
     /// so it need not stay in memory until the end of the run.
     pub(crate) published: Vec<OnceLock<crate::manifest::TableRecord>>,
+    /// A run in subject batches: an ingest lets go of each file's table once it is cached,
+    /// keeping its counts and rejects (the batches read the files' tables back one by one).
+    pub(crate) lean_ingests: AtomicBool,
 }
 
 /// Runs `f` on every item with at most `workers` OS threads, results in item order.
@@ -781,10 +784,13 @@ impl Engine<'_> {
                 if st.cached.is_some() {
                     return Ok(None);
                 }
-                let p = parser
+                let mut p = parser
                     .parse(&st.file)
                     .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
                 self.store_file(&src, &p);
+                if self.lean_ingests.load(Ordering::Relaxed) {
+                    p.table = DataFrame::empty();
+                }
                 Ok(Some(p))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -877,11 +883,23 @@ impl Engine<'_> {
                 if let Some(p) = p {
                     return Ok(p);
                 }
+                let lean = self.lean_ingests.load(Ordering::Relaxed);
                 if let Some(e) = &st.cached {
-                    match self.cache.load_file(e) {
-                        Ok((table, rejects)) => {
+                    let loaded = match (lean, e.parts.iter().find(|p| p.role == "table")) {
+                        (true, Some(part)) => self
+                            .cache
+                            .load_file_rejects(e)
+                            .map(|rejects| (DataFrame::empty(), part.rows, rejects)),
+                        _ => self.cache.load_file(e).map(|(table, rejects)| {
+                            let rows = table.height() as u64;
+                            (table, rows, rejects)
+                        }),
+                    };
+                    match loaded {
+                        Ok((table, accepted, rejects)) => {
                             return Ok(ParsedFile {
                                 table,
+                                accepted,
                                 rejects,
                                 read: e.read.clone(),
                                 latest_date: None,
@@ -894,23 +912,31 @@ impl Engine<'_> {
                         )),
                     }
                 }
-                let p = parser
+                let mut p = parser
                     .parse(&st.file)
                     .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
                 self.store_file(src, &p);
+                if lean {
+                    p.table = DataFrame::empty();
+                }
                 Ok(p)
             })
             .collect::<anyhow::Result<_>>()?;
         let accepted: BTreeMap<String, u64> = parts
             .iter()
-            .map(|p| (p.read.file.clone(), p.table.height() as u64))
+            .map(|p| (p.read.file.clone(), p.accepted))
             .collect();
+        let rows: u64 = accepted.values().sum();
+        let lean = self.lean_ingests.load(Ordering::Relaxed);
         let out = ingest::assemble(parts)?;
-        let table = out
-            .table
-            .collect()
-            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-        let summary = row_fate::summarize(
+        let table = if lean {
+            DataFrame::empty()
+        } else {
+            out.table
+                .collect()
+                .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?
+        };
+        let mut summary = row_fate::summarize(
             &table,
             out.rejects.as_ref(),
             None,
@@ -918,6 +944,11 @@ impl Engine<'_> {
             out.files,
             Some(accepted),
         )?;
+        if lean {
+            // Counted from the files: the table itself was let go of.
+            summary.rows = rows;
+            summary.has_srcfile = true;
+        }
         Ok((
             Frames {
                 table,

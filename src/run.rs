@@ -144,6 +144,7 @@ pub fn run(plan: &Plan, opts: &RunOptions, log: &Log) -> anyhow::Result<RunRepor
         run_dir: &partial,
         previous: previous.as_ref(),
         published: (0..plan.stages.len()).map(|_| OnceLock::new()).collect(),
+        lean_ingests: Default::default(),
     };
     let executed = match opts.batch_subjects {
         Some(size) => match engine.execute_batched(size) {

@@ -19,6 +19,10 @@ use super::*;
 use crate::cache::TablePart;
 use crate::manifest::TableRecord;
 use crate::publish::TableWriter;
+use crate::reuse::FileState;
+
+/// Most batches a run is cut into (each reads a spill file per file of every source).
+const MAX_BATCHES: usize = 1000;
 
 /// The subject column of each ingest stage's source (`None` for the other stages).
 type SubjectColumns = Vec<Option<String>>;
@@ -107,41 +111,71 @@ fn rows_by_batch(table: &DataFrame, column: &str, bounds: &[String]) -> PolarsRe
 }
 
 /// The ingests' rows, batch by batch, in Arrow IPC files of a folder of the run (removed when
-/// the batches are done, or the run fails): the ingests' tables are let go of before the
-/// batches start, and each batch reads only its rows.
+/// the batches are done, or when the run fails): one file for each file's rows of a batch, so
+/// that a file's table is read once and let go of, and a batch reads only its rows.
 struct Spill {
     dir: PathBuf,
+    /// Of each ingest (by stage), an empty table of its columns, for a batch without rows.
+    empty: Vec<Option<DataFrame>>,
 }
 
 impl Spill {
-    fn create(dir: PathBuf) -> anyhow::Result<Spill> {
+    fn create(dir: PathBuf, stages: usize) -> anyhow::Result<Spill> {
         std::fs::create_dir_all(&dir).map_err(|e| RunError::io(&dir, e))?;
-        Ok(Spill { dir })
+        Ok(Spill {
+            dir,
+            empty: vec![None; stages],
+        })
     }
 
-    fn path(&self, stage: usize, batch: usize) -> PathBuf {
-        self.dir.join(format!("{stage}-{batch}.arrow"))
+    fn path(&self, stage: usize, batch: usize, file: usize) -> PathBuf {
+        self.dir.join(format!("{stage}-{batch}-{file}.arrow"))
     }
 
-    fn write(&self, stage: usize, batch: usize, mut rows: DataFrame) -> anyhow::Result<()> {
+    /// Writes rows of file `file` of `stage` that fall in `batch` (none: nothing written).
+    fn write(
+        &self,
+        stage: usize,
+        batch: usize,
+        file: usize,
+        mut rows: DataFrame,
+    ) -> anyhow::Result<()> {
         use polars::io::ipc::{IpcCompression, IpcWriter};
-        let path = self.path(stage, batch);
-        let file = std::fs::File::create(&path).map_err(|e| RunError::io(&path, e))?;
-        IpcWriter::new(std::io::BufWriter::with_capacity(1 << 20, file))
+        if rows.height() == 0 {
+            return Ok(());
+        }
+        let path = self.path(stage, batch, file);
+        let f = std::fs::File::create(&path).map_err(|e| RunError::io(&path, e))?;
+        IpcWriter::new(std::io::BufWriter::with_capacity(1 << 20, f))
             .with_compression(Some(IpcCompression::LZ4))
             .finish(&mut rows)
             .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
         Ok(())
     }
 
-    fn read(&self, stage: usize, batch: usize) -> anyhow::Result<DataFrame> {
-        let path = self.path(stage, batch);
-        let file = std::fs::File::open(&path).map_err(|e| RunError::io(&path, e))?;
-        Ok(
-            polars::io::ipc::IpcReader::new(std::io::BufReader::new(file))
-                .finish()
-                .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?,
-        )
+    /// The rows of `batch` of `stage`, its `files` one after the other, in reading order.
+    fn read(&self, stage: usize, batch: usize, files: usize) -> anyhow::Result<DataFrame> {
+        let mut parts = Vec::new();
+        for file in 0..files {
+            let path = self.path(stage, batch, file);
+            if !path.exists() {
+                continue;
+            }
+            let f = std::fs::File::open(&path).map_err(|e| RunError::io(&path, e))?;
+            parts.push(
+                polars::io::ipc::IpcReader::new(std::io::BufReader::new(f))
+                    .finish()
+                    .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?
+                    .lazy(),
+            );
+        }
+        if parts.is_empty() {
+            return self.empty[stage].clone().ok_or_else(|| {
+                RunError::Internal(format!("no columns for the ingest of stage {stage}")).into()
+            });
+        }
+        // As an ingest puts its files' tables together (`ingest::assemble`).
+        Ok(concat(parts, UnionArgs::default())?.collect()?)
     }
 }
 
@@ -227,6 +261,8 @@ impl Engine<'_> {
         let plan = self.plan;
         let n = plan.stages.len();
         let bar = self.log.progress(n as u64);
+        // The ingests let go of their files' tables as they cache them.
+        self.lean_ingests.store(true, Ordering::Relaxed);
         let ingests: Vec<usize> = (0..n).filter(|&id| subject_of[id].is_some()).collect();
         concurrently(&ingests, self.workers, |&id| {
             let slot = self.stage(id)?;
@@ -278,7 +314,12 @@ impl Engine<'_> {
             });
         }
 
+        for &id in &ingests {
+            // An ingest that ran has only its rejects in memory: the batches read its files.
+            all_reused &= self.slot(id)?.state.lock().map_err(|_| poisoned())?.status != "ran";
+        }
         if all_reused {
+            self.lean_ingests.store(false, Ordering::Relaxed);
             // Nothing after the ingests has to run: the whole run reuses it all.
             bar.finish_and_clear();
             self.log
@@ -287,45 +328,108 @@ impl Engine<'_> {
             return Ok(true);
         }
 
-        let tables: Vec<Option<Arc<Frames>>> = (0..n)
-            .map(|id| match subject_of[id] {
-                Some(_) => self.frames(id).map(Some),
-                None => Ok(None),
-            })
-            .collect::<anyhow::Result<_>>()?;
-
-        // Batches of `size` subject ids, in the order of the ids.
-        let mut ids: Vec<String> = Vec::new();
+        // Each ingest's files, read back from the file cache one at a time (parsed again when
+        // their parse could not be cached): first their subject ids, then their rows by batch.
+        let mut sources: Vec<Option<(ingest::FileParser, Vec<FileState>)>> =
+            (0..n).map(|_| None).collect();
         for &id in &ingests {
-            let (Some(t), Some(column)) = (&tables[id], &subject_of[id]) else {
+            let Kind::Ingest(ing) = &plan.stages[id].kind else {
                 continue;
             };
-            let distinct = t.table.column(column)?.cast(&DataType::String)?;
-            let distinct = distinct.as_materialized_series().unique()?;
-            ids.extend(distinct.str()?.iter().flatten().map(str::to_string));
+            let src = self.slot(id)?.recipe.source.clone().ok_or_else(|| {
+                RunError::Internal(format!("`{}` has no source recipe", plan.stages[id].name))
+            })?;
+            let states = self.judge.files(id, ing.source(self.sources)?, &src)?;
+            sources[id] = Some((ing.parser(&self.ctx(id))?, states));
         }
+        let files: Vec<(usize, usize)> = ingests
+            .iter()
+            .flat_map(|&id| {
+                let count = sources[id].as_ref().map_or(0, |(_, states)| states.len());
+                (0..count).map(move |f| (id, f))
+            })
+            .collect();
+        let file_table =
+            |id: usize, f: usize, columns: Option<&[String]>| -> anyhow::Result<DataFrame> {
+                let (parser, states) = sources[id]
+                    .as_ref()
+                    .ok_or_else(|| RunError::Internal("an ingest without files".into()))?;
+                let st = &states[f];
+                if let Some(table) = st
+                    .cached
+                    .as_ref()
+                    .and_then(|e| self.cache.load_file_table(e, columns).ok())
+                {
+                    return Ok(table);
+                }
+                let s = &plan.stages[id];
+                let table = parser
+                    .parse(&st.file)
+                    .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?
+                    .table;
+                Ok(match columns {
+                    Some(c) => table.select(c.iter().map(String::as_str))?,
+                    None => table,
+                })
+            };
+        let ids: Vec<Vec<String>> = files
+            .par_iter()
+            .map(|&(id, f)| -> anyhow::Result<Vec<String>> {
+                let column = subject_of[id].clone().unwrap_or_default();
+                let t = file_table(id, f, Some(std::slice::from_ref(&column)))?;
+                let distinct = t.column(&column)?.cast(&DataType::String)?;
+                let distinct = distinct.as_materialized_series().unique()?;
+                Ok(distinct
+                    .str()?
+                    .iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut ids: Vec<String> = ids.into_iter().flatten().collect();
         ids.sort_unstable();
         ids.dedup();
-        let size = size.max(1);
+        // At most `MAX_BATCHES` batches: a batch reads a spill file per file of every source.
+        let mut size = size.max(1);
+        if ids.len().div_ceil(size) > MAX_BATCHES {
+            let larger = ids.len().div_ceil(MAX_BATCHES);
+            self.log.warn(&format!(
+                "batches of {size} subjects would be more than {MAX_BATCHES}: batches of {larger}"
+            ));
+            size = larger;
+        }
         let batches = ids.len().div_ceil(size).max(1);
         let bounds: Vec<String> = (1..batches).map(|b| ids[b * size].clone()).collect();
         self.log.info(&format!(
             "{} subjects in {batches} batches of up to {size}",
             ids.len()
         ));
-        // Each ingest's rows by batch to the spill folder; then its table is let go of.
-        let spill = Spill::create(self.run_dir.join(".batches"))?;
-        let mut tables = tables;
-        for &id in &ingests {
-            if let (Some(t), Some(column)) = (tables[id].take(), &subject_of[id]) {
-                let rows = rows_by_batch(&t.table, column, &bounds)?;
+        let mut spill = Spill::create(self.run_dir.join(".batches"), n)?;
+        let empties: Vec<(usize, DataFrame)> = files
+            .par_iter()
+            .map(|&(id, f)| -> anyhow::Result<(usize, DataFrame)> {
+                let t = file_table(id, f, None)?;
+                let column = subject_of[id].clone().unwrap_or_default();
+                let rows = rows_by_batch(&t, &column, &bounds)?;
                 for (b, r) in rows.iter().enumerate() {
-                    spill.write(id, b, crate::stages::gather_rows(&t.table, r)?)?;
+                    spill.write(id, b, f, crate::stages::gather_rows(&t, r)?)?;
                 }
-            }
-            self.release_table(id)?;
+                Ok((id, t.clear()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        for (id, empty) in empties {
+            spill.empty[id].get_or_insert(empty);
         }
-        drop(tables);
+        for &id in &ingests {
+            // Its table was let go of as it was made: its rejects stay for row fate.
+            self.slot(id)?.released.store(true, Ordering::Release);
+        }
+        let spill = spill;
+        let file_count: Vec<usize> = (0..n)
+            .map(|id| sources[id].as_ref().map_or(0, |(_, states)| states.len()))
+            .collect();
+        drop(sources);
 
         // The batches, `workers` at a time, committed in batch order.
         let commit = Mutex::new(Commit {
@@ -345,7 +449,7 @@ impl Engine<'_> {
                             break;
                         }
                         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let parts = self.run_batch(b, &order, &ingests, &spill)?;
+                            let parts = self.run_batch(b, &order, &ingests, &spill, &file_count)?;
                             self.commit(&commit, b, parts, &decided)
                         }))
                         .unwrap_or_else(|_| {
@@ -375,6 +479,7 @@ impl Engine<'_> {
             return Err(e);
         }
         drop(spill);
+        self.lean_ingests.store(false, Ordering::Relaxed);
 
         // Each stage's slot, cache entry and published table, as a whole run leaves them.
         let mut sums = commit.into_inner().map_err(|_| poisoned())?.sums;
@@ -466,12 +571,13 @@ impl Engine<'_> {
         order: &[usize],
         ingests: &[usize],
         spill: &Spill,
+        file_count: &[usize],
     ) -> anyhow::Result<Vec<Option<Part>>> {
         let plan = self.plan;
         let n = plan.stages.len();
         let mut held: Vec<Option<DataFrame>> = vec![None; n];
         for &id in ingests {
-            held[id] = Some(spill.read(id, b)?);
+            held[id] = Some(spill.read(id, b, file_count[id])?);
         }
         // Readers still to run of each table in this batch.
         let mut left = vec![0usize; n];

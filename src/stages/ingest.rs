@@ -537,6 +537,9 @@ struct FileResult {
 /// per-file cache needs to know to reuse it on another run date.
 pub struct ParsedFile {
     pub table: DataFrame,
+    /// Rows of `table` as parsed: still the count after a run in subject batches has let go
+    /// of the table (it is read back from the file cache, batch by batch).
+    pub accepted: u64,
     /// Rejected rows, in the schema of [`crate::rejects`].
     pub rejects: DataFrame,
     pub read: FileRead,
@@ -559,6 +562,7 @@ impl FileParser {
         let mut read = r.read;
         read.source = self.source.clone();
         Ok(ParsedFile {
+            accepted: r.table.height() as u64,
             table: r.table,
             rejects: r
                 .rejects
