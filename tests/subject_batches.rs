@@ -9,7 +9,7 @@ use polars::prelude::*;
 use serde_json::Value;
 use studyflow::generate::{DirtRates, GenerateOptions, generate};
 
-use crate::workdir::{Workdir, assert_exit, run_reference, stderr};
+use crate::workdir::{Workdir, assert_exit, reference_command, run_reference, stderr};
 
 /// Every published table of `out/current`, by file name.
 fn tables(out: &Path) -> BTreeMap<String, DataFrame> {
@@ -217,20 +217,7 @@ fn a_batched_run_failing_or_killed_midway_leaves_the_published_run_and_no_spill(
     let current = std::fs::read_link(out.join("current")).unwrap();
     // A failed write of a batched table (an error), then a kill while writing one.
     for (point, action) in [("write:addiary", "error"), ("write:adster", "abort")] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_studyflow"))
-            .arg("run")
-            .arg(crate::workdir::repo("pipelines/reference.yaml"))
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(&out)
-            .args([
-                "--run-date",
-                "2026-11-25",
-                "--force",
-                "--batch-subjects",
-                "2",
-            ])
+        let o = reference_command(&data, &out, &["--force", "--batch-subjects", "2"])
             .env("STUDYFLOW_FAILPOINT", point)
             .env("STUDYFLOW_FAILPOINT_ACTION", action)
             .output()

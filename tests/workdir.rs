@@ -86,11 +86,11 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// Runs the shipped reference pipeline (its relative paths resolve against `pipelines/`) on
-/// `data`, publishing to `out`, with `extra` arguments; asserts that it succeeds.
-pub fn run_reference(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_studyflow"))
-        .arg("run")
+/// `studyflow run` of the shipped reference pipeline (its relative paths resolve against
+/// `pipelines/`) on `data`, publishing to `out`, with `extra` arguments.
+pub fn reference_command(data: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_studyflow"));
+    c.arg("run")
         .arg(repo("pipelines/reference.yaml"))
         .arg("--data")
         .arg(data)
@@ -98,9 +98,13 @@ pub fn run_reference(data: &Path, out: &Path, extra: &[&str]) -> Output {
         .arg(out)
         .args(["--run-date", "2026-11-25"])
         .args(extra)
-        .env_remove("STUDYFLOW_FAILPOINT")
-        .output()
-        .unwrap();
+        .env_remove("STUDYFLOW_FAILPOINT");
+    c
+}
+
+/// Runs [`reference_command`] and asserts that it succeeds.
+pub fn run_reference(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let o = reference_command(data, out, extra).output().unwrap();
     assert_exit(&o, 0);
     o
 }
