@@ -138,6 +138,19 @@ fn a_whole_run_after_a_batched_run_reuses_it_and_recomputes_what_it_did_not_keep
         assert_same_tables(&tables(&out), &batched, "reused after a batched run");
     }
 
+    // A stage selected to run again, every file's parse taken from the cache: the batches
+    // read the files back from it.
+    let o = run_reference(&data, &out, &["--select", "labs", "--batch-subjects", "4"]);
+    let m = manifest(&out);
+    let st = stages(&m);
+    assert_eq!(st["diary_raw"].0, "reused", "{}", stderr(&o));
+    assert!(
+        st["addiary"].1.starts_with("ran in 3 subject batches"),
+        "{:?}",
+        st["addiary"]
+    );
+    assert_same_tables(&tables(&out), &batched, "batched on cached parses");
+
     // One lab file changes: the stages after it run whole, and the tables they read that the
     // batched run did not keep (the diary's dedupe, say) are computed again. The result is a
     // cold whole run's on the same files.
