@@ -363,5 +363,14 @@ pub fn explain(plan: &Plan, opts: &RunOptions) -> anyhow::Result<String> {
             if st.publish { "  [published]" } else { "" }
         ));
     }
+    if let Some(size) = opts.batch_subjects {
+        s.push_str(&match crate::execute::batch_plan(plan) {
+            Ok(_) if to_run > 0 => format!(
+                "subject batches of {size}: every stage after the ingests runs, batch by batch\n"
+            ),
+            Ok(_) => format!("subject batches of {size}: nothing after the ingests to run\n"),
+            Err(why) => format!("subject batches: not possible, {why}; the run goes whole\n"),
+        });
+    }
     Ok(s)
 }

@@ -25,6 +25,7 @@ use crate::stages::ingest::{self, FileParser, ParsedFile};
 use crate::stages::{Inputs, Kind, StageCtx};
 
 mod batch;
+pub(crate) use batch::batch_plan;
 
 /// A stage's outcome in this run; its frames are loaded from the cache only when needed.
 pub(crate) struct Slot {

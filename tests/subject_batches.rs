@@ -208,6 +208,22 @@ fn a_plan_with_a_stage_across_subjects_runs_whole_and_says_why() {
                 .contains("(sql): it is a query the pipeline does not mark `subject_local: true`"),
         "{err}"
     );
+    // `plan` says so beforehand.
+    let o = w.run(&[
+        "plan",
+        "pipeline.yaml",
+        "--run-date",
+        "2026-11-25",
+        "--batch-subjects",
+        "1",
+    ]);
+    assert_exit(&o, 0);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("subject batches: not possible, stage `")
+            && text.contains("; the run goes whole"),
+        "{text}"
+    );
     let whole = Workdir::from_fixture("two_sites");
     assert_exit(
         &whole.run(&["run", "pipeline.yaml", "--run-date", "2026-11-25"]),

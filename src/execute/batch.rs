@@ -198,58 +198,69 @@ fn stacked(parts: Vec<DataFrame>) -> PolarsResult<Option<DataFrame>> {
     Ok(Some(all))
 }
 
-impl Engine<'_> {
-    /// The subject column of each ingest's source (by stage), or why the plan cannot run in
-    /// subject batches.
-    fn batch_plan(&self) -> anyhow::Result<Result<SubjectColumns, String>> {
-        let plan = self.plan;
-        let mut subject_of = vec![None; plan.stages.len()];
-        for (id, s) in plan.stages.iter().enumerate() {
-            if let Kind::Ingest(ing) = &s.kind {
-                let source = ing.source(self.sources)?;
-                match source.spec.columns.iter().find(|c| c.value.ty == "subject") {
-                    Some(c) => subject_of[id] = Some(c.value.name.clone()),
-                    None => {
-                        return Ok(Err(format!(
-                            "source `{}` (stage `{}`) has no column of type subject",
-                            source.name, s.name
-                        )));
-                    }
+/// The subject column of each ingest stage's source (by stage), or why `plan` cannot run in
+/// subject batches: a stage after the ingests that may need rows of several subjects at once
+/// ([`crate::stages::Stage::across_subjects`]), a published table not sorted by a subject
+/// column first, or a source without a subject column.
+pub(crate) fn batch_plan(plan: &Plan) -> Result<SubjectColumns, String> {
+    let mut subject_of = vec![None; plan.stages.len()];
+    for (id, s) in plan.stages.iter().enumerate() {
+        if let Kind::Ingest(ing) = &s.kind {
+            let source = plan
+                .spec
+                .sources
+                .iter()
+                .find(|src| src.value.name == ing.source)
+                .ok_or_else(|| format!("source `{}` is not defined", ing.source))?;
+            match source
+                .value
+                .columns
+                .iter()
+                .find(|c| c.value.ty == "subject")
+            {
+                Some(c) => subject_of[id] = Some(c.value.name.clone()),
+                None => {
+                    return Err(format!(
+                        "source `{}` (stage `{}`) has no column of type subject",
+                        ing.source, s.name
+                    ));
                 }
             }
         }
-        let mut names: Vec<String> = subject_of.iter().flatten().cloned().collect();
-        names.push("USUBJID".into());
-        names.sort();
-        names.dedup();
-        for s in &plan.stages {
-            if matches!(s.kind, Kind::Ingest(_)) {
-                continue;
-            }
-            if let Some(why) = s.kind.stage().across_subjects(&names) {
-                return Ok(Err(format!("stage `{}` ({}): {why}", s.name, s.kind_name)));
-            }
-            if s.publish && s.sort_by.first().is_none_or(|k| !names.contains(k)) {
-                return Ok(Err(format!(
-                    "stage `{}` is published sorted by {} rather than by a subject column ({})",
-                    s.name,
-                    if s.sort_by.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        s.sort_by.join(", ")
-                    },
-                    names.join(", ")
-                )));
-            }
-        }
-        Ok(Ok(subject_of))
     }
+    let mut names: Vec<String> = subject_of.iter().flatten().cloned().collect();
+    names.push("USUBJID".into());
+    names.sort();
+    names.dedup();
+    for s in &plan.stages {
+        if matches!(s.kind, Kind::Ingest(_)) {
+            continue;
+        }
+        if let Some(why) = s.kind.stage().across_subjects(&names) {
+            return Err(format!("stage `{}` ({}): {why}", s.name, s.kind_name));
+        }
+        if s.publish && s.sort_by.first().is_none_or(|k| !names.contains(k)) {
+            return Err(format!(
+                "stage `{}` is published sorted by {} rather than by a subject column ({})",
+                s.name,
+                if s.sort_by.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    s.sort_by.join(", ")
+                },
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(subject_of)
+}
 
+impl Engine<'_> {
     /// Runs the plan with the stages after the ingests in batches of about `size` subjects.
     /// `Ok(false)`, having run nothing, when the plan cannot run so (the log says why); the
     /// caller then runs it whole.
     pub(crate) fn execute_batched(&self, size: usize) -> anyhow::Result<bool> {
-        let subject_of = match self.batch_plan()? {
+        let subject_of = match batch_plan(self.plan) {
             Ok(p) => p,
             Err(why) => {
                 self.log.warn(&format!(
