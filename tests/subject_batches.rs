@@ -154,7 +154,24 @@ fn a_whole_run_after_a_batched_run_reuses_it_and_recomputes_what_it_did_not_keep
     // One lab file changes: the stages after it run whole, and the tables they read that the
     // batched run did not keep (the diary's dedupe, say) are computed again. The result is a
     // cold whole run's on the same files.
-    let labs = std::fs::read_dir(data.join("nih"))
+    copy_a_lab_line(&data, "nih");
+    let o = run_reference(&data, &out, &[]);
+    let m = manifest(&out);
+    let st = stages(&m);
+    assert_eq!(st["labs"].0, "ran", "{}", stderr(&o));
+    assert_eq!(st["diary_raw"].0, "reused");
+    let cold = dir.path().join("cold");
+    run_reference(&data, &cold, &[]);
+    assert_same_tables(
+        &tables(&out),
+        &tables(&cold),
+        "incremental after a batched run",
+    );
+}
+
+/// Appends a copy of the last line of the first lab file of `site` (the dedupe collapses it).
+fn copy_a_lab_line(data: &Path, site: &str) {
+    let labs = std::fs::read_dir(data.join(site))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| {
@@ -174,18 +191,33 @@ fn a_whole_run_after_a_batched_run_reuses_it_and_recomputes_what_it_did_not_keep
     text.extend_from_slice(&last_line);
     text.extend_from_slice(b"\n");
     std::fs::write(&labs, text).unwrap();
-    let o = run_reference(&data, &out, &[]);
-    let m = manifest(&out);
-    let st = stages(&m);
-    assert_eq!(st["labs"].0, "ran", "{}", stderr(&o));
-    assert_eq!(st["diary_raw"].0, "reused");
-    let cold = dir.path().join("cold");
-    run_reference(&data, &cold, &[]);
-    assert_same_tables(
-        &tables(&out),
-        &tables(&cold),
-        "incremental after a batched run",
+}
+
+#[test]
+fn a_batched_run_with_nothing_to_run_after_an_early_cutoff_reuses_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = cohort(dir.path(), 9, 8);
+    let out = dir.path().join("out");
+    run_reference(&data, &out, &[]);
+    // The lab dedupe makes the same table again: the stages after it keep the name of its
+    // earlier content, and are reused.
+    copy_a_lab_line(&data, "nih");
+    run_reference(&data, &out, &[]);
+    let st = stages(&manifest(&out));
+    assert_eq!(
+        (st["labs"].0.as_str(), st["labs_std"].0.as_str()),
+        ("ran", "reused")
     );
+    let before = tables(&out);
+    // A batched run decides on those names too: nothing to run, no batches.
+    let o = run_reference(&data, &out, &["--batch-subjects", "4"]);
+    let ran: Vec<String> = stages(&manifest(&out))
+        .into_iter()
+        .filter(|(_, (s, _))| s == "ran")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(ran, Vec::<String>::new(), "{}", stderr(&o));
+    assert_same_tables(&tables(&out), &before, "reused");
 }
 
 #[test]

@@ -316,7 +316,14 @@ impl Engine<'_> {
             let fingerprint = d.fingerprint.clone().unwrap_or_default();
             let key = d.key.clone().unwrap_or_default();
             fps[id] = Some(fingerprint.clone());
-            contents[id] = Some(key.clone());
+            // What the stages reading it see, as a whole run would: a reused stage's content
+            // is its entry's (see `Slot::reused`).
+            contents[id] = Some(match (&d.action, &d.entry) {
+                (crate::reuse::Action::Reuse, Some(e)) => {
+                    e.summary.content.clone().unwrap_or(key.clone())
+                }
+                _ => key.clone(),
+            });
             decided[id] = Some(Decided {
                 fingerprint,
                 key,
