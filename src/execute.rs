@@ -779,22 +779,29 @@ impl Engine<'_> {
             .clone()
             .ok_or_else(|| RunError::Internal(format!("`{}` has no source recipe", s.name)))?;
         let states = self.judge.files(id, source, &src)?;
-        let parsed: Vec<Option<ParsedFile>> = states
-            .par_iter()
-            .map(|st| -> anyhow::Result<Option<ParsedFile>> {
-                if st.cached.is_some() {
-                    return Ok(None);
-                }
-                let mut p = parser
-                    .parse(&st.file)
-                    .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-                self.store_file(&src, &p);
-                if self.lean_ingests.load(Ordering::Relaxed) {
-                    p.table = DataFrame::empty();
-                }
-                Ok(Some(p))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let parse = |st: &FileState| -> anyhow::Result<Option<ParsedFile>> {
+            if st.cached.is_some() {
+                return Ok(None);
+            }
+            let mut p = parser
+                .parse(&st.file)
+                .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+            self.store_file(&src, &p);
+            if self.lean_ingests.load(Ordering::Relaxed) {
+                p.table = DataFrame::empty();
+            }
+            Ok(Some(p))
+        };
+        // A run in subject batches parses a source's files one at a time: each file's text,
+        // buffers and table are let go of before the next file is read.
+        let parsed: Vec<Option<ParsedFile>> = if self.lean_ingests.load(Ordering::Relaxed) {
+            states.iter().map(parse).collect::<anyhow::Result<_>>()?
+        } else {
+            states
+                .par_iter()
+                .map(parse)
+                .collect::<anyhow::Result<_>>()?
+        };
         let mut notes = Vec::new();
         let mut refs = Vec::new();
         for (st, p) in states.iter().zip(&parsed) {
