@@ -74,6 +74,24 @@ fn stages(m: &Value) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// The stages that ran in the current run of `out`.
+fn ran(out: &Path) -> Vec<String> {
+    stages(&manifest(out))
+        .into_iter()
+        .filter(|(_, (s, _))| s == "ran")
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// A generated cohort (9 subjects, seed 8) in `dir`, and a whole run of it published to
+/// `dir/out`: its data folder and output folder.
+fn cohort_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = cohort(dir, 9, 8);
+    let out = dir.join("out");
+    run_reference(&data, &out, &[]);
+    (data, out)
+}
+
 fn cohort(dir: &Path, subjects: usize, seed: u64) -> PathBuf {
     let data = dir.join("data");
     generate(&GenerateOptions {
@@ -128,13 +146,7 @@ fn a_whole_run_after_a_batched_run_reuses_it_and_recomputes_what_it_did_not_keep
     // Nothing changed: every stage is reused, batches asked for or not; the tables are the same.
     for extra in [&["--batch-subjects", "4"][..], &[]] {
         let o = run_reference(&data, &out, extra);
-        let m = manifest(&out);
-        let ran: Vec<String> = stages(&m)
-            .into_iter()
-            .filter(|(_, (s, _))| s == "ran")
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(ran, Vec::<String>::new(), "{}", stderr(&o));
+        assert_eq!(ran(&out), Vec::<String>::new(), "{}", stderr(&o));
         assert_same_tables(&tables(&out), &batched, "reused after a batched run");
     }
 
@@ -196,9 +208,7 @@ fn copy_a_lab_line(data: &Path, site: &str) {
 #[test]
 fn a_batched_run_with_nothing_to_run_after_an_early_cutoff_reuses_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let data = cohort(dir.path(), 9, 8);
-    let out = dir.path().join("out");
-    run_reference(&data, &out, &[]);
+    let (data, out) = cohort_run(dir.path());
     // The lab dedupe makes the same table again: the stages after it keep the name of its
     // earlier content, and are reused.
     copy_a_lab_line(&data, "nih");
@@ -211,12 +221,7 @@ fn a_batched_run_with_nothing_to_run_after_an_early_cutoff_reuses_everything() {
     let before = tables(&out);
     // A batched run decides on those names too: nothing to run, no batches.
     let o = run_reference(&data, &out, &["--batch-subjects", "4"]);
-    let ran: Vec<String> = stages(&manifest(&out))
-        .into_iter()
-        .filter(|(_, (s, _))| s == "ran")
-        .map(|(n, _)| n)
-        .collect();
-    assert_eq!(ran, Vec::<String>::new(), "{}", stderr(&o));
+    assert_eq!(ran(&out), Vec::<String>::new(), "{}", stderr(&o));
     assert_same_tables(&tables(&out), &before, "reused");
 }
 
@@ -224,16 +229,19 @@ fn a_batched_run_with_nothing_to_run_after_an_early_cutoff_reuses_everything() {
 fn a_plan_with_a_stage_across_subjects_runs_whole_and_says_why() {
     // The fixture's `sql` stage is not marked `subject_local: true`.
     let w = Workdir::from_fixture("two_sites");
-    let o = w.run(&[
-        "run",
-        "pipeline.yaml",
-        "--run-date",
-        "2026-11-25",
-        "--batch-subjects",
-        "1",
-    ]);
-    assert_exit(&o, 0);
-    let err = stderr(&o);
+    let with_batches = |command: &str| {
+        let o = w.run(&[
+            command,
+            "pipeline.yaml",
+            "--run-date",
+            "2026-11-25",
+            "--batch-subjects",
+            "1",
+        ]);
+        assert_exit(&o, 0);
+        o
+    };
+    let err = stderr(&with_batches("run"));
     assert!(
         err.contains("not running in subject batches: stage `")
             && err
@@ -241,15 +249,7 @@ fn a_plan_with_a_stage_across_subjects_runs_whole_and_says_why() {
         "{err}"
     );
     // `plan` says so beforehand.
-    let o = w.run(&[
-        "plan",
-        "pipeline.yaml",
-        "--run-date",
-        "2026-11-25",
-        "--batch-subjects",
-        "1",
-    ]);
-    assert_exit(&o, 0);
+    let o = with_batches("plan");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains("subject batches: not possible, stage `")
@@ -271,9 +271,7 @@ fn a_plan_with_a_stage_across_subjects_runs_whole_and_says_why() {
 #[test]
 fn a_batched_run_failing_or_killed_midway_leaves_the_published_run_and_no_spill() {
     let dir = tempfile::tempdir().unwrap();
-    let data = cohort(dir.path(), 9, 8);
-    let out = dir.path().join("out");
-    run_reference(&data, &out, &[]);
+    let (data, out) = cohort_run(dir.path());
     let before = tables(&out);
     let current = std::fs::read_link(out.join("current")).unwrap();
     // A failed write of a batched table (an error), then a kill while writing one.
