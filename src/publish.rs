@@ -136,13 +136,19 @@ pub fn write_parquet(
 ) -> Result<(u64, String), RunError> {
     let (tmp, mut out) = HashedFile::create(path)?;
     let pairs = prov.pairs(df);
-    ParquetWriter::new(&mut out)
-        .with_compression(ParquetCompression::Zstd(None))
-        .with_statistics(StatisticsOptions::full())
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
+    parquet_writer(&mut out, pairs)
         .finish(df)
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
     out.publish(&tmp, path)
+}
+
+/// The Parquet writer of every published table: zstd, full statistics, and `pairs` (the
+/// table's provenance, [`Provenance::pairs`]) in the footer.
+fn parquet_writer<W: Write>(out: W, pairs: Vec<(String, String)>) -> ParquetWriter<W> {
+    ParquetWriter::new(out)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_statistics(StatisticsOptions::full())
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
 }
 
 /// Row groups of a table written part by part ([`TableWriter`]): the size polars gives the
@@ -192,10 +198,7 @@ impl TableWriter {
         let (tmp, file) = HashedFile::create(path)?;
         let out = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
         let schema = first.schema().as_ref().clone();
-        let writer = ParquetWriter::new(SharedFile(out.clone()))
-            .with_compression(ParquetCompression::Zstd(None))
-            .with_statistics(StatisticsOptions::full())
-            .with_key_value_metadata(Some(KeyValueMetadata::from_static(prov.pairs(first))))
+        let writer = parquet_writer(SharedFile(out.clone()), prov.pairs(first))
             .batched(&schema)
             .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
         Ok(TableWriter {
