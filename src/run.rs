@@ -284,7 +284,33 @@ pub(crate) fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<
     Ok(all.column("ordered")?.bool()?.get(0) == Some(true))
 }
 
-pub(crate) fn content_key(parts: &[&str]) -> String {
+/// The content key of published table `name` ([`TableRecord::content_key`]): made by the stage
+/// of fingerprint `fp`, sorted by `key` (`None`: in the engine's order), and, for a table
+/// written in parts, their layout (`parts`: it changes the file's bytes, not its rows).
+pub(crate) fn table_content_key(
+    plan: &Plan,
+    name: &str,
+    key: Option<&[String]>,
+    fp: &str,
+    parts: Option<&str>,
+) -> String {
+    let sort = match key {
+        Some(key) => key.join("\u{1f}"),
+        None => "engine".to_string(),
+    };
+    let mut all = vec![
+        name,
+        fp,
+        &plan.spec.header.pipeline,
+        &plan.pipeline_hash,
+        crate::ENGINE_VERSION,
+        &sort,
+    ];
+    all.extend(parts);
+    content_key(&all)
+}
+
+fn content_key(parts: &[&str]) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"studyflow-published-1");
     for p in parts {
@@ -359,19 +385,7 @@ pub(crate) fn publish_table(
     publish::failpoint(&format!("write:{name}"))?;
     let file = format!("{name}.parquet");
     let dest = run_dir.join(&file);
-    let sort = if engine {
-        "engine".to_string()
-    } else {
-        key.join("\u{1f}")
-    };
-    let ck = content_key(&[
-        name,
-        fp,
-        &plan.spec.header.pipeline,
-        &plan.pipeline_hash,
-        crate::ENGINE_VERSION,
-        &sort,
-    ]);
+    let ck = table_content_key(plan, name, if engine { None } else { Some(key) }, fp, None);
     if let Some(prev) = link_previous(previous, &ck, &dest) {
         return Ok(TableRecord {
             name: name.to_string(),

@@ -526,12 +526,14 @@ impl Engine<'_> {
                         bytes,
                         blake3: blake3.clone(),
                         key: s.sort_by.clone(),
-                        content_key: batched_content_key(
+                        // Its row groups follow the batches: other bytes than the same
+                        // table written whole.
+                        content_key: crate::run::table_content_key(
                             plan,
                             &s.name,
-                            &s.sort_by,
+                            Some(&s.sort_by),
                             &d.fingerprint,
-                            size,
+                            Some(&format!("subject batches of {size}")),
                         ),
                         status: "written".into(),
                     };
@@ -726,20 +728,6 @@ impl Engine<'_> {
         }
         Ok(())
     }
-}
-
-/// The content key of a table published in subject batches: its row groups follow the
-/// batches, so its bytes differ from the same table written whole.
-fn batched_content_key(plan: &Plan, name: &str, key: &[String], fp: &str, size: usize) -> String {
-    crate::run::content_key(&[
-        name,
-        fp,
-        &plan.spec.header.pipeline,
-        &plan.pipeline_hash,
-        crate::ENGINE_VERSION,
-        &key.join("\u{1f}"),
-        &format!("subject batches of {size}"),
-    ])
 }
 
 #[cfg(test)]
