@@ -143,6 +143,21 @@ pub(crate) fn stage_error(name: &str, kind: &str, e: anyhow::Error) -> anyhow::E
     .into()
 }
 
+/// What `f` returns, a panic in it reported as an internal error naming `what` panicked.
+pub(crate) fn unpanicked<R>(
+    what: impl FnOnce() -> String,
+    f: impl FnOnce() -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(RunError::Internal(format!("{} panicked: {message}", what())).into())
+    })
+}
+
 pub(crate) fn poisoned() -> anyhow::Error {
     RunError::Internal("poisoned stage slot".into()).into()
 }
@@ -239,17 +254,7 @@ impl Engine<'_> {
     pub(crate) fn execute(&self) -> anyhow::Result<()> {
         let n = self.plan.stages.len();
         let bar = self.log.progress(n as u64);
-        let inputs: Vec<Vec<usize>> = self
-            .plan
-            .stages
-            .iter()
-            .map(|s| {
-                let mut v = s.input_ids.clone();
-                v.sort_unstable();
-                v.dedup();
-                v
-            })
-            .collect();
+        let inputs: Vec<Vec<usize>> = (0..n).map(|id| self.plan.distinct_inputs(id)).collect();
         let readers_of: Vec<Vec<usize>> = (0..n).map(|id| self.plan.consumers(id)).collect();
         // Stages still to run that read each table: an unpublished table is dropped when
         // the last of them has run, so peak memory holds only the tables still needed.
@@ -310,21 +315,10 @@ impl Engine<'_> {
                     scope.spawn(move || {
                         // A panic is reported as the stage's failure: the loop waits for a
                         // report from every stage it started.
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            self.run_stage(id, &inputs[id], readers, bar)
-                        }))
-                        .unwrap_or_else(|panic| {
-                            let what = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            Err(RunError::Internal(format!(
-                                "stage `{}` panicked: {what}",
-                                self.plan.stages[id].name
-                            ))
-                            .into())
-                        });
+                        let r = unpanicked(
+                            || format!("stage `{}`", self.plan.stages[id].name),
+                            || self.run_stage(id, &inputs[id], readers, bar),
+                        );
                         // The receiver lives until every spawned stage has reported.
                         let _ = done_tx.send((id, r));
                     });
@@ -404,11 +398,8 @@ impl Engine<'_> {
         let s = &self.plan.stages[id];
         publish::failpoint(&format!("stage:{}", s.name))?;
         let slot = self.stage(id)?;
-        self.announce(id, &slot, bar)?;
         let ran = slot.state.lock().map_err(|_| poisoned())?.status == "ran";
-        self.slots[id]
-            .set(slot)
-            .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+        self.settle(id, slot, bar)?;
         // A reused stage may still have to run if its cached output turns out broken,
         // and then needs its inputs: only a stage that ran lets go of them.
         if ran {
@@ -424,16 +415,20 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Logs that stage `id` ran or was reused (plain log lines), or advances the progress bar.
-    fn announce(&self, id: usize, slot: &Slot, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
-        let line = self.describe(id, slot)?;
+    /// Records the outcome of stage `id`: logs that it ran or was reused (plain log lines), or
+    /// advances the progress bar, and sets its slot.
+    fn settle(&self, id: usize, slot: Slot, bar: &indicatif::ProgressBar) -> anyhow::Result<()> {
+        let name = &self.plan.stages[id].name;
+        let line = self.describe(id, &slot)?;
         if self.log.plain_steps() {
             self.log.info(&line);
         } else {
-            bar.set_message(self.plan.stages[id].name.clone());
+            bar.set_message(name.clone());
             bar.inc(1);
         }
-        Ok(())
+        self.slots[id]
+            .set(slot)
+            .map_err(|_| RunError::Internal(format!("stage `{name}` ran twice")).into())
     }
 
     /// Drops the table of stage `id` unless it is still to be published (the publisher reads
@@ -747,16 +742,29 @@ impl Engine<'_> {
         summary: &StageSummary,
         file_keys: Vec<String>,
     ) {
-        let name = &self.plan.stages[id].name;
         let table = match (&published, same_as) {
             (Some(t), _) => cache::TablePart::Link(t),
             (None, _) if !self.table_cached(id) => cache::TablePart::Omit,
             (None, Some(earlier)) => cache::TablePart::Same(earlier),
             (None, None) => cache::TablePart::Write,
         };
+        self.store_part(id, fp, frames, table, summary, file_keys);
+    }
+
+    /// Caches a stage output with its table as `table` says; failing to cache only warns.
+    fn store_part(
+        &self,
+        id: usize,
+        key: &str,
+        frames: Option<&Frames>,
+        table: cache::TablePart,
+        summary: &StageSummary,
+        file_keys: Vec<String>,
+    ) {
+        let name = &self.plan.stages[id].name;
         if let Err(e) = self
             .cache
-            .store_stage(fp, name, frames, table, summary, file_keys)
+            .store_stage(key, name, frames, table, summary, file_keys)
         {
             self.log
                 .warn(&format!("could not cache the output of `{name}`: {e:#}"));

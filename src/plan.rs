@@ -51,6 +51,14 @@ impl Plan {
         self.stages.iter().position(|s| s.name == name)
     }
 
+    /// The stages stage `id` reads, each once, in order of their ids.
+    pub fn distinct_inputs(&self, id: usize) -> Vec<usize> {
+        let mut v = self.stages[id].input_ids.clone();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Stages that read stage `id`.
     pub fn consumers(&self, id: usize) -> Vec<usize> {
         (0..self.stages.len())

@@ -276,12 +276,7 @@ impl Engine<'_> {
         self.lean_ingests.store(true, Ordering::Relaxed);
         let ingests: Vec<usize> = (0..n).filter(|&id| subject_of[id].is_some()).collect();
         concurrently(&ingests, self.workers, |&id| {
-            let slot = self.stage(id)?;
-            self.announce(id, &slot, &bar)?;
-            self.slots[id].set(slot).map_err(|_| {
-                RunError::Internal(format!("stage `{}` ran twice", plan.stages[id].name))
-            })?;
-            Ok(())
+            self.settle(id, self.stage(id)?, &bar)
         })?;
         // Every later stage, in dependency order, decided as a run of all of them.
         let order: Vec<usize> = plan
@@ -455,47 +450,23 @@ impl Engine<'_> {
             waiting: BTreeMap::new(),
             sums: (0..n).map(|_| Sum::default()).collect(),
         });
-        let next = AtomicUsize::new(0);
-        let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let failed = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            for _ in 0..self.workers.clamp(1, batches) {
-                scope.spawn(|| {
-                    loop {
-                        let b = next.fetch_add(1, Ordering::Relaxed);
-                        if b >= batches || failed.load(Ordering::Acquire) {
-                            break;
-                        }
-                        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let parts = self.run_batch(b, &order, &ingests, &spill, &file_count)?;
-                            self.commit(&commit, b, parts, &decided)
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(
-                                RunError::Internal(format!("subject batch {} panicked", b + 1))
-                                    .into(),
-                            )
-                        });
-                        if let Err(e) = done {
-                            failed.store(true, Ordering::Release);
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e);
-                            }
-                            break;
-                        }
-                        if self.log.plain_steps() {
-                            self.log
-                                .info(&format!("subject batch {} of {batches} done", b + 1));
-                        } else {
-                            bar.set_message(format!("subject batch {} of {batches}", b + 1));
-                        }
-                    }
-                });
+        let batch_numbers: Vec<usize> = (0..batches).collect();
+        concurrently(&batch_numbers, self.workers, |&b| {
+            unpanicked(
+                || format!("subject batch {}", b + 1),
+                || {
+                    let parts = self.run_batch(b, &order, &ingests, &spill, &file_count)?;
+                    self.commit(&commit, b, parts, &decided)
+                },
+            )?;
+            if self.log.plain_steps() {
+                self.log
+                    .info(&format!("subject batch {} of {batches} done", b + 1));
+            } else {
+                bar.set_message(format!("subject batch {} of {batches}", b + 1));
             }
-        });
-        if let Some(e) = failure.into_inner().map_err(|_| poisoned())? {
-            return Err(e);
-        }
+            Ok(())
+        })?;
         drop(spill);
         self.lean_ingests.store(false, Ordering::Relaxed);
 
@@ -550,15 +521,8 @@ impl Engine<'_> {
                 Some(f) => TablePart::Link(f),
                 None => TablePart::Omit,
             };
-            if let Err(e) =
-                self.cache
-                    .store_stage(&d.key, &s.name, Some(&frames), table, &summary, Vec::new())
-            {
-                self.log.warn(&format!(
-                    "could not cache the output of `{}`: {e:#}",
-                    s.name
-                ));
-            }
+            // A table published in parts is linked; an unpublished one was never whole.
+            self.store_part(id, &d.key, Some(&frames), table, &summary, Vec::new());
             let mut reasons = vec![format!("ran in {batches} subject batches")];
             reasons.extend(d.reasons);
             let slot = Slot::ran(
@@ -574,10 +538,7 @@ impl Engine<'_> {
             slot.state.lock().map_err(|_| poisoned())?.seconds = sum.seconds;
             // Its table was never whole: a later reader would get nothing.
             slot.released.store(true, Ordering::Release);
-            self.announce(id, &slot, &bar)?;
-            self.slots[id]
-                .set(slot)
-                .map_err(|_| RunError::Internal(format!("stage `{}` ran twice", s.name)))?;
+            self.settle(id, slot, &bar)?;
         }
         bar.finish_and_clear();
         Ok(true)
@@ -602,10 +563,7 @@ impl Engine<'_> {
         // Readers still to run of each table in this batch.
         let mut left = vec![0usize; n];
         for &id in order {
-            let mut inputs = plan.stages[id].input_ids.clone();
-            inputs.sort_unstable();
-            inputs.dedup();
-            for j in inputs {
+            for j in plan.distinct_inputs(id) {
                 left[j] += 1;
             }
         }
@@ -632,10 +590,7 @@ impl Engine<'_> {
                 inputs.push((name.clone(), t));
             }
             let (table, out, summary) = self.run_on(id, inputs)?;
-            let mut inputs = s.input_ids.clone();
-            inputs.sort_unstable();
-            inputs.dedup();
-            for j in inputs {
+            for j in plan.distinct_inputs(id) {
                 left[j] -= 1;
                 if left[j] == 0 {
                     held[j] = None;
