@@ -760,14 +760,18 @@ impl Engine<'_> {
         table: cache::TablePart,
         summary: &StageSummary,
         file_keys: Vec<String>,
-    ) {
+    ) -> Option<StageEntry> {
         let name = &self.plan.stages[id].name;
-        if let Err(e) = self
+        match self
             .cache
             .store_stage(key, name, frames, table, summary, file_keys)
         {
-            self.log
-                .warn(&format!("could not cache the output of `{name}`: {e:#}"));
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                self.log
+                    .warn(&format!("could not cache the output of `{name}`: {e:#}"));
+                None
+            }
         }
     }
 

@@ -12,7 +12,7 @@
 //! before it is checked as it is written.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::*;
@@ -41,8 +41,10 @@ struct Part {
 #[derive(Default)]
 struct Sum {
     summary: Option<StageSummary>,
-    rejects: Vec<DataFrame>,
-    dropped: Vec<DataFrame>,
+    /// The batches whose rejected rows (and set-aside rows) wait in the spill, in batch
+    /// order: held there, not in memory, until the stage's cache entry is written.
+    rejects: Vec<usize>,
+    dropped: Vec<usize>,
     writer: Option<TableWriter>,
     /// The sort key of the last published row, to check the next part's order against.
     last: Option<DataFrame>,
@@ -132,6 +134,40 @@ impl Spill {
         self.dir.join(format!("{stage}-{batch}-{file}.arrow"))
     }
 
+    fn part_path(&self, role: &str, stage: usize, batch: usize) -> PathBuf {
+        self.dir.join(format!("{role}-{stage}-{batch}.arrow"))
+    }
+
+    /// Keeps `rows`, the `role` part (rejects or set-aside rows) that batch `batch` of
+    /// `stage` made, until [`Spill::stacked_parts`] reads them back.
+    fn write_part(
+        &self,
+        role: &str,
+        stage: usize,
+        batch: usize,
+        mut rows: DataFrame,
+    ) -> anyhow::Result<()> {
+        let path = self.part_path(role, stage, batch);
+        write_ipc(&path, &mut rows)
+    }
+
+    /// The `role` parts of `stage` of `batches`, one after the other (`None`: no batch made
+    /// one), each file removed once read.
+    fn stacked_parts(
+        &self,
+        role: &str,
+        stage: usize,
+        batches: &[usize],
+    ) -> anyhow::Result<Option<DataFrame>> {
+        let mut parts = Vec::with_capacity(batches.len());
+        for &b in batches {
+            let path = self.part_path(role, stage, b);
+            parts.push(read_ipc(&path)?);
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(stacked(parts)?)
+    }
+
     /// Writes rows of file `file` of `stage` that fall in `batch` (none: nothing written).
     fn write(
         &self,
@@ -140,17 +176,10 @@ impl Spill {
         file: usize,
         mut rows: DataFrame,
     ) -> anyhow::Result<()> {
-        use polars::io::ipc::{IpcCompression, IpcWriter};
         if rows.height() == 0 {
             return Ok(());
         }
-        let path = self.path(stage, batch, file);
-        let f = std::fs::File::create(&path).map_err(|e| RunError::io(&path, e))?;
-        IpcWriter::new(std::io::BufWriter::with_capacity(1 << 20, f))
-            .with_compression(Some(IpcCompression::LZ4))
-            .finish(&mut rows)
-            .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
-        Ok(())
+        write_ipc(&self.path(stage, batch, file), &mut rows)
     }
 
     /// The rows of `batch` of `stage`, its `files` one after the other, in reading order.
@@ -161,13 +190,7 @@ impl Spill {
             if !path.exists() {
                 continue;
             }
-            let f = std::fs::File::open(&path).map_err(|e| RunError::io(&path, e))?;
-            parts.push(
-                polars::io::ipc::IpcReader::new(std::io::BufReader::new(f))
-                    .finish()
-                    .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?
-                    .lazy(),
-            );
+            parts.push(read_ipc(&path)?.lazy());
         }
         if parts.is_empty() {
             return self.empty[stage].clone().ok_or_else(|| {
@@ -177,6 +200,24 @@ impl Spill {
         // As an ingest puts its files' tables together (`ingest::assemble`).
         Ok(concat(parts, UnionArgs::default())?.collect()?)
     }
+}
+
+/// A spill file: Arrow IPC, LZ4 (cheap to write and read back, read once).
+fn write_ipc(path: &Path, rows: &mut DataFrame) -> anyhow::Result<()> {
+    use polars::io::ipc::{IpcCompression, IpcWriter};
+    let f = std::fs::File::create(path).map_err(|e| RunError::io(path, e))?;
+    IpcWriter::new(std::io::BufWriter::with_capacity(1 << 20, f))
+        .with_compression(Some(IpcCompression::LZ4))
+        .finish(rows)
+        .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn read_ipc(path: &Path) -> anyhow::Result<DataFrame> {
+    let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
+    Ok(polars::io::ipc::IpcReader::new(std::io::BufReader::new(f))
+        .finish()
+        .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?)
 }
 
 impl Drop for Spill {
@@ -456,7 +497,7 @@ impl Engine<'_> {
                 || format!("subject batch {}", b + 1),
                 || {
                     let parts = self.run_batch(b, &order, &ingests, &spill, &file_count)?;
-                    self.commit(&commit, b, parts, &decided)
+                    self.commit(&commit, &spill, b, parts, &decided)
                 },
             )?;
             if self.log.plain_steps() {
@@ -467,7 +508,6 @@ impl Engine<'_> {
             }
             Ok(())
         })?;
-        drop(spill);
         self.lean_ingests.store(false, Ordering::Relaxed);
 
         // Each stage's slot, cache entry and published table, as a whole run leaves them.
@@ -482,8 +522,8 @@ impl Engine<'_> {
             summary.content = Some(d.key.clone());
             let frames = Frames {
                 table: DataFrame::empty(),
-                rejects: stacked(sum.rejects)?,
-                dropped: stacked(sum.dropped)?,
+                rejects: spill.stacked_parts("rejects", id, &sum.rejects)?,
+                dropped: spill.stacked_parts("dropped", id, &sum.dropped)?,
                 rows: None,
             };
             let file = match sum.writer {
@@ -522,7 +562,7 @@ impl Engine<'_> {
                 None => TablePart::Omit,
             };
             // A table published in parts is linked; an unpublished one was never whole.
-            self.store_part(id, &d.key, Some(&frames), table, &summary, Vec::new());
+            let entry = self.store_part(id, &d.key, Some(&frames), table, &summary, Vec::new());
             let mut reasons = vec![format!("ran in {batches} subject batches")];
             reasons.extend(d.reasons);
             let slot = Slot::ran(
@@ -535,11 +575,19 @@ impl Engine<'_> {
                 Instant::now(),
                 None,
             );
+            let mut slot = slot;
+            if let Some(entry) = entry {
+                // Its rejects and set-aside rows are read back from the cache when the run's
+                // `rejects` and `duplicates` are made, not held until then.
+                slot.entry = Some(entry);
+                *slot.frames.get_mut().map_err(|_| poisoned())? = None;
+            }
             slot.state.lock().map_err(|_| poisoned())?.seconds = sum.seconds;
             // Its table was never whole: a later reader would get nothing.
             slot.released.store(true, Ordering::Release);
             self.settle(id, slot, &bar)?;
         }
+        drop(spill);
         bar.finish_and_clear();
         Ok(true)
     }
@@ -615,6 +663,7 @@ impl Engine<'_> {
     fn commit(
         &self,
         commit: &Mutex<Commit>,
+        spill: &Spill,
         b: usize,
         parts: Vec<Option<Part>>,
         decided: &[Option<Decided>],
@@ -635,8 +684,14 @@ impl Engine<'_> {
                     Some(total) => add_summary(total, part.summary),
                     None => sum.summary = Some(part.summary),
                 }
-                sum.rejects.extend(part.rejects);
-                sum.dropped.extend(part.dropped);
+                if let Some(r) = part.rejects {
+                    spill.write_part("rejects", id, next, r)?;
+                    sum.rejects.push(next);
+                }
+                if let Some(d) = part.dropped {
+                    spill.write_part("dropped", id, next, d)?;
+                    sum.dropped.push(next);
+                }
                 let Some(table) = part.table else { continue };
                 if table.height() > 0 {
                     let keys: Vec<&str> = s.sort_by.iter().map(String::as_str).collect();
