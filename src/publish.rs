@@ -151,9 +151,12 @@ fn parquet_writer<W: Write>(out: W, pairs: Vec<(String, String)>) -> ParquetWrit
         .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
 }
 
-/// Row groups of a table written part by part ([`TableWriter`]): the size polars gives the
-/// row groups of a table written whole (at most 512 x 512 rows).
-const ROW_GROUP: usize = 512 * 512;
+/// Row groups of a table written part by part ([`TableWriter`]): 2^17 rows, half the largest
+/// polars gives a table written whole (512 x 512) and about DuckDB's (122,880). The rows
+/// waiting to fill a group are what a run in subject batches holds of each published table:
+/// on the bench cohort halving the groups lowered the peak by about 0.17 GB at no cost in
+/// time (a quarter: 0.04 GB more, and a little slower).
+const ROW_GROUP: usize = 1 << 17;
 
 /// A published table written part by part, in order (a run in subject batches): the same
 /// Parquet settings and footer as [`write_parquet`], rows gathered into row groups of
@@ -249,48 +252,46 @@ impl TableWriter {
         self.rows += part.height() as u64;
         self.pending_rows += part.height();
         self.pending.push(part);
-        while self.pending_rows >= ROW_GROUP {
-            self.write_group(ROW_GROUP)?;
+        if self.pending_rows >= ROW_GROUP {
+            self.write_groups(false)?;
         }
         Ok(())
     }
 
-    /// Writes the first `rows` pending rows as one row group.
-    fn write_group(&mut self, rows: usize) -> Result<(), RunError> {
-        let mut parts = std::mem::take(&mut self.pending);
-        let mut group = DataFrame::empty_with_schema(&self.schema);
-        let mut taken = 0;
-        while taken < rows && !parts.is_empty() {
-            let part = parts.remove(0);
-            let want = rows - taken;
-            let (head, tail) = if part.height() > want {
-                (
-                    part.slice(0, want),
-                    Some(part.slice(want as i64, part.height() - want)),
-                )
-            } else {
-                (part, None)
-            };
-            taken += head.height();
-            group.vstack_mut(&head).map_err(|e| self.failed(e))?;
-            if let Some(tail) = tail {
-                // A copy: a slice would keep the whole part's buffers until the next group.
-                let rows =
-                    IdxCa::from_vec("__rows".into(), (0..tail.height() as IdxSize).collect());
-                parts.insert(0, tail.take(&rows).map_err(|e| self.failed(e))?);
-            }
+    /// Writes the pending rows as row groups of [`ROW_GROUP`] rows, and with `all` the rows
+    /// left over as a last, smaller one; without, they stay pending. Each row is copied once
+    /// into its group, and the rows left over once more, so that they do not keep a whole
+    /// part's buffers.
+    fn write_groups(&mut self, all: bool) -> Result<(), RunError> {
+        let mut rows = DataFrame::empty_with_schema(&self.schema);
+        for part in std::mem::take(&mut self.pending) {
+            rows.vstack_mut_owned(part).map_err(|e| self.failed(e))?;
         }
-        self.pending = parts;
-        self.pending_rows -= taken;
-        group.rechunk_mut_par();
-        self.writer.write_batch(&group).map_err(|e| self.failed(e))
+        let n = rows.height();
+        let mut at = 0;
+        while n - at >= ROW_GROUP || (all && at < n) {
+            let len = ROW_GROUP.min(n - at);
+            let mut group = rows.slice(at as i64, len);
+            group.rechunk_mut_par();
+            self.writer
+                .write_batch(&group)
+                .map_err(|e| self.failed(e))?;
+            at += len;
+        }
+        if at < n {
+            let left = IdxCa::from_vec("__rows".into(), (at as IdxSize..n as IdxSize).collect());
+            self.pending
+                .push(rows.take(&left).map_err(|e| self.failed(e))?);
+        }
+        self.pending_rows = n - at;
+        Ok(())
     }
 
     /// Writes what is pending and the footer, syncs the file and renames it into place; its
     /// size, blake3 and row count.
     pub fn finish(mut self) -> Result<(u64, String, u64), RunError> {
         if self.pending_rows > 0 {
-            self.write_group(self.pending_rows)?;
+            self.write_groups(true)?;
         }
         self.writer.finish().map_err(|e| self.failed(e))?;
         drop(self.writer);
@@ -622,7 +623,9 @@ mod tests {
             .unwrap();
         assert!(back.equals_missing(&whole));
         let (kv, groups) = footer(&path);
-        assert_eq!(groups, [ROW_GROUP, ROW_GROUP, 770_005 - 2 * ROW_GROUP]);
+        let mut full = vec![ROW_GROUP; 770_005 / ROW_GROUP];
+        full.push(770_005 % ROW_GROUP);
+        assert_eq!(groups, full);
         // The footer of the same table written whole.
         let once = dir.path().join("once.parquet");
         write_parquet(&mut whole.clone(), &once, &prov("fp")).unwrap();
