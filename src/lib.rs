@@ -15,6 +15,7 @@ pub mod growth;
 pub mod inspect;
 pub mod log;
 pub mod manifest;
+pub mod memory;
 pub mod plan;
 pub mod publish;
 pub mod rejects;

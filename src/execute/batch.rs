@@ -480,6 +480,8 @@ impl Engine<'_> {
             self.slot(id)?.released.store(true, Ordering::Release);
         }
         let spill = spill;
+        // The ingests' buffers, freed, are of sizes the batches do not ask for again.
+        crate::memory::give_back();
         let file_count: Vec<usize> = (0..n)
             .map(|id| sources[id].as_ref().map_or(0, |(_, states)| states.len()))
             .collect();
