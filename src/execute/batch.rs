@@ -152,7 +152,10 @@ impl Spill {
     }
 
     /// The `role` parts of `stage` of `batches`, one after the other (`None`: no batch made
-    /// one), each file removed once read.
+    /// one), each file removed once read. Set-aside rows are put in file and line order: a
+    /// whole run sets them aside file by file, lines ascending, which lets the run's
+    /// `duplicates` be joined from them without a sort (`row_fate::all_dropped`); the
+    /// batches' rows of one file would otherwise interleave.
     fn stacked_parts(
         &self,
         role: &str,
@@ -164,6 +167,20 @@ impl Spill {
             let path = self.part_path(role, stage, b);
             parts.push(read_ipc(&path)?);
             let _ = std::fs::remove_file(&path);
+        }
+        let in_order = |d: &DataFrame| {
+            role == "dropped" && d.column("SRCFILE").is_ok() && d.column("SRCLINE").is_ok()
+        };
+        if parts.len() > 1 && parts.iter().all(in_order) {
+            let lazy: Vec<LazyFrame> = parts.into_iter().map(DataFrame::lazy).collect();
+            return Ok(Some(
+                concat(lazy, UnionArgs::default())?
+                    .sort_by_exprs(
+                        [col("SRCFILE"), col("SRCLINE")],
+                        SortMultipleOptions::default().with_multithreaded(true),
+                    )
+                    .collect()?,
+            ));
         }
         Ok(stacked(parts)?)
     }
@@ -514,6 +531,44 @@ impl Engine<'_> {
 
         // Each stage's slot, cache entry and published table, as a whole run leaves them.
         let mut sums = commit.into_inner().map_err(|_| poisoned())?.sums;
+        // The published tables first: the rows still waiting for a row group are written
+        // and let go of before the set-aside rows are read back.
+        let mut files: Vec<Option<cache::TableFile>> = (0..n).map(|_| None).collect();
+        for &id in &order {
+            let Some(writer) = sums[id].writer.take() else {
+                continue;
+            };
+            let s = &plan.stages[id];
+            let d = decided[id]
+                .as_ref()
+                .ok_or_else(|| RunError::Internal(format!("`{}` was not decided", s.name)))?;
+            let (bytes, blake3, rows) = writer.finish()?;
+            let file = format!("{}.parquet", s.name);
+            let record = TableRecord {
+                name: s.name.clone(),
+                file: file.clone(),
+                rows,
+                bytes,
+                blake3: blake3.clone(),
+                key: s.sort_by.clone(),
+                // Its row groups follow the batches: other bytes than the same table
+                // written whole.
+                content_key: crate::run::table_content_key(
+                    plan,
+                    &s.name,
+                    Some(&s.sort_by),
+                    &d.fingerprint,
+                    Some(&format!("subject batches of {size}")),
+                ),
+                status: "written".into(),
+            };
+            let _ = self.published[id].set(record);
+            files[id] = Some(cache::TableFile {
+                path: self.run_dir.join(file),
+                bytes,
+                blake3,
+            });
+        }
         for &id in &order {
             let s = &plan.stages[id];
             let d = decided[id]
@@ -528,37 +583,7 @@ impl Engine<'_> {
                 dropped: spill.stacked_parts("dropped", id, &sum.dropped)?,
                 rows: None,
             };
-            let file = match sum.writer {
-                Some(writer) => {
-                    let (bytes, blake3, rows) = writer.finish()?;
-                    let file = format!("{}.parquet", s.name);
-                    let record = TableRecord {
-                        name: s.name.clone(),
-                        file: file.clone(),
-                        rows,
-                        bytes,
-                        blake3: blake3.clone(),
-                        key: s.sort_by.clone(),
-                        // Its row groups follow the batches: other bytes than the same
-                        // table written whole.
-                        content_key: crate::run::table_content_key(
-                            plan,
-                            &s.name,
-                            Some(&s.sort_by),
-                            &d.fingerprint,
-                            Some(&format!("subject batches of {size}")),
-                        ),
-                        status: "written".into(),
-                    };
-                    let _ = self.published[id].set(record);
-                    Some(cache::TableFile {
-                        path: self.run_dir.join(file),
-                        bytes,
-                        blake3,
-                    })
-                }
-                None => None,
-            };
+            let file = files[id].take();
             let table = match &file {
                 Some(f) => TablePart::Link(f),
                 None => TablePart::Omit,
