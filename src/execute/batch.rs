@@ -806,4 +806,62 @@ mod tests {
         );
         assert_eq!(total.rejected_by_file["a.csv"], 2);
     }
+
+    #[test]
+    fn set_aside_rows_come_back_from_the_spill_in_file_and_line_order_and_rejects_in_batch_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
+        let part = |files: &[&str], lines: &[i64]| {
+            df!("SRCFILE" => files, "SRCLINE" => lines, "FATE" => vec!["collapsed"; lines.len()])
+                .unwrap()
+        };
+        // Two batches' set-aside rows of the same two files, lines interleaved.
+        spill
+            .write_part(
+                "dropped",
+                0,
+                0,
+                part(&["b.csv", "a.csv", "b.csv"], &[2, 5, 9]),
+            )
+            .unwrap();
+        spill
+            .write_part("dropped", 0, 3, part(&["a.csv", "b.csv"], &[1, 4]))
+            .unwrap();
+        let back = spill.stacked_parts("dropped", 0, &[0, 3]).unwrap().unwrap();
+        let files: Vec<&str> = back
+            .column("SRCFILE")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .flatten()
+            .collect();
+        let lines: Vec<i64> = back
+            .column("SRCLINE")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert_eq!(files, ["a.csv", "a.csv", "b.csv", "b.csv", "b.csv"]);
+        assert_eq!(lines, [1, 5, 2, 4, 9]);
+        // Rejects stay in batch order; a part read back is gone from the spill.
+        spill
+            .write_part("rejects", 0, 0, part(&["b.csv"], &[7]))
+            .unwrap();
+        spill
+            .write_part("rejects", 0, 1, part(&["a.csv"], &[3]))
+            .unwrap();
+        let back = spill.stacked_parts("rejects", 0, &[0, 1]).unwrap().unwrap();
+        let lines: Vec<i64> = back
+            .column("SRCLINE")
+            .unwrap()
+            .i64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        assert_eq!(lines, [7, 3]);
+        assert!(!spill.part_path("rejects", 0, 0).exists());
+        assert!(spill.stacked_parts("rejects", 0, &[]).unwrap().is_none());
+    }
 }
