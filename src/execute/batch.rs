@@ -815,6 +815,14 @@ mod tests {
             df!("SRCFILE" => files, "SRCLINE" => lines, "FATE" => vec!["collapsed"; lines.len()])
                 .unwrap()
         };
+        let lines = |d: &DataFrame| -> Vec<i64> {
+            d.column("SRCLINE")
+                .unwrap()
+                .i64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect()
+        };
         // Two batches' set-aside rows of the same two files, lines interleaved.
         spill
             .write_part(
@@ -836,15 +844,8 @@ mod tests {
             .iter()
             .flatten()
             .collect();
-        let lines: Vec<i64> = back
-            .column("SRCLINE")
-            .unwrap()
-            .i64()
-            .unwrap()
-            .into_no_null_iter()
-            .collect();
         assert_eq!(files, ["a.csv", "a.csv", "b.csv", "b.csv", "b.csv"]);
-        assert_eq!(lines, [1, 5, 2, 4, 9]);
+        assert_eq!(lines(&back), [1, 5, 2, 4, 9]);
         // Rejects stay in batch order; a part read back is gone from the spill.
         spill
             .write_part("rejects", 0, 0, part(&["b.csv"], &[7]))
@@ -853,14 +854,7 @@ mod tests {
             .write_part("rejects", 0, 1, part(&["a.csv"], &[3]))
             .unwrap();
         let back = spill.stacked_parts("rejects", 0, &[0, 1]).unwrap().unwrap();
-        let lines: Vec<i64> = back
-            .column("SRCLINE")
-            .unwrap()
-            .i64()
-            .unwrap()
-            .into_no_null_iter()
-            .collect();
-        assert_eq!(lines, [7, 3]);
+        assert_eq!(lines(&back), [7, 3]);
         assert!(!spill.part_path("rejects", 0, 0).exists());
         assert!(spill.stacked_parts("rejects", 0, &[]).unwrap().is_none());
     }
