@@ -2,8 +2,10 @@
 //! docs/subject-batches.md): the ingests run as always; their tables are then cut by subject
 //! id into batches of about N subjects, and every later stage runs on one batch's rows at a
 //! time, in the same order as a whole run. A batch's tables are dropped once the stages of the
-//! batch that read them have run, and each published table is written part by part, so the
-//! run holds the ingests' tables and the batches in flight, not every stage's whole table.
+//! batch that read them have run, and each published table is written part by part. The
+//! ingests' tables, and each batch's rejected and set-aside rows, wait in a spill folder on
+//! disk: the run holds the batches in flight and, of each published table, the rows waiting
+//! for a row group, not every stage's whole table.
 //!
 //! This gives the same tables as a whole run when every stage after the ingests works subject
 //! by subject ([`crate::stages::Stage::across_subjects`]); a plan with a stage that does not
