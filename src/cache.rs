@@ -810,7 +810,6 @@ impl Cache {
         Lookup::Found(e)
     }
 
-    /// Reads a parsed file's table and rejects, verifying hashes and row counts.
     /// The table of a cached parse, `columns` only when given.
     pub fn load_file_table(
         &self,
@@ -825,6 +824,7 @@ impl Cache {
         self.file_table(e, part, columns)
     }
 
+    /// Reads a parsed file's table and rejects, verifying hashes and row counts.
     pub fn load_file(&self, e: &FileEntry) -> Result<(DataFrame, DataFrame), String> {
         let folder = self.files();
         let mut table = None;

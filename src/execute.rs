@@ -795,14 +795,7 @@ impl Engine<'_> {
             if st.cached.is_some() {
                 return Ok(None);
             }
-            let mut p = parser
-                .parse(&st.file)
-                .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-            self.store_file(&src, &p);
-            if self.lean_ingests.load(Ordering::Relaxed) {
-                p.table = DataFrame::empty();
-            }
-            Ok(Some(p))
+            self.parse_and_store(id, &parser, &src, &st.file).map(Some)
         };
         // A run in subject batches parses a source's files one at a time: each file's text,
         // buffers and table are let go of before the next file is read.
@@ -863,6 +856,26 @@ impl Engine<'_> {
             t0,
             files,
         ))
+    }
+
+    /// Parses `file` for ingest stage `id` and caches the parse; in a run in subject batches
+    /// the file's table is then let go of (the batches read it back from the cache).
+    fn parse_and_store(
+        &self,
+        id: usize,
+        parser: &FileParser,
+        src: &crate::fingerprint::SourceRecipe,
+        file: &crate::source::SourceFile,
+    ) -> anyhow::Result<ParsedFile> {
+        let s = &self.plan.stages[id];
+        let mut p = parser
+            .parse(file)
+            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
+        self.store_file(src, &p);
+        if self.lean_ingests.load(Ordering::Relaxed) {
+            p.table = DataFrame::empty();
+        }
+        Ok(p)
     }
 
     fn store_file(&self, src: &crate::fingerprint::SourceRecipe, p: &ParsedFile) {
@@ -932,14 +945,7 @@ impl Engine<'_> {
                         )),
                     }
                 }
-                let mut p = parser
-                    .parse(&st.file)
-                    .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-                self.store_file(src, &p);
-                if lean {
-                    p.table = DataFrame::empty();
-                }
-                Ok(p)
+                self.parse_and_store(id, parser, src, &st.file)
             })
             .collect::<anyhow::Result<_>>()?;
         let accepted: BTreeMap<String, u64> = parts

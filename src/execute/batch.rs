@@ -170,10 +170,8 @@ impl Spill {
             parts.push(read_ipc(&path)?);
             let _ = std::fs::remove_file(&path);
         }
-        let in_order = |d: &DataFrame| {
-            role == "dropped" && d.column("SRCFILE").is_ok() && d.column("SRCLINE").is_ok()
-        };
-        if parts.len() > 1 && parts.iter().all(in_order) {
+        let has_lines = |d: &DataFrame| d.column("SRCFILE").is_ok() && d.column("SRCLINE").is_ok();
+        if role == "dropped" && parts.len() > 1 && parts.iter().all(has_lines) {
             let lazy: Vec<LazyFrame> = parts.into_iter().map(DataFrame::lazy).collect();
             return Ok(Some(
                 concat(lazy, UnionArgs::default())?

@@ -306,13 +306,7 @@ impl Stage for Dedupe {
 
     /// Duplicates share the key: with the subject in the key, they share the subject.
     fn across_subjects(&self, subject_columns: &[String]) -> Option<String> {
-        (!self.key.iter().any(|k| subject_columns.contains(k))).then(|| {
-            format!(
-                "its key ({}) holds no subject column ({})",
-                self.key.join(", "),
-                subject_columns.join(", ")
-            )
-        })
+        crate::stages::no_subject_in(&self.key, subject_columns, ("its key", "holds"))
     }
 
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {

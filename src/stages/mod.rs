@@ -318,6 +318,23 @@ pub(crate) fn gather_rows(df: &DataFrame, rows: &IdxCa) -> PolarsResult<DataFram
     DataFrame::new(rows.len(), columns)
 }
 
+/// Why a stage whose rows go together by `columns` (a key, groups) may mix subjects: `None`
+/// when a subject column is among them ([`Stage::across_subjects`]). `what` names the columns
+/// in the reason, with its verb (`"its key"`, `"holds"`).
+pub(crate) fn no_subject_in(
+    columns: &[String],
+    subject_columns: &[String],
+    (what, verb): (&str, &str),
+) -> Option<String> {
+    (!columns.iter().any(|c| subject_columns.contains(c))).then(|| {
+        format!(
+            "{what} ({}) {verb} no subject column ({})",
+            columns.join(", "),
+            subject_columns.join(", ")
+        )
+    })
+}
+
 /// Runs of consecutive equal rows: for each row of `df`, the number of its run of rows equal in
 /// every one of `columns` (missing equals missing), and the first row of each run. On a table
 /// sorted by those columns there is one run per distinct value, and work keyed by the run

@@ -172,13 +172,7 @@ impl Summarize {
 impl Stage for Summarize {
     /// With the subject among the groups, each group is one subject's rows.
     fn across_subjects(&self, subject_columns: &[String]) -> Option<String> {
-        (!self.by.iter().any(|k| subject_columns.contains(k))).then(|| {
-            format!(
-                "its groups ({}) hold no subject column ({})",
-                self.by.join(", "),
-                subject_columns.join(", ")
-            )
-        })
+        crate::stages::no_subject_in(&self.by, subject_columns, ("its groups", "hold"))
     }
 
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
