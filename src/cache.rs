@@ -359,6 +359,28 @@ fn with_constants(
     DataFrame::new(n, cols).map_err(|e| e.to_string())
 }
 
+/// Most rows in one record batch of a cached file table: a run in subject batches reads a
+/// file's parse back one piece at a time ([`Cache::file_table_pieces`]), so that no file's
+/// table is ever whole in its memory (a diary file of the bench cohort holds 2.6 million
+/// rows: ten pieces).
+pub const PIECE_ROWS: usize = 1 << 18;
+
+/// `table` as pieces of at most [`PIECE_ROWS`] rows (slices, not copies), which the IPC
+/// writer writes as one record batch each. A table whose columns are already in chunks is
+/// left as it is: slicing those would make the writer copy every column to line them up.
+fn in_pieces(table: &DataFrame) -> DataFrame {
+    if table.height() <= PIECE_ROWS || table.columns().iter().any(|c| c.n_chunks() > 1) {
+        return table.clone();
+    }
+    let mut pieces = table.slice(0, PIECE_ROWS);
+    let mut at = PIECE_ROWS;
+    while at < table.height() {
+        pieces.vstack_mut_unchecked(&table.slice(at as i64, PIECE_ROWS));
+        at += PIECE_ROWS;
+    }
+    pieces
+}
+
 /// Cheap check of a Parquet file (a published table): its size and the magic at both ends.
 pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"PAR1", "Parquet")
@@ -467,6 +489,73 @@ fn decode(bytes: Vec<u8>, parquet: bool, columns: Option<&[String]>) -> PolarsRe
     }
 }
 
+/// The bytes of the cache part `part` at `path`, checked against its size and hash.
+fn verified_bytes(path: &Path, part: &Part) -> Result<Vec<u8>, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 != part.bytes {
+        return Err(format!(
+            "{} has {} bytes, expected {}",
+            path.display(),
+            bytes.len(),
+            part.bytes
+        ));
+    }
+    if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
+        return Err(format!("{} does not match its hash", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// A file's cached table read back one piece (record batch, at most [`PIECE_ROWS`] rows) at
+/// a time ([`Cache::file_table_pieces`]), without the columns its entry left out
+/// ([`with_file_constants`] puts them back). The part was checked against its size and hash
+/// before the first piece; its rows are counted against the entry's after the last.
+pub struct TablePieces {
+    reader: polars_arrow::io::ipc::read::FileReader<std::io::Cursor<Vec<u8>>>,
+    path: PathBuf,
+    rows: u64,
+    seen: u64,
+}
+
+impl TablePieces {
+    /// A table of the part's columns without rows (the left-out columns not put back).
+    pub fn empty(&self) -> DataFrame {
+        DataFrame::empty_with_schema(&Schema::from_arrow_schema(self.reader.schema()))
+    }
+}
+
+impl Iterator for TablePieces {
+    type Item = Result<DataFrame, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.reader.next() {
+            Some(Ok(batch)) => {
+                let piece = DataFrame::from(batch);
+                self.seen += piece.height() as u64;
+                Some(Ok(piece))
+            }
+            Some(Err(e)) => Some(Err(format!("{}: {e}", self.path.display()))),
+            None if self.seen != self.rows => {
+                let e = format!(
+                    "{} has {} rows, expected {}",
+                    self.path.display(),
+                    self.seen,
+                    self.rows
+                );
+                self.seen = self.rows;
+                Some(Err(e))
+            }
+            None => None,
+        }
+    }
+}
+
+/// Rows of file entry `e`'s table read by [`Cache::file_table_pieces`] (a piece, or rows
+/// taken from pieces), with the columns the entry left out put back in their places.
+pub fn with_file_constants(e: &FileEntry, rows: DataFrame) -> Result<DataFrame, String> {
+    with_constants(rows, &e.read, &e.constants, None)
+}
+
 fn part_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"ARROW1", "Arrow IPC")
 }
@@ -540,18 +629,7 @@ impl Cache {
         columns: Option<&[String]>,
     ) -> Result<DataFrame, String> {
         let path = folder.join(&part.file);
-        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if bytes.len() as u64 != part.bytes {
-            return Err(format!(
-                "{} has {} bytes, expected {}",
-                path.display(),
-                bytes.len(),
-                part.bytes
-            ));
-        }
-        if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
-            return Err(format!("{} does not match its hash", path.display()));
-        }
+        let bytes = verified_bytes(&path, part)?;
         let df = decode(bytes, is_parquet(&part.file), columns)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if df.height() as u64 != part.rows {
@@ -824,6 +902,28 @@ impl Cache {
         self.file_table(e, part, columns)
     }
 
+    /// A parsed file's table, one piece at a time (see [`TablePieces`]).
+    pub fn file_table_pieces(&self, e: &FileEntry) -> Result<TablePieces, String> {
+        let part = e
+            .parts
+            .iter()
+            .find(|p| p.role == "table")
+            .ok_or("the entry has no table")?;
+        let path = self.files().join(&part.file);
+        if is_parquet(&part.file) {
+            return Err(format!("{}: not an Arrow IPC table", path.display()));
+        }
+        let mut bytes = std::io::Cursor::new(verified_bytes(&path, part)?);
+        let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TablePieces {
+            reader: polars_arrow::io::ipc::read::FileReader::new(bytes, metadata, None, None),
+            path,
+            rows: part.rows,
+            seen: 0,
+        })
+    }
+
     /// Reads a parsed file's table and rejects, verifying hashes and row counts.
     pub fn load_file(&self, e: &FileEntry) -> Result<(DataFrame, DataFrame), String> {
         let folder = self.files();
@@ -860,7 +960,7 @@ impl Cache {
         let folder = self.files();
         fs::create_dir_all(&folder)?;
         let (stored, constants) = without_constants(table);
-        let mut parts = vec![self.write_part(&folder, key, "table", &stored)?];
+        let mut parts = vec![self.write_part(&folder, key, "table", &in_pieces(&stored))?];
         if rejects.height() > 0 {
             parts.push(self.write_part(&folder, key, "rejects", rejects)?);
         }
@@ -1029,6 +1129,57 @@ mod tests {
         assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
         fs::write(&json, good.replacen("\"rows\":3", "\"rows\":4", 1)).unwrap();
         assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
+    }
+
+    #[test]
+    fn a_large_parsed_file_is_cached_in_pieces_that_read_back_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let n = 2 * PIECE_ROWS + 5;
+        let read = FileRead {
+            source: "s".into(),
+            site: "nih".into(),
+            file: "nih/d_2017-06-30.csv".into(),
+            bytes: 1,
+            hash: "h".into(),
+            export_date: "2017-06-30".into(),
+            rows: n as u64,
+        };
+        let parsed = DataFrame::new(
+            n,
+            vec![
+                Column::new_scalar("SITE".into(), Scalar::from(PlSmallStr::from("nih")), n),
+                Column::new("SRCLINE".into(), (2..n as i64 + 2).collect::<Vec<i64>>()),
+            ],
+        )
+        .unwrap();
+        let empty = crate::rejects::empty().unwrap();
+        let e = cache
+            .store_file("f", &parsed, &empty, &read, "2026-11-25", None, false)
+            .unwrap();
+        let pieces = cache.file_table_pieces(&e).unwrap();
+        let empty_table = with_file_constants(&e, pieces.empty()).unwrap();
+        assert_eq!(empty_table.schema(), parsed.schema());
+        let pieces: Vec<DataFrame> = pieces.map(Result::unwrap).collect();
+        let heights: Vec<usize> = pieces.iter().map(DataFrame::height).collect();
+        assert_eq!(heights, [PIECE_ROWS, PIECE_ROWS, 5]);
+        // Without the constant column; put back, the pieces are the parse.
+        assert_eq!(pieces[0].get_column_names(), ["SRCLINE"]);
+        let mut back = with_file_constants(&e, pieces[0].clone()).unwrap();
+        for p in &pieces[1..] {
+            back.vstack_mut(&with_file_constants(&e, p.clone()).unwrap())
+                .unwrap();
+        }
+        assert!(back.equals(&parsed));
+        // Read whole, it is one table as before.
+        assert!(cache.load_file(&e).unwrap().0.equals(&parsed));
+        // A part whose bytes changed is refused before any piece is read.
+        let path = cache.files().join(&e.parts[0].file);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 20;
+        bytes[last] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert!(cache.file_table_pieces(&e).err().unwrap().contains("hash"));
     }
 
     #[test]

@@ -121,6 +121,12 @@ struct Spill {
     dir: PathBuf,
     /// Of each ingest (by stage), an empty table of its columns, for a batch without rows.
     empty: Vec<Option<DataFrame>>,
+    /// Of each ingest (by stage), the file entry of each file read back from the file cache:
+    /// its rows were spilled without the columns the entry leaves out, which a batch puts
+    /// back ([`cache::with_file_constants`]).
+    entries: Vec<BTreeMap<usize, cache::FileEntry>>,
+    /// Spill files a file's rows are written to at once ([`OPEN_WRITERS`]).
+    open_writers: usize,
 }
 
 impl Spill {
@@ -129,6 +135,8 @@ impl Spill {
         Ok(Spill {
             dir,
             empty: vec![None; stages],
+            entries: vec![BTreeMap::new(); stages],
+            open_writers: OPEN_WRITERS,
         })
     }
 
@@ -185,18 +193,44 @@ impl Spill {
         Ok(stacked(parts)?)
     }
 
-    /// Writes rows of file `file` of `stage` that fall in `batch` (none: nothing written).
-    fn write(
+    /// Writes the rows of file `file` of `stage`, piece by piece (`pieces` calls its
+    /// argument with each piece, again for each pass), each to the spill file of its batch.
+    /// A file's pieces are read once for every [`OPEN_WRITERS`] batches, so that a run of
+    /// many batches does not hold a file open for each.
+    fn write_file(
         &self,
-        stage: usize,
-        batch: usize,
-        file: usize,
-        mut rows: DataFrame,
+        (stage, file): (usize, usize),
+        column: &str,
+        bounds: &[String],
+        pieces: &dyn Fn(&mut dyn FnMut(DataFrame) -> anyhow::Result<()>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        if rows.height() == 0 {
-            return Ok(());
+        let batches = bounds.len() + 1;
+        for first in (0..batches).step_by(self.open_writers) {
+            let last = (first + self.open_writers).min(batches);
+            let mut writers: Vec<Option<SpillWriter>> = (first..last).map(|_| None).collect();
+            pieces(&mut |piece| {
+                let rows = rows_by_batch(&piece, column, bounds)?;
+                for (b, r) in rows.iter().enumerate().take(last).skip(first) {
+                    if r.is_empty() {
+                        continue;
+                    }
+                    let rows = crate::stages::gather_rows(&piece, r)?;
+                    let w = match &mut writers[b - first] {
+                        Some(w) => w,
+                        slot => slot.insert(SpillWriter::create(
+                            self.path(stage, b, file),
+                            rows.schema(),
+                        )?),
+                    };
+                    w.write(&rows)?;
+                }
+                Ok(())
+            })?;
+            for w in writers.into_iter().flatten() {
+                w.finish()?;
+            }
         }
-        write_ipc(&self.path(stage, batch, file), &mut rows)
+        Ok(())
     }
 
     /// The rows of `batch` of `stage`, its `files` one after the other, in reading order.
@@ -207,7 +241,12 @@ impl Spill {
             if !path.exists() {
                 continue;
             }
-            parts.push(read_ipc(&path)?.lazy());
+            let rows = read_ipc(&path)?;
+            let rows = match self.entries[stage].get(&file) {
+                Some(e) => cache::with_file_constants(e, rows).map_err(RunError::Internal)?,
+                None => rows,
+            };
+            parts.push(rows.lazy());
         }
         if parts.is_empty() {
             return self.empty[stage].clone().ok_or_else(|| {
@@ -228,6 +267,44 @@ fn write_ipc(path: &Path, rows: &mut DataFrame) -> anyhow::Result<()> {
         .finish(rows)
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
     Ok(())
+}
+
+/// Spill files a file's rows are written to at once ([`Spill::write_file`]): well under the
+/// usual limit of 1,024 open files, with two files spilled side by side.
+const OPEN_WRITERS: usize = 256;
+
+/// A spill file written piece by piece: Arrow IPC, LZ4, one record batch per piece.
+struct SpillWriter {
+    path: PathBuf,
+    writer: polars::io::ipc::BatchedWriter<std::io::BufWriter<std::fs::File>>,
+}
+
+impl SpillWriter {
+    fn create(path: PathBuf, schema: &Schema) -> anyhow::Result<SpillWriter> {
+        use polars::io::ipc::{IpcCompression, IpcWriter};
+        let f = std::fs::File::create(&path).map_err(|e| RunError::io(&path, e))?;
+        let arrow = schema.to_arrow(CompatLevel::newest());
+        let fields = polars_arrow::io::ipc::write::default_ipc_fields(arrow.iter_values());
+        let writer = IpcWriter::new(std::io::BufWriter::with_capacity(1 << 16, f))
+            .with_compression(Some(IpcCompression::LZ4))
+            .batched(schema, fields)
+            .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+        Ok(SpillWriter { path, writer })
+    }
+
+    fn write(&mut self, rows: &DataFrame) -> anyhow::Result<()> {
+        self.writer
+            .write_batch(rows)
+            .map_err(|e| RunError::Internal(format!("writing {}: {e}", self.path.display())))?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.writer
+            .finish()
+            .map_err(|e| RunError::Internal(format!("writing {}: {e}", self.path.display())))?;
+        Ok(())
+    }
 }
 
 fn read_ipc(path: &Path) -> anyhow::Result<DataFrame> {
@@ -477,20 +554,47 @@ impl Engine<'_> {
             ids.len()
         ));
         let mut spill = Spill::create(self.run_dir.join(".batches"), n)?;
-        let empties: Vec<(usize, DataFrame)> = files
+        // Each file's rows, cut by batch: a cached parse is read a piece at a time, so no
+        // file's table is whole here (one parsed again is).
+        type Spilled = (usize, usize, DataFrame, Option<cache::FileEntry>);
+        let spilled: Vec<Spilled> = files
             .par_iter()
-            .map(|&(id, f)| -> anyhow::Result<(usize, DataFrame)> {
-                let t = file_table(id, f, None)?;
+            .map(|&(id, f)| -> anyhow::Result<Spilled> {
                 let column = subject_of[id].clone().unwrap_or_default();
-                let rows = rows_by_batch(&t, &column, &bounds)?;
-                for (b, r) in rows.iter().enumerate() {
-                    spill.write(id, b, f, crate::stages::gather_rows(&t, r)?)?;
-                }
-                Ok((id, t.clear()))
+                let cached = sources[id]
+                    .as_ref()
+                    .and_then(|(_, states)| states[f].cached.as_ref())
+                    .and_then(|e| Some((e, self.cache.file_table_pieces(e).ok()?)));
+                let Some((entry, pieces)) = cached else {
+                    let t = file_table(id, f, None)?;
+                    spill.write_file((id, f), &column, &bounds, &|each| each(t.clone()))?;
+                    return Ok((id, f, t.clear(), None));
+                };
+                let empty = cache::with_file_constants(entry, pieces.empty())
+                    .map_err(RunError::Internal)?;
+                // The pieces opened (read and checked) above serve the first pass.
+                let opened = Mutex::new(Some(pieces));
+                spill.write_file((id, f), &column, &bounds, &|each| {
+                    let pieces = match opened.lock().map_err(|_| poisoned())?.take() {
+                        Some(p) => p,
+                        None => self
+                            .cache
+                            .file_table_pieces(entry)
+                            .map_err(RunError::Internal)?,
+                    };
+                    for piece in pieces {
+                        each(piece.map_err(RunError::Internal)?)?;
+                    }
+                    Ok(())
+                })?;
+                Ok((id, f, empty, Some(entry.clone())))
             })
             .collect::<anyhow::Result<_>>()?;
-        for (id, empty) in empties {
+        for (id, f, empty, entry) in spilled {
             spill.empty[id].get_or_insert(empty);
+            if let Some(e) = entry {
+                spill.entries[id].insert(f, e);
+            }
         }
         for &id in &ingests {
             // Its table was let go of as it was made: its rejects stay for row fate.
@@ -857,5 +961,44 @@ mod tests {
         assert_eq!(lines(&back), [7, 3]);
         assert!(!spill.part_path("rejects", 0, 0).exists());
         assert!(spill.stacked_parts("rejects", 0, &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_file_spilled_piece_by_piece_gives_each_batch_its_rows_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
+        // Five batches written two at a time: the pieces are read three times.
+        spill.open_writers = 2;
+        let subjects = ["A1", "E5", "C3", "A1", "B2", "D4", "E5", "C3", "B2", "A1"];
+        let lines: Vec<i64> = (1..=10).collect();
+        let table = df!("SRCLINE" => &lines, "subject" => subjects).unwrap();
+        let bounds: Vec<String> = ["B2", "C3", "D4", "E5"].map(String::from).to_vec();
+        let passes = std::sync::atomic::AtomicUsize::new(0);
+        spill
+            .write_file((0, 0), "subject", &bounds, &|each| {
+                passes.fetch_add(1, Ordering::Relaxed);
+                // Pieces of 4, 4 and 2 rows.
+                for at in [0, 4, 8] {
+                    each(table.slice(at, 4))?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(passes.into_inner(), 3);
+        spill.empty[0] = Some(table.clear());
+        let lines_of = |batch: usize| -> Vec<i64> {
+            let rows = spill.read(0, batch, 1).unwrap();
+            rows.column("SRCLINE")
+                .unwrap()
+                .i64()
+                .unwrap()
+                .into_no_null_iter()
+                .collect()
+        };
+        assert_eq!(lines_of(0), [1, 4, 10]);
+        assert_eq!(lines_of(1), [5, 9]);
+        assert_eq!(lines_of(2), [3, 8]);
+        assert_eq!(lines_of(3), [6]);
+        assert_eq!(lines_of(4), [2, 7]);
     }
 }
