@@ -202,7 +202,7 @@ impl Spill {
         (stage, file): (usize, usize),
         column: &str,
         bounds: &[String],
-        pieces: &dyn Fn(&mut dyn FnMut(DataFrame) -> anyhow::Result<()>) -> anyhow::Result<()>,
+        pieces: &Pieces,
     ) -> anyhow::Result<()> {
         let batches = bounds.len() + 1;
         for first in (0..batches).step_by(self.open_writers) {
@@ -268,6 +268,11 @@ fn write_ipc(path: &Path, rows: &mut DataFrame) -> anyhow::Result<()> {
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
     Ok(())
 }
+
+/// What [`Spill::write_file`] reads a file's rows with: it calls its argument with each piece
+/// of the file, in order.
+type Pieces<'a> =
+    dyn Fn(&mut dyn FnMut(DataFrame) -> anyhow::Result<()>) -> anyhow::Result<()> + 'a;
 
 /// Spill files a file's rows are written to at once ([`Spill::write_file`]): well under the
 /// usual limit of 1,024 open files, with two files spilled side by side.
@@ -476,6 +481,10 @@ impl Engine<'_> {
             return Ok(true);
         }
 
+        // From here on the run holds a few batches at a time: what the ingests freed goes back
+        // to the system now, and what is freed later goes back after a short while.
+        crate::memory::give_back();
+        crate::memory::decay_after(crate::memory::BATCH_DECAY_MS);
         // Each ingest's files, read back from the file cache one at a time (parsed again when
         // their parse could not be cached): first their subject ids, then their rows by batch.
         let mut sources: Vec<Option<(ingest::FileParser, Vec<FileState>)>> =

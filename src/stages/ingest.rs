@@ -772,18 +772,20 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
             bad(file, format!("cannot read: {e}"))
         }
     })?;
-    parse_file(file, &bytes, columns)
+    parse_file(file, bytes, columns)
 }
 
-/// Parses the bytes of one file: every record read becomes a row or a reject.
+/// Parses the bytes of one file: every record read becomes a row or a reject. The bytes (and
+/// their decoded text) are let go of once read, before the rows become columns.
 fn parse_file(
     file: &SourceFile,
-    bytes: &[u8],
+    bytes: Vec<u8>,
     columns: &[CompiledColumn],
 ) -> Result<FileResult, DataError> {
-    let hash = blake3::hash(bytes).to_hex().to_string();
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let byte_count = bytes.len() as u64;
     let d: &Dialect = &file.dialect;
-    let text = dialect::decode(bytes, d.encoding);
+    let text = dialect::decode(&bytes, d.encoding);
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(bad(
             file,
@@ -932,6 +934,9 @@ fn parse_file(
             }
         }
     }
+    drop(reader);
+    drop(text);
+    drop(bytes);
     let n = lines.len();
     let export_days = (file.export_date - EPOCH).num_days() as i32;
     let constant = |name: &str| {
@@ -958,7 +963,7 @@ fn parse_file(
             source: String::new(),
             site: file.site.clone(),
             file: file.rel.clone(),
-            bytes: bytes.len() as u64,
+            bytes: byte_count,
             hash,
             export_date: file.export_date.to_string(),
             rows,
@@ -1051,7 +1056,7 @@ pub fn parse_export(
         export_date: dates.0,
         dialect: std::sync::Arc::new(dialect.clone()),
     };
-    let r = parse_file(&file, bytes, &columns)?;
+    let r = parse_file(&file, bytes.to_vec(), &columns)?;
     Ok(ParsedExport {
         table: r.table,
         rejects: r.rejects.finish().map_err(|e| bad(&file, e.to_string()))?,
