@@ -406,12 +406,15 @@ fn encode(df: &DataFrame, out: impl Write, format: PartFormat) -> PolarsResult<(
         PartFormat::Ipc => IpcWriter::new(out)
             .with_compression(Some(IpcCompression::ZSTD(ZstdLevel::try_new(1)?)))
             .finish(&mut df),
-        PartFormat::Parquet => ParquetWriter::new(out)
-            .with_compression(ParquetCompression::Zstd(None))
-            .with_statistics(StatisticsOptions::empty())
-            .finish(&mut df)
-            .map(|_| ()),
+        PartFormat::Parquet => part_parquet_writer(out).finish(&mut df).map(|_| ()),
     }
+}
+
+/// The Parquet writer of a cache part (rejected or set-aside rows): zstd, no statistics.
+pub fn part_parquet_writer<W: Write>(out: W) -> ParquetWriter<W> {
+    ParquetWriter::new(out)
+        .with_compression(ParquetCompression::Zstd(None))
+        .with_statistics(StatisticsOptions::empty())
 }
 
 /// How a cache part is encoded.
@@ -814,7 +817,33 @@ impl Cache {
         frames: Option<&Frames>,
         table: TablePart,
         summary: &StageSummary,
+        file_keys: Vec<String>,
+    ) -> anyhow::Result<StageEntry> {
+        self.store_stage_with(fp, stage, frames, table, summary, file_keys, Vec::new())
+    }
+
+    /// Where stage entry `fp` keeps its `role` part (Parquet), for a part written piece by
+    /// piece ([`crate::publish::TableWriter::create_part`]) and then given to
+    /// [`Cache::store_stage_with`]: the path, and the file name the entry records.
+    pub fn stage_part_path(&self, fp: &str, role: &str) -> anyhow::Result<(PathBuf, String)> {
+        let folder = self.stages();
+        fs::create_dir_all(&folder)?;
+        let file = format!("{fp}.{role}.parquet");
+        Ok((folder.join(&file), file))
+    }
+
+    /// [`Cache::store_stage`], with parts already written (`written`, see
+    /// [`Cache::stage_part_path`]) besides those of `frames`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_stage_with(
+        &self,
+        fp: &str,
+        stage: &str,
+        frames: Option<&Frames>,
+        table: TablePart,
+        summary: &StageSummary,
         mut file_keys: Vec<String>,
+        written: Vec<Part>,
     ) -> anyhow::Result<StageEntry> {
         let folder = self.stages();
         fs::create_dir_all(&folder)?;
@@ -858,6 +887,7 @@ impl Cache {
                 parts.push(self.write_part(&folder, fp, "dropped", d)?);
             }
         }
+        parts.extend(written);
         let e = StageEntry {
             format: CACHE_FORMAT,
             fingerprint: fp.to_string(),

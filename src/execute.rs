@@ -748,10 +748,11 @@ impl Engine<'_> {
             (None, Some(earlier)) => cache::TablePart::Same(earlier),
             (None, None) => cache::TablePart::Write,
         };
-        self.store_part(id, fp, frames, table, summary, file_keys);
+        self.store_part(id, fp, frames, table, summary, file_keys, Vec::new());
     }
 
     /// Caches a stage output with its table as `table` says; failing to cache only warns.
+    #[allow(clippy::too_many_arguments)]
     fn store_part(
         &self,
         id: usize,
@@ -760,11 +761,12 @@ impl Engine<'_> {
         table: cache::TablePart,
         summary: &StageSummary,
         file_keys: Vec<String>,
+        written: Vec<cache::Part>,
     ) -> Option<StageEntry> {
         let name = &self.plan.stages[id].name;
         match self
             .cache
-            .store_stage(key, name, frames, table, summary, file_keys)
+            .store_stage_with(key, name, frames, table, summary, file_keys, written)
         {
             Ok(entry) => Some(entry),
             Err(e) => {

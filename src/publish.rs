@@ -198,10 +198,25 @@ impl TableWriter {
         prov: &Provenance,
         first: &DataFrame,
     ) -> Result<TableWriter, RunError> {
+        Self::start(path, first, |out| parquet_writer(out, prov.pairs(first)))
+    }
+
+    /// Starts a cache part at `path` (rows a stage set aside, written file by file at the end
+    /// of a run in subject batches) with the columns of `first`: the cache's Parquet settings
+    /// ([`crate::cache::part_parquet_writer`]), no provenance.
+    pub fn create_part(path: &Path, first: &DataFrame) -> Result<TableWriter, RunError> {
+        Self::start(path, first, crate::cache::part_parquet_writer)
+    }
+
+    fn start(
+        path: &Path,
+        first: &DataFrame,
+        settings: impl FnOnce(SharedFile) -> ParquetWriter<SharedFile>,
+    ) -> Result<TableWriter, RunError> {
         let (tmp, file) = HashedFile::create(path)?;
         let out = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
         let schema = first.schema().as_ref().clone();
-        let writer = parquet_writer(SharedFile(out.clone()), prov.pairs(first))
+        let writer = settings(SharedFile(out.clone()))
             .batched(&schema)
             .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
         Ok(TableWriter {

@@ -46,11 +46,20 @@ struct Sum {
     /// The batches whose rejected rows (and set-aside rows) wait in the spill, in batch
     /// order: held there, not in memory, until the stage's cache entry is written.
     rejects: Vec<usize>,
-    dropped: Vec<usize>,
+    dropped: Vec<Dropped>,
     writer: Option<TableWriter>,
     /// The sort key of the last published row, to check the next part's order against.
     last: Option<DataFrame>,
     seconds: f64,
+}
+
+/// A batch's set-aside rows of a stage in the spill ([`Spill::write_dropped`]).
+struct Dropped {
+    batch: usize,
+    /// The file of each record batch (a run of rows of one file, lines ascending); `None`
+    /// when the rows have no file and line columns, or a row without a file (one record
+    /// batch).
+    files: Option<Vec<String>>,
 }
 
 /// Batches finished out of order wait here until the batches before them are committed.
@@ -159,6 +168,79 @@ impl Spill {
     ) -> anyhow::Result<()> {
         let path = self.part_path(role, stage, batch);
         write_ipc(&path, &mut rows)
+    }
+
+    /// Keeps the rows batch `batch` of `stage` set aside, one record batch per run of rows of
+    /// one file (a stage sets rows aside in the order of its input, which an ingest reads file
+    /// after file); the file of each record batch ([`Dropped::files`]).
+    fn write_dropped(
+        &self,
+        stage: usize,
+        batch: usize,
+        mut rows: DataFrame,
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        let path = self.part_path("dropped", stage, batch);
+        let in_blocks = rows.height() > 0
+            && rows.column("SRCLINE").is_ok()
+            && rows
+                .column("SRCFILE")
+                .is_ok_and(|c| c.dtype() == &DataType::String && c.null_count() == 0);
+        if !in_blocks {
+            write_ipc(&path, &mut rows)?;
+            return Ok(None);
+        }
+        let (_, starts) = crate::stages::runs(&rows, &["SRCFILE"])?;
+        let starts: Vec<usize> = starts.into_no_null_iter().map(|i| i as usize).collect();
+        let names = rows.column("SRCFILE")?.str()?.clone();
+        let mut w = SpillWriter::create(path, rows.schema())?;
+        let mut files = Vec::with_capacity(starts.len());
+        for (i, &start) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).copied().unwrap_or(rows.height());
+            w.write(&rows.slice(start as i64, end - start))?;
+            files.push(names.get(start).unwrap_or_default().to_string());
+        }
+        w.finish()?;
+        Ok(Some(files))
+    }
+
+    /// The set-aside rows of `stage` (`parts`, every batch's) handed to `each` file by file, in
+    /// the order of the files' names, each file's blocks from every batch put together and its
+    /// lines put in order: the order a whole run sets them aside in, which lets the run's
+    /// `duplicates` be joined from them without a sort (`row_fate::all_dropped`). One file's
+    /// rows are held at a time. `false`, having handed nothing, when a batch's rows are not in
+    /// file blocks ([`Spill::stacked_parts`] then puts them together whole). The spill files
+    /// stay until the spill is removed.
+    fn dropped_by_file(
+        &self,
+        stage: usize,
+        parts: &[Dropped],
+        each: &mut dyn FnMut(DataFrame) -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        let mut blocks: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
+        for p in parts {
+            let Some(files) = &p.files else {
+                return Ok(false);
+            };
+            for (block, file) in files.iter().enumerate() {
+                blocks.entry(file).or_default().push((p.batch, block));
+            }
+        }
+        for of_file in blocks.values() {
+            let mut rows: Option<DataFrame> = None;
+            for &(batch, block) in of_file {
+                let b = read_ipc_block(&self.part_path("dropped", stage, batch), block)?;
+                match &mut rows {
+                    Some(r) => {
+                        r.vstack_mut_owned(b)?;
+                    }
+                    None => rows = Some(b),
+                }
+            }
+            if let Some(rows) = rows {
+                each(rows.sort(["SRCLINE"], SortMultipleOptions::default())?)?;
+            }
+        }
+        Ok(true)
     }
 
     /// The `role` parts of `stage` of `batches`, one after the other (`None`: no batch made
@@ -309,6 +391,23 @@ impl SpillWriter {
             .finish()
             .map_err(|e| RunError::Internal(format!("writing {}: {e}", self.path.display())))?;
         Ok(())
+    }
+}
+
+/// Record batch `block` of the spill file at `path`.
+fn read_ipc_block(path: &Path, block: usize) -> anyhow::Result<DataFrame> {
+    use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
+    let failed =
+        |e: &dyn std::fmt::Display| RunError::Internal(format!("reading {}: {e}", path.display()));
+    let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
+    let mut f = std::io::BufReader::new(f);
+    let metadata = read_file_metadata(&mut f).map_err(|e| failed(&e))?;
+    let mut reader = FileReader::new(f, metadata, None, None);
+    reader.set_current_block(block);
+    match reader.next() {
+        Some(Ok(batch)) => Ok(DataFrame::from(batch)),
+        Some(Err(e)) => Err(failed(&e).into()),
+        None => Err(failed(&format!("no record batch {block}")).into()),
     }
 }
 
@@ -690,10 +789,17 @@ impl Engine<'_> {
             let sum = std::mem::take(&mut sums[id]);
             let mut summary = sum.summary.unwrap_or_default();
             summary.content = Some(d.key.clone());
-            let frames = Frames {
+            let dropped_batches: Vec<usize> = sum.dropped.iter().map(|p| p.batch).collect();
+            // Its set-aside rows go to its cache entry file by file, never all at once.
+            let written = self.dropped_to_cache(&spill, id, &d.key, &sum.dropped);
+            let wrote_dropped = written.is_some();
+            let mut frames = Frames {
                 table: DataFrame::empty(),
                 rejects: spill.stacked_parts("rejects", id, &sum.rejects)?,
-                dropped: spill.stacked_parts("dropped", id, &sum.dropped)?,
+                dropped: match wrote_dropped {
+                    true => None,
+                    false => spill.stacked_parts("dropped", id, &dropped_batches)?,
+                },
                 rows: None,
             };
             let file = files[id].take();
@@ -702,7 +808,19 @@ impl Engine<'_> {
                 None => TablePart::Omit,
             };
             // A table published in parts is linked; an unpublished one was never whole.
-            let entry = self.store_part(id, &d.key, Some(&frames), table, &summary, Vec::new());
+            let entry = self.store_part(
+                id,
+                &d.key,
+                Some(&frames),
+                table,
+                &summary,
+                Vec::new(),
+                written.into_iter().collect(),
+            );
+            if entry.is_none() && wrote_dropped {
+                // No entry to read them back from: they stay in memory, as a whole run's do.
+                frames.dropped = spill.stacked_parts("dropped", id, &dropped_batches)?;
+            }
             let mut reasons = vec![format!("ran in {batches} subject batches")];
             reasons.extend(d.reasons);
             let slot = Slot::ran(
@@ -730,6 +848,52 @@ impl Engine<'_> {
         drop(spill);
         bar.finish_and_clear();
         Ok(true)
+    }
+
+    /// Writes the set-aside rows of batched stage `id` to the `dropped` part of its cache
+    /// entry `key`, file by file ([`Spill::dropped_by_file`]); the part, or `None` when there
+    /// are none, when they are not in file blocks, or when the part could not be written (the
+    /// log says why).
+    fn dropped_to_cache(
+        &self,
+        spill: &Spill,
+        id: usize,
+        key: &str,
+        parts: &[Dropped],
+    ) -> Option<cache::Part> {
+        let written = (|| -> anyhow::Result<Option<cache::Part>> {
+            let (path, file) = self.cache.stage_part_path(key, "dropped")?;
+            let mut writer: Option<TableWriter> = None;
+            let in_files = spill.dropped_by_file(id, parts, &mut |rows| {
+                match &mut writer {
+                    Some(w) => w.write(rows)?,
+                    None => {
+                        let mut w = TableWriter::create_part(&path, &rows)?;
+                        w.write(rows)?;
+                        writer = Some(w);
+                    }
+                }
+                Ok(())
+            })?;
+            let Some(w) = writer.filter(|_| in_files) else {
+                return Ok(None);
+            };
+            let (bytes, blake3, rows) = w.finish()?;
+            Ok(Some(cache::Part {
+                role: "dropped".into(),
+                file,
+                bytes,
+                blake3,
+                rows,
+            }))
+        })();
+        written.unwrap_or_else(|e| {
+            let name = &self.plan.stages[id].name;
+            self.log.warn(&format!(
+                "could not cache the set-aside rows of `{name}` file by file: {e:#}"
+            ));
+            None
+        })
     }
 
     /// Runs every stage of `order` on the rows of batch `b` of the `ingests` (from `spill`);
@@ -829,8 +993,8 @@ impl Engine<'_> {
                     sum.rejects.push(next);
                 }
                 if let Some(d) = part.dropped {
-                    spill.write_part("dropped", id, next, d)?;
-                    sum.dropped.push(next);
+                    let files = spill.write_dropped(id, next, d)?;
+                    sum.dropped.push(Dropped { batch: next, files });
                 }
                 let Some(table) = part.table else { continue };
                 if table.height() > 0 {
@@ -970,6 +1134,68 @@ mod tests {
         assert_eq!(lines(&back), [7, 3]);
         assert!(!spill.part_path("rejects", 0, 0).exists());
         assert!(spill.stacked_parts("rejects", 0, &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn set_aside_rows_come_back_file_by_file_with_their_lines_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
+        let part = |files: &[&str], lines: &[i64]| {
+            df!("SRCFILE" => files, "SRCLINE" => lines, "FATE" => vec!["collapsed"; lines.len()])
+                .unwrap()
+        };
+        // Each batch's rows in blocks of one file, in reading order; the batches' lines of
+        // one file interleave.
+        let mut parts = Vec::new();
+        for (batch, rows) in [
+            (0, part(&["b.csv", "b.csv", "a.csv"], &[2, 9, 5])),
+            (3, part(&["a.csv", "b.csv"], &[1, 4])),
+            (4, part(&["c.csv"], &[8])),
+        ] {
+            let files = spill.write_dropped(0, batch, rows).unwrap();
+            parts.push(Dropped { batch, files });
+        }
+        assert_eq!(
+            parts[0].files.as_deref(),
+            Some(&["b.csv".to_string(), "a.csv".to_string()][..])
+        );
+        let mut got: Vec<(String, Vec<i64>)> = Vec::new();
+        let in_files = spill
+            .dropped_by_file(0, &parts, &mut |rows| {
+                let files = rows.column("SRCFILE")?.str()?.clone();
+                let file = files.get(0).unwrap_or_default().to_string();
+                assert!(files.iter().all(|f| f == Some(file.as_str())));
+                let lines = rows.column("SRCLINE")?.i64()?.into_no_null_iter().collect();
+                got.push((file, lines));
+                Ok(())
+            })
+            .unwrap();
+        assert!(in_files);
+        let want = [
+            ("a.csv", vec![1, 5]),
+            ("b.csv", vec![2, 4, 9]),
+            ("c.csv", vec![8]),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(f, l)| (f.to_string(), l)).to_vec(),
+            "one file at a time, in the order of their names"
+        );
+        // Rows without a file column are not in blocks: nothing is handed over.
+        let files = spill
+            .write_dropped(0, 5, df!("SRCLINE" => [3i64]).unwrap())
+            .unwrap();
+        assert!(files.is_none());
+        parts.push(Dropped { batch: 5, files });
+        let mut handed = 0;
+        let in_files = spill
+            .dropped_by_file(0, &parts, &mut |_| {
+                handed += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!in_files);
+        assert_eq!(handed, 0);
     }
 
     #[test]
