@@ -785,21 +785,31 @@ fn parse_file(
     let hash = blake3::hash(&bytes).to_hex().to_string();
     let byte_count = bytes.len() as u64;
     let d: &Dialect = &file.dialect;
-    let text = dialect::decode(&bytes, d.encoding);
+    // The text to read: the bytes themselves (past a byte-order mark), or, when decoding had
+    // to make a copy (a Latin-1 file with a byte beyond ASCII), that copy, the bytes let go of.
+    let decoded = match dialect::decode(&bytes, d.encoding) {
+        std::borrow::Cow::Borrowed(t) => Err(bytes.len() - t.len()),
+        std::borrow::Cow::Owned(t) => Ok(t),
+    };
+    let (owned, from) = match decoded {
+        Ok(copy) => {
+            drop(bytes);
+            (copy, 0)
+        }
+        Err(from) => (bytes, from),
+    };
+    let text = &owned[from..];
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(bad(
             file,
-            format!(
-                "the file is empty ({} bytes): not even a header line",
-                bytes.len()
-            ),
+            format!("the file is empty ({byte_count} bytes): not even a header line"),
         ));
     }
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(d.delimiter)
         .has_headers(false)
         .flexible(true)
-        .from_reader(&text[..]);
+        .from_reader(text);
     // One record buffer for the whole file: no allocation per row.
     let mut rec = csv::ByteRecord::new();
     let header_rec = match reader.read_byte_record(&mut rec) {
@@ -835,7 +845,7 @@ fn parse_file(
                 // The csv reader only fails on I/O; a bad record still has a position.
                 let line = e
                     .position()
-                    .map(|p| lines_at.line(&text, p.byte()))
+                    .map(|p| lines_at.line(text, p.byte()))
                     .unwrap_or(0);
                 rows += 1;
                 rejects.push(
@@ -853,7 +863,7 @@ fn parse_file(
         rows += 1;
         let line = rec
             .position()
-            .map(|p| lines_at.line(&text, p.byte()))
+            .map(|p| lines_at.line(text, p.byte()))
             .unwrap_or(0);
         if repeats_header(&rec, &normalised) {
             rejects.push(
@@ -935,8 +945,7 @@ fn parse_file(
         }
     }
     drop(reader);
-    drop(text);
-    drop(bytes);
+    drop(owned);
     let n = lines.len();
     let export_days = (file.export_date - EPOCH).num_days() as i32;
     let constant = |name: &str| {
