@@ -876,6 +876,9 @@ impl Engine<'_> {
         self.store_file(src, &p);
         if self.lean_ingests.load(Ordering::Relaxed) {
             p.table = DataFrame::empty();
+            // What the parse freed is of sizes the next file's parse may not ask for again
+            // (bench cohort, batches of 100: the run's peak 0.58 -> 0.49 GB, 0.2-0.5 s).
+            crate::memory::give_back();
         }
         Ok(p)
     }
