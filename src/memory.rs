@@ -5,9 +5,9 @@
 /// pages for reuse (no decay, `src/main.rs`), which a whole run's stages do. In a run in
 /// subject batches the ingests free large buffers of sizes the batches do not ask for again;
 /// kept, they only add to the peak (bench cohort, batches of 500: 1.28 -> 1.14 GB, time
-/// unchanged). Giving back after every batch as well lowered it by 0.09 GB more but cost
-/// 1.3 s of system time in faulting the pages in again. Without jemalloc as the allocator
-/// (the tests), it does nothing that matters.
+/// unchanged). So a batched run gives them back after each file an ingest parses, after the
+/// ingests and after the spill; from then on [`decay_after`] gives freed pages back as the
+/// run goes. Without jemalloc as the allocator (the tests), it does nothing that matters.
 pub fn give_back() {
     // MALLCTL_ARENAS_ALL
     let name = c"arena.4096.purge";
