@@ -62,10 +62,13 @@ struct Dropped {
     files: Option<Vec<String>>,
 }
 
-/// Batches finished out of order wait here until the batches before them are committed.
+/// Each stage's parts are committed in batch order as the batches make them: a batch's part
+/// made before the parts of the batches before it waits here until they are committed.
 struct Commit {
-    next: usize,
-    waiting: BTreeMap<usize, Vec<Option<Part>>>,
+    /// Of each stage, the batch whose part is committed next.
+    next: Vec<usize>,
+    /// Of each stage, the parts of later batches, made before that one's.
+    waiting: Vec<BTreeMap<usize, Part>>,
     sums: Vec<Sum>,
 }
 
@@ -718,8 +721,8 @@ impl Engine<'_> {
 
         // The batches, `workers` at a time, committed in batch order.
         let commit = Mutex::new(Commit {
-            next: 0,
-            waiting: BTreeMap::new(),
+            next: vec![0; n],
+            waiting: (0..n).map(|_| BTreeMap::new()).collect(),
             sums: (0..n).map(|_| Sum::default()).collect(),
         });
         let batch_numbers: Vec<usize> = (0..batches).collect();
@@ -727,8 +730,8 @@ impl Engine<'_> {
             unpanicked(
                 || format!("subject batch {}", b + 1),
                 || {
-                    let parts = self.run_batch(b, &order, &ingests, &spill, &file_count)?;
-                    self.commit(&commit, &spill, b, parts, &decided)
+                    let commit = (&commit, &decided[..]);
+                    self.run_batch(b, &order, &ingests, (&spill, &file_count), commit)
                 },
             )?;
             if self.log.plain_steps() {
@@ -903,9 +906,9 @@ impl Engine<'_> {
         b: usize,
         order: &[usize],
         ingests: &[usize],
-        spill: &Spill,
-        file_count: &[usize],
-    ) -> anyhow::Result<Vec<Option<Part>>> {
+        (spill, file_count): (&Spill, &[usize]),
+        (commit, decided): (&Mutex<Commit>, &[Option<Decided>]),
+    ) -> anyhow::Result<()> {
         let plan = self.plan;
         let n = plan.stages.len();
         let mut held: Vec<Option<DataFrame>> = vec![None; n];
@@ -919,7 +922,6 @@ impl Engine<'_> {
                 left[j] += 1;
             }
         }
-        let mut parts: Vec<Option<Part>> = (0..n).map(|_| None).collect();
         for &id in order {
             let s = &plan.stages[id];
             let t0 = Instant::now();
@@ -948,97 +950,112 @@ impl Engine<'_> {
                     held[j] = None;
                 }
             }
-            parts[id] = Some(Part {
+            let part = Part {
                 summary,
                 rejects: out.rejects,
                 dropped: out.dropped,
                 table: s.publish.then(|| table.clone()),
                 seconds: t0.elapsed().as_secs_f64(),
-            });
+            };
+            // Committed now, not when the batch is done: a batch holds only the tables its
+            // later stages read.
+            self.commit(commit, spill, b, id, part, decided)?;
             if left[id] > 0 {
                 held[id] = Some(table);
             }
         }
-        Ok(parts)
+        Ok(())
     }
 
-    /// Commits batch `b` once the batches before it are: its published rows are written,
-    /// its counts added.
+    /// Commits stage `id`'s part of batch `b` once the batches before it have committed theirs:
+    /// its published rows are written, its counts added.
     fn commit(
         &self,
         commit: &Mutex<Commit>,
         spill: &Spill,
         b: usize,
-        parts: Vec<Option<Part>>,
+        id: usize,
+        part: Part,
         decided: &[Option<Decided>],
     ) -> anyhow::Result<()> {
         let mut c = commit.lock().map_err(|_| poisoned())?;
-        c.waiting.insert(b, parts);
-        loop {
-            let next = c.next;
-            let Some(parts) = c.waiting.remove(&next) else {
-                break;
-            };
-            for (id, part) in parts.into_iter().enumerate() {
-                let Some(part) = part else { continue };
-                let s = &self.plan.stages[id];
-                let sum = &mut c.sums[id];
-                sum.seconds += part.seconds;
-                match &mut sum.summary {
-                    Some(total) => add_summary(total, part.summary),
-                    None => sum.summary = Some(part.summary),
-                }
-                if let Some(r) = part.rejects {
-                    spill.write_part("rejects", id, next, r)?;
-                    sum.rejects.push(next);
-                }
-                if let Some(d) = part.dropped {
-                    let files = spill.write_dropped(id, next, d)?;
-                    sum.dropped.push(Dropped { batch: next, files });
-                }
-                let Some(table) = part.table else { continue };
-                if table.height() > 0 {
-                    let keys: Vec<&str> = s.sort_by.iter().map(String::as_str).collect();
-                    let first = table.select(keys.iter().copied())?.slice(0, 1);
-                    if let Some(last) = &sum.last {
-                        let mut pair = last.clone();
-                        pair.vstack_mut(&first)?;
-                        if !crate::run::already_sorted(&pair, &s.sort_by)? {
-                            return Err(DataError::Stage {
-                                stage: s.name.clone(),
-                                message: format!(
-                                    "in subject batches its rows are not in the order of its \
-                                     sort_by ({}): the first of them is not ordered like the \
-                                     subject ids; run it without --batch-subjects",
-                                    s.sort_by.join(", ")
-                                ),
-                            }
-                            .into());
-                        }
+        let c = &mut *c;
+        c.waiting[id].insert(b, part);
+        while let Some(part) = c.waiting[id].remove(&c.next[id]) {
+            self.add_part(&mut c.sums[id], spill, c.next[id], id, part, decided)?;
+            c.next[id] += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds stage `id`'s part of batch `b` to `sum`: its rejected and set-aside rows go to the
+    /// spill, its published rows to the table's writer (their order against the rows before
+    /// them checked).
+    fn add_part(
+        &self,
+        sum: &mut Sum,
+        spill: &Spill,
+        b: usize,
+        id: usize,
+        part: Part,
+        decided: &[Option<Decided>],
+    ) -> anyhow::Result<()> {
+        let s = &self.plan.stages[id];
+        sum.seconds += part.seconds;
+        match &mut sum.summary {
+            Some(total) => add_summary(total, part.summary),
+            None => sum.summary = Some(part.summary),
+        }
+        if let Some(r) = part.rejects {
+            spill.write_part("rejects", id, b, r)?;
+            sum.rejects.push(b);
+        }
+        if let Some(d) = part.dropped {
+            let files = spill.write_dropped(id, b, d)?;
+            sum.dropped.push(Dropped { batch: b, files });
+        }
+        let Some(table) = part.table else {
+            return Ok(());
+        };
+        if table.height() > 0 {
+            let keys: Vec<&str> = s.sort_by.iter().map(String::as_str).collect();
+            let first = table.select(keys.iter().copied())?.slice(0, 1);
+            if let Some(last) = &sum.last {
+                let mut pair = last.clone();
+                pair.vstack_mut(&first)?;
+                if !crate::run::already_sorted(&pair, &s.sort_by)? {
+                    return Err(DataError::Stage {
+                        stage: s.name.clone(),
+                        message: format!(
+                            "in subject batches its rows are not in the order of its \
+                             sort_by ({}): the first of them is not ordered like the \
+                             subject ids; run it without --batch-subjects",
+                            s.sort_by.join(", ")
+                        ),
                     }
-                    sum.last = Some(
-                        table
-                            .select(keys.iter().copied())?
-                            .slice(table.height() as i64 - 1, 1),
-                    );
-                }
-                if sum.writer.is_none() {
-                    let d = decided[id].as_ref().ok_or_else(|| {
-                        RunError::Internal(format!("`{}` was not decided", s.name))
-                    })?;
-                    publish::failpoint(&format!("write:{}", s.name))?;
-                    let prov = crate::run::provenance(self.plan, &s.name, &d.fingerprint);
-                    sum.writer = Some(TableWriter::create(
-                        &self.run_dir.join(format!("{}.parquet", s.name)),
-                        &prov,
-                        &table,
-                    )?);
-                }
-                if let Some(w) = &mut sum.writer {
-                    w.write(table)?;
+                    .into());
                 }
             }
-            c.next += 1;
+            sum.last = Some(
+                table
+                    .select(keys.iter().copied())?
+                    .slice(table.height() as i64 - 1, 1),
+            );
+        }
+        if sum.writer.is_none() {
+            let d = decided[id]
+                .as_ref()
+                .ok_or_else(|| RunError::Internal(format!("`{}` was not decided", s.name)))?;
+            publish::failpoint(&format!("write:{}", s.name))?;
+            let prov = crate::run::provenance(self.plan, &s.name, &d.fingerprint);
+            sum.writer = Some(TableWriter::create(
+                &self.run_dir.join(format!("{}.parquet", s.name)),
+                &prov,
+                &table,
+            )?);
+        }
+        if let Some(w) = &mut sum.writer {
+            w.write(table)?;
         }
         Ok(())
     }
