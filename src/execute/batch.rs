@@ -62,14 +62,16 @@ struct Dropped {
     files: Option<Vec<String>>,
 }
 
-/// Each stage's parts are committed in batch order as the batches make them: a batch's part
-/// made before the parts of the batches before it waits here until they are committed.
+/// A stage's parts are committed in batch order as the batches make them: a batch's part made
+/// before the parts of the batches before it waits here until they are committed. Each stage
+/// has its own, so that batches committing different stages do not wait for each other.
+#[derive(Default)]
 struct Commit {
-    /// Of each stage, the batch whose part is committed next.
-    next: Vec<usize>,
-    /// Of each stage, the parts of later batches, made before that one's.
-    waiting: Vec<BTreeMap<usize, Part>>,
-    sums: Vec<Sum>,
+    /// The batch whose part is committed next.
+    next: usize,
+    /// The parts of later batches, made before that one's.
+    waiting: BTreeMap<usize, Part>,
+    sum: Sum,
 }
 
 /// A stage's fingerprint, cache key and recipe, decided before the batches run.
@@ -720,17 +722,13 @@ impl Engine<'_> {
         drop(sources);
 
         // The batches, `workers` at a time, committed in batch order.
-        let commit = Mutex::new(Commit {
-            next: vec![0; n],
-            waiting: (0..n).map(|_| BTreeMap::new()).collect(),
-            sums: (0..n).map(|_| Sum::default()).collect(),
-        });
+        let commit: Vec<Mutex<Commit>> = (0..n).map(|_| Mutex::default()).collect();
         let batch_numbers: Vec<usize> = (0..batches).collect();
         concurrently(&batch_numbers, self.workers, |&b| {
             unpanicked(
                 || format!("subject batch {}", b + 1),
                 || {
-                    let commit = (&commit, &decided[..]);
+                    let commit = (&commit[..], &decided[..]);
                     self.run_batch(b, &order, &ingests, (&spill, &file_count), commit)
                 },
             )?;
@@ -745,7 +743,10 @@ impl Engine<'_> {
         self.lean_ingests.store(false, Ordering::Relaxed);
 
         // Each stage's slot, cache entry and published table, as a whole run leaves them.
-        let mut sums = commit.into_inner().map_err(|_| poisoned())?.sums;
+        let mut sums = commit
+            .into_iter()
+            .map(|c| Ok(c.into_inner().map_err(|_| poisoned())?.sum))
+            .collect::<anyhow::Result<Vec<Sum>>>()?;
         // The published tables first: the rows still waiting for a row group are written
         // and let go of before the set-aside rows are read back.
         let mut files: Vec<Option<cache::TableFile>> = (0..n).map(|_| None).collect();
@@ -907,7 +908,7 @@ impl Engine<'_> {
         order: &[usize],
         ingests: &[usize],
         (spill, file_count): (&Spill, &[usize]),
-        (commit, decided): (&Mutex<Commit>, &[Option<Decided>]),
+        (commit, decided): (&[Mutex<Commit>], &[Option<Decided>]),
     ) -> anyhow::Result<()> {
         let plan = self.plan;
         let n = plan.stages.len();
@@ -971,19 +972,19 @@ impl Engine<'_> {
     /// its published rows are written, its counts added.
     fn commit(
         &self,
-        commit: &Mutex<Commit>,
+        commit: &[Mutex<Commit>],
         spill: &Spill,
         b: usize,
         id: usize,
         part: Part,
         decided: &[Option<Decided>],
     ) -> anyhow::Result<()> {
-        let mut c = commit.lock().map_err(|_| poisoned())?;
+        let mut c = commit[id].lock().map_err(|_| poisoned())?;
         let c = &mut *c;
-        c.waiting[id].insert(b, part);
-        while let Some(part) = c.waiting[id].remove(&c.next[id]) {
-            self.add_part(&mut c.sums[id], spill, c.next[id], id, part, decided)?;
-            c.next[id] += 1;
+        c.waiting.insert(b, part);
+        while let Some(part) = c.waiting.remove(&c.next) {
+            self.add_part(&mut c.sum, spill, c.next, id, part, decided)?;
+            c.next += 1;
         }
         Ok(())
     }
