@@ -492,16 +492,17 @@ fn decode(bytes: Vec<u8>, parquet: bool, columns: Option<&[String]>) -> PolarsRe
     }
 }
 
+/// Why the cache part at `path` is not what its entry says: `found` `what` (bytes, rows)
+/// where the entry says `expected`.
+fn miscounted(path: &Path, found: u64, what: &str, expected: u64) -> String {
+    format!("{} has {found} {what}, expected {expected}", path.display())
+}
+
 /// The bytes of the cache part `part` at `path`, checked against its size and hash.
 fn verified_bytes(path: &Path, part: &Part) -> Result<Vec<u8>, String> {
     let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if bytes.len() as u64 != part.bytes {
-        return Err(format!(
-            "{} has {} bytes, expected {}",
-            path.display(),
-            bytes.len(),
-            part.bytes
-        ));
+        return Err(miscounted(path, bytes.len() as u64, "bytes", part.bytes));
     }
     if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
         return Err(format!("{} does not match its hash", path.display()));
@@ -539,12 +540,7 @@ impl Iterator for TablePieces {
             }
             Some(Err(e)) => Some(Err(format!("{}: {e}", self.path.display()))),
             None if self.seen != self.rows => {
-                let e = format!(
-                    "{} has {} rows, expected {}",
-                    self.path.display(),
-                    self.seen,
-                    self.rows
-                );
+                let e = miscounted(&self.path, self.seen, "rows", self.rows);
                 self.seen = self.rows;
                 Some(Err(e))
             }
@@ -636,12 +632,7 @@ impl Cache {
         let df = decode(bytes, is_parquet(&part.file), columns)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if df.height() as u64 != part.rows {
-            return Err(format!(
-                "{} has {} rows, expected {}",
-                path.display(),
-                df.height(),
-                part.rows
-            ));
+            return Err(miscounted(&path, df.height() as u64, "rows", part.rows));
         }
         Ok(df)
     }
@@ -808,23 +799,9 @@ impl Cache {
         }
     }
 
-    /// Stores a stage output; the JSON is written last, so a torn entry is a miss. The table
-    /// part is written, linked to the published file, or left out (see [`TablePart`]).
-    pub fn store_stage(
-        &self,
-        fp: &str,
-        stage: &str,
-        frames: Option<&Frames>,
-        table: TablePart,
-        summary: &StageSummary,
-        file_keys: Vec<String>,
-    ) -> anyhow::Result<StageEntry> {
-        self.store_stage_with(fp, stage, frames, table, summary, file_keys, Vec::new())
-    }
-
     /// Where stage entry `fp` keeps its `role` part (Parquet), for a part written piece by
     /// piece ([`crate::publish::TableWriter::create_part`]) and then given to
-    /// [`Cache::store_stage_with`]: the path, and the file name the entry records.
+    /// [`Cache::store_stage`]: the path, and the file name the entry records.
     pub fn stage_part_path(&self, fp: &str, role: &str) -> anyhow::Result<(PathBuf, String)> {
         let folder = self.stages();
         fs::create_dir_all(&folder)?;
@@ -832,10 +809,11 @@ impl Cache {
         Ok((folder.join(&file), file))
     }
 
-    /// [`Cache::store_stage`], with parts already written (`written`, see
-    /// [`Cache::stage_part_path`]) besides those of `frames`.
+    /// Stores a stage output; the JSON is written last, so a torn entry is a miss. The table
+    /// part is written, linked to the published file, or left out (see [`TablePart`]); parts
+    /// already written (`written`, see [`Cache::stage_part_path`]) join those of `frames`.
     #[allow(clippy::too_many_arguments)]
-    pub fn store_stage_with(
+    pub fn store_stage(
         &self,
         fp: &str,
         stage: &str,
@@ -1057,7 +1035,7 @@ mod tests {
         let s = StageSummary::default();
         let store = |key: &str, table: TablePart| {
             cache
-                .store_stage(key, "s", Some(&frames()), table, &s, vec![])
+                .store_stage(key, "s", Some(&frames()), table, &s, vec![], vec![])
                 .unwrap()
         };
         let earlier = store("old", TablePart::Write);
@@ -1107,6 +1085,7 @@ mod tests {
                     Some(&frames()),
                     TablePart::Write,
                     &summary,
+                    vec![],
                     vec![],
                 )
                 .unwrap()
@@ -1161,20 +1140,33 @@ mod tests {
         assert!(matches!(cache.stage_entry("fp1"), Lookup::Corrupt(_)));
     }
 
-    #[test]
-    fn a_large_parsed_file_is_cached_in_pieces_that_read_back_one_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
-        let n = 2 * PIECE_ROWS + 5;
-        let read = FileRead {
+    /// Stores `frames` as stage entry `fp`, its table written.
+    fn store_written(cache: &Cache, fp: &str, frames: &Frames) -> StageEntry {
+        let s = StageSummary::default();
+        cache
+            .store_stage(fp, "s", Some(frames), TablePart::Write, &s, vec![], vec![])
+            .unwrap()
+    }
+
+    /// What reading `nih/d_2017-06-30.csv` (`rows` records) gave.
+    fn file_read(rows: u64) -> FileRead {
+        FileRead {
             source: "s".into(),
             site: "nih".into(),
             file: "nih/d_2017-06-30.csv".into(),
             bytes: 1,
             hash: "h".into(),
             export_date: "2017-06-30".into(),
-            rows: n as u64,
-        };
+            rows,
+        }
+    }
+
+    #[test]
+    fn a_large_parsed_file_is_cached_in_pieces_that_read_back_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let n = 2 * PIECE_ROWS + 5;
+        let read = file_read(n as u64);
         let parsed = DataFrame::new(
             n,
             vec![
@@ -1216,15 +1208,7 @@ mod tests {
     fn a_parsed_file_is_cached_without_its_constant_columns_and_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
-        let read = FileRead {
-            source: "s".into(),
-            site: "nih".into(),
-            file: "nih/d_2017-06-30.csv".into(),
-            bytes: 1,
-            hash: "h".into(),
-            export_date: "2017-06-30".into(),
-            rows: 2,
-        };
+        let read = file_read(2);
         let export = Scalar::new(DataType::Date, AnyValue::Date(17347));
         // As an ingest makes it: site, file and export date are one value for the file.
         let parsed = DataFrame::new(
@@ -1261,10 +1245,7 @@ mod tests {
                 rows: IdxCa::from_vec("r".into(), vec![1, 0]),
             }),
         };
-        let s = StageSummary::default();
-        let st = cache
-            .store_stage("fp", "s", Some(&frames), TablePart::Write, &s, vec![])
-            .unwrap();
+        let st = store_written(&cache, "fp", &frames);
         let cols = ["EXPORTDT".to_string(), "v".to_string()];
         let got = cache.load_stage_columns(&st, &cols).unwrap();
         let want = parsed
@@ -1290,9 +1271,7 @@ mod tests {
             }),
             ..frames
         };
-        let st = cache
-            .store_stage("fq", "s", Some(&frames), TablePart::Write, &s, vec![])
-            .unwrap();
+        let st = store_written(&cache, "fq", &frames);
         let got = cache.load_stage_columns(&st, &cols).unwrap();
         assert!(got.equals(&want.select(cols).unwrap()), "{got}");
     }
@@ -1329,10 +1308,7 @@ mod tests {
                 rows: IdxCa::from_vec("r".into(), vec![3, 0, 2]),
             }),
         };
-        let s = StageSummary::default();
-        let e = cache
-            .store_stage("fp", "s", Some(&frames), TablePart::Write, &s, vec![])
-            .unwrap();
+        let e = store_written(&cache, "fp", &frames);
         assert!(e.table_part().is_none() && e.rows_part().is_some() && e.has_table());
         assert!(cache.load_stage(&e).unwrap().table.equals(&kept));
         let v = cache.load_stage_columns(&e, &["v".to_string()]).unwrap();
@@ -1377,10 +1353,26 @@ mod tests {
         let cache = Cache::new(dir.path());
         let s = StageSummary::default();
         cache
-            .store_stage("keep", "s", Some(&frames()), TablePart::Write, &s, vec![])
+            .store_stage(
+                "keep",
+                "s",
+                Some(&frames()),
+                TablePart::Write,
+                &s,
+                vec![],
+                vec![],
+            )
             .unwrap();
         cache
-            .store_stage("drop", "s", Some(&frames()), TablePart::Write, &s, vec![])
+            .store_stage(
+                "drop",
+                "s",
+                Some(&frames()),
+                TablePart::Write,
+                &s,
+                vec![],
+                vec![],
+            )
             .unwrap();
         fs::write(dir.path().join("cache/.file_hashes.json.tmp-1-2"), b"{").unwrap();
         let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());

@@ -766,7 +766,7 @@ impl Engine<'_> {
         let name = &self.plan.stages[id].name;
         match self
             .cache
-            .store_stage_with(key, name, frames, table, summary, file_keys, written)
+            .store_stage(key, name, frames, table, summary, file_keys, written)
         {
             Ok(entry) => Some(entry),
             Err(e) => {

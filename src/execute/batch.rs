@@ -968,8 +968,10 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Commits stage `id`'s part of batch `b` once the batches before it have committed theirs:
-    /// its published rows are written, its counts added.
+    /// Commits stage `id`'s part of batch `b` once the batches before it have committed theirs,
+    /// and the parts of later batches that waited for it: their counts are added, their
+    /// rejected and set-aside rows go to the spill, their published rows to the table's writer
+    /// (their order against the rows before them checked).
     fn commit(
         &self,
         commit: &[Mutex<Commit>],
@@ -983,80 +985,65 @@ impl Engine<'_> {
         let c = &mut *c;
         c.waiting.insert(b, part);
         while let Some(part) = c.waiting.remove(&c.next) {
-            self.add_part(&mut c.sum, spill, c.next, id, part, decided)?;
+            let (b, sum) = (c.next, &mut c.sum);
             c.next += 1;
-        }
-        Ok(())
-    }
-
-    /// Adds stage `id`'s part of batch `b` to `sum`: its rejected and set-aside rows go to the
-    /// spill, its published rows to the table's writer (their order against the rows before
-    /// them checked).
-    fn add_part(
-        &self,
-        sum: &mut Sum,
-        spill: &Spill,
-        b: usize,
-        id: usize,
-        part: Part,
-        decided: &[Option<Decided>],
-    ) -> anyhow::Result<()> {
-        let s = &self.plan.stages[id];
-        sum.seconds += part.seconds;
-        match &mut sum.summary {
-            Some(total) => add_summary(total, part.summary),
-            None => sum.summary = Some(part.summary),
-        }
-        if let Some(r) = part.rejects {
-            spill.write_part("rejects", id, b, r)?;
-            sum.rejects.push(b);
-        }
-        if let Some(d) = part.dropped {
-            let files = spill.write_dropped(id, b, d)?;
-            sum.dropped.push(Dropped { batch: b, files });
-        }
-        let Some(table) = part.table else {
-            return Ok(());
-        };
-        if table.height() > 0 {
-            let keys: Vec<&str> = s.sort_by.iter().map(String::as_str).collect();
-            let first = table.select(keys.iter().copied())?.slice(0, 1);
-            if let Some(last) = &sum.last {
-                let mut pair = last.clone();
-                pair.vstack_mut(&first)?;
-                if !crate::run::already_sorted(&pair, &s.sort_by)? {
-                    return Err(DataError::Stage {
-                        stage: s.name.clone(),
-                        message: format!(
-                            "in subject batches its rows are not in the order of its \
-                             sort_by ({}): the first of them is not ordered like the \
-                             subject ids; run it without --batch-subjects",
-                            s.sort_by.join(", ")
-                        ),
-                    }
-                    .into());
-                }
+            let s = &self.plan.stages[id];
+            sum.seconds += part.seconds;
+            match &mut sum.summary {
+                Some(total) => add_summary(total, part.summary),
+                None => sum.summary = Some(part.summary),
             }
-            sum.last = Some(
-                table
-                    .select(keys.iter().copied())?
-                    .slice(table.height() as i64 - 1, 1),
-            );
-        }
-        if sum.writer.is_none() {
-            let d = decided[id]
-                .as_ref()
-                .ok_or_else(|| RunError::Internal(format!("`{}` was not decided", s.name)))?;
-            publish::failpoint(&format!("write:{}", s.name))?;
-            let prov = crate::run::provenance(self.plan, &s.name, &d.fingerprint);
-            sum.writer = Some(TableWriter::create(
-                &self.run_dir.join(format!("{}.parquet", s.name)),
-                &prov,
-                &table,
-            )?);
-        }
-        if let Some(w) = &mut sum.writer {
-            w.write(table)?;
+            if let Some(r) = part.rejects {
+                spill.write_part("rejects", id, b, r)?;
+                sum.rejects.push(b);
+            }
+            if let Some(d) = part.dropped {
+                let files = spill.write_dropped(id, b, d)?;
+                sum.dropped.push(Dropped { batch: b, files });
+            }
+            let Some(table) = part.table else {
+                continue;
+            };
+            if table.height() > 0 {
+                let keys: Vec<&str> = s.sort_by.iter().map(String::as_str).collect();
+                let first = table.select(keys.iter().copied())?.slice(0, 1);
+                if let Some(last) = &sum.last {
+                    let mut pair = last.clone();
+                    pair.vstack_mut(&first)?;
+                    if !crate::run::already_sorted(&pair, &s.sort_by)? {
+                        return Err(DataError::Stage {
+                            stage: s.name.clone(),
+                            message: format!(
+                                "in subject batches its rows are not in the order of its \
+                                 sort_by ({}): the first of them is not ordered like the \
+                                 subject ids; run it without --batch-subjects",
+                                s.sort_by.join(", ")
+                            ),
+                        }
+                        .into());
+                    }
+                }
+                sum.last = Some(
+                    table
+                        .select(keys.iter().copied())?
+                        .slice(table.height() as i64 - 1, 1),
+                );
+            }
+            if sum.writer.is_none() {
+                let d = decided[id]
+                    .as_ref()
+                    .ok_or_else(|| RunError::Internal(format!("`{}` was not decided", s.name)))?;
+                publish::failpoint(&format!("write:{}", s.name))?;
+                let prov = crate::run::provenance(self.plan, &s.name, &d.fingerprint);
+                sum.writer = Some(TableWriter::create(
+                    &self.run_dir.join(format!("{}.parquet", s.name)),
+                    &prov,
+                    &table,
+                )?);
+            }
+            if let Some(w) = &mut sum.writer {
+                w.write(table)?;
+            }
         }
         Ok(())
     }
@@ -1102,14 +1089,16 @@ mod tests {
         assert_eq!(total.rejected_by_file["a.csv"], 2);
     }
 
+    /// Set-aside rows of `files` at `lines`.
+    fn part(files: &[&str], lines: &[i64]) -> DataFrame {
+        df!("SRCFILE" => files, "SRCLINE" => lines, "FATE" => vec!["collapsed"; lines.len()])
+            .unwrap()
+    }
+
     #[test]
     fn set_aside_rows_come_back_from_the_spill_in_file_and_line_order_and_rejects_in_batch_order() {
         let dir = tempfile::tempdir().unwrap();
         let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
-        let part = |files: &[&str], lines: &[i64]| {
-            df!("SRCFILE" => files, "SRCLINE" => lines, "FATE" => vec!["collapsed"; lines.len()])
-                .unwrap()
-        };
         let lines = |d: &DataFrame| -> Vec<i64> {
             d.column("SRCLINE")
                 .unwrap()
@@ -1158,10 +1147,6 @@ mod tests {
     fn set_aside_rows_come_back_file_by_file_with_their_lines_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
-        let part = |files: &[&str], lines: &[i64]| {
-            df!("SRCFILE" => files, "SRCLINE" => lines, "FATE" => vec!["collapsed"; lines.len()])
-                .unwrap()
-        };
         // Each batch's rows in blocks of one file, in reading order; the batches' lines of
         // one file interleave.
         let mut parts = Vec::new();
