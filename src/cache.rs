@@ -1351,29 +1351,8 @@ mod tests {
     fn prune_keeps_what_is_named_and_removes_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
-        let s = StageSummary::default();
-        cache
-            .store_stage(
-                "keep",
-                "s",
-                Some(&frames()),
-                TablePart::Write,
-                &s,
-                vec![],
-                vec![],
-            )
-            .unwrap();
-        cache
-            .store_stage(
-                "drop",
-                "s",
-                Some(&frames()),
-                TablePart::Write,
-                &s,
-                vec![],
-                vec![],
-            )
-            .unwrap();
+        store_written(&cache, "keep", &frames());
+        store_written(&cache, "drop", &frames());
         fs::write(dir.path().join("cache/.file_hashes.json.tmp-1-2"), b"{").unwrap();
         let removed = cache.prune(&HashSet::from(["keep".to_string()]), &HashSet::new());
         assert_eq!(removed, 4);
