@@ -92,6 +92,14 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// The part holding the file's parsed table.
+    pub fn table_part(&self) -> Result<&Part, String> {
+        self.parts
+            .iter()
+            .find(|p| p.role == "table")
+            .ok_or_else(|| "the entry has no table".to_string())
+    }
+
     /// True when parsing again with upper date bound `bound` would give the same result.
     pub fn holds_for(&self, bound: &str) -> bool {
         self.bound == bound
@@ -740,10 +748,8 @@ impl Cache {
         for k in &e.file_keys {
             let fe = self.usable_file_entry(k)?;
             let part = fe
-                .parts
-                .iter()
-                .find(|p| p.role == "table")
-                .ok_or_else(|| format!("the entry of file {k} has no table"))?;
+                .table_part()
+                .map_err(|_| format!("the entry of file {k} has no table"))?;
             tables.push(self.file_table(&fe, part, columns)?.lazy());
         }
         let whole = concat(tables, UnionArgs::default())
@@ -902,21 +908,12 @@ impl Cache {
         e: &FileEntry,
         columns: Option<&[String]>,
     ) -> Result<DataFrame, String> {
-        let part = e
-            .parts
-            .iter()
-            .find(|p| p.role == "table")
-            .ok_or("the entry has no table")?;
-        self.file_table(e, part, columns)
+        self.file_table(e, e.table_part()?, columns)
     }
 
     /// A parsed file's table, one piece at a time (see [`TablePieces`]).
     pub fn file_table_pieces(&self, e: &FileEntry) -> Result<TablePieces, String> {
-        let part = e
-            .parts
-            .iter()
-            .find(|p| p.role == "table")
-            .ok_or("the entry has no table")?;
+        let part = e.table_part()?;
         let path = self.files().join(&part.file);
         if is_parquet(&part.file) {
             return Err(format!("{}: not an Arrow IPC table", path.display()));

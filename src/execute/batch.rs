@@ -231,17 +231,13 @@ impl Spill {
             }
         }
         for of_file in blocks.values() {
-            let mut rows: Option<DataFrame> = None;
-            for &(batch, block) in of_file {
-                let b = read_ipc_block(&self.part_path("dropped", stage, batch), block)?;
-                match &mut rows {
-                    Some(r) => {
-                        r.vstack_mut_owned(b)?;
-                    }
-                    None => rows = Some(b),
-                }
-            }
-            if let Some(rows) = rows {
+            let rows = of_file
+                .iter()
+                .map(|&(batch, block)| {
+                    read_ipc_block(&self.part_path("dropped", stage, batch), block)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(rows) = stacked(rows)? {
                 each(rows.sort(["SRCLINE"], SortMultipleOptions::default())?)?;
             }
         }
@@ -345,14 +341,28 @@ impl Spill {
     }
 }
 
-/// A spill file: Arrow IPC, LZ4 (cheap to write and read back, read once).
-fn write_ipc(path: &Path, rows: &mut DataFrame) -> anyhow::Result<()> {
+/// Why reading or writing (`doing`) the spill file at `path` failed.
+fn spill_failed(doing: &str, path: &Path, e: impl std::fmt::Display) -> RunError {
+    RunError::Internal(format!("{doing} {}: {e}", path.display()))
+}
+
+/// The writer of a spill file at `path`: Arrow IPC, LZ4 (cheap to write and read back, read
+/// once), through a buffer of `buffer` bytes.
+fn spill_writer(
+    path: &Path,
+    buffer: usize,
+) -> anyhow::Result<polars::io::ipc::IpcWriter<std::io::BufWriter<std::fs::File>>> {
     use polars::io::ipc::{IpcCompression, IpcWriter};
     let f = std::fs::File::create(path).map_err(|e| RunError::io(path, e))?;
-    IpcWriter::new(std::io::BufWriter::with_capacity(1 << 20, f))
-        .with_compression(Some(IpcCompression::LZ4))
+    Ok(IpcWriter::new(std::io::BufWriter::with_capacity(buffer, f))
+        .with_compression(Some(IpcCompression::LZ4)))
+}
+
+/// Writes `rows` as a spill file.
+fn write_ipc(path: &Path, rows: &mut DataFrame) -> anyhow::Result<()> {
+    spill_writer(path, 1 << 20)?
         .finish(rows)
-        .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+        .map_err(|e| spill_failed("writing", path, e))?;
     Ok(())
 }
 
@@ -373,28 +383,25 @@ struct SpillWriter {
 
 impl SpillWriter {
     fn create(path: PathBuf, schema: &Schema) -> anyhow::Result<SpillWriter> {
-        use polars::io::ipc::{IpcCompression, IpcWriter};
-        let f = std::fs::File::create(&path).map_err(|e| RunError::io(&path, e))?;
         let arrow = schema.to_arrow(CompatLevel::newest());
         let fields = polars_arrow::io::ipc::write::default_ipc_fields(arrow.iter_values());
-        let writer = IpcWriter::new(std::io::BufWriter::with_capacity(1 << 16, f))
-            .with_compression(Some(IpcCompression::LZ4))
+        let writer = spill_writer(&path, 1 << 16)?
             .batched(schema, fields)
-            .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| spill_failed("writing", &path, e))?;
         Ok(SpillWriter { path, writer })
     }
 
     fn write(&mut self, rows: &DataFrame) -> anyhow::Result<()> {
         self.writer
             .write_batch(rows)
-            .map_err(|e| RunError::Internal(format!("writing {}: {e}", self.path.display())))?;
+            .map_err(|e| spill_failed("writing", &self.path, e))?;
         Ok(())
     }
 
     fn finish(mut self) -> anyhow::Result<()> {
         self.writer
             .finish()
-            .map_err(|e| RunError::Internal(format!("writing {}: {e}", self.path.display())))?;
+            .map_err(|e| spill_failed("writing", &self.path, e))?;
         Ok(())
     }
 }
@@ -402,17 +409,15 @@ impl SpillWriter {
 /// Record batch `block` of the spill file at `path`.
 fn read_ipc_block(path: &Path, block: usize) -> anyhow::Result<DataFrame> {
     use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
-    let failed =
-        |e: &dyn std::fmt::Display| RunError::Internal(format!("reading {}: {e}", path.display()));
     let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
     let mut f = std::io::BufReader::new(f);
-    let metadata = read_file_metadata(&mut f).map_err(|e| failed(&e))?;
+    let metadata = read_file_metadata(&mut f).map_err(|e| spill_failed("reading", path, e))?;
     let mut reader = FileReader::new(f, metadata, None, None);
     reader.set_current_block(block);
     match reader.next() {
         Some(Ok(batch)) => Ok(DataFrame::from(batch)),
-        Some(Err(e)) => Err(failed(&e).into()),
-        None => Err(failed(&format!("no record batch {block}")).into()),
+        Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
+        None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
     }
 }
 
@@ -420,7 +425,7 @@ fn read_ipc(path: &Path) -> anyhow::Result<DataFrame> {
     let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
     Ok(polars::io::ipc::IpcReader::new(std::io::BufReader::new(f))
         .finish()
-        .map_err(|e| RunError::Internal(format!("reading {}: {e}", path.display())))?)
+        .map_err(|e| spill_failed("reading", path, e))?)
 }
 
 impl Drop for Spill {
@@ -827,7 +832,7 @@ impl Engine<'_> {
             }
             let mut reasons = vec![format!("ran in {batches} subject batches")];
             reasons.extend(d.reasons);
-            let slot = Slot::ran(
+            let mut slot = Slot::ran(
                 d.fingerprint,
                 d.key.clone(),
                 d.key,
@@ -837,7 +842,6 @@ impl Engine<'_> {
                 Instant::now(),
                 None,
             );
-            let mut slot = slot;
             if let Some(entry) = entry {
                 // Its rejects and set-aside rows are read back from the cache when the run's
                 // `rejects` and `duplicates` are made, not held until then.
@@ -900,8 +904,8 @@ impl Engine<'_> {
         })
     }
 
-    /// Runs every stage of `order` on the rows of batch `b` of the `ingests` (from `spill`);
-    /// what each stage made, by stage.
+    /// Runs every stage of `order` on the rows of batch `b` of the `ingests` (from `spill`),
+    /// committing what each stage made as it is made ([`Engine::commit`]).
     fn run_batch(
         &self,
         b: usize,
