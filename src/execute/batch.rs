@@ -231,13 +231,20 @@ impl Spill {
             }
         }
         for of_file in blocks.values() {
-            let rows = of_file
-                .iter()
-                .map(|&(batch, block)| {
-                    read_ipc_block(&self.part_path("dropped", stage, batch), block)
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            if let Some(rows) = stacked(rows)? {
+            // Put together without a copy (not [`stacked`], which makes one chunk): the sort
+            // copies them once anyway, and the copy would add to the end's peak (0.47 ->
+            // 0.49 GB with batches of 100).
+            let mut rows: Option<DataFrame> = None;
+            for &(batch, block) in of_file {
+                let b = read_ipc_block(&self.part_path("dropped", stage, batch), block)?;
+                match &mut rows {
+                    Some(r) => {
+                        r.vstack_mut_owned(b)?;
+                    }
+                    None => rows = Some(b),
+                }
+            }
+            if let Some(rows) = rows {
                 each(rows.sort(["SRCLINE"], SortMultipleOptions::default())?)?;
             }
         }
