@@ -389,6 +389,83 @@ fn in_pieces(table: &DataFrame) -> DataFrame {
     pieces
 }
 
+/// A parsed file's table written to the file cache piece by piece ([`Cache::file_table_writer`]):
+/// Arrow IPC, one record batch per chunk of a piece, zstd as [`encode`], without the columns
+/// that hold one value for the file ([`without_constants`]), into a temporary file that
+/// [`Cache::store_file_written`] renames to the entry's name.
+pub struct FileTableWriter {
+    tmp: PathBuf,
+    writer: Option<
+        polars_arrow::io::ipc::write::FileWriter<HashingWriter<std::io::BufWriter<fs::File>>>,
+    >,
+    constants: Vec<(usize, String)>,
+    rows: u64,
+}
+
+impl FileTableWriter {
+    /// Appends `piece`, whose columns must be the first piece's, as record batches of at most
+    /// [`PIECE_ROWS`] rows.
+    pub fn write(&mut self, piece: &DataFrame) -> anyhow::Result<()> {
+        use polars_arrow::io::ipc::write::{Compression, FileWriter, WriteOptions};
+        let (stored, constants) = without_constants(piece);
+        let mut stored = in_pieces(&stored);
+        let writer = match &mut self.writer {
+            Some(w) => {
+                if constants != self.constants {
+                    anyhow::bail!("a piece of the table has other columns than the first");
+                }
+                w
+            }
+            None => {
+                let f = fs::File::create(&self.tmp)?;
+                let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+                let schema = stored.schema().to_arrow(CompatLevel::newest());
+                let level = polars::polars_utils::compression::ZstdLevel::try_new(1)?;
+                let options = WriteOptions {
+                    compression: Some(Compression::ZSTD(level)),
+                };
+                self.constants = constants;
+                self.writer
+                    .insert(FileWriter::try_new(out, Arc::new(schema), None, options)?)
+            }
+        };
+        stored.align_chunks_par();
+        for batch in stored.iter_chunks(CompatLevel::newest(), true) {
+            writer.write(&batch, None)?;
+        }
+        self.rows += piece.height() as u64;
+        Ok(())
+    }
+
+    /// Finishes the file and renames it to `path` (file name `file`): the table's part and the
+    /// columns left out.
+    fn finish(mut self, path: &Path, file: String) -> anyhow::Result<(Part, Vec<(usize, String)>)> {
+        let mut w = self
+            .writer
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no piece of the table was written"))?;
+        w.finish()?;
+        let (buf, bytes, blake3) = w.into_inner().finish();
+        buf.into_inner().map_err(|e| e.into_error())?;
+        fs::rename(&self.tmp, path)?;
+        let part = Part {
+            role: "table".into(),
+            file,
+            bytes,
+            blake3,
+            rows: self.rows,
+        };
+        Ok((part, std::mem::take(&mut self.constants)))
+    }
+}
+
+impl Drop for FileTableWriter {
+    fn drop(&mut self) {
+        // Not finished: the temporary file goes (after a rename there is none).
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 /// Cheap check of a Parquet file (a published table): its size and the magic at both ends.
 pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"PAR1", "Parquet")
@@ -516,6 +593,76 @@ fn verified_bytes(path: &Path, part: &Part) -> Result<Vec<u8>, String> {
         return Err(format!("{} does not match its hash", path.display()));
     }
     Ok(bytes)
+}
+
+/// A stage's rejected or set-aside rows, read a range of rows at a time: the table in memory,
+/// or its cache part's Parquet bytes (a few times smaller than the rows), decoded range by
+/// range, so that a run's `duplicates` is written without holding every stage's rows at once.
+pub enum PartRows {
+    Table(DataFrame),
+    Cached {
+        bytes: Vec<u8>,
+        path: PathBuf,
+        rows: usize,
+    },
+}
+
+impl PartRows {
+    pub fn height(&self) -> usize {
+        match self {
+            PartRows::Table(df) => df.height(),
+            PartRows::Cached { rows, .. } => *rows,
+        }
+    }
+
+    /// Columns `names` of every row.
+    pub fn columns(&self, names: &[&str]) -> Result<DataFrame, String> {
+        match self {
+            PartRows::Table(df) => df.select(names.iter().copied()).map_err(|e| e.to_string()),
+            PartRows::Cached { bytes, path, .. } => {
+                let names = names.iter().map(|n| n.to_string()).collect();
+                self.checked(
+                    ParquetReader::new(std::io::Cursor::new(bytes.as_slice()))
+                        .with_columns(Some(names))
+                        .finish(),
+                    path,
+                    self.height(),
+                )
+            }
+        }
+    }
+
+    /// The `len` rows from row `start`.
+    pub fn rows(&self, start: usize, len: usize) -> Result<DataFrame, String> {
+        match self {
+            PartRows::Table(df) => Ok(df.slice(start as i64, len)),
+            PartRows::Cached { bytes, path, rows } => self.checked(
+                ParquetReader::new(std::io::Cursor::new(bytes.as_slice()))
+                    .with_slice(Some((start, len)))
+                    .finish(),
+                path,
+                len.min(rows.saturating_sub(start)),
+            ),
+        }
+    }
+
+    fn checked(
+        &self,
+        read: PolarsResult<DataFrame>,
+        path: &Path,
+        expected: usize,
+    ) -> Result<DataFrame, String> {
+        let df = read.map_err(|e| format!("{}: {e}", path.display()))?;
+        if df.height() != expected {
+            return Err(miscounted(
+                path,
+                df.height() as u64,
+                "rows",
+                expected as u64,
+            ));
+        }
+        Ok(df)
+    }
 }
 
 /// A file's cached table read back one piece (record batch, at most [`PIECE_ROWS`] rows) at
@@ -796,6 +943,25 @@ impl Cache {
         }
     }
 
+    /// One part (`rejects` or `dropped`, Parquet) of a stage entry, checked against its size
+    /// and hash, to be decoded a range of rows at a time ([`PartRows`]); `None` when it has
+    /// none.
+    pub fn stage_part_rows(&self, e: &StageEntry, role: &str) -> Result<Option<PartRows>, String> {
+        let Some(p) = e.parts.iter().find(|p| p.role == role) else {
+            return Ok(None);
+        };
+        let path = self.stages().join(&p.file);
+        if !is_parquet(&p.file) {
+            return Err(format!("{} is not a Parquet part", path.display()));
+        }
+        let bytes = verified_bytes(&path, p)?;
+        Ok(Some(PartRows::Cached {
+            bytes,
+            path,
+            rows: p.rows as usize,
+        }))
+    }
+
     /// Reads the rejects of one parsed file (empty when it had none).
     pub fn load_file_rejects(&self, e: &FileEntry) -> Result<DataFrame, String> {
         let folder = self.files();
@@ -962,10 +1128,40 @@ impl Cache {
         latest_date: Option<String>,
         late: bool,
     ) -> anyhow::Result<FileEntry> {
+        let mut w = self.file_table_writer()?;
+        w.write(table)?;
+        self.store_file_written(key, w, rejects, read, bound, latest_date, late)
+    }
+
+    /// A writer of a parsed file's table, piece by piece, as the file is parsed; given to
+    /// [`Cache::store_file_written`] once the file's key is known.
+    pub fn file_table_writer(&self) -> anyhow::Result<FileTableWriter> {
         let folder = self.files();
         fs::create_dir_all(&folder)?;
-        let (stored, constants) = without_constants(table);
-        let mut parts = vec![self.write_part(&folder, key, "table", &in_pieces(&stored))?];
+        Ok(FileTableWriter {
+            tmp: tmp_path(&folder.join("parse.table.arrow")),
+            writer: None,
+            constants: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// [`Cache::store_file`] of a table already written by `table`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_file_written(
+        &self,
+        key: &str,
+        table: FileTableWriter,
+        rejects: &DataFrame,
+        read: &FileRead,
+        bound: &str,
+        latest_date: Option<String>,
+        late: bool,
+    ) -> anyhow::Result<FileEntry> {
+        let folder = self.files();
+        let file = format!("{key}.table.{}", PartFormat::Ipc.extension());
+        let (table_part, constants) = table.finish(&folder.join(&file), file)?;
+        let mut parts = vec![table_part];
         if rejects.height() > 0 {
             parts.push(self.write_part(&folder, key, "rejects", rejects)?);
         }

@@ -12,7 +12,7 @@ use chrono::NaiveDate;
 use polars::prelude::*;
 use rayon::prelude::*;
 
-use crate::cache::{self, Cache, Frames, StageEntry, StageSummary};
+use crate::cache::{self, Cache, Frames, PartRows, StageEntry, StageSummary};
 use crate::error::{DataError, RunError};
 use crate::fingerprint::Recipe;
 use crate::log::Log;
@@ -486,7 +486,7 @@ impl Engine<'_> {
             fingerprint,
             false,
             None,
-            || Ok(table.clone()),
+            |dest, prov| crate::run::write_whole(table.clone(), dest, prov),
         )?;
         let file = cache::TableFile {
             path: self.run_dir.join(&rec.file),
@@ -870,20 +870,43 @@ impl Engine<'_> {
         file: &crate::source::SourceFile,
     ) -> anyhow::Result<ParsedFile> {
         let s = &self.plan.stages[id];
-        let mut p = parser
-            .parse(file)
-            .map_err(|e| stage_error(&s.name, &s.kind_name, e.into()))?;
-        self.store_file(src, &p);
-        if self.lean_ingests.load(Ordering::Relaxed) {
-            p.table = DataFrame::empty();
-            // What the parse freed is of sizes the next file's parse may not ask for again
-            // (bench cohort, batches of 100: the run's peak 0.58 -> 0.49 GB, 0.2-0.5 s).
-            crate::memory::give_back();
+        let failed = |e: DataError| stage_error(&s.name, &s.kind_name, e.into());
+        if !self.lean_ingests.load(Ordering::Relaxed) {
+            let p = parser.parse(file).map_err(failed)?;
+            self.store_file(src, &p, |cache| {
+                let mut w = cache.file_table_writer()?;
+                w.write(&p.table)?;
+                Ok(w)
+            });
+            return Ok(p);
         }
+        // A run in subject batches: the rows go to the file's cache entry as they are parsed,
+        // a piece at a time, and are never held whole.
+        let mut writer = self.cache.file_table_writer();
+        let p = parser
+            .parse_in_pieces(file, &mut |piece| {
+                if let Ok(w) = &mut writer
+                    && let Err(e) = w.write(&piece)
+                {
+                    writer = Err(e);
+                }
+            })
+            .map_err(failed)?;
+        self.store_file(src, &p, |_| writer);
+        // What the parse freed is of sizes the next file's parse may not ask for again
+        // (bench cohort, batches of 100: the run's peak 0.58 -> 0.49 GB, 0.2-0.5 s).
+        crate::memory::give_back();
         Ok(p)
     }
 
-    fn store_file(&self, src: &crate::fingerprint::SourceRecipe, p: &ParsedFile) {
+    /// Caches the parse `p`, its table written by `table` (a failure is logged: the file is
+    /// parsed again when it is needed).
+    fn store_file(
+        &self,
+        src: &crate::fingerprint::SourceRecipe,
+        p: &ParsedFile,
+        table: impl FnOnce(&Cache) -> anyhow::Result<cache::FileTableWriter>,
+    ) {
         let bound = self.judge.bound.clone();
         let key = src.file_key(
             &p.read.site,
@@ -892,10 +915,11 @@ impl Engine<'_> {
             p.late.then_some(bound.as_str()),
         );
         let latest = p.latest_date.map(|d| d.to_string());
-        if let Err(e) = self
-            .cache
-            .store_file(&key, &p.table, &p.rejects, &p.read, &bound, latest, p.late)
-        {
+        let stored = table(&self.cache).and_then(|w| {
+            self.cache
+                .store_file_written(&key, w, &p.rejects, &p.read, &bound, latest, p.late)
+        });
+        if let Err(e) = stored {
             self.log.warn(&format!(
                 "could not cache the parse of {}: {e:#}",
                 p.read.file
@@ -1097,10 +1121,7 @@ impl Engine<'_> {
     /// is cached.
     pub(crate) fn part(&self, id: usize, role: &str) -> anyhow::Result<Option<DataFrame>> {
         let slot = self.slot(id)?;
-        let pick = |f: &Frames| match role {
-            "rejects" => f.rejects.clone(),
-            _ => f.dropped.clone(),
-        };
+        let pick = |f: &Frames| pick_part(f, role);
         if let Some(f) = slot.frames.lock().map_err(|_| poisoned())?.as_ref() {
             return Ok(pick(f));
         }
@@ -1114,6 +1135,24 @@ impl Engine<'_> {
             Ok(df) => Ok(df),
             Err(_) => Ok(pick(self.frames(id)?.as_ref())),
         }
+    }
+
+    /// [`Engine::part`], kept in its cache part's bytes when it is cached: its rows are then
+    /// decoded range by range ([`cache::PartRows`]).
+    pub(crate) fn part_rows(&self, id: usize, role: &str) -> anyhow::Result<Option<PartRows>> {
+        let slot = self.slot(id)?;
+        let in_memory = slot.frames.lock().map_err(|_| poisoned())?.is_some();
+        if !in_memory
+            && !matches!(self.plan.stages[id].kind, Kind::Ingest(_))
+            && let Some(e) = &slot.entry
+        {
+            return match self.cache.stage_part_rows(e, role) {
+                Ok(rows) => Ok(rows),
+                // Made again from the stage's inputs, as `part` does.
+                Err(_) => Ok(pick_part(&*self.frames(id)?, role).map(PartRows::Table)),
+            };
+        }
+        Ok(self.part(id, role)?.map(PartRows::Table))
     }
 
     fn ingest_rejects(&self, e: &StageEntry) -> Result<Option<DataFrame>, String> {
@@ -1131,6 +1170,14 @@ impl Engine<'_> {
             concat(parts, UnionArgs::default()).and_then(|lf| lf.collect())
         };
         df.map(Some).map_err(|e| e.to_string())
+    }
+}
+
+/// Part `role` (`rejects` or `dropped`) of a stage's output.
+fn pick_part(f: &Frames, role: &str) -> Option<DataFrame> {
+    match role {
+        "rejects" => f.rejects.clone(),
+        _ => f.dropped.clone(),
     }
 }
 

@@ -168,7 +168,9 @@ pub struct TableWriter {
     out: std::sync::Arc<std::sync::Mutex<Option<HashedFile>>>,
     writer: polars::io::parquet::write::BatchedWriter<SharedFile>,
     schema: Schema,
-    pending: Vec<DataFrame>,
+    /// Parts waiting for a row group, each packed (Arrow IPC, LZ4): a table of a few rows per
+    /// batch waits for many batches, and every published table has some rows waiting.
+    pending: Vec<Vec<u8>>,
     pending_rows: usize,
     rows: u64,
 }
@@ -266,20 +268,24 @@ impl TableWriter {
         }
         self.rows += part.height() as u64;
         self.pending_rows += part.height();
-        self.pending.push(part);
         if self.pending_rows >= ROW_GROUP {
-            self.write_groups(false)?;
+            self.write_groups(Some(part), false)?;
+        } else {
+            self.pending
+                .push(packed(&mut part).map_err(|e| self.failed(e))?);
         }
         Ok(())
     }
 
-    /// Writes the pending rows as row groups of [`ROW_GROUP`] rows, and with `all` the rows
-    /// left over as a last, smaller one; without, they stay pending. Each row is copied once
-    /// into its group, and the rows left over once more, so that they do not keep a whole
-    /// part's buffers.
-    fn write_groups(&mut self, all: bool) -> Result<(), RunError> {
+    /// Writes the pending rows and `part` as row groups of [`ROW_GROUP`] rows, and with `all`
+    /// the rows left over as a last, smaller one; without, they are packed and stay pending.
+    fn write_groups(&mut self, part: Option<DataFrame>, all: bool) -> Result<(), RunError> {
         let mut rows = DataFrame::empty_with_schema(&self.schema);
-        for part in std::mem::take(&mut self.pending) {
+        for bytes in std::mem::take(&mut self.pending) {
+            rows.vstack_mut_owned(unpacked(&bytes).map_err(|e| self.failed(e))?)
+                .map_err(|e| self.failed(e))?;
+        }
+        if let Some(part) = part {
             rows.vstack_mut_owned(part).map_err(|e| self.failed(e))?;
         }
         let n = rows.height();
@@ -294,9 +300,9 @@ impl TableWriter {
             at += len;
         }
         if at < n {
-            let left = IdxCa::from_vec("__rows".into(), (at as IdxSize..n as IdxSize).collect());
+            let mut left = rows.slice(at as i64, n - at);
             self.pending
-                .push(rows.take(&left).map_err(|e| self.failed(e))?);
+                .push(packed(&mut left).map_err(|e| self.failed(e))?);
         }
         self.pending_rows = n - at;
         Ok(())
@@ -306,7 +312,7 @@ impl TableWriter {
     /// size, blake3 and row count.
     pub fn finish(mut self) -> Result<(u64, String, u64), RunError> {
         if self.pending_rows > 0 {
-            self.write_groups(true)?;
+            self.write_groups(None, true)?;
         }
         self.writer.finish().map_err(|e| self.failed(e))?;
         drop(self.writer);
@@ -319,6 +325,50 @@ impl TableWriter {
         let (bytes, hash) = file.publish(&self.tmp, &self.path)?;
         Ok((bytes, hash, self.rows))
     }
+}
+
+/// `df`'s rows in buffers of their own. A slice, a filter or a gather of a string column keeps
+/// the whole buffers its strings came from (a batch's, in a run in subject batches); rows held
+/// after their batch is done (waiting for a row group, or the last row of a part) are copied
+/// out of them, so that a table of a few rows per batch does not hold every batch's buffers.
+pub(crate) fn detached(df: &DataFrame) -> PolarsResult<DataFrame> {
+    let rows = IdxCa::from_vec("__rows".into(), (0..df.height() as IdxSize).collect());
+    let columns = df
+        .take(&rows)?
+        .into_columns()
+        .into_iter()
+        .map(|c| -> PolarsResult<Column> {
+            Ok(match c.dtype() {
+                DataType::String => {
+                    let ca = c.str()?;
+                    let arrays = ca.downcast_iter().map(|a| a.clone().gc());
+                    StringChunked::from_chunk_iter(ca.name().clone(), arrays).into_column()
+                }
+                DataType::Binary => {
+                    let ca = c.binary()?;
+                    let arrays = ca.downcast_iter().map(|a| a.clone().gc());
+                    BinaryChunked::from_chunk_iter(ca.name().clone(), arrays).into_column()
+                }
+                _ => c,
+            })
+        })
+        .collect::<PolarsResult<Vec<_>>>()?;
+    DataFrame::new(df.height(), columns)
+}
+
+/// `rows` packed as Arrow IPC with LZ4: a few times smaller than the rows, and in buffers of
+/// their own (a slice or gather of a batch's table keeps the batch's buffers).
+fn packed(rows: &mut DataFrame) -> PolarsResult<Vec<u8>> {
+    use polars::io::ipc::{IpcCompression, IpcWriter};
+    let mut bytes = Vec::new();
+    IpcWriter::new(&mut bytes)
+        .with_compression(Some(IpcCompression::LZ4))
+        .finish(rows)?;
+    Ok(bytes)
+}
+
+fn unpacked(bytes: &[u8]) -> PolarsResult<DataFrame> {
+    polars::io::ipc::IpcReader::new(std::io::Cursor::new(bytes)).finish()
 }
 
 /// A temporary file beside a published file, hashed as it is written: reading a large file

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use polars::prelude::*;
 
-use crate::cache::StageSummary;
+use crate::cache::{PartRows, StageSummary};
 use crate::error::DataError;
 use crate::manifest::FileFate;
 use crate::plan::Plan;
@@ -255,10 +255,14 @@ pub fn all_dropped(dropped: &[Option<DataFrame>]) -> anyhow::Result<DataFrame> {
             "KEPTLINE" => Vec::<i64>::new(),
         )?);
     }
-    if let Some(blocks) = file_blocks(&parts)? {
-        let mut out = blocks[0].clone();
-        for b in &blocks[1..] {
-            out.vstack_mut(b)?;
+    let keys = parts
+        .iter()
+        .map(|d| d.select(["SRCFILE", "SRCLINE"]))
+        .collect::<PolarsResult<Vec<_>>>()?;
+    if let Some(blocks) = file_blocks(&keys)? {
+        let mut out = DataFrame::empty_with_schema(&parts[0].schema());
+        for b in &blocks {
+            out.vstack_mut(&parts[b.part].slice(b.start as i64, b.len))?;
         }
         return Ok(out);
     }
@@ -271,16 +275,78 @@ pub fn all_dropped(dropped: &[Option<DataFrame>]) -> anyhow::Result<DataFrame> {
         .collect()?)
 }
 
-/// The parts cut into blocks of one file, in file order, when each block's lines ascend and
-/// no file has two blocks; `None` otherwise (a block's order is then not the table's).
-fn file_blocks(parts: &[&DataFrame]) -> PolarsResult<Option<Vec<DataFrame>>> {
-    let mut blocks: Vec<(String, DataFrame)> = Vec::new();
-    for part in parts {
+/// Writes the run's `duplicates` ([`all_dropped`]'s table) to `dest` from every stage's
+/// set-aside rows, a file's block at a time when they are in file blocks: a part that is
+/// cached is decoded block by block, and no more than a block and a row group of the table
+/// are held at once. Its size, blake3 and rows.
+pub fn write_dropped(
+    parts: Vec<PartRows>,
+    dest: &std::path::Path,
+    prov: &crate::publish::Provenance,
+) -> anyhow::Result<(u64, String, u64)> {
+    let parts: Vec<PartRows> = parts.into_iter().filter(|p| p.height() > 0).collect();
+    let keys = parts
+        .iter()
+        .map(|p| p.columns(&["SRCFILE", "SRCLINE"]))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(anyhow::Error::msg)?;
+    let blocks = if parts.is_empty() {
+        None
+    } else {
+        file_blocks(&keys)?
+    };
+    drop(keys);
+    let Some(blocks) = blocks else {
+        // Not in file blocks (or no rows): sorted whole.
+        let whole = parts
+            .iter()
+            .map(|p| p.rows(0, p.height()).map(Some))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(anyhow::Error::msg)?;
+        let mut table = all_dropped(&whole)?;
+        drop(whole);
+        let rows = table.height() as u64;
+        let (bytes, blake3) = crate::publish::write_parquet(&mut table, dest, prov)?;
+        return Ok((bytes, blake3, rows));
+    };
+    let mut writer: Option<crate::publish::TableWriter> = None;
+    for b in &blocks {
+        let rows = parts[b.part]
+            .rows(b.start, b.len)
+            .map_err(anyhow::Error::msg)?;
+        match &mut writer {
+            Some(w) => w.write(rows)?,
+            None => {
+                let mut w = crate::publish::TableWriter::create(dest, prov, &rows)?;
+                w.write(rows)?;
+                writer = Some(w);
+            }
+        }
+    }
+    let w = writer.ok_or_else(|| anyhow::anyhow!("set-aside rows without a block"))?;
+    let (bytes, blake3, rows) = w.finish()?;
+    Ok((bytes, blake3, rows))
+}
+
+/// A run of rows of one file in part `part` of the set-aside rows.
+#[derive(Debug, PartialEq)]
+struct Block {
+    part: usize,
+    start: usize,
+    len: usize,
+}
+
+/// The parts' rows as blocks of one file, in file order, when each block's lines ascend and
+/// no file has two blocks; `None` otherwise (a block's order is then not the table's). `keys`
+/// holds each part's SRCFILE and SRCLINE.
+fn file_blocks(keys: &[DataFrame]) -> PolarsResult<Option<Vec<Block>>> {
+    let mut blocks: Vec<(String, Block)> = Vec::new();
+    for (p, part) in keys.iter().enumerate() {
         if part.column("SRCFILE")?.null_count() > 0 || part.column("SRCLINE")?.null_count() > 0 {
             return Ok(None);
         }
         let (_, first_rows) = crate::stages::runs(part, &["SRCFILE"])?;
-        let ascending = (*part)
+        let ascending = part
             .clone()
             .lazy()
             .select([col("SRCFILE")
@@ -297,7 +363,14 @@ fn file_blocks(parts: &[&DataFrame]) -> PolarsResult<Option<Vec<DataFrame>>> {
         for (i, &start) in starts.iter().enumerate() {
             let end = starts.get(i + 1).copied().unwrap_or(part.height());
             let file = files.get(start).unwrap_or_default().to_string();
-            blocks.push((file, part.slice(start as i64, end - start)));
+            blocks.push((
+                file,
+                Block {
+                    part: p,
+                    start,
+                    len: end - start,
+                },
+            ));
         }
     }
     blocks.sort_by(|a, b| a.0.cmp(&b.0));
@@ -473,17 +546,25 @@ mod tests {
             |files: &[&str], lines: &[i64]| df!("SRCFILE" => files, "SRCLINE" => lines).unwrap();
         let a = part(&["s/b", "s/b", "s/a"], &[2, 5, 3]);
         let b = part(&["t/c", "r/d"], &[4, 2]);
-        let blocks = file_blocks(&[&a, &b]).unwrap().expect("file blocks");
-        let files: Vec<&str> = blocks
-            .iter()
-            .map(|b| b.column("SRCFILE").unwrap().str().unwrap().get(0).unwrap())
-            .collect();
-        assert_eq!(files, ["r/d", "s/a", "s/b", "t/c"]);
+        let blocks = file_blocks(&[a.clone(), b.clone()])
+            .unwrap()
+            .expect("file blocks");
+        let block = |part, start, len| Block { part, start, len };
+        // r/d, s/a, s/b, t/c
+        assert_eq!(
+            blocks,
+            [
+                block(1, 1, 1),
+                block(0, 2, 1),
+                block(0, 0, 2),
+                block(1, 0, 1)
+            ]
+        );
         // Lines out of order in a block, or one file in two blocks: not blocks.
         let c = part(&["s/b", "s/b"], &[5, 2]);
-        assert!(file_blocks(&[&c]).unwrap().is_none());
+        assert!(file_blocks(&[c]).unwrap().is_none());
         let d = part(&["s/a"], &[9]);
-        assert!(file_blocks(&[&a, &d]).unwrap().is_none());
+        assert!(file_blocks(&[a, d]).unwrap().is_none());
     }
 
     #[test]

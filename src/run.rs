@@ -380,7 +380,7 @@ pub(crate) fn publish_table(
     fp: &str,
     engine: bool,
     same_table: Option<(PathBuf, String)>,
-    make: impl FnOnce() -> anyhow::Result<DataFrame>,
+    make: impl FnOnce(&Path, &publish::Provenance) -> anyhow::Result<(u64, String, u64)>,
 ) -> anyhow::Result<TableRecord> {
     publish::failpoint(&format!("write:{name}"))?;
     let file = format!("{name}.parquet");
@@ -412,18 +412,27 @@ pub(crate) fn publish_table(
             status: "restamped".into(),
         });
     }
-    let mut df = make()?;
-    let (bytes, hash) = publish::write_parquet(&mut df, &dest, &prov)?;
+    let (bytes, hash, rows) = make(&dest, &prov)?;
     Ok(TableRecord {
         name: name.to_string(),
         file,
-        rows: df.height() as u64,
+        rows,
         bytes,
         blake3: hash,
         key: key.to_vec(),
         content_key: ck,
         status: "written".into(),
     })
+}
+
+/// Writes `table` whole to `dest`: its size, blake3 and rows.
+pub(crate) fn write_whole(
+    mut table: DataFrame,
+    dest: &Path,
+    prov: &publish::Provenance,
+) -> anyhow::Result<(u64, String, u64)> {
+    let (bytes, hash) = publish::write_parquet(&mut table, dest, prov)?;
+    Ok((bytes, hash, table.height() as u64))
 }
 
 /// Reconciles row fate, checks reject limits, publishes the tables (linked from the previous
@@ -545,13 +554,21 @@ fn finish(
                 fp,
                 !matches!(job, Job::Stage(_)),
                 same_table,
-                || match *job {
-                    Job::Stage(id) => sorted(&e.frames(id)?.table, &plan.stages[id].sort_by),
-                    Job::Rejects => rejects_of(),
+                |dest, prov| match *job {
+                    Job::Stage(id) => write_whole(
+                        sorted(&e.frames(id)?.table, &plan.stages[id].sort_by)?,
+                        dest,
+                        prov,
+                    ),
+                    Job::Rejects => write_whole(rejects_of()?, dest, prov),
                     Job::Duplicates => {
-                        row_fate::all_dropped(&parts_of("dropped", |s| s.set_aside)?)
+                        let parts = (0..n)
+                            .filter(|&id| slots[id].summary.set_aside > 0)
+                            .map(|id| e.part_rows(id, "dropped"))
+                            .collect::<anyhow::Result<Vec<_>>>()?;
+                        row_fate::write_dropped(parts.into_iter().flatten().collect(), dest, prov)
                     }
-                    Job::RowFate(f) => row_fate::fate_table(f),
+                    Job::RowFate(f) => write_whole(row_fate::fate_table(f)?, dest, prov),
                 },
             )
         },

@@ -1034,11 +1034,11 @@ impl Engine<'_> {
                         .into());
                     }
                 }
-                sum.last = Some(
-                    table
+                sum.last = Some(publish::detached(
+                    &table
                         .select(keys.iter().copied())?
                         .slice(table.height() as i64 - 1, 1),
-                );
+                )?);
             }
             if sum.writer.is_none() {
                 let d = decided[id]

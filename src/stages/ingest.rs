@@ -527,6 +527,8 @@ impl LineCounter {
 /// What reading one file gave.
 struct FileResult {
     table: DataFrame,
+    /// Rows accepted (all in `table` unless they were handed over in pieces).
+    accepted: u64,
     rejects: RejectsBuilder,
     read: FileRead,
     latest_date: Option<i32>,
@@ -558,11 +560,30 @@ pub struct FileParser {
 impl FileParser {
     /// Reads and checks one file of the source.
     pub fn parse(&self, file: &SourceFile) -> Result<ParsedFile, DataError> {
-        let r = read_file(file, &self.columns)?;
+        self.parse_with(file, None)
+    }
+
+    /// [`FileParser::parse`], handing the file's rows to `pieces` as they are parsed, in
+    /// tables of at most [`crate::cache::PIECE_ROWS`] rows (at least one, maybe without
+    /// rows), instead of keeping them: the parsed file's table is then empty.
+    pub fn parse_in_pieces(
+        &self,
+        file: &SourceFile,
+        pieces: &mut dyn FnMut(DataFrame),
+    ) -> Result<ParsedFile, DataError> {
+        self.parse_with(file, Some(pieces))
+    }
+
+    fn parse_with(
+        &self,
+        file: &SourceFile,
+        pieces: Option<&mut dyn FnMut(DataFrame)>,
+    ) -> Result<ParsedFile, DataError> {
+        let r = read_file_with(file, &self.columns, pieces)?;
         let mut read = r.read;
         read.source = self.source.clone();
         Ok(ParsedFile {
-            accepted: r.table.height() as u64,
+            accepted: r.accepted,
             table: r.table,
             rejects: r
                 .rejects
@@ -758,8 +779,17 @@ fn normalises_to(field: &[u8], h: &str) -> bool {
     rest.is_empty()
 }
 
+#[cfg(test)]
 fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult, DataError> {
-    let bytes = std::fs::read(&file.path).map_err(|e| {
+    read_file_with(file, columns, None)
+}
+
+fn read_file_with(
+    file: &SourceFile,
+    columns: &[CompiledColumn],
+    pieces: Option<&mut dyn FnMut(DataFrame)>,
+) -> Result<FileResult, DataError> {
+    let text = Text::read(&file.path, file.dialect.encoding).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             bad(
                 file,
@@ -772,32 +802,121 @@ fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult
             bad(file, format!("cannot read: {e}"))
         }
     })?;
-    parse_file(file, bytes, columns)
+    parse_text(file, text, columns, pieces)
+}
+
+/// A file's text to parse, and what the cache records of its bytes.
+struct Text {
+    /// The text from `from` on: the bytes themselves (past a UTF-8 byte-order mark), or their
+    /// decoded copy.
+    owned: Vec<u8>,
+    from: usize,
+    /// blake3 of the file's bytes, and their count.
+    hash: String,
+    bytes: u64,
+}
+
+/// Bytes of a Latin-1 file read and decoded at a time.
+const DECODE_CHUNK: usize = 1 << 20;
+
+impl Text {
+    /// The text of `bytes` in `encoding`: a Latin-1 file with a byte beyond ASCII is decoded
+    /// to a copy, and the bytes let go of.
+    fn of_bytes(bytes: Vec<u8>, encoding: dialect::Encoding) -> Text {
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let count = bytes.len() as u64;
+        let decoded = match dialect::decode(&bytes, encoding) {
+            std::borrow::Cow::Borrowed(t) => Err(bytes.len() - t.len()),
+            std::borrow::Cow::Owned(t) => Ok(t),
+        };
+        let (owned, from) = match decoded {
+            Ok(copy) => {
+                drop(bytes);
+                (copy, 0)
+            }
+            Err(from) => (bytes, from),
+        };
+        Text {
+            owned,
+            from,
+            hash,
+            bytes: count,
+        }
+    }
+
+    /// The text of the file at `path`. A Latin-1 file is read and decoded a megabyte at a
+    /// time, hashed as it is read: its bytes and its text are never held side by side (for a
+    /// 76 MB diary export, 76 MB less at the moment of decoding).
+    fn read(path: &std::path::Path, encoding: dialect::Encoding) -> std::io::Result<Text> {
+        use std::io::Read;
+        if encoding != dialect::Encoding::Latin1 {
+            return Ok(Text::of_bytes(std::fs::read(path)?, encoding));
+        }
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len() as usize;
+        let mut decoder = encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling();
+        let mut text = String::with_capacity(
+            decoder
+                .max_utf8_buffer_length(len)
+                .ok_or_else(|| std::io::Error::other("the file is too large to decode"))?,
+        );
+        let mut hasher = blake3::Hasher::new();
+        let mut chunk = vec![0u8; DECODE_CHUNK];
+        let mut count = 0u64;
+        loop {
+            let n = f.read(&mut chunk)?;
+            hasher.update(&chunk[..n]);
+            count += n as u64;
+            let last = n == 0;
+            if text.capacity() - text.len()
+                < decoder.max_utf8_buffer_length(n).unwrap_or(usize::MAX)
+            {
+                // The file grew while it was read.
+                text.reserve(decoder.max_utf8_buffer_length(n).unwrap_or(n * 3));
+            }
+            let (_, read, _) = decoder.decode_to_string(&chunk[..n], &mut text, last);
+            debug_assert_eq!(read, n);
+            if last {
+                break;
+            }
+        }
+        Ok(Text {
+            owned: text.into_bytes(),
+            from: 0,
+            hash: hasher.finalize().to_hex().to_string(),
+            bytes: count,
+        })
+    }
 }
 
 /// Parses the bytes of one file: every record read becomes a row or a reject. The bytes (and
-/// their decoded text) are let go of once read, before the rows become columns.
+/// their decoded text) are let go of once read, before the rows become columns. With
+/// `pieces`, the rows are handed to it every [`crate::cache::PIECE_ROWS`] rows and at the end
+/// (at least once), and the result's table is empty.
 fn parse_file(
     file: &SourceFile,
     bytes: Vec<u8>,
     columns: &[CompiledColumn],
+    pieces: Option<&mut dyn FnMut(DataFrame)>,
 ) -> Result<FileResult, DataError> {
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    let byte_count = bytes.len() as u64;
+    let text = Text::of_bytes(bytes, file.dialect.encoding);
+    parse_text(file, text, columns, pieces)
+}
+
+/// [`parse_file`] of the file's text.
+fn parse_text(
+    file: &SourceFile,
+    text: Text,
+    columns: &[CompiledColumn],
+    mut pieces: Option<&mut dyn FnMut(DataFrame)>,
+) -> Result<FileResult, DataError> {
+    let Text {
+        owned,
+        from,
+        hash,
+        bytes: byte_count,
+    } = text;
     let d: &Dialect = &file.dialect;
-    // The text to read: the bytes themselves (past a byte-order mark), or, when decoding had
-    // to make a copy (a Latin-1 file with a byte beyond ASCII), that copy, the bytes let go of.
-    let decoded = match dialect::decode(&bytes, d.encoding) {
-        std::borrow::Cow::Borrowed(t) => Err(bytes.len() - t.len()),
-        std::borrow::Cow::Owned(t) => Ok(t),
-    };
-    let (owned, from) = match decoded {
-        Ok(copy) => {
-            drop(bytes);
-            (copy, 0)
-        }
-        Err(from) => (bytes, from),
-    };
     let text = &owned[from..];
     if text.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(bad(
@@ -827,12 +946,38 @@ fn parse_file(
     // buffers of that size are not grown by copying. A file whose lines end in a bare `\r`
     // grows its buffers as it goes.
     let lines_in_file = text.iter().filter(|&&b| b == b'\n').count() + 1;
-    let mut buffers: Vec<Buffer> = columns
-        .iter()
-        .map(|c| Buffer::new(c, lines_in_file))
-        .collect();
+    let piece_rows = match pieces {
+        Some(_) => crate::cache::PIECE_ROWS,
+        None => usize::MAX,
+    };
+    let buffers_for =
+        |rows: usize| -> Vec<Buffer> { columns.iter().map(|c| Buffer::new(c, rows)).collect() };
+    let mut buffers = buffers_for(lines_in_file.min(piece_rows));
     let mut memos: Vec<CellMemo> = columns.iter().map(|_| CellMemo::default()).collect();
-    let mut lines: Vec<i64> = Vec::with_capacity(lines_in_file);
+    let mut lines: Vec<i64> = Vec::with_capacity(lines_in_file.min(piece_rows));
+    let export_days = (file.export_date - EPOCH).num_days() as i32;
+    // The rows in `buffers` and `lines` as a table.
+    let table_of = |buffers: Vec<Buffer>, lines: Vec<i64>| -> Result<DataFrame, DataError> {
+        let n = lines.len();
+        let constant = |name: &str| {
+            file_constant(name, &file.site, &file.rel, export_days, n)
+                .ok_or_else(|| bad(file, format!("`{name}` is not a column of the whole file")))
+        };
+        let mut cols = vec![
+            constant("SITE")?,
+            constant("SRCFILE")?,
+            Column::new("SRCLINE".into(), lines),
+            constant("EXPORTDT")?,
+        ];
+        for (b, c) in buffers.into_iter().zip(columns) {
+            cols.push(
+                b.into_column()
+                    .map_err(|e| bad(file, format!("`{}`: {e}", c.name)))?,
+            );
+        }
+        DataFrame::new(n, cols).map_err(|e| bad(file, e.to_string()))
+    };
+    let (mut accepted, mut handed) = (0u64, false);
     let mut rejects = RejectsBuilder::default();
     let mut rows = 0u64;
     let mut lines_at = LineCounter::default();
@@ -941,32 +1086,31 @@ fn parse_file(
                     b.push(cell, &memo.ids);
                 }
                 lines.push(line);
+                accepted += 1;
+                if lines.len() == piece_rows
+                    && let Some(hand) = pieces.as_mut()
+                {
+                    let left = lines_in_file.saturating_sub(rows as usize).min(piece_rows);
+                    let full = std::mem::replace(&mut buffers, buffers_for(left));
+                    let full_lines = std::mem::replace(&mut lines, Vec::with_capacity(left));
+                    hand(table_of(full, full_lines)?);
+                    handed = true;
+                }
             }
         }
     }
     drop(reader);
     drop(owned);
-    let n = lines.len();
-    let export_days = (file.export_date - EPOCH).num_days() as i32;
-    let constant = |name: &str| {
-        file_constant(name, &file.site, &file.rel, export_days, n)
-            .ok_or_else(|| bad(file, format!("`{name}` is not a column of the whole file")))
-    };
-    let mut cols = vec![
-        constant("SITE")?,
-        constant("SRCFILE")?,
-        Column::new("SRCLINE".into(), lines),
-        constant("EXPORTDT")?,
-    ];
-    for (b, c) in buffers.into_iter().zip(columns) {
-        cols.push(
-            b.into_column()
-                .map_err(|e| bad(file, format!("`{}`: {e}", c.name)))?,
-        );
+    let mut table = table_of(buffers, lines)?;
+    if let Some(hand) = pieces {
+        if table.height() > 0 || !handed {
+            hand(table);
+        }
+        table = DataFrame::empty();
     }
-    let table = DataFrame::new(n, cols).map_err(|e| bad(file, e.to_string()))?;
     Ok(FileResult {
         table,
+        accepted,
         rejects,
         read: FileRead {
             source: String::new(),
@@ -1065,7 +1209,7 @@ pub fn parse_export(
         export_date: dates.0,
         dialect: std::sync::Arc::new(dialect.clone()),
     };
-    let r = parse_file(&file, bytes.to_vec(), &columns)?;
+    let r = parse_file(&file, bytes.to_vec(), &columns, None)?;
     Ok(ParsedExport {
         table: r.table,
         rejects: r.rejects.finish().map_err(|e| bad(&file, e.to_string()))?,
