@@ -11,7 +11,7 @@ repeated (--rounds), each in its own process with its wall time and peak memory 
   rerun       core again on the same --out, nothing changed;
   one-file    core again on the same --out after one site's file changed;
   threads=1   core, cold, with --threads 1;
-  batched     core, cold, with --batch-subjects (500 by default): the stages after the
+  batched-N   core, cold, with --batch-subjects N (500 and 50 by default): the stages after the
               ingests on 500 subjects at a time; its aggregates are checked against core's.
 Prints medians, ratios against the targets of PIPELINE.md section 5, the per-stage profile of
 the core run (from its manifest.json), and checks that DuckDB and studyflow agree on aggregates.
@@ -207,9 +207,12 @@ def main():
     p.add_argument("--change", default="nih/labs",
                    help="site/stream whose newest export changes for the one-file re-run")
     p.add_argument("--skip", default="", help="comma-separated runs to skip (e.g. threads=1)")
-    p.add_argument("--batch-subjects", type=int, default=500,
-                   help="subjects per batch of the batched run (run --batch-subjects)")
+    p.add_argument("--batch-subjects", default="500,50",
+                   help="comma-separated subjects per batch of the batched runs, one run each "
+                        "(run --batch-subjects)")
     args = p.parse_args()
+    batch_sizes = [int(x) for x in args.batch_subjects.split(",") if x.strip()]
+    batched = [f"batched-{n}" for n in batch_sizes]
     skip = set(filter(None, args.skip.split(",")))
 
     bench_data = os.path.abspath(args.bench_data)
@@ -229,7 +232,7 @@ def main():
     change_bytes = os.path.getsize(change)
     run_date = ["--run-date", args.run_date]
     outs = {name: os.path.join(bench_data, "out", name)
-            for name in ["floor", "duckdb", "reference", "core", "threads1", "batched"]}
+            for name in ["floor", "duckdb", "reference", "core", "threads1", *batched]}
 
     def fresh(path):
         if os.path.exists(path):
@@ -281,12 +284,13 @@ def main():
                 f.write(original)
         record("one-file", wall, rss, cpu)
         manifests.setdefault("one-file", []).append(read_manifest(outs["core"]))
-        if "batched" not in skip:
+        for n, name in zip(batch_sizes, batched):
+            if "batched" in skip:
+                break
             wall, rss, cpu, _ = measure(
-                studyflow(core_yaml, fresh(outs["batched"]),
-                          after=["--batch-subjects", str(args.batch_subjects)]),
-                os.path.join(logs, f"batched-{r}.log"))
-            record("batched", wall, rss, cpu)
+                studyflow(core_yaml, fresh(outs[name]), after=["--batch-subjects", str(n)]),
+                os.path.join(logs, f"{name}-{r}.log"))
+            record(name, wall, rss, cpu)
         if "threads=1" not in skip:
             wall, rss, cpu, _ = measure(studyflow(core_yaml, fresh(outs["threads1"]), ["--threads", "1"]),
                                    os.path.join(logs, f"threads1-{r}.log"))
@@ -309,12 +313,16 @@ def main():
 
     # The batched run against the cold whole run of the same files (`reference`; the core
     # folder last holds the one-file run, whose lab file had a line more).
-    agg_batched = agg_whole = None
-    if "batched" not in skip:
-        agg_batched, agg_whole = (json.loads(subprocess.run(
+    def aggregates(k):
+        return json.loads(subprocess.run(
             [py, os.path.join(HERE, "duckdb_core.py"), "aggregates",
              os.path.join(outs[k], "current")],
-            capture_output=True, text=True, check=True).stdout) for k in ("batched", "reference"))
+            capture_output=True, text=True, check=True).stdout)
+    agg_batched = {}
+    agg_whole = None
+    if "batched" not in skip and batched:
+        agg_whole = aggregates("reference")
+        agg_batched = {name: aggregates(name) for name in batched}
     reused = {k: sum(1 for m in ms for s in m["stages"] if s["status"] != "ran")
               for k, ms in manifests.items()}
     profile = stage_profile(manifests["core"][-1])
@@ -345,7 +353,8 @@ def main():
         ("rerun", "studyflow core, nothing changed"),
         ("one-file", "studyflow core, 1 file changed"),
         ("threads=1", "studyflow core, cold, --threads 1"),
-        ("batched", f"studyflow core, cold, --batch-subjects {args.batch_subjects}"),
+        *((name, f"studyflow core, cold, --batch-subjects {n}")
+          for n, name in zip(batch_sizes, batched)),
     ]
     print("| run | median s | min s | max s | CPU s (median) | peak RSS MB |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -370,10 +379,11 @@ def main():
     if "threads=1" in med:
         print(f"  thread scaling: --threads 1 / {info['cores']} threads = "
               f"{fmt_ratio(med['threads=1'], med['core'])}")
-    if "batched" in med:
-        print(f"  subject batches of {args.batch_subjects}: time / whole run "
-              f"{fmt_ratio(med['batched'], med['core'])}, peak RSS / raw CSV "
-              f"{fmt_ratio(peak['batched'], mb)}, batched / floor {fmt_ratio(med['batched'], med['floor'])}")
+    for n, name in zip(batch_sizes, batched):
+        if name in med:
+            print(f"  subject batches of {n}: time / whole run "
+                  f"{fmt_ratio(med[name], med['core'])}, peak RSS / raw CSV "
+                  f"{fmt_ratio(peak[name], mb)}, batched / floor {fmt_ratio(med[name], med['floor'])}")
     for k in ("rerun", "one-file"):
         if reused.get(k, 0) == 0:
             print(f"  note: the {k} runs reused no stage (no cache on this branch yet), "
@@ -411,14 +421,14 @@ def main():
         print(f"  {k:<38} duckdb {a if a is not None else 'n/a'!s:>22}  "
               f"studyflow {b if b is not None else 'n/a'!s:>22}  {verdict}")
     print("  => " + ("they agree" if agree else "they DISAGREE: see above"))
-    if agg_batched is not None:
+    for name, agg in agg_batched.items():
         # Sums of floats differ in the last bits with the order a reader adds them in (the
         # row groups of a batched table follow the batches): the same tolerance as above.
         def close(a, b):
             return a == b or (a is not None and b is not None
                               and abs(a - b) <= 1e-9 * max(1.0, abs(a)))
-        differ = [k for k in agg_whole if not close(agg_whole.get(k), agg_batched.get(k))]
-        print("studyflow in subject batches vs the cold whole run, aggregates: "
+        differ = [k for k in agg_whole if not close(agg_whole.get(k), agg.get(k))]
+        print(f"studyflow {name} vs the cold whole run, aggregates: "
               + ("the same" if not differ else "DIFFERENT: " + ", ".join(differ)))
         agree = agree and not differ
 

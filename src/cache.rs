@@ -373,6 +373,12 @@ fn with_constants(
 /// rows: ten pieces).
 pub const PIECE_ROWS: usize = 1 << 18;
 
+/// Rows of a piece of a file parsed in a run in subject batches, which hands its rows to the
+/// file's cache entry as they are parsed ([`crate::stages::ingest::FileParser::parse_in_pieces`]):
+/// smaller than [`PIECE_ROWS`], since the spill then decodes one such piece of each of two
+/// files at a time (bench cohort, batches of 100: the spill's peak 0.32 -> X GB).
+pub const PARSE_PIECE_ROWS: usize = 1 << 16;
+
 /// `table` as pieces of at most [`PIECE_ROWS`] rows (slices, not copies), which the IPC
 /// writer writes as one record batch each. A table whose columns are already in chunks is
 /// left as it is: slicing those would make the writer copy every column to line them up.
@@ -670,7 +676,7 @@ impl PartRows {
 /// ([`with_file_constants`] puts them back). The part was checked against its size and hash
 /// before the first piece; its rows are counted against the entry's after the last.
 pub struct TablePieces {
-    reader: polars_arrow::io::ipc::read::FileReader<std::io::Cursor<Vec<u8>>>,
+    reader: polars_arrow::io::ipc::read::FileReader<std::io::BufReader<fs::File>>,
     path: PathBuf,
     rows: u64,
     seen: u64,
@@ -1084,11 +1090,24 @@ impl Cache {
         if is_parquet(&part.file) {
             return Err(format!("{}: not an Arrow IPC table", path.display()));
         }
-        let mut bytes = std::io::Cursor::new(verified_bytes(&path, part)?);
-        let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut bytes)
+        // Checked as it is read, then read again piece by piece: the compressed file is not
+        // held beside its pieces (cached parts do not change once written).
+        let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut f = fs::File::open(&path).map_err(failed)?;
+        let mut hasher = blake3::Hasher::new();
+        let bytes = std::io::copy(&mut f, &mut hasher).map_err(failed)?;
+        if bytes != part.bytes {
+            return Err(miscounted(&path, bytes, "bytes", part.bytes));
+        }
+        if hasher.finalize().to_hex().as_str() != part.blake3 {
+            return Err(format!("{} does not match its hash", path.display()));
+        }
+        f.seek(SeekFrom::Start(0)).map_err(failed)?;
+        let mut f = std::io::BufReader::with_capacity(1 << 16, f);
+        let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut f)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(TablePieces {
-            reader: polars_arrow::io::ipc::read::FileReader::new(bytes, metadata, None, None),
+            reader: polars_arrow::io::ipc::read::FileReader::new(f, metadata, None, None),
             path,
             rows: part.rows,
             seen: 0,

@@ -134,7 +134,7 @@ pub fn write_parquet(
     path: &Path,
     prov: &Provenance,
 ) -> Result<(u64, String), RunError> {
-    let (tmp, mut out) = HashedFile::create(path)?;
+    let (tmp, mut out) = HashedFile::create(path, 1 << 20)?;
     let pairs = prov.pairs(df);
     parquet_writer(&mut out, pairs)
         .finish(df)
@@ -215,7 +215,9 @@ impl TableWriter {
         first: &DataFrame,
         settings: impl FnOnce(SharedFile) -> ParquetWriter<SharedFile>,
     ) -> Result<TableWriter, RunError> {
-        let (tmp, file) = HashedFile::create(path)?;
+        // Every table of a run in subject batches is open at once: small buffers (polars
+        // writes a row group's pages in large writes, which pass the buffer by).
+        let (tmp, file) = HashedFile::create(path, 1 << 16)?;
         let out = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
         let schema = first.schema().as_ref().clone();
         let writer = settings(SharedFile(out.clone()))
@@ -377,11 +379,11 @@ struct HashedFile(crate::cache::HashingWriter<std::io::BufWriter<File>>);
 
 impl HashedFile {
     /// The temporary file for `path`, and its writer.
-    fn create(path: &Path) -> Result<(PathBuf, HashedFile), RunError> {
+    fn create(path: &Path, buffer: usize) -> Result<(PathBuf, HashedFile), RunError> {
         let tmp = tmp_name(path);
         let file = File::create(&tmp).map_err(|e| RunError::io(&tmp, e))?;
         let writer =
-            crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+            crate::cache::HashingWriter::new(std::io::BufWriter::with_capacity(buffer, file));
         Ok((tmp, HashedFile(writer)))
     }
 
@@ -490,7 +492,7 @@ pub fn restamp_parquet(
         return Ok(None);
     }
 
-    let (tmp, mut out) = HashedFile::create(path)?;
+    let (tmp, mut out) = HashedFile::create(path, 1 << 20)?;
     // The source is hashed as it is copied: a file changed since it was published is not
     // trusted.
     let mut source_hash = blake3::Hasher::new();

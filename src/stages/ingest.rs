@@ -564,7 +564,7 @@ impl FileParser {
     }
 
     /// [`FileParser::parse`], handing the file's rows to `pieces` as they are parsed, in
-    /// tables of at most [`crate::cache::PIECE_ROWS`] rows (at least one, maybe without
+    /// tables of at most [`crate::cache::PARSE_PIECE_ROWS`] rows (at least one, maybe without
     /// rows), instead of keeping them: the parsed file's table is then empty.
     pub fn parse_in_pieces(
         &self,
@@ -891,7 +891,7 @@ impl Text {
 
 /// Parses the bytes of one file: every record read becomes a row or a reject. The bytes (and
 /// their decoded text) are let go of once read, before the rows become columns. With
-/// `pieces`, the rows are handed to it every [`crate::cache::PIECE_ROWS`] rows and at the end
+/// `pieces`, the rows are handed to it every [`crate::cache::PARSE_PIECE_ROWS`] rows and at the end
 /// (at least once), and the result's table is empty.
 fn parse_file(
     file: &SourceFile,
@@ -947,7 +947,7 @@ fn parse_text(
     // grows its buffers as it goes.
     let lines_in_file = text.iter().filter(|&&b| b == b'\n').count() + 1;
     let piece_rows = match pieces {
-        Some(_) => crate::cache::PIECE_ROWS,
+        Some(_) => crate::cache::PARSE_PIECE_ROWS,
         None => usize::MAX,
     };
     let buffers_for =
