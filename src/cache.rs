@@ -1231,6 +1231,45 @@ impl Cache {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_cached_part_is_read_a_range_of_rows_at_a_time() {
+        let n = 95usize;
+        let mut df = df!(
+            "SRCFILE" => (0..n).map(|i| format!("f{}", i / 30)).collect::<Vec<_>>(),
+            "SRCLINE" => (0..n as i64).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        part_parquet_writer(&mut bytes)
+            .with_row_group_size(Some(20))
+            .finish(&mut df)
+            .unwrap();
+        let part = PartRows::Cached {
+            bytes,
+            path: PathBuf::from("p.dropped.parquet"),
+            rows: n,
+        };
+        assert_eq!(part.height(), n);
+        // Within a row group, across several, and the last rows.
+        for (start, len) in [(3, 5), (15, 50), (90, 5), (90, 10)] {
+            let got = part.rows(start, len).unwrap();
+            assert!(got.equals(&df.slice(start as i64, len)), "{start} {len}");
+        }
+        let keys = part.columns(&["SRCLINE"]).unwrap();
+        assert!(keys.equals(&df.select(["SRCLINE"]).unwrap()));
+        // A part with fewer rows than its entry says is refused.
+        let PartRows::Cached { bytes, path, .. } = part else {
+            unreachable!()
+        };
+        let short = PartRows::Cached {
+            bytes,
+            path,
+            rows: n + 1,
+        };
+        assert!(short.columns(&["SRCLINE"]).unwrap_err().contains("95 rows"));
+        assert!(short.rows(90, 10).unwrap_err().contains("expected 6"));
+    }
+
     fn frames() -> Frames {
         Frames {
             table: df!("SRCFILE" => ["a", "a", "b"], "x" => [1i64, 2, 3]).unwrap(),

@@ -915,7 +915,7 @@ impl Engine<'_> {
             p.late.then_some(bound.as_str()),
         );
         let latest = p.latest_date.map(|d| d.to_string());
-        let stored = table(&self.cache).and_then(|w| {
+        let stored = table(self.cache).and_then(|w| {
             self.cache
                 .store_file_written(&key, w, &p.rejects, &p.read, &bound, latest, p.late)
         });

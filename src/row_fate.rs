@@ -260,7 +260,7 @@ pub fn all_dropped(dropped: &[Option<DataFrame>]) -> anyhow::Result<DataFrame> {
         .map(|d| d.select(["SRCFILE", "SRCLINE"]))
         .collect::<PolarsResult<Vec<_>>>()?;
     if let Some(blocks) = file_blocks(&keys)? {
-        let mut out = DataFrame::empty_with_schema(&parts[0].schema());
+        let mut out = DataFrame::empty_with_schema(parts[0].schema());
         for b in &blocks {
             out.vstack_mut(&parts[b.part].slice(b.start as i64, b.len))?;
         }
@@ -538,6 +538,58 @@ mod tests {
             let lines: Vec<i64> = got.column("SRCLINE").unwrap().i64().unwrap().into_no_null_iter().collect();
             proptest::prop_assert!(kept.iter().zip(&lines).all(|(k, l)| *k == l + 100));
         }
+    }
+
+    #[test]
+    fn duplicates_written_block_by_block_are_the_table_made_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let prov = crate::publish::Provenance {
+            pipeline: "p".into(),
+            pipeline_hash: "h".into(),
+            table: "duplicates".into(),
+            stage_fingerprint: "fp".into(),
+            engine_version: "v".into(),
+            identifying: Vec::new(),
+        };
+        let part = |files: &[&str], lines: &[i64]| {
+            df!(
+                "SRCFILE" => files,
+                "SRCLINE" => lines,
+                "SITE" => files.iter().map(|_| "s").collect::<Vec<_>>(),
+                "FATE" => files.iter().map(|_| "collapsed").collect::<Vec<_>>(),
+                "KEPTFILE" => files,
+                "KEPTLINE" => lines.iter().map(|l| l + 100).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        // In file blocks (written a block at a time), then not (sorted whole).
+        let a = part(&["s/b", "s/b", "s/a"], &[2, 5, 3]);
+        let b = part(&["t/c", "r/d"], &[4, 2]);
+        let c = part(&["s/a", "r/d"], &[9, 1]);
+        for parts in [vec![a.clone(), b.clone()], vec![a, b, c]] {
+            let want = all_dropped(&parts.iter().cloned().map(Some).collect::<Vec<_>>()).unwrap();
+            let dest = dir.path().join("duplicates.parquet");
+            let rows = parts.into_iter().map(PartRows::Table).collect();
+            let (bytes, blake3, n) = write_dropped(rows, &dest, &prov).unwrap();
+            assert_eq!(n, want.height() as u64);
+            assert_eq!(bytes, std::fs::metadata(&dest).unwrap().len());
+            assert_eq!(crate::publish::hash_file(&dest).unwrap().1, blake3);
+            let got = ParquetReader::new(std::fs::File::open(&dest).unwrap())
+                .finish()
+                .unwrap();
+            assert!(got.equals(&want));
+        }
+        // No set-aside rows: the empty table.
+        let dest = dir.path().join("none.parquet");
+        let (_, _, n) = write_dropped(Vec::new(), &dest, &prov).unwrap();
+        assert_eq!(n, 0);
+        let got = ParquetReader::new(std::fs::File::open(&dest).unwrap())
+            .finish()
+            .unwrap();
+        assert_eq!(
+            got.get_column_names(),
+            ["SRCFILE", "SRCLINE", "SITE", "FATE", "KEPTFILE", "KEPTLINE"]
+        );
     }
 
     #[test]

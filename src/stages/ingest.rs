@@ -1358,6 +1358,91 @@ mod tests {
     }
 
     #[test]
+    fn a_file_parsed_in_pieces_hands_over_its_rows_in_order_and_keeps_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 2 * crate::cache::PARSE_PIECE_ROWS + 1000;
+        let mut csv = String::from("Patient ID,Datum,fever,note\n");
+        for i in 0..n {
+            // Every 1,000th row is rejected (fever out of range).
+            let fever = if i % 1000 == 999 { 9 } else { i % 5 };
+            csv.push_str(&format!("C{},2014-03-07,{fever},n{i}\n", i % 37));
+        }
+        let f = write(
+            dir.path(),
+            "d_2017-06-30.csv",
+            csv.as_bytes(),
+            dialect("{}"),
+        );
+        let whole = read_file(&f, &diary_columns()).unwrap();
+        let parser = FileParser {
+            source: "diary".into(),
+            columns: diary_columns(),
+        };
+        let mut pieces = Vec::new();
+        let p = parser
+            .parse_in_pieces(&f, &mut |piece| pieces.push(piece))
+            .unwrap();
+        assert_eq!(p.table.height(), 0);
+        assert_eq!(p.accepted, whole.table.height() as u64);
+        assert_eq!(p.rejects.height(), n / 1000);
+        let heights: Vec<usize> = pieces.iter().map(DataFrame::height).collect();
+        let rows = whole.table.height();
+        let full = crate::cache::PARSE_PIECE_ROWS;
+        assert!(rows > 2 * full);
+        assert_eq!(heights, [full, full, rows - 2 * full]);
+        let mut back = pieces[0].clone();
+        for piece in &pieces[1..] {
+            back.vstack_mut(piece).unwrap();
+        }
+        assert!(back.equals_missing(&whole.table));
+        // A file without accepted rows still hands over one (empty) piece with its columns.
+        let f = write(
+            dir.path(),
+            "e_2017-06-30.csv",
+            b"Patient ID,Datum,fever\nC1,2014-03-07,9\n",
+            dialect("{}"),
+        );
+        let mut pieces = Vec::new();
+        parser
+            .parse_in_pieces(&f, &mut |piece| pieces.push(piece))
+            .unwrap();
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(pieces[0].height(), 0);
+        assert_eq!(
+            pieces[0].get_column_names(),
+            read_file(&f, &diary_columns())
+                .unwrap()
+                .table
+                .get_column_names()
+        );
+    }
+
+    #[test]
+    fn a_latin1_file_read_a_megabyte_at_a_time_is_the_file_decoded_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        // Non-ASCII bytes on both sides of every chunk boundary, and a multi-byte (euro sign)
+        // character at one.
+        let mut bytes = Vec::new();
+        while bytes.len() < 2 * DECODE_CHUNK + 100 {
+            bytes.extend_from_slice(b"M\xfcller;Stra\xdfe;\x80;");
+        }
+        bytes[DECODE_CHUNK - 1] = 0x80;
+        bytes[DECODE_CHUNK] = 0xe9;
+        let path = dir.path().join("latin1.csv");
+        std::fs::write(&path, &bytes).unwrap();
+        let read = Text::read(&path, dialect::Encoding::Latin1).unwrap();
+        let whole = Text::of_bytes(bytes.clone(), dialect::Encoding::Latin1);
+        assert_eq!(read.owned[read.from..], whole.owned[whole.from..]);
+        assert!(
+            std::str::from_utf8(&read.owned)
+                .unwrap()
+                .contains("Müller;Straße;€;")
+        );
+        assert_eq!(read.hash, blake3::hash(&bytes).to_hex().to_string());
+        assert_eq!(read.bytes, bytes.len() as u64);
+    }
+
+    #[test]
     fn whole_numbers_are_32_bit_when_their_range_fits() {
         let csv = "Patient ID,Datum,fever,steps,big\nC1,2014-03-07,4,123456789012,2\nC1,2014-03-08,,7,3\n";
         let columns = vec![
