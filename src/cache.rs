@@ -376,7 +376,7 @@ pub const PIECE_ROWS: usize = 1 << 18;
 /// Rows of a piece of a file parsed in a run in subject batches, which hands its rows to the
 /// file's cache entry as they are parsed ([`crate::stages::ingest::FileParser::parse_in_pieces`]):
 /// smaller than [`PIECE_ROWS`], since the spill then decodes one such piece of each of two
-/// files at a time (bench cohort, batches of 100: the spill's peak 0.32 -> X GB).
+/// files at a time (bench cohort, batches of 100: the spill's peak 0.32 -> 0.24 GB).
 pub const PARSE_PIECE_ROWS: usize = 1 << 16;
 
 /// `table` as pieces of at most [`PIECE_ROWS`] rows (slices, not copies), which the IPC
