@@ -1135,23 +1135,6 @@ impl Cache {
         ))
     }
 
-    /// Stores one parsed file (rejects only when there are some).
-    #[allow(clippy::too_many_arguments)]
-    pub fn store_file(
-        &self,
-        key: &str,
-        table: &DataFrame,
-        rejects: &DataFrame,
-        read: &FileRead,
-        bound: &str,
-        latest_date: Option<String>,
-        late: bool,
-    ) -> anyhow::Result<FileEntry> {
-        let mut w = self.file_table_writer()?;
-        w.write(table)?;
-        self.store_file_written(key, w, rejects, read, bound, latest_date, late)
-    }
-
     /// A writer of a parsed file's table, piece by piece, as the file is parsed; given to
     /// [`Cache::store_file_written`] once the file's key is known.
     pub fn file_table_writer(&self) -> anyhow::Result<FileTableWriter> {
@@ -1165,7 +1148,8 @@ impl Cache {
         })
     }
 
-    /// [`Cache::store_file`] of a table already written by `table`.
+    /// Stores one parsed file, its table already written by `table` (rejects only when there
+    /// are some).
     #[allow(clippy::too_many_arguments)]
     pub fn store_file_written(
         &self,
@@ -1230,6 +1214,16 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stores `table` as the parse of a file without rejects.
+    fn store_file(cache: &Cache, key: &str, table: &DataFrame, read: &FileRead) -> FileEntry {
+        let mut w = cache.file_table_writer().unwrap();
+        w.write(table).unwrap();
+        let empty = crate::rejects::empty().unwrap();
+        cache
+            .store_file_written(key, w, &empty, read, "2026-11-25", None, false)
+            .unwrap()
+    }
 
     #[test]
     fn a_cached_part_is_read_a_range_of_rows_at_a_time() {
@@ -1426,10 +1420,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let empty = crate::rejects::empty().unwrap();
-        let e = cache
-            .store_file("f", &parsed, &empty, &read, "2026-11-25", None, false)
-            .unwrap();
+        let e = store_file(&cache, "f", &parsed, &read);
         let pieces = cache.file_table_pieces(&e).unwrap();
         let empty_table = with_file_constants(&e, pieces.empty()).unwrap();
         assert_eq!(empty_table.schema(), parsed.schema());
@@ -1477,10 +1468,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let empty = crate::rejects::empty().unwrap();
-        let e = cache
-            .store_file("f", &parsed, &empty, &read, "2026-11-25", None, false)
-            .unwrap();
+        let e = store_file(&cache, "f", &parsed, &read);
         let stored = cache.read_part(&cache.files(), &e.parts[0]).unwrap();
         assert_eq!(stored.get_column_names(), ["SRCLINE", "v"]);
         let (back, _) = cache.load_file(&e).unwrap();
@@ -1509,9 +1497,7 @@ mod tests {
             let s = old.column(c).unwrap().as_materialized_series().clone();
             old.with_column(s.into_column()).unwrap();
         }
-        let e = cache
-            .store_file("g", &old, &empty, &read, "2026-11-25", None, false)
-            .unwrap();
+        let e = store_file(&cache, "g", &old, &read);
         let stored = cache.read_part(&cache.files(), &e.parts[0]).unwrap();
         assert_eq!(stored.width(), 5);
         assert!(cache.load_file(&e).unwrap().0.equals(&parsed));
@@ -1540,13 +1526,10 @@ mod tests {
             export_date: "2017-06-30".into(),
             rows: 2,
         };
-        let empty = crate::rejects::empty().unwrap();
         let a = df!("SRCLINE" => [2i64, 3], "v" => ["a2", "a3"]).unwrap();
         let b = df!("SRCLINE" => [2i64, 3, 4], "v" => ["b2", "b3", "b4"]).unwrap();
         for (key, t, f) in [("fa", &a, "a.csv"), ("fb", &b, "b.csv")] {
-            cache
-                .store_file(key, t, &empty, &read(f), "2026-11-25", None, false)
-                .unwrap();
+            store_file(&cache, key, t, &read(f));
         }
         // Rows 3, 0 and 2 of a's rows then b's: b3, a2, b2.
         let kept = df!("SRCLINE" => [3i64, 2, 2], "v" => ["b3", "a2", "b2"]).unwrap();
