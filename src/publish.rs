@@ -330,9 +330,9 @@ impl TableWriter {
 }
 
 /// `df`'s rows in buffers of their own. A slice, a filter or a gather of a string column keeps
-/// the whole buffers its strings came from (a batch's, in a run in subject batches); rows held
-/// after their batch is done (waiting for a row group, or the last row of a part) are copied
-/// out of them, so that a table of a few rows per batch does not hold every batch's buffers.
+/// the whole buffers its strings came from: a row kept after its batch is done (the last row
+/// of a table's part, against which the next part's order is checked) is copied out of them,
+/// so that it does not hold its batch's key columns.
 pub(crate) fn detached(df: &DataFrame) -> PolarsResult<DataFrame> {
     let rows = IdxCa::from_vec("__rows".into(), (0..df.height() as IdxSize).collect());
     let columns = df

@@ -868,14 +868,21 @@ impl Text {
             hasher.update(&chunk[..n]);
             count += n as u64;
             let last = n == 0;
-            if text.capacity() - text.len()
-                < decoder.max_utf8_buffer_length(n).unwrap_or(usize::MAX)
-            {
-                // The file grew while it was read.
-                text.reserve(decoder.max_utf8_buffer_length(n).unwrap_or(n * 3));
+            let mut at = 0;
+            loop {
+                let (result, read, _) = decoder.decode_to_string(&chunk[at..n], &mut text, last);
+                at += read;
+                if result == encoding_rs::CoderResult::InputEmpty {
+                    break;
+                }
+                // Out of room: the file grew while it was read.
+                let left = n - at;
+                text.reserve(
+                    decoder
+                        .max_utf8_buffer_length(left)
+                        .unwrap_or(3 * left + 16),
+                );
             }
-            let (_, read, _) = decoder.decode_to_string(&chunk[..n], &mut text, last);
-            debug_assert_eq!(read, n);
             if last {
                 break;
             }
