@@ -789,7 +789,13 @@ fn read_file_with(
     columns: &[CompiledColumn],
     pieces: Option<&mut dyn FnMut(DataFrame)>,
 ) -> Result<FileResult, DataError> {
-    let text = Text::read(&file.path, file.dialect.encoding).map_err(|e| {
+    // A file parsed in pieces is read as a stream: neither its rows nor its text is held.
+    let encoding = file.dialect.encoding;
+    let input = match pieces {
+        Some(_) => Stream::open(&file.path, encoding).map(Input::Stream),
+        None => Text::read(&file.path, encoding).map(Input::Text),
+    };
+    let input = input.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             bad(
                 file,
@@ -802,7 +808,7 @@ fn read_file_with(
             bad(file, format!("cannot read: {e}"))
         }
     })?;
-    parse_text(file, text, columns, pieces)
+    parse_text(file, input, columns, pieces)
 }
 
 /// A file's text to parse, and what the cache records of its bytes.
@@ -907,35 +913,258 @@ fn parse_file(
     pieces: Option<&mut dyn FnMut(DataFrame)>,
 ) -> Result<FileResult, DataError> {
     let text = Text::of_bytes(bytes, file.dialect.encoding);
-    parse_text(file, text, columns, pieces)
+    parse_text(file, Input::Text(text), columns, pieces)
 }
 
-/// [`parse_file`] of the file's text.
+/// What a file is parsed from: its whole text, or its bytes read as a stream
+/// ([`Stream`]).
+enum Input {
+    Text(Text),
+    Stream(Stream),
+}
+
+/// A file read as it is parsed, never held whole (a run in subject batches): its bytes
+/// hashed as they are read, decoded a megabyte at a time when Latin-1, and the offsets of
+/// their line ends kept until the records after them are numbered ([`StreamLines`]).
+struct Stream {
+    reader: Box<dyn std::io::Read>,
+    ends: LineEnds,
+    hashed: std::rc::Rc<std::cell::RefCell<(blake3::Hasher, u64)>>,
+    /// The file's size, for the message about an empty file and as a size hint.
+    size: u64,
+}
+
+/// Offsets and bytes (`\n` or `\r`) of the line ends read and not yet counted.
+type LineEnds = std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<(u64, u8)>>>;
+
+impl Stream {
+    /// The file at `path` in `encoding`, or why it cannot be read.
+    fn open(path: &std::path::Path, encoding: dialect::Encoding) -> std::io::Result<Stream> {
+        use std::io::{BufRead, Read};
+        let f = std::fs::File::open(path)?;
+        let size = f.metadata()?.len();
+        let hashed = std::rc::Rc::new(std::cell::RefCell::new((blake3::Hasher::new(), 0u64)));
+        let raw = Hashed {
+            inner: f,
+            hashed: hashed.clone(),
+        };
+        let mut raw = std::io::BufReader::with_capacity(DECODE_CHUNK, raw);
+        let text: Box<dyn Read> = match encoding {
+            dialect::Encoding::Utf8 => {
+                // Past a byte-order mark, as [`dialect::decode`].
+                let start = raw.fill_buf()?;
+                if start.starts_with(b"\xEF\xBB\xBF") {
+                    raw.consume(3);
+                }
+                Box::new(raw)
+            }
+            dialect::Encoding::Latin1 => Box::new(Latin1 {
+                inner: raw,
+                decoder: encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling(),
+                out: Vec::new(),
+                at: 0,
+                done: false,
+            }),
+        };
+        let ends = LineEnds::default();
+        Ok(Stream {
+            reader: Box::new(Tracked {
+                inner: text,
+                at: 0,
+                ends: ends.clone(),
+            }),
+            ends,
+            hashed,
+            size,
+        })
+    }
+
+    /// Whether the file holds nothing but white space (read up to its first other byte).
+    fn blank(path: &std::path::Path) -> std::io::Result<bool> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            // A UTF-8 byte-order mark counts as white space here, as it is dropped.
+            if !chunk[..n]
+                .iter()
+                .all(|b| b.is_ascii_whitespace() || [0xEF, 0xBB, 0xBF].contains(b))
+            {
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// A reader that hashes and counts the bytes it passes on.
+struct Hashed<R> {
+    inner: R,
+    hashed: std::rc::Rc<std::cell::RefCell<(blake3::Hasher, u64)>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut h = self.hashed.borrow_mut();
+        h.0.update(&buf[..n]);
+        h.1 += n as u64;
+        Ok(n)
+    }
+}
+
+/// A reader that decodes Latin-1 (windows-1252) to UTF-8 a chunk at a time.
+struct Latin1<R> {
+    inner: R,
+    decoder: encoding_rs::Decoder,
+    out: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> std::io::Read for Latin1<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.out.len() && !self.done {
+            let chunk = self.inner.fill_buf()?;
+            let last = chunk.is_empty();
+            let mut text = String::with_capacity(
+                self.decoder
+                    .max_utf8_buffer_length(chunk.len())
+                    .unwrap_or(3 * chunk.len() + 16),
+            );
+            let (_, read, _) = self.decoder.decode_to_string(chunk, &mut text, last);
+            self.inner.consume(read);
+            self.out = text.into_bytes();
+            self.at = 0;
+            self.done = last;
+        }
+        let n = buf.len().min(self.out.len() - self.at);
+        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A reader that notes the offset of every line end (`\n`, `\r`) it passes on.
+struct Tracked<R> {
+    inner: R,
+    at: u64,
+    ends: LineEnds,
+}
+
+impl<R: std::io::Read> std::io::Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut ends = self.ends.borrow_mut();
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if b == b'\n' || b == b'\r' {
+                ends.push_back((self.at + i as u64, b));
+            }
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// [`LineCounter`] for a file read as a stream: the line ends before a record are counted as
+/// the record is numbered, and let go of.
+#[derive(Default)]
+struct StreamLines {
+    offset: u64,
+    line: i64,
+}
+
+impl StreamLines {
+    fn line(&mut self, ends: &LineEnds, byte: u64) -> i64 {
+        let mut ends = ends.borrow_mut();
+        let mut byte = byte.max(self.offset);
+        // The line ends before the record, and (after a CRLF the reader reports the record at
+        // the `\n`) those it starts at; a `\r\n` pair counts once.
+        while let Some(&(at, b)) = ends.front() {
+            if at > byte {
+                break;
+            }
+            ends.pop_front();
+            if at == byte {
+                byte += 1;
+            }
+            let pair = b == b'\r' && ends.front() == Some(&(at + 1, b'\n'));
+            if !pair {
+                self.line += 1;
+            }
+        }
+        self.offset = byte;
+        self.line + 1
+    }
+}
+
+/// Numbers records by their physical line, from the whole text or from a stream.
+enum Lines<'a> {
+    Text(&'a [u8], LineCounter),
+    Stream(LineEnds, StreamLines),
+}
+
+impl Lines<'_> {
+    fn line(&mut self, byte: u64) -> i64 {
+        match self {
+            Lines::Text(text, c) => c.line(text, byte),
+            Lines::Stream(ends, c) => c.line(ends, byte),
+        }
+    }
+}
+
+/// [`parse_file`] of the file's text, or of its bytes read as a stream.
 fn parse_text(
     file: &SourceFile,
-    text: Text,
+    input: Input,
     columns: &[CompiledColumn],
     mut pieces: Option<&mut dyn FnMut(DataFrame)>,
 ) -> Result<FileResult, DataError> {
-    let Text {
-        owned,
-        from,
-        hash,
-        bytes: byte_count,
-    } = text;
     let d: &Dialect = &file.dialect;
+    let (owned, from, known, stream) = match input {
+        Input::Text(t) => (t.owned, t.from, Some((t.hash, t.bytes)), None),
+        Input::Stream(s) => (Vec::new(), 0, None, Some(s)),
+    };
     let text = &owned[from..];
-    if text.iter().all(|b| b.is_ascii_whitespace()) {
+    let blank = match &stream {
+        None => text.iter().all(|b| b.is_ascii_whitespace()),
+        Some(_) => Stream::blank(&file.path).map_err(|e| bad(file, format!("cannot read: {e}")))?,
+    };
+    if blank {
+        let bytes = known
+            .as_ref()
+            .map(|k| k.1)
+            .or(stream.as_ref().map(|s| s.size))
+            .unwrap_or(0);
         return Err(bad(
             file,
-            format!("the file is empty ({byte_count} bytes): not even a header line"),
+            format!("the file is empty ({bytes} bytes): not even a header line"),
         ));
     }
+    let (source, mut lines_at, hashed, size): (Box<dyn std::io::Read + '_>, Lines, _, _) =
+        match stream {
+            None => (
+                Box::new(text),
+                Lines::Text(text, LineCounter::default()),
+                None,
+                None,
+            ),
+            Some(s) => (
+                s.reader,
+                Lines::Stream(s.ends, StreamLines::default()),
+                Some(s.hashed),
+                Some(s.size),
+            ),
+        };
+    let streamed = hashed.is_some();
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(d.delimiter)
         .has_headers(false)
         .flexible(true)
-        .from_reader(text);
+        .from_reader(source);
     // One record buffer for the whole file: no allocation per row.
     let mut rec = csv::ByteRecord::new();
     let header_rec = match reader.read_byte_record(&mut rec) {
@@ -952,7 +1181,11 @@ fn parse_text(
     // A size hint: records are at most the lines ending in `\n` (plus a last one without), so
     // buffers of that size are not grown by copying. A file whose lines end in a bare `\r`
     // grows its buffers as it goes.
-    let lines_in_file = text.iter().filter(|&&b| b == b'\n').count() + 1;
+    let lines_in_file = match size {
+        None => text.iter().filter(|&&b| b == b'\n').count() + 1,
+        // A hint only: buffers grow as they need to.
+        Some(bytes) => (bytes / 16) as usize + 16,
+    };
     let piece_rows = match pieces {
         Some(_) => crate::cache::PARSE_PIECE_ROWS,
         None => usize::MAX,
@@ -987,18 +1220,17 @@ fn parse_text(
     let (mut accepted, mut handed) = (0u64, false);
     let mut rejects = RejectsBuilder::default();
     let mut rows = 0u64;
-    let mut lines_at = LineCounter::default();
     let (mut latest_date, mut late) = (None::<i32>, false);
     loop {
         match reader.read_byte_record(&mut rec) {
             Ok(true) => {}
             Ok(false) => break,
+            Err(e) if streamed && e.is_io_error() => {
+                return Err(bad(file, format!("cannot read: {e}")));
+            }
             Err(e) => {
                 // The csv reader only fails on I/O; a bad record still has a position.
-                let line = e
-                    .position()
-                    .map(|p| lines_at.line(text, p.byte()))
-                    .unwrap_or(0);
+                let line = e.position().map(|p| lines_at.line(p.byte())).unwrap_or(0);
                 rows += 1;
                 rejects.push(
                     &file.rel,
@@ -1013,10 +1245,7 @@ fn parse_text(
             }
         };
         rows += 1;
-        let line = rec
-            .position()
-            .map(|p| lines_at.line(text, p.byte()))
-            .unwrap_or(0);
+        let line = rec.position().map(|p| lines_at.line(p.byte())).unwrap_or(0);
         if repeats_header(&rec, &normalised) {
             rejects.push(
                 &file.rel,
@@ -1107,7 +1336,16 @@ fn parse_text(
         }
     }
     drop(reader);
+    drop(lines_at);
     drop(owned);
+    let (hash, byte_count) = match (known, hashed) {
+        (Some(k), _) => k,
+        (None, Some(h)) => {
+            let (hasher, bytes) = &*h.borrow();
+            (hasher.finalize().to_hex().to_string(), *bytes)
+        }
+        (None, None) => return Err(bad(file, "the file's bytes were not hashed".into())),
+    };
     let mut table = table_of(buffers, lines)?;
     if let Some(hand) = pieces {
         if table.height() > 0 || !handed {
@@ -1422,6 +1660,75 @@ mod tests {
                 .table
                 .get_column_names()
         );
+    }
+
+    #[test]
+    fn a_file_read_as_a_stream_numbers_its_lines_and_hashes_its_bytes_as_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let latin1 = "{delimiter: ';', encoding: latin1, date_formats: ['%d.%m.%Y']}";
+        // CRLF, a lone CR, blank lines, a quoted field over two lines, a byte-order mark, a
+        // bad row, Latin-1 text, and a first chunk boundary inside a record.
+        let mut long = String::from("Patient ID,Datum,fever,note\n");
+        while long.len() < DECODE_CHUNK + 500 {
+            long.push_str(
+                "C1,2014-03-07,1,\"a\r\nb\"\r\nC2,2014-03-08,9,x\r\rC3,2014-03-09,2,y\n\n",
+            );
+        }
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "crlf",
+                b"Patient ID,Datum,fever,note\r\nC1,2014-03-07,1,\"two\r\nlines\"\r\n\r\nC2,2014-03-08,7,x\r\nC3,2014-03-09,2,\r\n".to_vec(),
+                "{}",
+            ),
+            (
+                "cr",
+                b"\xEF\xBB\xBFPatient ID,Datum,fever,note\rC1,2014-03-07,1,a\r\rC2,2014-03-08,2,b\r".to_vec(),
+                "{}",
+            ),
+            (
+                "latin1",
+                b"Patient ID;Datum;Fieber;note\nC1;07.03.2014;1;M\xfcller\r\nC2;08.03.2014;5;Stra\xdfe\n\nC3;09.03.2014;2;\"\xe9\r\n\xe8\"\n".to_vec(),
+                latin1,
+            ),
+            ("long", long.into_bytes(), "{}"),
+        ];
+        let columns = vec![
+            column("{name: subject, type: subject, headers: ['Patient ID'], required: true}"),
+            column("{name: date, type: date, headers: [Datum], required: true}"),
+            column("{name: fever, type: int, headers: [fever, Fieber], min: 0, max: 4}"),
+            column("{name: note, type: string, optional: true}"),
+        ];
+        for (name, bytes, d) in cases {
+            let f = write(
+                dir.path(),
+                &format!("{name}_2017-06-30.csv"),
+                &bytes,
+                dialect(d),
+            );
+            let whole = read_file(&f, &columns).unwrap();
+            let mut pieces = Vec::new();
+            let streamed = read_file_with(&f, &columns, Some(&mut |p| pieces.push(p))).unwrap();
+            assert_eq!(pieces.len(), 1, "{name}");
+            assert!(pieces[0].equals_missing(&whole.table), "{name}");
+            assert!(whole.table.height() > 0, "{name}");
+            let (a, b) = (streamed.rejects.finish(), whole.rejects.finish());
+            assert!(a.unwrap().equals_missing(&b.unwrap()), "{name}");
+            assert_eq!(streamed.read.hash, whole.read.hash, "{name}");
+            assert_eq!(streamed.read.bytes, bytes.len() as u64, "{name}");
+            assert_eq!(streamed.read.rows, whole.read.rows, "{name}");
+        }
+        // A file of white space only is refused as empty, as when read whole.
+        let f = write(
+            dir.path(),
+            "blank_2017-06-30.csv",
+            b" \r\n\n",
+            dialect("{}"),
+        );
+        let err = read_file_with(&f, &columns, Some(&mut |_| {}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("the file is empty (4 bytes)"), "{err}");
     }
 
     #[test]
