@@ -851,53 +851,27 @@ impl Text {
     }
 
     /// The text of the file at `path`. A Latin-1 file is read and decoded a megabyte at a
-    /// time, hashed as it is read: its bytes and its text are never held side by side (for a
-    /// 76 MB diary export, 76 MB less at the moment of decoding).
+    /// time, hashed as it is read ([`decoded`]): its bytes and its text are never held side by
+    /// side (for a 76 MB diary export, 76 MB less at the moment of decoding).
     fn read(path: &std::path::Path, encoding: dialect::Encoding) -> std::io::Result<Text> {
         use std::io::Read;
         if encoding != dialect::Encoding::Latin1 {
             return Ok(Text::of_bytes(std::fs::read(path)?, encoding));
         }
-        let mut f = std::fs::File::open(path)?;
-        let len = f.metadata()?.len() as usize;
-        let mut decoder = encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling();
-        let mut text = String::with_capacity(
-            decoder
-                .max_utf8_buffer_length(len)
-                .ok_or_else(|| std::io::Error::other("the file is too large to decode"))?,
-        );
-        let mut hasher = blake3::Hasher::new();
-        let mut chunk = vec![0u8; DECODE_CHUNK];
-        let mut count = 0u64;
-        loop {
-            let n = f.read(&mut chunk)?;
-            hasher.update(&chunk[..n]);
-            count += n as u64;
-            let last = n == 0;
-            let mut at = 0;
-            loop {
-                let (result, read, _) = decoder.decode_to_string(&chunk[at..n], &mut text, last);
-                at += read;
-                if result == encoding_rs::CoderResult::InputEmpty {
-                    break;
-                }
-                // Out of room: the file grew while it was read.
-                let left = n - at;
-                text.reserve(
-                    decoder
-                        .max_utf8_buffer_length(left)
-                        .unwrap_or(3 * left + 16),
-                );
-            }
-            if last {
-                break;
-            }
-        }
+        let (mut reader, hashes, size) = decoded(path, encoding)?;
+        let room = encoding_rs::WINDOWS_1252
+            .new_decoder_without_bom_handling()
+            .max_utf8_buffer_length(size as usize)
+            .ok_or_else(|| std::io::Error::other("the file is too large to decode"))?;
+        let mut owned = Vec::with_capacity(room);
+        reader.read_to_end(&mut owned)?;
+        drop(reader);
+        let (hash, bytes) = digest(&hashes);
         Ok(Text {
-            owned: text.into_bytes(),
+            owned,
             from: 0,
-            hash: hasher.finalize().to_hex().to_string(),
-            bytes: count,
+            hash,
+            bytes,
         })
     }
 }
@@ -929,7 +903,7 @@ enum Input {
 struct Stream {
     reader: Box<dyn std::io::Read>,
     ends: LineEnds,
-    hashed: std::rc::Rc<std::cell::RefCell<(blake3::Hasher, u64)>>,
+    hashes: Hashes,
     /// The file's size, for the message about an empty file and as a size hint.
     size: u64,
 }
@@ -937,35 +911,55 @@ struct Stream {
 /// Offsets and bytes (`\n` or `\r`) of the line ends read and not yet counted.
 type LineEnds = std::rc::Rc<std::cell::RefCell<std::collections::VecDeque<(u64, u8)>>>;
 
+/// blake3 of the bytes read so far, and their count.
+type Hashes = std::rc::Rc<std::cell::RefCell<(blake3::Hasher, u64)>>;
+
+/// The hash and the byte count of `hashes`.
+fn digest(hashes: &Hashes) -> (String, u64) {
+    let (hasher, bytes) = &*hashes.borrow();
+    (hasher.finalize().to_hex().to_string(), *bytes)
+}
+
+/// The text of the file at `path` in `encoding`, as a reader: past a UTF-8 byte-order mark,
+/// Latin-1 decoded a megabyte at a time; the file's bytes hashed as they are read; its size.
+fn decoded(
+    path: &std::path::Path,
+    encoding: dialect::Encoding,
+) -> std::io::Result<(Box<dyn std::io::Read>, Hashes, u64)> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let hashes = Hashes::default();
+    let raw = Hashed {
+        inner: f,
+        hashes: hashes.clone(),
+    };
+    let mut raw = std::io::BufReader::with_capacity(DECODE_CHUNK, raw);
+    let text: Box<dyn std::io::Read> = match encoding {
+        dialect::Encoding::Utf8 => {
+            // Past a byte-order mark, as [`dialect::decode`].
+            if raw.fill_buf()?.starts_with(UTF8_BOM) {
+                raw.consume(UTF8_BOM.len());
+            }
+            Box::new(raw)
+        }
+        dialect::Encoding::Latin1 => Box::new(Latin1 {
+            inner: raw,
+            decoder: encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling(),
+            out: Vec::new(),
+            at: 0,
+            done: false,
+        }),
+    };
+    Ok((text, hashes, size))
+}
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 impl Stream {
     /// The file at `path` in `encoding`, or why it cannot be read.
     fn open(path: &std::path::Path, encoding: dialect::Encoding) -> std::io::Result<Stream> {
-        use std::io::{BufRead, Read};
-        let f = std::fs::File::open(path)?;
-        let size = f.metadata()?.len();
-        let hashed = std::rc::Rc::new(std::cell::RefCell::new((blake3::Hasher::new(), 0u64)));
-        let raw = Hashed {
-            inner: f,
-            hashed: hashed.clone(),
-        };
-        let mut raw = std::io::BufReader::with_capacity(DECODE_CHUNK, raw);
-        let text: Box<dyn Read> = match encoding {
-            dialect::Encoding::Utf8 => {
-                // Past a byte-order mark, as [`dialect::decode`].
-                let start = raw.fill_buf()?;
-                if start.starts_with(b"\xEF\xBB\xBF") {
-                    raw.consume(3);
-                }
-                Box::new(raw)
-            }
-            dialect::Encoding::Latin1 => Box::new(Latin1 {
-                inner: raw,
-                decoder: encoding_rs::WINDOWS_1252.new_decoder_without_bom_handling(),
-                out: Vec::new(),
-                at: 0,
-                done: false,
-            }),
-        };
+        let (text, hashes, size) = decoded(path, encoding)?;
         let ends = LineEnds::default();
         Ok(Stream {
             reader: Box::new(Tracked {
@@ -974,26 +968,23 @@ impl Stream {
                 ends: ends.clone(),
             }),
             ends,
-            hashed,
+            hashes,
             size,
         })
     }
 
-    /// Whether the file holds nothing but white space (read up to its first other byte).
-    fn blank(path: &std::path::Path) -> std::io::Result<bool> {
+    /// Whether the file's text holds nothing but white space (read up to its first other
+    /// byte): the test of a file read whole, on a stream of its text.
+    fn blank(path: &std::path::Path, encoding: dialect::Encoding) -> std::io::Result<bool> {
         use std::io::Read;
-        let mut f = std::fs::File::open(path)?;
+        let (mut text, _, _) = decoded(path, encoding)?;
         let mut chunk = vec![0u8; 1 << 16];
         loop {
-            let n = f.read(&mut chunk)?;
+            let n = text.read(&mut chunk)?;
             if n == 0 {
                 return Ok(true);
             }
-            // A UTF-8 byte-order mark counts as white space here, as it is dropped.
-            if !chunk[..n]
-                .iter()
-                .all(|b| b.is_ascii_whitespace() || [0xEF, 0xBB, 0xBF].contains(b))
-            {
+            if !chunk[..n].iter().all(|b| b.is_ascii_whitespace()) {
                 return Ok(false);
             }
         }
@@ -1003,13 +994,13 @@ impl Stream {
 /// A reader that hashes and counts the bytes it passes on.
 struct Hashed<R> {
     inner: R,
-    hashed: std::rc::Rc<std::cell::RefCell<(blake3::Hasher, u64)>>,
+    hashes: Hashes,
 }
 
 impl<R: std::io::Read> std::io::Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let mut h = self.hashed.borrow_mut();
+        let mut h = self.hashes.borrow_mut();
         h.0.update(&buf[..n]);
         h.1 += n as u64;
         Ok(n)
@@ -1101,6 +1092,13 @@ impl StreamLines {
     }
 }
 
+/// What the cache records of a file's bytes: known when they were read whole, else hashed as
+/// the stream reads them.
+enum Digest {
+    Known(String, u64),
+    Hashing(Hashes),
+}
+
 /// Numbers records by their physical line, from the whole text or from a stream.
 enum Lines<'a> {
     Text(&'a [u8], LineCounter),
@@ -1124,42 +1122,38 @@ fn parse_text(
     mut pieces: Option<&mut dyn FnMut(DataFrame)>,
 ) -> Result<FileResult, DataError> {
     let d: &Dialect = &file.dialect;
-    let (owned, from, known, stream) = match input {
-        Input::Text(t) => (t.owned, t.from, Some((t.hash, t.bytes)), None),
-        Input::Stream(s) => (Vec::new(), 0, None, Some(s)),
-    };
-    let text = &owned[from..];
-    let blank = match &stream {
-        None => text.iter().all(|b| b.is_ascii_whitespace()),
-        Some(_) => Stream::blank(&file.path).map_err(|e| bad(file, format!("cannot read: {e}")))?,
-    };
+    // The text (read whole) or the stream of it, its line numbers, what hashes its bytes, the
+    // file's size, and whether it is blank.
+    let owned: Vec<u8>;
+    let (source, mut lines_at, digested, size, blank): (Box<dyn std::io::Read + '_>, _, _, _, _) =
+        match input {
+            Input::Text(t) => {
+                owned = t.owned;
+                let text = &owned[t.from..];
+                let blank = text.iter().all(|b| b.is_ascii_whitespace());
+                let lines = Lines::Text(text, LineCounter::default());
+                (
+                    Box::new(text),
+                    lines,
+                    Digest::Known(t.hash, t.bytes),
+                    t.bytes,
+                    blank,
+                )
+            }
+            Input::Stream(s) => {
+                owned = Vec::new();
+                let blank = Stream::blank(&file.path, d.encoding)
+                    .map_err(|e| bad(file, format!("cannot read: {e}")))?;
+                let lines = Lines::Stream(s.ends, StreamLines::default());
+                (s.reader, lines, Digest::Hashing(s.hashes), s.size, blank)
+            }
+        };
     if blank {
-        let bytes = known
-            .as_ref()
-            .map(|k| k.1)
-            .or(stream.as_ref().map(|s| s.size))
-            .unwrap_or(0);
         return Err(bad(
             file,
-            format!("the file is empty ({bytes} bytes): not even a header line"),
+            format!("the file is empty ({size} bytes): not even a header line"),
         ));
     }
-    let (source, mut lines_at, hashed, size): (Box<dyn std::io::Read + '_>, Lines, _, _) =
-        match stream {
-            None => (
-                Box::new(text),
-                Lines::Text(text, LineCounter::default()),
-                None,
-                None,
-            ),
-            Some(s) => (
-                s.reader,
-                Lines::Stream(s.ends, StreamLines::default()),
-                Some(s.hashed),
-                Some(s.size),
-            ),
-        };
-    let streamed = hashed.is_some();
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(d.delimiter)
         .has_headers(false)
@@ -1181,10 +1175,10 @@ fn parse_text(
     // A size hint: records are at most the lines ending in `\n` (plus a last one without), so
     // buffers of that size are not grown by copying. A file whose lines end in a bare `\r`
     // grows its buffers as it goes.
-    let lines_in_file = match size {
-        None => text.iter().filter(|&&b| b == b'\n').count() + 1,
+    let lines_in_file = match &lines_at {
+        Lines::Text(text, _) => text.iter().filter(|&&b| b == b'\n').count() + 1,
         // A hint only: buffers grow as they need to.
-        Some(bytes) => (bytes / 16) as usize + 16,
+        Lines::Stream(..) => (size / 16) as usize + 16,
     };
     let piece_rows = match pieces {
         Some(_) => crate::cache::PARSE_PIECE_ROWS,
@@ -1225,7 +1219,8 @@ fn parse_text(
         match reader.read_byte_record(&mut rec) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) if streamed && e.is_io_error() => {
+            // Only a stream can fail to read.
+            Err(e) if e.is_io_error() => {
                 return Err(bad(file, format!("cannot read: {e}")));
             }
             Err(e) => {
@@ -1338,13 +1333,9 @@ fn parse_text(
     drop(reader);
     drop(lines_at);
     drop(owned);
-    let (hash, byte_count) = match (known, hashed) {
-        (Some(k), _) => k,
-        (None, Some(h)) => {
-            let (hasher, bytes) = &*h.borrow();
-            (hasher.finalize().to_hex().to_string(), *bytes)
-        }
-        (None, None) => return Err(bad(file, "the file's bytes were not hashed".into())),
+    let (hash, byte_count) = match digested {
+        Digest::Known(hash, bytes) => (hash, bytes),
+        Digest::Hashing(hashes) => digest(&hashes),
     };
     let mut table = table_of(buffers, lines)?;
     if let Some(hand) = pieces {
@@ -1729,6 +1720,20 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("the file is empty (4 bytes)"), "{err}");
+        // Bytes of a UTF-8 byte-order mark in a Latin-1 file are text, not an empty file.
+        let f = write(
+            dir.path(),
+            "bom_2017-06-30.csv",
+            b"\xEF\xBB\xBF \n",
+            dialect(latin1),
+        );
+        let whole = read_file(&f, &columns).err().unwrap().to_string();
+        let streamed = read_file_with(&f, &columns, Some(&mut |_| {}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!whole.contains("empty"), "{whole}");
+        assert_eq!(streamed, whole);
     }
 
     #[test]
