@@ -275,13 +275,18 @@ pub enum TablePart<'a> {
 impl StageEntry {
     /// The part holding the stage's table, when the entry has one.
     pub fn table_part(&self) -> Option<&Part> {
-        self.parts.iter().find(|p| p.role == "table")
+        self.part("table")
+    }
+
+    /// The entry's part of role `role` (`table`, `rejects`, `dropped`), when it has one.
+    pub fn part(&self, role: &str) -> Option<&Part> {
+        self.parts.iter().find(|p| p.role == role)
     }
 
     /// The part holding the numbers of the rows of the ingest the table is made of, when the
     /// entry keeps its table that way ([`RowsOf`]).
     pub fn rows_part(&self) -> Option<&Part> {
-        self.parts.iter().find(|p| p.role == "rows")
+        self.part("rows")
     }
 
     /// True when the entry holds the stage's table (itself, or as rows of its files).
@@ -412,7 +417,7 @@ impl FileTableWriter {
     /// Appends `piece`, whose columns must be the first piece's, as record batches of at most
     /// [`PIECE_ROWS`] rows.
     pub fn write(&mut self, piece: &DataFrame) -> anyhow::Result<()> {
-        use polars_arrow::io::ipc::write::{Compression, FileWriter, WriteOptions};
+        use polars_arrow::io::ipc::write::{FileWriter, WriteOptions};
         let (stored, constants) = without_constants(piece);
         let mut stored = in_pieces(&stored);
         let writer = match &mut self.writer {
@@ -426,9 +431,8 @@ impl FileTableWriter {
                 let f = fs::File::create(&self.tmp)?;
                 let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
                 let schema = stored.schema().to_arrow(CompatLevel::newest());
-                let level = polars::polars_utils::compression::ZstdLevel::try_new(1)?;
                 let options = WriteOptions {
-                    compression: Some(Compression::ZSTD(level)),
+                    compression: Some(ipc_compression()?.into()),
                 };
                 self.constants = constants;
                 self.writer
@@ -490,12 +494,11 @@ pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
 // read back, for the same cost to write, and every run reads them back to build `rejects`
 // and `duplicates` (1.7 million set-aside diary rows: 0.16 -> 0.05 CPU s to read).
 fn encode(df: &DataFrame, out: impl Write, format: PartFormat) -> PolarsResult<()> {
-    use polars::io::ipc::{IpcCompression, IpcWriter};
-    use polars::polars_utils::compression::ZstdLevel;
+    use polars::io::ipc::IpcWriter;
     let mut df = df.clone();
     match format {
         PartFormat::Ipc => IpcWriter::new(out)
-            .with_compression(Some(IpcCompression::ZSTD(ZstdLevel::try_new(1)?)))
+            .with_compression(Some(ipc_compression()?))
             .finish(&mut df),
         PartFormat::Parquet => part_parquet_writer(out).finish(&mut df).map(|_| ()),
     }
@@ -592,13 +595,26 @@ fn miscounted(path: &Path, found: u64, what: &str, expected: u64) -> String {
 /// The bytes of the cache part `part` at `path`, checked against its size and hash.
 fn verified_bytes(path: &Path, part: &Part) -> Result<Vec<u8>, String> {
     let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 != part.bytes {
-        return Err(miscounted(path, bytes.len() as u64, "bytes", part.bytes));
+    as_recorded(path, part, bytes.len() as u64, &blake3::hash(&bytes))?;
+    Ok(bytes)
+}
+
+/// Whether the cache part at `path`, of `bytes` bytes hashing to `hash`, is what its entry
+/// `part` records; why not.
+fn as_recorded(path: &Path, part: &Part, bytes: u64, hash: &blake3::Hash) -> Result<(), String> {
+    if bytes != part.bytes {
+        return Err(miscounted(path, bytes, "bytes", part.bytes));
     }
-    if blake3::hash(&bytes).to_hex().as_str() != part.blake3 {
+    if hash.to_hex().as_str() != part.blake3 {
         return Err(format!("{} does not match its hash", path.display()));
     }
-    Ok(bytes)
+    Ok(())
+}
+
+/// The compression of Arrow IPC cache parts: zstd at level 1 (see [`encode`]).
+fn ipc_compression() -> PolarsResult<polars::io::ipc::IpcCompression> {
+    let level = polars::polars_utils::compression::ZstdLevel::try_new(1)?;
+    Ok(polars::io::ipc::IpcCompression::ZSTD(level))
 }
 
 /// A stage's rejected or set-aside rows, read a range of rows at a time: the table in memory,
@@ -943,7 +959,7 @@ impl Cache {
     /// Reads one part (`rejects` or `dropped`) of a stage entry; `None` when it has none.
     pub fn load_stage_part(&self, e: &StageEntry, role: &str) -> Result<Option<DataFrame>, String> {
         let folder = self.stages();
-        match e.parts.iter().find(|p| p.role == role) {
+        match e.part(role) {
             Some(p) => self.read_part(&folder, p).map(Some),
             None => Ok(None),
         }
@@ -953,7 +969,7 @@ impl Cache {
     /// and hash, to be decoded a range of rows at a time ([`PartRows`]); `None` when it has
     /// none.
     pub fn stage_part_rows(&self, e: &StageEntry, role: &str) -> Result<Option<PartRows>, String> {
-        let Some(p) = e.parts.iter().find(|p| p.role == role) else {
+        let Some(p) = e.part(role) else {
             return Ok(None);
         };
         let path = self.stages().join(&p.file);
@@ -1096,12 +1112,7 @@ impl Cache {
         let mut f = fs::File::open(&path).map_err(failed)?;
         let mut hasher = blake3::Hasher::new();
         let bytes = std::io::copy(&mut f, &mut hasher).map_err(failed)?;
-        if bytes != part.bytes {
-            return Err(miscounted(&path, bytes, "bytes", part.bytes));
-        }
-        if hasher.finalize().to_hex().as_str() != part.blake3 {
-            return Err(format!("{} does not match its hash", path.display()));
-        }
+        as_recorded(&path, part, bytes, &hasher.finalize())?;
         f.seek(SeekFrom::Start(0)).map_err(failed)?;
         let mut f = std::io::BufReader::with_capacity(1 << 16, f);
         let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut f)

@@ -947,7 +947,7 @@ impl Engine<'_> {
                 }
                 let lean = self.lean_ingests.load(Ordering::Relaxed);
                 if let Some(e) = &st.cached {
-                    let loaded = match (lean, e.parts.iter().find(|p| p.role == "table")) {
+                    let loaded = match (lean, e.table_part().ok()) {
                         (true, Some(part)) => self
                             .cache
                             .load_file_rejects(e)
