@@ -242,6 +242,20 @@ impl TableWriter {
         })
     }
 
+    /// Appends `rows` to the table in `slot`, which `start` starts with their columns when it
+    /// holds none yet.
+    pub fn append(
+        slot: &mut Option<TableWriter>,
+        rows: DataFrame,
+        start: impl FnOnce(&DataFrame) -> Result<TableWriter, RunError>,
+    ) -> Result<(), RunError> {
+        let w = match slot {
+            Some(w) => w,
+            empty => empty.insert(start(&rows)?),
+        };
+        w.write(rows)
+    }
+
     fn failed(&self, e: impl std::fmt::Display) -> RunError {
         RunError::Internal(format!("writing {}: {e}", self.path.display()))
     }

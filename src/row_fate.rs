@@ -314,18 +314,30 @@ pub fn write_dropped(
         let rows = parts[b.part]
             .rows(b.start, b.len)
             .map_err(anyhow::Error::msg)?;
-        match &mut writer {
-            Some(w) => w.write(rows)?,
-            None => {
-                let mut w = crate::publish::TableWriter::create(dest, prov, &rows)?;
-                w.write(rows)?;
-                writer = Some(w);
-            }
-        }
+        crate::publish::TableWriter::append(&mut writer, rows, |first| {
+            crate::publish::TableWriter::create(dest, prov, first)
+        })?;
     }
     let w = writer.ok_or_else(|| anyhow::anyhow!("set-aside rows without a block"))?;
     let (bytes, blake3, rows) = w.finish()?;
     Ok((bytes, blake3, rows))
+}
+
+/// The runs of rows of one file in `df` (by SRCFILE, which must be text): each run's file,
+/// first row and length, in row order.
+pub(crate) fn file_runs(df: &DataFrame) -> PolarsResult<Vec<(String, usize, usize)>> {
+    let (_, first_rows) = crate::stages::runs(df, &["SRCFILE"])?;
+    let starts: Vec<usize> = first_rows.into_no_null_iter().map(|i| i as usize).collect();
+    let files = df.column("SRCFILE")?.str()?;
+    Ok(starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            let end = starts.get(i + 1).copied().unwrap_or(df.height());
+            let file = files.get(start).unwrap_or_default().to_string();
+            (file, start, end - start)
+        })
+        .collect())
 }
 
 /// A run of rows of one file in part `part` of the set-aside rows.
@@ -345,7 +357,6 @@ fn file_blocks(keys: &[DataFrame]) -> PolarsResult<Option<Vec<Block>>> {
         if part.column("SRCFILE")?.null_count() > 0 || part.column("SRCLINE")?.null_count() > 0 {
             return Ok(None);
         }
-        let (_, first_rows) = crate::stages::runs(part, &["SRCFILE"])?;
         let ascending = part
             .clone()
             .lazy()
@@ -358,17 +369,13 @@ fn file_blocks(keys: &[DataFrame]) -> PolarsResult<Option<Vec<Block>>> {
         if ascending.columns()[0].bool()?.get(0) != Some(true) {
             return Ok(None);
         }
-        let starts: Vec<usize> = first_rows.into_no_null_iter().map(|i| i as usize).collect();
-        let files = part.column("SRCFILE")?.str()?;
-        for (i, &start) in starts.iter().enumerate() {
-            let end = starts.get(i + 1).copied().unwrap_or(part.height());
-            let file = files.get(start).unwrap_or_default().to_string();
+        for (file, start, len) in file_runs(part)? {
             blocks.push((
                 file,
                 Block {
                     part: p,
                     start,
-                    len: end - start,
+                    len,
                 },
             ));
         }

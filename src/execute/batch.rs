@@ -198,15 +198,12 @@ impl Spill {
             write_ipc(&path, &mut rows)?;
             return Ok(None);
         }
-        let (_, starts) = crate::stages::runs(&rows, &["SRCFILE"])?;
-        let starts: Vec<usize> = starts.into_no_null_iter().map(|i| i as usize).collect();
-        let names = rows.column("SRCFILE")?.str()?.clone();
+        let runs = crate::row_fate::file_runs(&rows)?;
         let mut w = SpillWriter::create(path, rows.schema())?;
-        let mut files = Vec::with_capacity(starts.len());
-        for (i, &start) in starts.iter().enumerate() {
-            let end = starts.get(i + 1).copied().unwrap_or(rows.height());
-            w.write(&rows.slice(start as i64, end - start))?;
-            files.push(names.get(start).unwrap_or_default().to_string());
+        let mut files = Vec::with_capacity(runs.len());
+        for (file, start, len) in runs {
+            w.write(&rows.slice(start as i64, len))?;
+            files.push(file);
         }
         w.finish()?;
         Ok(Some(files))
@@ -894,14 +891,9 @@ impl Engine<'_> {
             let (path, file) = self.cache.stage_part_path(key, "dropped")?;
             let mut writer: Option<TableWriter> = None;
             let in_files = spill.dropped_by_file(id, parts, &mut |rows| {
-                match &mut writer {
-                    Some(w) => w.write(rows)?,
-                    None => {
-                        let mut w = TableWriter::create_part(&path, &rows)?;
-                        w.write(rows)?;
-                        writer = Some(w);
-                    }
-                }
+                TableWriter::append(&mut writer, rows, |first| {
+                    TableWriter::create_part(&path, first)
+                })?;
                 Ok(())
             })?;
             let Some(w) = writer.filter(|_| in_files) else {
@@ -1054,21 +1046,18 @@ impl Engine<'_> {
                         .slice(table.height() as i64 - 1, 1),
                 )?);
             }
-            if sum.writer.is_none() {
+            TableWriter::append(&mut sum.writer, table, |first| {
                 let d = decided[id]
                     .as_ref()
                     .ok_or_else(|| RunError::Internal(format!("`{}` was not decided", s.name)))?;
                 publish::failpoint(&format!("write:{}", s.name))?;
                 let prov = crate::run::provenance(self.plan, &s.name, &d.fingerprint);
-                sum.writer = Some(TableWriter::create(
+                TableWriter::create(
                     &self.run_dir.join(format!("{}.parquet", s.name)),
                     &prov,
-                    &table,
-                )?);
-            }
-            if let Some(w) = &mut sum.writer {
-                w.write(table)?;
-            }
+                    first,
+                )
+            })?;
         }
         Ok(())
     }
