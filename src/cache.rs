@@ -500,15 +500,16 @@ fn encode(df: &DataFrame, out: impl Write, format: PartFormat) -> PolarsResult<(
         PartFormat::Ipc => IpcWriter::new(out)
             .with_compression(Some(ipc_compression()?))
             .finish(&mut df),
-        PartFormat::Parquet => part_parquet_writer(out).finish(&mut df).map(|_| ()),
+        PartFormat::Parquet => part_parquet().writer(out).finish(&mut df).map(|_| ()),
     }
 }
 
-/// The Parquet writer of a cache part (rejected or set-aside rows): zstd, no statistics.
-pub fn part_parquet_writer<W: Write>(out: W) -> ParquetWriter<W> {
-    ParquetWriter::new(out)
-        .with_compression(ParquetCompression::Zstd(None))
-        .with_statistics(StatisticsOptions::empty())
+/// How a cache part (rejected or set-aside rows) is encoded as Parquet: zstd, no statistics.
+pub fn part_parquet() -> crate::publish::ParquetSettings {
+    crate::publish::ParquetSettings {
+        compression: ParquetCompression::Zstd(None),
+        statistics: StatisticsOptions::empty(),
+    }
 }
 
 /// How a cache part is encoded.
@@ -1245,7 +1246,8 @@ mod tests {
         )
         .unwrap();
         let mut bytes = Vec::new();
-        part_parquet_writer(&mut bytes)
+        part_parquet()
+            .writer(&mut bytes)
             .with_row_group_size(Some(20))
             .finish(&mut df)
             .unwrap();

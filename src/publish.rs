@@ -142,12 +142,46 @@ pub fn write_parquet(
     out.publish(&tmp, path)
 }
 
-/// The Parquet writer of every published table: zstd, full statistics, and `pairs` (the
-/// table's provenance, [`Provenance::pairs`]) in the footer.
+/// How a table's Parquet is encoded: its compression and statistics.
+#[derive(Clone, Copy)]
+pub struct ParquetSettings {
+    pub compression: ParquetCompression,
+    pub statistics: StatisticsOptions,
+}
+
+impl ParquetSettings {
+    /// Every published table: zstd and full statistics.
+    pub fn published() -> ParquetSettings {
+        ParquetSettings {
+            compression: ParquetCompression::Zstd(None),
+            statistics: StatisticsOptions::full(),
+        }
+    }
+
+    /// polars' writer with these settings.
+    pub fn writer<W: Write>(&self, out: W) -> ParquetWriter<W> {
+        ParquetWriter::new(out)
+            .with_compression(self.compression)
+            .with_statistics(self.statistics)
+    }
+
+    /// The options polars' writer derives from these settings, for encoding a column chunk
+    /// ([`TableWriter`]): the same pages the writer makes.
+    fn options(&self) -> polars_parquet::write::WriteOptions {
+        polars_parquet::write::WriteOptions {
+            statistics: self.statistics,
+            compression: self.compression.into(),
+            version: polars_parquet::write::Version::V1,
+            data_page_size: None,
+        }
+    }
+}
+
+/// The Parquet writer of every published table: [`ParquetSettings::published`], and `pairs` (the table's
+/// provenance, [`Provenance::pairs`]) in the footer.
 fn parquet_writer<W: Write>(out: W, pairs: Vec<(String, String)>) -> ParquetWriter<W> {
-    ParquetWriter::new(out)
-        .with_compression(ParquetCompression::Zstd(None))
-        .with_statistics(StatisticsOptions::full())
+    ParquetSettings::published()
+        .writer(out)
         .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
 }
 
@@ -158,30 +192,87 @@ fn parquet_writer<W: Write>(out: W, pairs: Vec<(String, String)>) -> ParquetWrit
 /// time (a quarter: 0.04 GB more, and a little slower).
 const ROW_GROUP: usize = 1 << 17;
 
-/// Held while a [`TableWriter`] puts its rows together and writes them as row groups: one
-/// table at a time. A group's rows are unpacked and copied into one chunk to be written, and
-/// two tables doing so at once (two batches committing) raised the peak of a run in batches of
-/// 50 subjects by 10-35 MB (bench cohort, three alternating pairs); one at a time was no
-/// slower.
+/// Held while a [`TableWriter`] encodes and writes row groups: one table at a time. Two tables
+/// putting row groups together at once (two batches committing) raised the peak of a run in
+/// batches of 50 subjects by 10-35 MB (bench cohort, three alternating pairs, when a group's
+/// rows were unpacked whole); one at a time was no slower.
 static GROUP_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A published table written part by part, in order (a run in subject batches): the same
 /// Parquet settings and footer as [`write_parquet`], rows gathered into row groups of
 /// [`ROW_GROUP`] rows, so that no part is held longer than it takes to fill a row group. The
 /// file is a temporary one until [`TableWriter::finish`] renames it into place.
+///
+/// A row group is encoded a column at a time ([`TableWriter::write_groups`]), each column's
+/// values unpacked from the parts waiting for the group, so that a group's rows are never held
+/// unpacked together: polars' own writer takes a group as one table of every column.
 pub struct TableWriter {
     tmp: PathBuf,
     path: PathBuf,
     out: std::sync::Arc<std::sync::Mutex<Option<HashedFile>>>,
     writer: polars::io::parquet::write::BatchedWriter<SharedFile>,
     schema: Schema,
-    /// Parts waiting for a row group, each packed (Arrow IPC, LZ4): a table of a few rows per
-    /// batch waits for many batches, and every published table has some rows waiting.
-    pending: Vec<Vec<u8>>,
+    encoder: ColumnEncoder,
+    /// Parts waiting for a row group ([`Pending`]): a table of a few rows per batch waits for
+    /// many batches, and every published table has some rows waiting.
+    pending: Pending,
     pending_rows: usize,
     rows: u64,
 }
 
+/// What polars' writer encodes a column chunk with, for a table's columns: the Arrow field and
+/// Parquet type of each column, its encodings and the write options (the steps of polars'
+/// streaming Parquet sink, which encodes a row group column by column too).
+struct ColumnEncoder {
+    arrow: polars_arrow::datatypes::ArrowSchema,
+    types: Vec<polars_parquet::write::ParquetType>,
+    encodings: Vec<Vec<polars_parquet::write::Encoding>>,
+    options: polars_parquet::write::WriteOptions,
+}
+
+/// The pages of one column chunk: one list per leaf column (one for every flat type).
+type ChunkPages = Vec<Vec<polars_parquet::write::CompressedPage>>;
+
+impl ColumnEncoder {
+    fn new(schema: &Schema, settings: &ParquetSettings) -> PolarsResult<ColumnEncoder> {
+        let arrow = schema.to_arrow(CompatLevel::newest());
+        let types = polars_parquet::arrow::write::to_parquet_schema(&arrow)?
+            .fields()
+            .to_vec();
+        let encodings = polars::io::parquet::write::get_encodings(&arrow).to_vec();
+        Ok(ColumnEncoder {
+            arrow,
+            types,
+            encodings,
+            options: settings.options(),
+        })
+    }
+
+    /// `values` as the compressed pages of a chunk of column `i`, put in one piece first.
+    fn encode(&self, i: usize, values: &Series) -> PolarsResult<ChunkPages> {
+        let values = values.rechunk();
+        use polars_parquet::read::ParquetError;
+        use polars_parquet::write::{Compressor, array_to_columns};
+        let field = self.arrow.get_at_index(i).map(|(_, f)| f);
+        let field = field.ok_or_else(|| polars_err!(ColumnNotFound: "column {i}"))?;
+        let array = values.to_arrow_with_field(0, std::borrow::Cow::Borrowed(field), true)?;
+        array_to_columns(
+            array,
+            self.types[i].clone(),
+            self.options,
+            &self.encodings[i],
+        )?
+        .into_iter()
+        .map(|pages| {
+            let pages = pages
+                .map(|page| page.map_err(|e| ParquetError::FeatureNotSupported(format!("{e}"))));
+            Compressor::new_from_vec(pages, self.options.compression, vec![])
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(PolarsError::from)
+        })
+        .collect()
+    }
+}
 /// The writer a [`TableWriter`] hands to polars, which keeps it until the footer is written.
 struct SharedFile(std::sync::Arc<std::sync::Mutex<Option<HashedFile>>>);
 
@@ -207,36 +298,48 @@ impl TableWriter {
         prov: &Provenance,
         first: &DataFrame,
     ) -> Result<TableWriter, RunError> {
-        Self::start(path, first, |out| parquet_writer(out, prov.pairs(first)))
+        Self::start(
+            path,
+            first,
+            ParquetSettings::published(),
+            Some(prov.pairs(first)),
+        )
     }
 
     /// Starts a cache part at `path` (rows a stage set aside, written file by file at the end
     /// of a run in subject batches) with the columns of `first`: the cache's Parquet settings
-    /// ([`crate::cache::part_parquet_writer`]), no provenance.
+    /// ([`crate::cache::part_parquet`]), no provenance.
     pub fn create_part(path: &Path, first: &DataFrame) -> Result<TableWriter, RunError> {
-        Self::start(path, first, crate::cache::part_parquet_writer)
+        Self::start(path, first, crate::cache::part_parquet(), None)
     }
 
     fn start(
         path: &Path,
         first: &DataFrame,
-        settings: impl FnOnce(SharedFile) -> ParquetWriter<SharedFile>,
+        settings: ParquetSettings,
+        pairs: Option<Vec<(String, String)>>,
     ) -> Result<TableWriter, RunError> {
-        // Every table of a run in subject batches is open at once: small buffers (polars
-        // writes a row group's pages in large writes, which pass the buffer by).
+        let failed =
+            |e: PolarsError| RunError::Internal(format!("writing {}: {e}", path.display()));
+        // Every table of a run in subject batches is open at once: small buffers (a row
+        // group's pages are written in large writes, which pass the buffer by).
         let (tmp, file) = HashedFile::create(path, 1 << 16)?;
         let out = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
         let schema = first.schema().as_ref().clone();
-        let writer = settings(SharedFile(out.clone()))
-            .batched(&schema)
-            .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
+        let mut writer = settings.writer(SharedFile(out.clone()));
+        if let Some(pairs) = pairs {
+            writer = writer.with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)));
+        }
+        let writer = writer.batched(&schema).map_err(failed)?;
+        let encoder = ColumnEncoder::new(&schema, &settings).map_err(failed)?;
         Ok(TableWriter {
             tmp,
             path: path.to_path_buf(),
             out,
             writer,
             schema,
-            pending: Vec::new(),
+            encoder,
+            pending: Pending::new(path),
             pending_rows: 0,
             rows: 0,
         })
@@ -294,41 +397,77 @@ impl TableWriter {
         if self.pending_rows >= ROW_GROUP {
             self.write_groups(Some(part), false)?;
         } else {
-            self.pending
-                .push(packed(&mut part).map_err(|e| self.failed(e))?);
+            self.pending.push(&part).map_err(|e| self.failed(e))?;
         }
         Ok(())
     }
 
     /// Writes the pending rows and `part` as row groups of [`ROW_GROUP`] rows, and with `all`
     /// the rows left over as a last, smaller one; without, they are packed and stay pending.
+    ///
+    /// The groups are encoded a column at a time (two columns at once on two threads): a
+    /// column's values are read back and unpacked from every pending part and, with `part`'s, cut into the
+    /// groups, each put in one piece and encoded as compressed pages; only the pages are kept
+    /// until the groups are written. The pages are the ones polars' writer makes of the same group.
+    /// The rows left over are always `part`'s last rows (fewer than a group were pending
+    /// before it).
     fn write_groups(&mut self, part: Option<DataFrame>, all: bool) -> Result<(), RunError> {
+        use rayon::prelude::*;
         let _one = GROUP_WRITES.lock().unwrap_or_else(|e| e.into_inner());
-        let mut rows = DataFrame::empty_with_schema(&self.schema);
-        for bytes in std::mem::take(&mut self.pending) {
-            rows.vstack_mut_owned(unpacked(&bytes).map_err(|e| self.failed(e))?)
-                .map_err(|e| self.failed(e))?;
-        }
-        if let Some(part) = part {
-            rows.vstack_mut_owned(part).map_err(|e| self.failed(e))?;
-        }
-        let n = rows.height();
-        let mut at = 0;
-        while n - at >= ROW_GROUP || (all && at < n) {
-            let len = ROW_GROUP.min(n - at);
-            let mut group = rows.slice(at as i64, len);
-            group.rechunk_mut_par();
+        let n = self.pending_rows;
+        let written = if all { n } else { n - n % ROW_GROUP };
+        let groups: Vec<(usize, usize)> = (0..written)
+            .step_by(ROW_GROUP)
+            .map(|at| (at, ROW_GROUP.min(written - at)))
+            .collect();
+        let columns = (0..self.schema.len())
+            .into_par_iter()
+            .map(|i| -> PolarsResult<Vec<ChunkPages>> {
+                let mut values = Series::new_empty(
+                    self.schema
+                        .get_at_index(i)
+                        .map(|(n, _)| n.clone())
+                        .unwrap_or_default(),
+                    self.schema
+                        .get_at_index(i)
+                        .map(|(_, t)| t)
+                        .unwrap_or(&DataType::Null),
+                );
+                for piece in self.pending.column(i)? {
+                    values.append_owned(piece?)?;
+                }
+                if let Some(part) = &part {
+                    values.append(part.columns()[i].as_materialized_series())?;
+                }
+                groups
+                    .iter()
+                    .map(|&(at, len)| self.encoder.encode(i, &values.slice(at as i64, len)))
+                    .collect()
+            })
+            .collect::<PolarsResult<Vec<_>>>()
+            .map_err(|e| self.failed(e))?;
+        let mut columns: Vec<_> = columns.into_iter().map(Vec::into_iter).collect();
+        for &(_, len) in &groups {
+            let pages: ChunkPages = columns
+                .iter_mut()
+                .flat_map(|column| column.next().unwrap_or_default())
+                .collect();
             self.writer
-                .write_batch(&group)
+                .write_row_group(len as u64, &pages)
                 .map_err(|e| self.failed(e))?;
-            at += len;
         }
-        if at < n {
-            let mut left = rows.slice(at as i64, n - at);
-            self.pending
-                .push(packed(&mut left).map_err(|e| self.failed(e))?);
+        self.pending.clear().map_err(|e| self.failed(e))?;
+        if written < n {
+            let start = part
+                .as_ref()
+                .and_then(|p| p.height().checked_sub(n - written));
+            let (Some(part), Some(start)) = (part, start) else {
+                return Err(self.failed("the rows left over are not the last part's"));
+            };
+            let left = part.slice(start as i64, n - written);
+            self.pending.push(&left).map_err(|e| self.failed(e))?;
         }
-        self.pending_rows = n - at;
+        self.pending_rows = n - written;
         Ok(())
     }
 
@@ -391,8 +530,90 @@ fn packed(rows: &mut DataFrame) -> PolarsResult<Vec<u8>> {
     Ok(bytes)
 }
 
-fn unpacked(bytes: &[u8]) -> PolarsResult<DataFrame> {
-    polars::io::ipc::IpcReader::new(std::io::Cursor::new(bytes)).finish()
+/// The rows of a [`TableWriter`] waiting for a row group, held in a temporary file beside the
+/// table's (`.<table>.pending.tmp-<pid>`, swept as any temporary file when a run is killed):
+/// each column of each part packed on its own (Arrow IPC, LZ4, [`packed`]), so that a group
+/// can be encoded a column at a time, reading back one column of every part. On the bench
+/// cohort in batches of 50 subjects the tables' waiting rows came to some 30 MB packed at
+/// once, held in memory until this file took them.
+struct Pending {
+    path: PathBuf,
+    file: Option<File>,
+    /// Per part, per column: where its packed bytes are in the file, and how many.
+    parts: Vec<Vec<(u64, usize)>>,
+    end: u64,
+}
+
+impl Pending {
+    fn new(table: &Path) -> Pending {
+        let name = table.file_name().map(|n| n.to_string_lossy().into_owned());
+        Pending {
+            path: tmp_name(&table.with_file_name(format!("{}.pending", name.unwrap_or_default()))),
+            file: None,
+            parts: Vec::new(),
+            end: 0,
+        }
+    }
+
+    /// Packs each column of `rows` and appends it to the file, which is created the first time.
+    fn push(&mut self, rows: &DataFrame) -> Result<(), RunError> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            none => none.insert(File::create(&self.path).map_err(|e| RunError::io(&self.path, e))?),
+        };
+        let mut columns = Vec::with_capacity(rows.width());
+        for c in rows.columns() {
+            let bytes = packed(&mut DataFrame::new(rows.height(), vec![c.clone()])?)?;
+            file.write_all(&bytes)
+                .map_err(|e| RunError::io(&self.path, e))?;
+            columns.push((self.end, bytes.len()));
+            self.end += bytes.len() as u64;
+        }
+        self.parts.push(columns);
+        Ok(())
+    }
+
+    /// Column `i` of every part, in order, each read back and unpacked as it is taken.
+    fn column(&self, i: usize) -> PolarsResult<impl Iterator<Item = PolarsResult<Series>> + '_> {
+        let mut file = match self.parts.is_empty() {
+            true => None,
+            false => Some(File::open(&self.path)?),
+        };
+        Ok(self.parts.iter().map(move |part| {
+            let (at, len) = part[i];
+            let file = file
+                .as_mut()
+                .ok_or_else(|| polars_err!(ComputeError: "no file of waiting rows"))?;
+            let mut bytes = vec![0; len];
+            file.seek(SeekFrom::Start(at))?;
+            file.read_exact(&mut bytes)?;
+            let piece = polars::io::ipc::IpcReader::new(std::io::Cursor::new(bytes)).finish()?;
+            Ok(piece
+                .into_columns()
+                .swap_remove(0)
+                .take_materialized_series())
+        }))
+    }
+
+    /// Forgets every part and empties the file.
+    fn clear(&mut self) -> Result<(), RunError> {
+        if let Some(file) = &mut self.file {
+            file.set_len(0)
+                .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+                .map_err(|e| RunError::io(&self.path, e))?;
+        }
+        self.parts.clear();
+        self.end = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A temporary file beside a published file, hashed as it is written: reading a large file
@@ -689,7 +910,14 @@ mod tests {
                 "USUBJID" => (0..n).map(|i| format!("S{:07}", from + i as i64)).collect::<Vec<_>>(),
                 "AVAL" => (0..n).map(|i| (from + i as i64) as f64 / 4.0).collect::<Vec<_>>(),
                 "birth" => (0..n).map(|i| (i % 3 != 0).then_some("x")).collect::<Vec<_>>(),
+                "SITE" => (0..n).map(|i| ["nih", "site-b", "site-c"][(from as usize + i) % 3]).collect::<Vec<_>>(),
+                "DAY" => (0..n).map(|i| (i % 7 != 0).then_some((from + i as i64) as i32 % 9000)).collect::<Vec<_>>(),
+                "FLAG" => (0..n).map(|i| (i % 11 != 0).then_some(i % 2 == 0)).collect::<Vec<_>>(),
             )
+            .unwrap()
+            .lazy()
+            .with_column(col("DAY").cast(DataType::Date))
+            .collect()
             .unwrap()
         };
         // Parts smaller and larger than a row group, and an empty one.
@@ -721,6 +949,33 @@ mod tests {
         assert_eq!(kv, footer(&once).0);
         assert!(kv.contains(&("studyflow.identifying".into(), "birth".into())));
         assert!(!tmp_name(&path).exists());
+        let waiting = tmp_name(&dir.path().join("t.parquet.pending"));
+        assert!(!waiting.exists());
+        // A table given up on (a failed run) leaves no file of waiting rows.
+        let given_up = dir.path().join("u.parquet");
+        let mut w = TableWriter::create(&given_up, &prov("fp"), &part(0, 1)).unwrap();
+        w.write(part(0, 10)).unwrap();
+        let waiting = tmp_name(&dir.path().join("u.parquet.pending"));
+        assert!(waiting.exists());
+        drop(w);
+        assert!(!waiting.exists());
+        // Byte for byte the file polars' own writer makes of the same rows in the same row
+        // groups (each group a table of every column): the groups encoded a column at a time
+        // are the same pages.
+        let mut groups = DataFrame::empty_with_schema(whole.schema());
+        for at in (0..whole.height()).step_by(ROW_GROUP) {
+            let mut group = whole.slice(at as i64, ROW_GROUP);
+            group.rechunk_mut();
+            groups.vstack_mut_owned(group).unwrap();
+        }
+        let mut polars_bytes = Vec::new();
+        let mut polars_writer = parquet_writer(&mut polars_bytes, prov("fp").pairs(&whole))
+            .batched(whole.schema())
+            .unwrap();
+        polars_writer.write_batch(&groups).unwrap();
+        polars_writer.finish().unwrap();
+        drop(polars_writer);
+        assert!(fs::read(&path).unwrap() == polars_bytes);
     }
 
     #[test]
