@@ -640,16 +640,30 @@ impl PartRows {
 
     /// Columns `names` of every row.
     pub fn columns(&self, names: &[&str]) -> Result<DataFrame, String> {
+        self.columns_of_rows(names, 0, self.height())
+    }
+
+    /// Columns `names` of the `len` rows from row `start`.
+    pub fn columns_of_rows(
+        &self,
+        names: &[&str],
+        start: usize,
+        len: usize,
+    ) -> Result<DataFrame, String> {
         match self {
-            PartRows::Table(df) => df.select(names.iter().copied()).map_err(|e| e.to_string()),
-            PartRows::Cached { bytes, path, .. } => {
+            PartRows::Table(df) => df
+                .select(names.iter().copied())
+                .map(|d| d.slice(start as i64, len))
+                .map_err(|e| e.to_string()),
+            PartRows::Cached { bytes, path, rows } => {
                 let names = names.iter().map(|n| n.to_string()).collect();
                 self.checked(
                     ParquetReader::new(std::io::Cursor::new(bytes.as_slice()))
                         .with_columns(Some(names))
+                        .with_slice(Some((start, len)))
                         .finish(),
                     path,
-                    self.height(),
+                    len.min(rows.saturating_sub(start)),
                 )
             }
         }
@@ -1102,6 +1116,17 @@ impl Cache {
 
     /// A parsed file's table, one piece at a time (see [`TablePieces`]).
     pub fn file_table_pieces(&self, e: &FileEntry) -> Result<TablePieces, String> {
+        self.file_pieces(e, None)
+    }
+
+    /// One stored column of a parsed file's table, one piece at a time: the file is checked
+    /// against its hash as a whole, and only the column's buffers are decoded. A column the
+    /// entry left out (one value for the file) is not stored, and is an error here.
+    pub fn file_column_pieces(&self, e: &FileEntry, column: &str) -> Result<TablePieces, String> {
+        self.file_pieces(e, Some(column))
+    }
+
+    fn file_pieces(&self, e: &FileEntry, column: Option<&str>) -> Result<TablePieces, String> {
         let part = e.table_part()?;
         let path = self.files().join(&part.file);
         if is_parquet(&part.file) {
@@ -1118,8 +1143,16 @@ impl Cache {
         let mut f = std::io::BufReader::with_capacity(1 << 16, f);
         let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut f)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let projection = match column {
+            Some(name) => {
+                Some(vec![metadata.schema.index_of(name).ok_or_else(|| {
+                    format!("{}: no stored column `{name}`", path.display())
+                })?])
+            }
+            None => None,
+        };
         Ok(TablePieces {
-            reader: polars_arrow::io::ipc::read::FileReader::new(f, metadata, None, None),
+            reader: polars_arrow::io::ipc::read::FileReader::new(f, metadata, projection, None),
             path,
             rows: part.rows,
             seen: 0,
@@ -1261,6 +1294,9 @@ mod tests {
         for (start, len) in [(3, 5), (15, 50), (90, 5), (90, 10)] {
             let got = part.rows(start, len).unwrap();
             assert!(got.equals(&df.slice(start as i64, len)), "{start} {len}");
+            let keys = part.columns_of_rows(&["SRCLINE"], start, len).unwrap();
+            let want = df.select(["SRCLINE"]).unwrap().slice(start as i64, len);
+            assert!(keys.equals(&want), "{start} {len}");
         }
         let keys = part.columns(&["SRCLINE"]).unwrap();
         assert!(keys.equals(&df.select(["SRCLINE"]).unwrap()));

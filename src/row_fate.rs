@@ -285,17 +285,16 @@ pub fn write_dropped(
     prov: &crate::publish::Provenance,
 ) -> anyhow::Result<(u64, String, u64)> {
     let parts: Vec<PartRows> = parts.into_iter().filter(|p| p.height() > 0).collect();
-    let keys = parts
-        .iter()
-        .map(|p| p.columns(&["SRCFILE", "SRCLINE"]))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(anyhow::Error::msg)?;
+    let heights: Vec<usize> = parts.iter().map(PartRows::height).collect();
     let blocks = if parts.is_empty() {
         None
     } else {
-        file_blocks(&keys)?
+        file_blocks_by(&heights, KEY_ROWS, |p, start, len| {
+            parts[p]
+                .columns_of_rows(&["SRCFILE", "SRCLINE"], start, len)
+                .map_err(|e| polars_err!(ComputeError: "{e}"))
+        })?
     };
-    drop(keys);
     let Some(blocks) = blocks else {
         // Not in file blocks (or no rows): sorted whole.
         let whole = parts
@@ -309,14 +308,18 @@ pub fn write_dropped(
         let (bytes, blake3) = crate::publish::write_parquet(&mut table, dest, prov)?;
         return Ok((bytes, blake3, rows));
     };
+    // Each block is decoded [`KEY_ROWS`] rows at a time: the diary's set-aside rows of one
+    // file of a 10,000-subject cohort are some 650,000.
     let mut writer: Option<crate::publish::TableWriter> = None;
     for b in &blocks {
-        let rows = parts[b.part]
-            .rows(b.start, b.len)
-            .map_err(anyhow::Error::msg)?;
-        crate::publish::TableWriter::append(&mut writer, rows, |first| {
-            crate::publish::TableWriter::create(dest, prov, first)
-        })?;
+        for at in (0..b.len).step_by(KEY_ROWS) {
+            let rows = parts[b.part]
+                .rows(b.start + at, KEY_ROWS.min(b.len - at))
+                .map_err(anyhow::Error::msg)?;
+            crate::publish::TableWriter::append(&mut writer, rows, |first| {
+                crate::publish::TableWriter::create(dest, prov, first)
+            })?;
+        }
     }
     let w = writer.ok_or_else(|| anyhow::anyhow!("set-aside rows without a block"))?;
     let (bytes, blake3, rows) = w.finish()?;
@@ -352,32 +355,37 @@ struct Block {
 /// no file has two blocks; `None` otherwise (a block's order is then not the table's). `keys`
 /// holds each part's SRCFILE and SRCLINE.
 fn file_blocks(keys: &[DataFrame]) -> PolarsResult<Option<Vec<Block>>> {
+    let heights: Vec<usize> = keys.iter().map(DataFrame::height).collect();
+    file_blocks_by(&heights, KEY_ROWS, |p, start, len| {
+        Ok(keys[p].slice(start as i64, len))
+    })
+}
+
+/// Rows of set-aside keys [`file_blocks_by`] decodes at a time, and of a block's rows
+/// [`write_dropped`] does.
+const KEY_ROWS: usize = 1 << 18;
+
+/// [`file_blocks`] of parts of `heights` rows, whose SRCFILE and SRCLINE `keys(part, start,
+/// len)` gives `step` rows at a time: a cached part's keys are never decoded whole (the
+/// diary's set-aside rows of a 10,000-subject cohort, 4 million, took some 100 MB).
+fn file_blocks_by(
+    heights: &[usize],
+    step: usize,
+    keys: impl Fn(usize, usize, usize) -> PolarsResult<DataFrame>,
+) -> PolarsResult<Option<Vec<Block>>> {
     let mut blocks: Vec<(String, Block)> = Vec::new();
-    for (p, part) in keys.iter().enumerate() {
-        if part.column("SRCFILE")?.null_count() > 0 || part.column("SRCLINE")?.null_count() > 0 {
-            return Ok(None);
-        }
-        let ascending = part
-            .clone()
-            .lazy()
-            .select([col("SRCFILE")
-                .neq(col("SRCFILE").shift(lit(1)))
-                .or(col("SRCLINE").gt(col("SRCLINE").shift(lit(1))))
-                .fill_null(lit(true))
-                .all(true)])
-            .collect()?;
-        if ascending.columns()[0].bool()?.get(0) != Some(true) {
-            return Ok(None);
-        }
-        for (file, start, len) in file_runs(part)? {
-            blocks.push((
-                file,
-                Block {
-                    part: p,
-                    start,
-                    len,
-                },
-            ));
+    for (p, &height) in heights.iter().enumerate() {
+        // The part's row before this range: its file and line.
+        let mut before: Option<(String, i64)> = None;
+        for start in (0..height).step_by(step.max(1)) {
+            let part = keys(p, start, step.max(1).min(height - start))?;
+            if part.height() == 0 {
+                continue;
+            }
+            match file_blocks_of_range(&part, p, start, before.take(), &mut blocks)? {
+                Some(last) => before = Some(last),
+                None => return Ok(None),
+            }
         }
     }
     blocks.sort_by(|a, b| a.0.cmp(&b.0));
@@ -385,6 +393,66 @@ fn file_blocks(keys: &[DataFrame]) -> PolarsResult<Option<Vec<Block>>> {
         return Ok(None);
     }
     Ok(Some(blocks.into_iter().map(|(_, b)| b).collect()))
+}
+
+/// Adds to `blocks` the runs of one file of `part` (rows of part `p` from row `start`, the
+/// row before them `before`), the first run extending the last block when it goes on with
+/// its file. The range's last file and line, or `None` when a file's lines do not ascend or a
+/// key is missing.
+fn file_blocks_of_range(
+    part: &DataFrame,
+    p: usize,
+    start: usize,
+    before: Option<(String, i64)>,
+    blocks: &mut Vec<(String, Block)>,
+) -> PolarsResult<Option<(String, i64)>> {
+    if part.column("SRCFILE")?.null_count() > 0 || part.column("SRCLINE")?.null_count() > 0 {
+        return Ok(None);
+    }
+    let ascending = part
+        .clone()
+        .lazy()
+        .select([col("SRCFILE")
+            .neq(col("SRCFILE").shift(lit(1)))
+            .or(col("SRCLINE").gt(col("SRCLINE").shift(lit(1))))
+            .fill_null(lit(true))
+            .all(true)])
+        .collect()?;
+    if ascending.columns()[0].bool()?.get(0) != Some(true) {
+        return Ok(None);
+    }
+    let lines = part.column("SRCLINE")?.cast(&DataType::Int64)?;
+    let lines = lines.i64()?;
+    let files = part.column("SRCFILE")?;
+    let files = files.str()?;
+    let (first_file, first_line) = (files.get(0), lines.get(0));
+    let goes_on = match &before {
+        Some((file, line)) if first_file == Some(file.as_str()) => {
+            if first_line.is_none_or(|l| l <= *line) {
+                return Ok(None);
+            }
+            true
+        }
+        _ => false,
+    };
+    for (i, (file, run_start, len)) in file_runs(part)?.into_iter().enumerate() {
+        match blocks.last_mut() {
+            Some((_, last)) if i == 0 && goes_on => last.len += len,
+            _ => blocks.push((
+                file,
+                Block {
+                    part: p,
+                    start: start + run_start,
+                    len,
+                },
+            )),
+        }
+    }
+    let at = part.height() - 1;
+    Ok(files
+        .get(at)
+        .zip(lines.get(at))
+        .map(|(file, line)| (file.to_string(), line)))
 }
 
 /// Files above their source's reject limit.
@@ -621,9 +689,36 @@ mod tests {
         );
         // Lines out of order in a block, or one file in two blocks: not blocks.
         let c = part(&["s/b", "s/b"], &[5, 2]);
-        assert!(file_blocks(&[c]).unwrap().is_none());
+        assert!(file_blocks(std::slice::from_ref(&c)).unwrap().is_none());
         let d = part(&["s/a"], &[9]);
-        assert!(file_blocks(&[a, d]).unwrap().is_none());
+        assert!(file_blocks(&[a.clone(), d.clone()]).unwrap().is_none());
+        // Keys read a few rows at a time give the same blocks, or the same refusal: a block
+        // going on across ranges is one block, a line falling across them is refused.
+        let e = part(&["s/b", "s/b", "s/b", "s/a", "s/a"], &[1, 4, 6, 2, 3]);
+        let f = part(&["t/a", "t/a", "t/a"], &[3, 3, 4]);
+        let g = part(&["u/a", "u/b", "u/b"], &[1, 2, 1]);
+        for parts in [
+            vec![a.clone(), b.clone()],
+            vec![e.clone()],
+            vec![e.clone(), b.clone()],
+            vec![c.clone()],
+            vec![a.clone(), d.clone()],
+            vec![f.clone()],
+            vec![g.clone()],
+            vec![e.clone(), e.clone()],
+        ] {
+            let heights: Vec<usize> = parts.iter().map(DataFrame::height).collect();
+            let whole = file_blocks(&parts).unwrap();
+            for step in 1..=5 {
+                let by = file_blocks_by(&heights, step, |p, start, len| {
+                    Ok(parts[p].slice(start as i64, len))
+                })
+                .unwrap();
+                assert_eq!(by, whole, "step {step}");
+            }
+        }
+        let e_blocks = file_blocks(&[e]).unwrap().expect("file blocks");
+        assert_eq!(e_blocks, [block(0, 3, 2), block(0, 0, 3)]);
     }
 
     #[test]

@@ -656,19 +656,34 @@ impl Engine<'_> {
                     None => table,
                 })
             };
+        // A cached parse's subject column is read a piece at a time: decoding the column of a
+        // whole file, beside the file's bytes, was the peak of the ingests (two large diary
+        // files at once).
         let ids: Vec<Vec<String>> = files
             .par_iter()
             .map(|&(id, f)| -> anyhow::Result<Vec<String>> {
                 let column = subject_of[id].clone().unwrap_or_default();
-                let t = file_table(id, f, Some(std::slice::from_ref(&column)))?;
-                let distinct = t.column(&column)?.cast(&DataType::String)?;
-                let distinct = distinct.as_materialized_series().unique()?;
-                Ok(distinct
-                    .str()?
-                    .iter()
-                    .flatten()
-                    .map(str::to_string)
-                    .collect())
+                let cached = sources[id]
+                    .as_ref()
+                    .and_then(|(_, states)| states[f].cached.as_ref())
+                    .and_then(|e| self.cache.file_column_pieces(e, &column).ok());
+                let pieces: Box<dyn Iterator<Item = anyhow::Result<DataFrame>>> = match cached {
+                    Some(pieces) => {
+                        Box::new(pieces.map(|p| p.map_err(|e| RunError::Internal(e).into())))
+                    }
+                    None => Box::new(std::iter::once(file_table(
+                        id,
+                        f,
+                        Some(std::slice::from_ref(&column)),
+                    ))),
+                };
+                let mut distinct = std::collections::BTreeSet::new();
+                for piece in pieces {
+                    let ids = piece?.column(&column)?.cast(&DataType::String)?;
+                    let ids = ids.as_materialized_series().unique()?;
+                    distinct.extend(ids.str()?.iter().flatten().map(str::to_string));
+                }
+                Ok(distinct.into_iter().collect())
             })
             .collect::<anyhow::Result<_>>()?;
         let mut ids: Vec<String> = ids.into_iter().flatten().collect();
