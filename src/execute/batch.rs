@@ -222,6 +222,17 @@ impl Spill {
         parts: &[Dropped],
         each: &mut dyn FnMut(DataFrame) -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
+        self.dropped_by_file_in(stage, parts, SORTED_SLICE, each)
+    }
+
+    /// [`Spill::dropped_by_file`], handing over `slice` rows at a time.
+    fn dropped_by_file_in(
+        &self,
+        stage: usize,
+        parts: &[Dropped],
+        slice: usize,
+        each: &mut dyn FnMut(DataFrame) -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
         let mut blocks: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
         for p in parts {
             let Some(files) = &p.files else {
@@ -232,30 +243,66 @@ impl Spill {
             }
         }
         for of_file in blocks.values() {
-            // Put together without a copy (not [`stacked`], which makes one chunk), and handed
-            // over in line order a slice at a time, gathered from the blocks: neither the whole
-            // file's rows in one chunk nor their sorted copy is made (bench cohort, batches of
-            // 50: the end's peak 282 -> 238 MB).
-            let mut rows: Option<DataFrame> = None;
-            for &(batch, block) in of_file {
-                let b = read_ipc_block(&self.part_path("dropped", stage, batch), block)?;
-                match &mut rows {
-                    Some(r) => {
-                        r.vstack_mut_owned(b)?;
+            let paths: Vec<PathBuf> = of_file
+                .iter()
+                .map(|&(batch, _)| self.part_path("dropped", stage, batch))
+                .collect();
+            // The line column of every batch's block of the file, put together, gives the
+            // order of the file's rows; the blocks' other columns are never held together
+            // (their lines interleave: the exports are not in subject order). Each slice of
+            // the order is gathered from the blocks it draws on, decoded one at a time, its
+            // rows copied out of them (on 10,000 subjects, holding one diary file's set-aside
+            // rows from every batch, about 650,000, set the run's peak).
+            let mut lines: Option<Series> = None;
+            let mut starts = Vec::with_capacity(of_file.len() + 1);
+            starts.push(0usize);
+            for (&(_, block), path) in of_file.iter().zip(&paths) {
+                let l = read_ipc_block_column(path, block, "SRCLINE")?;
+                starts.push(starts[starts.len() - 1] + l.len());
+                match &mut lines {
+                    Some(all) => {
+                        all.append_owned(l)?;
                     }
-                    None => rows = Some(b),
+                    None => lines = Some(l),
                 }
             }
-            if let Some(rows) = rows {
-                let order = rows
-                    .column("SRCLINE")?
-                    .as_materialized_series()
-                    .arg_sort(SortOptions::default().with_maintain_order(true));
-                let mut at = 0;
-                while at < order.len() {
-                    let len = SORTED_SLICE.min(order.len() - at);
-                    each(rows.take(&order.slice(at as i64, len))?)?;
-                    at += len;
+            let Some(lines) = lines else {
+                continue;
+            };
+            let order: Vec<IdxSize> = lines
+                .arg_sort(SortOptions::default().with_maintain_order(true))
+                .into_no_null_iter()
+                .collect();
+            drop(lines);
+            for slice in order.chunks(slice.max(1)) {
+                // Each block's rows in the slice, and their places in it.
+                let mut wanted: BTreeMap<usize, (Vec<IdxSize>, Vec<usize>)> = BTreeMap::new();
+                for (place, &row) in slice.iter().enumerate() {
+                    let k = starts.partition_point(|&s| s <= row as usize) - 1;
+                    let (rows, places) = wanted.entry(k).or_default();
+                    rows.push((row as usize - starts[k]) as IdxSize);
+                    places.push(place);
+                }
+                let mut gathered: Option<DataFrame> = None;
+                let mut from = vec![0 as IdxSize; slice.len()];
+                let mut n: IdxSize = 0;
+                for (k, (rows, places)) in wanted {
+                    let block = read_ipc_block(&paths[k], of_file[k].1)?;
+                    let piece = block.take(&IdxCa::from_vec("rows".into(), rows))?;
+                    let piece = crate::publish::detached(&piece)?;
+                    for place in places {
+                        from[place] = n;
+                        n += 1;
+                    }
+                    match &mut gathered {
+                        Some(g) => {
+                            g.vstack_mut_owned(piece)?;
+                        }
+                        None => gathered = Some(piece),
+                    }
+                }
+                if let Some(g) = gathered {
+                    each(g.take(&IdxCa::from_vec("rows".into(), from))?)?;
                 }
             }
         }
@@ -434,6 +481,27 @@ fn read_ipc_block(path: &Path, block: usize) -> anyhow::Result<DataFrame> {
     reader.set_current_block(block);
     match reader.next() {
         Some(Ok(batch)) => Ok(DataFrame::from(batch)),
+        Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
+        None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
+    }
+}
+
+/// Column `name` of record batch `block` of the spill file at `path`, only its buffers decoded.
+fn read_ipc_block_column(path: &Path, block: usize, name: &str) -> anyhow::Result<Series> {
+    use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
+    let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
+    let mut f = std::io::BufReader::new(f);
+    let metadata = read_file_metadata(&mut f).map_err(|e| spill_failed("reading", path, e))?;
+    let Some(i) = metadata.schema.index_of(name) else {
+        return Err(spill_failed("reading", path, format!("no column {name}")).into());
+    };
+    let mut reader = FileReader::new(f, metadata, Some(vec![i]), None);
+    reader.set_current_block(block);
+    match reader.next() {
+        Some(Ok(batch)) => Ok(DataFrame::from(batch)
+            .column(name)?
+            .as_materialized_series()
+            .clone()),
         Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
         None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
     }
@@ -1228,6 +1296,75 @@ mod tests {
             .unwrap();
         assert!(!in_files);
         assert_eq!(handed, 0);
+    }
+
+    #[test]
+    fn set_aside_rows_gathered_a_few_at_a_time_from_interleaved_batches_keep_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
+        // Three batches whose lines of one file interleave, with a line in two batches (its
+        // rows come in batch order, as a stable sort of the batches put together gives) and
+        // a value that travels with each row.
+        let rows = |files: &[&str], lines: &[i64], values: &[&str]| {
+            df!("SRCFILE" => files, "SRCLINE" => lines, "VALUE" => values).unwrap()
+        };
+        let mut parts = Vec::new();
+        for (batch, r) in [
+            (
+                0,
+                rows(
+                    &["a.csv", "a.csv", "a.csv"],
+                    &[1, 6, 7],
+                    &["a1", "a6", "a7"],
+                ),
+            ),
+            (
+                1,
+                rows(
+                    &["a.csv", "a.csv", "b.csv"],
+                    &[2, 6, 3],
+                    &["b2", "b6", "b3"],
+                ),
+            ),
+            (2, rows(&["a.csv", "a.csv"], &[3, 9], &["c3", "c9"])),
+        ] {
+            let files = spill.write_dropped(0, batch, r).unwrap();
+            parts.push(Dropped { batch, files });
+        }
+        for slice in [1, 2, 3, 100] {
+            let mut got: Vec<(String, i64, String)> = Vec::new();
+            let mut sizes = Vec::new();
+            spill
+                .dropped_by_file_in(0, &parts, slice, &mut |r| {
+                    sizes.push(r.height());
+                    let f = r.column("SRCFILE")?.str()?.clone();
+                    let l = r.column("SRCLINE")?.i64()?.clone();
+                    let v = r.column("VALUE")?.str()?.clone();
+                    for i in 0..r.height() {
+                        let text = |c: &StringChunked| c.get(i).unwrap_or_default().to_string();
+                        got.push((text(&f), l.get(i).unwrap_or_default(), text(&v)));
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            let want: Vec<(String, i64, String)> = [
+                ("a.csv", 1, "a1"),
+                ("a.csv", 2, "b2"),
+                ("a.csv", 3, "c3"),
+                ("a.csv", 6, "a6"),
+                ("a.csv", 6, "b6"),
+                ("a.csv", 7, "a7"),
+                ("a.csv", 9, "c9"),
+                ("b.csv", 3, "b3"),
+            ]
+            .map(|(f, l, v)| (f.to_string(), l, v.to_string()))
+            .to_vec();
+            assert_eq!(got, want, "slices of {slice}");
+            assert!(
+                sizes.iter().all(|&n| n <= slice),
+                "slices of {slice}: {sizes:?}"
+            );
+        }
     }
 
     #[test]
