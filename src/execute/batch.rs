@@ -473,35 +473,34 @@ impl SpillWriter {
 
 /// Record batch `block` of the spill file at `path`.
 fn read_ipc_block(path: &Path, block: usize) -> anyhow::Result<DataFrame> {
-    use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
-    let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
-    let mut f = std::io::BufReader::new(f);
-    let metadata = read_file_metadata(&mut f).map_err(|e| spill_failed("reading", path, e))?;
-    let mut reader = FileReader::new(f, metadata, None, None);
-    reader.set_current_block(block);
-    match reader.next() {
-        Some(Ok(batch)) => Ok(DataFrame::from(batch)),
-        Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
-        None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
-    }
+    read_ipc_block_of(path, block, None)
 }
 
 /// Column `name` of record batch `block` of the spill file at `path`, only its buffers decoded.
 fn read_ipc_block_column(path: &Path, block: usize, name: &str) -> anyhow::Result<Series> {
+    let batch = read_ipc_block_of(path, block, Some(name))?;
+    Ok(batch.column(name)?.as_materialized_series().clone())
+}
+
+/// Record batch `block` of the spill file at `path`: every column, or column `only`.
+fn read_ipc_block_of(path: &Path, block: usize, only: Option<&str>) -> anyhow::Result<DataFrame> {
     use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
     let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
     let mut f = std::io::BufReader::new(f);
     let metadata = read_file_metadata(&mut f).map_err(|e| spill_failed("reading", path, e))?;
-    let Some(i) = metadata.schema.index_of(name) else {
-        return Err(spill_failed("reading", path, format!("no column {name}")).into());
+    let projection = match only {
+        Some(name) => match metadata.schema.index_of(name) {
+            Some(i) => Some(vec![i]),
+            None => {
+                return Err(spill_failed("reading", path, format!("no column {name}")).into());
+            }
+        },
+        None => None,
     };
-    let mut reader = FileReader::new(f, metadata, Some(vec![i]), None);
+    let mut reader = FileReader::new(f, metadata, projection, None);
     reader.set_current_block(block);
     match reader.next() {
-        Some(Ok(batch)) => Ok(DataFrame::from(batch)
-            .column(name)?
-            .as_materialized_series()
-            .clone()),
+        Some(Ok(batch)) => Ok(DataFrame::from(batch)),
         Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
         None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
     }
