@@ -702,6 +702,26 @@ impl PartRows {
     }
 }
 
+/// A reader of the record batches of the Arrow IPC file `f`: every column, or column `only`
+/// (only its buffers decoded).
+pub(crate) fn ipc_file_reader<R: std::io::Read + Seek>(
+    mut f: R,
+    only: Option<&str>,
+) -> Result<polars_arrow::io::ipc::read::FileReader<R>, String> {
+    use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
+    let metadata = read_file_metadata(&mut f).map_err(|e| e.to_string())?;
+    let projection = match only {
+        Some(name) => Some(vec![
+            metadata
+                .schema
+                .index_of(name)
+                .ok_or_else(|| format!("no stored column `{name}`"))?,
+        ]),
+        None => None,
+    };
+    Ok(FileReader::new(f, metadata, projection, None))
+}
+
 /// A file's cached table read back one piece (record batch, at most [`PIECE_ROWS`] rows) at
 /// a time ([`Cache::file_table_pieces`]), without the columns its entry left out
 /// ([`with_file_constants`] puts them back). The part was checked against its size and hash
@@ -1140,19 +1160,10 @@ impl Cache {
         let bytes = std::io::copy(&mut f, &mut hasher).map_err(failed)?;
         as_recorded(&path, part, bytes, &hasher.finalize())?;
         f.seek(SeekFrom::Start(0)).map_err(failed)?;
-        let mut f = std::io::BufReader::with_capacity(1 << 16, f);
-        let metadata = polars_arrow::io::ipc::read::read_file_metadata(&mut f)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let projection = match column {
-            Some(name) => {
-                Some(vec![metadata.schema.index_of(name).ok_or_else(|| {
-                    format!("{}: no stored column `{name}`", path.display())
-                })?])
-            }
-            None => None,
-        };
+        let f = std::io::BufReader::with_capacity(1 << 16, f);
+        let reader = ipc_file_reader(f, column).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(TablePieces {
-            reader: polars_arrow::io::ipc::read::FileReader::new(f, metadata, projection, None),
+            reader,
             path,
             rows: part.rows,
             seen: 0,

@@ -177,8 +177,8 @@ impl ParquetSettings {
     }
 }
 
-/// The Parquet writer of every published table: [`ParquetSettings::published`], and `pairs` (the table's
-/// provenance, [`Provenance::pairs`]) in the footer.
+/// The Parquet writer of every published table: [`ParquetSettings::published`], and `pairs`
+/// (the table's provenance, [`Provenance::pairs`]) in the footer.
 fn parquet_writer<W: Write>(out: W, pairs: Vec<(String, String)>) -> ParquetWriter<W> {
     ParquetSettings::published()
         .writer(out)
@@ -250,9 +250,9 @@ impl ColumnEncoder {
 
     /// `values` as the compressed pages of a chunk of column `i`, put in one piece first.
     fn encode(&self, i: usize, values: &Series) -> PolarsResult<ChunkPages> {
-        let values = values.rechunk();
         use polars_parquet::read::ParquetError;
         use polars_parquet::write::{Compressor, array_to_columns};
+        let values = values.rechunk();
         let field = self.arrow.get_at_index(i).map(|(_, f)| f);
         let field = field.ok_or_else(|| polars_err!(ColumnNotFound: "column {i}"))?;
         let array = values.to_arrow_with_field(0, std::borrow::Cow::Borrowed(field), true)?;
@@ -273,6 +273,7 @@ impl ColumnEncoder {
         .collect()
     }
 }
+
 /// The writer a [`TableWriter`] hands to polars, which keeps it until the footer is written.
 struct SharedFile(std::sync::Arc<std::sync::Mutex<Option<HashedFile>>>);
 
@@ -406,11 +407,11 @@ impl TableWriter {
     /// the rows left over as a last, smaller one; without, they are packed and stay pending.
     ///
     /// The groups are encoded a column at a time (two columns at once on two threads): a
-    /// column's values are read back and unpacked from every pending part and, with `part`'s, cut into the
-    /// groups, each put in one piece and encoded as compressed pages; only the pages are kept
-    /// until the groups are written. The pages are the ones polars' writer makes of the same group.
-    /// The rows left over are always `part`'s last rows (fewer than a group were pending
-    /// before it).
+    /// column's values are read back and unpacked from every pending part and, with `part`'s,
+    /// cut into the groups, each put in one piece and encoded as compressed pages; only the
+    /// pages are kept until the groups are written. The pages are the ones polars' writer makes
+    /// of the same group. The rows left over are always `part`'s last rows (fewer than a group
+    /// were pending before it).
     fn write_groups(&mut self, part: Option<DataFrame>, all: bool) -> Result<(), RunError> {
         use rayon::prelude::*;
         let _one = GROUP_WRITES.lock().unwrap_or_else(|e| e.into_inner());
@@ -423,16 +424,11 @@ impl TableWriter {
         let columns = (0..self.schema.len())
             .into_par_iter()
             .map(|i| -> PolarsResult<Vec<ChunkPages>> {
-                let mut values = Series::new_empty(
-                    self.schema
-                        .get_at_index(i)
-                        .map(|(n, _)| n.clone())
-                        .unwrap_or_default(),
-                    self.schema
-                        .get_at_index(i)
-                        .map(|(_, t)| t)
-                        .unwrap_or(&DataType::Null),
-                );
+                let (name, dtype) = self
+                    .schema
+                    .get_at_index(i)
+                    .ok_or_else(|| polars_err!(ColumnNotFound: "column {i}"))?;
+                let mut values = Series::new_empty(name.clone(), dtype);
                 for piece in self.pending.column(i)? {
                     values.append_owned(piece?)?;
                 }
@@ -496,8 +492,15 @@ impl TableWriter {
 /// so that it does not hold its batch's key columns.
 pub(crate) fn detached(df: &DataFrame) -> PolarsResult<DataFrame> {
     let rows = IdxCa::from_vec("__rows".into(), (0..df.height() as IdxSize).collect());
+    detached_take(df, &rows)
+}
+
+/// The rows `rows` of `df` (what `df.take(rows)` gives) in buffers of their own: the gather
+/// copies the other columns, and each text column's strings are copied out of the buffers
+/// they came from.
+pub(crate) fn detached_take(df: &DataFrame, rows: &IdxCa) -> PolarsResult<DataFrame> {
     let columns = df
-        .take(&rows)?
+        .take(rows)?
         .into_columns()
         .into_iter()
         .map(|c| -> PolarsResult<Column> {
@@ -516,7 +519,7 @@ pub(crate) fn detached(df: &DataFrame) -> PolarsResult<DataFrame> {
             })
         })
         .collect::<PolarsResult<Vec<_>>>()?;
-    DataFrame::new(df.height(), columns)
+    DataFrame::new(rows.len(), columns)
 }
 
 /// `rows` packed as Arrow IPC with LZ4: a few times smaller than the rows, and in buffers of

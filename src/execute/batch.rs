@@ -288,8 +288,8 @@ impl Spill {
                 let mut n: IdxSize = 0;
                 for (k, (rows, places)) in wanted {
                     let block = read_ipc_block(&paths[k], of_file[k].1)?;
-                    let piece = block.take(&IdxCa::from_vec("rows".into(), rows))?;
-                    let piece = crate::publish::detached(&piece)?;
+                    let rows = IdxCa::from_vec("rows".into(), rows);
+                    let piece = crate::publish::detached_take(&block, &rows)?;
                     for place in places {
                         from[place] = n;
                         n += 1;
@@ -484,20 +484,9 @@ fn read_ipc_block_column(path: &Path, block: usize, name: &str) -> anyhow::Resul
 
 /// Record batch `block` of the spill file at `path`: every column, or column `only`.
 fn read_ipc_block_of(path: &Path, block: usize, only: Option<&str>) -> anyhow::Result<DataFrame> {
-    use polars_arrow::io::ipc::read::{FileReader, read_file_metadata};
     let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
-    let mut f = std::io::BufReader::new(f);
-    let metadata = read_file_metadata(&mut f).map_err(|e| spill_failed("reading", path, e))?;
-    let projection = match only {
-        Some(name) => match metadata.schema.index_of(name) {
-            Some(i) => Some(vec![i]),
-            None => {
-                return Err(spill_failed("reading", path, format!("no column {name}")).into());
-            }
-        },
-        None => None,
-    };
-    let mut reader = FileReader::new(f, metadata, projection, None);
+    let mut reader = cache::ipc_file_reader(std::io::BufReader::new(f), only)
+        .map_err(|e| spill_failed("reading", path, e))?;
     reader.set_current_block(block);
     match reader.next() {
         Some(Ok(batch)) => Ok(DataFrame::from(batch)),
