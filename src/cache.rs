@@ -500,7 +500,7 @@ fn encode(df: &DataFrame, out: impl Write, format: PartFormat) -> PolarsResult<(
         PartFormat::Ipc => IpcWriter::new(out)
             .with_compression(Some(ipc_compression()?))
             .finish(&mut df),
-        PartFormat::Parquet => part_parquet().writer(out).finish(&mut df).map(|_| ()),
+        PartFormat::Parquet => part_parquet().write_frame(&mut df, out, None).map(|_| ()),
     }
 }
 

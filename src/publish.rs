@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use crate::error::RunError;
+use crate::parquet_pages::{ChunkPages, ColumnEncoder};
 
 /// Key-value metadata written into every table's Parquet footer.
 #[derive(Debug, Clone)]
@@ -136,8 +137,8 @@ pub fn write_parquet(
 ) -> Result<(u64, String), RunError> {
     let (tmp, mut out) = HashedFile::create(path, 1 << 20)?;
     let pairs = prov.pairs(df);
-    parquet_writer(&mut out, pairs)
-        .finish(df)
+    ParquetSettings::published()
+        .write_frame(df, &mut out, Some(pairs))
         .map_err(|e| RunError::Internal(format!("writing {}: {e}", path.display())))?;
     out.publish(&tmp, path)
 }
@@ -165,9 +166,26 @@ impl ParquetSettings {
             .with_statistics(self.statistics)
     }
 
+    /// `df` written whole to `out` with these settings and `pairs` in the footer: the file
+    /// polars' writer makes, its column chunks encoded by
+    /// [`crate::parquet_pages::write_frame`]. The file's size.
+    pub fn write_frame<W: Write>(
+        &self,
+        df: &mut DataFrame,
+        out: W,
+        pairs: Option<Vec<(String, String)>>,
+    ) -> PolarsResult<u64> {
+        let mut writer = self.writer(out);
+        if let Some(pairs) = pairs {
+            writer = writer.with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)));
+        }
+        let writer = writer.batched(df.schema())?;
+        crate::parquet_pages::write_frame(df, writer, self.options())
+    }
+
     /// The options polars' writer derives from these settings, for encoding a column chunk
     /// ([`TableWriter`]): the same pages the writer makes.
-    fn options(&self) -> polars_parquet::write::WriteOptions {
+    pub(crate) fn options(&self) -> polars_parquet::write::WriteOptions {
         polars_parquet::write::WriteOptions {
             statistics: self.statistics,
             compression: self.compression.into(),
@@ -175,14 +193,6 @@ impl ParquetSettings {
             data_page_size: None,
         }
     }
-}
-
-/// The Parquet writer of every published table: [`ParquetSettings::published`], and `pairs`
-/// (the table's provenance, [`Provenance::pairs`]) in the footer.
-fn parquet_writer<W: Write>(out: W, pairs: Vec<(String, String)>) -> ParquetWriter<W> {
-    ParquetSettings::published()
-        .writer(out)
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
 }
 
 /// Row groups of a table written part by part ([`TableWriter`]): 2^17 rows, half the largest
@@ -218,60 +228,6 @@ pub struct TableWriter {
     pending: Pending,
     pending_rows: usize,
     rows: u64,
-}
-
-/// What polars' writer encodes a column chunk with, for a table's columns: the Arrow field and
-/// Parquet type of each column, its encodings and the write options (the steps of polars'
-/// streaming Parquet sink, which encodes a row group column by column too).
-struct ColumnEncoder {
-    arrow: polars_arrow::datatypes::ArrowSchema,
-    types: Vec<polars_parquet::write::ParquetType>,
-    encodings: Vec<Vec<polars_parquet::write::Encoding>>,
-    options: polars_parquet::write::WriteOptions,
-}
-
-/// The pages of one column chunk: one list per leaf column (one for every flat type).
-type ChunkPages = Vec<Vec<polars_parquet::write::CompressedPage>>;
-
-impl ColumnEncoder {
-    fn new(schema: &Schema, settings: &ParquetSettings) -> PolarsResult<ColumnEncoder> {
-        let arrow = schema.to_arrow(CompatLevel::newest());
-        let types = polars_parquet::arrow::write::to_parquet_schema(&arrow)?
-            .fields()
-            .to_vec();
-        let encodings = polars::io::parquet::write::get_encodings(&arrow).to_vec();
-        Ok(ColumnEncoder {
-            arrow,
-            types,
-            encodings,
-            options: settings.options(),
-        })
-    }
-
-    /// `values` as the compressed pages of a chunk of column `i`, put in one piece first.
-    fn encode(&self, i: usize, values: &Series) -> PolarsResult<ChunkPages> {
-        use polars_parquet::read::ParquetError;
-        use polars_parquet::write::{Compressor, array_to_columns};
-        let values = values.rechunk();
-        let field = self.arrow.get_at_index(i).map(|(_, f)| f);
-        let field = field.ok_or_else(|| polars_err!(ColumnNotFound: "column {i}"))?;
-        let array = values.to_arrow_with_field(0, std::borrow::Cow::Borrowed(field), true)?;
-        array_to_columns(
-            array,
-            self.types[i].clone(),
-            self.options,
-            &self.encodings[i],
-        )?
-        .into_iter()
-        .map(|pages| {
-            let pages = pages
-                .map(|page| page.map_err(|e| ParquetError::FeatureNotSupported(format!("{e}"))));
-            Compressor::new_from_vec(pages, self.options.compression, vec![])
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(PolarsError::from)
-        })
-        .collect()
-    }
 }
 
 /// The writer a [`TableWriter`] hands to polars, which keeps it until the footer is written.
@@ -332,7 +288,7 @@ impl TableWriter {
             writer = writer.with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)));
         }
         let writer = writer.batched(&schema).map_err(failed)?;
-        let encoder = ColumnEncoder::new(&schema, &settings).map_err(failed)?;
+        let encoder = ColumnEncoder::new(&schema, settings.options()).map_err(failed)?;
         Ok(TableWriter {
             tmp,
             path: path.to_path_buf(),
@@ -437,7 +393,7 @@ impl TableWriter {
                 }
                 groups
                     .iter()
-                    .map(|&(at, len)| self.encoder.encode(i, &values.slice(at as i64, len)))
+                    .map(|&(at, len)| self.encoder.encode_series(i, &values.slice(at as i64, len)))
                     .collect()
             })
             .collect::<PolarsResult<Vec<_>>>()
@@ -972,7 +928,10 @@ mod tests {
             groups.vstack_mut_owned(group).unwrap();
         }
         let mut polars_bytes = Vec::new();
-        let mut polars_writer = parquet_writer(&mut polars_bytes, prov("fp").pairs(&whole))
+        let pairs = KeyValueMetadata::from_static(prov("fp").pairs(&whole));
+        let mut polars_writer = ParquetSettings::published()
+            .writer(&mut polars_bytes)
+            .with_key_value_metadata(Some(pairs))
             .batched(whole.schema())
             .unwrap();
         polars_writer.write_batch(&groups).unwrap();
