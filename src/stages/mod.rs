@@ -342,22 +342,47 @@ pub(crate) fn no_subject_in(
 /// is still right, the runs just being shorter.
 pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, IdxCa)> {
     let n = df.height();
-    let mut starts = BooleanChunked::full("__start".into(), false, n);
+    // Whether each row but the first differs from the row before in any of `columns`: the
+    // table's rows after the first against its rows before the last (slices, not copies).
+    let mut differs: Option<BooleanChunked> = None;
     for c in columns {
         let s = df.column(c)?.as_materialized_series();
-        starts = &starts | &s.not_equal_missing(&s.shift(1))?;
-    }
-    let mut starts: Vec<bool> = starts.iter().map(|b| b == Some(true)).collect();
-    if let Some(first) = starts.first_mut() {
-        *first = true;
-    }
-    let mut run_of_row = Vec::with_capacity(n);
-    let mut first_rows = Vec::new();
-    for (i, start) in starts.into_iter().enumerate() {
-        if start {
-            first_rows.push(i as IdxSize);
+        if n < 2 {
+            break;
         }
-        run_of_row.push((first_rows.len() - 1) as IdxSize);
+        let d = s.slice(1, n - 1).not_equal_missing(&s.slice(0, n - 1))?;
+        differs = Some(match differs {
+            Some(before) => &before | &d,
+            None => d,
+        });
+    }
+    let mut run_of_row: Vec<IdxSize> = Vec::with_capacity(n);
+    let mut first_rows: Vec<IdxSize> = Vec::new();
+    if n > 0 {
+        run_of_row.push(0);
+        first_rows.push(0);
+    }
+    let mut run = 0 as IdxSize;
+    let mut row = 1 as IdxSize;
+    let mut next = |start: bool| {
+        if start {
+            run += 1;
+            first_rows.push(row);
+        }
+        run_of_row.push(run);
+        row += 1;
+    };
+    match differs {
+        Some(differs) => {
+            for a in differs.downcast_iter() {
+                if polars_arrow::array::Array::null_count(a) == 0 {
+                    a.values().iter().for_each(&mut next);
+                } else {
+                    a.iter().for_each(|b| next(b == Some(true)));
+                }
+            }
+        }
+        None => (1..n).for_each(|_| next(false)),
     }
     Ok((
         IdxCa::from_vec("__run".into(), run_of_row),
@@ -459,6 +484,34 @@ pub mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs by hand: a run ends where any of the columns changes, missing equals missing, and
+    /// the table's chunks do not matter.
+    #[test]
+    fn runs_are_the_stretches_of_rows_equal_in_every_column() {
+        let part = |s: Vec<Option<&str>>, n: Vec<Option<i64>>| df!("s" => s, "n" => n).unwrap();
+        let mut df = part(
+            vec![Some("a"), Some("a"), None, None],
+            vec![Some(1), Some(1), Some(1), Some(1)],
+        );
+        df.vstack_mut(&part(
+            vec![None, Some("a"), Some("a"), Some("a")],
+            vec![None, None, None, Some(2)],
+        ))
+        .unwrap();
+        let ids = |ca: IdxCa| ca.into_no_null_iter().collect::<Vec<_>>();
+        let (run_of_row, first) = runs(&df, &["s", "n"]).unwrap();
+        assert_eq!(ids(run_of_row), [0, 0, 1, 1, 2, 3, 3, 4]);
+        assert_eq!(ids(first), [0, 2, 4, 5, 7]);
+        let (run_of_row, first) = runs(&df, &["s"]).unwrap();
+        assert_eq!(ids(run_of_row), [0, 0, 1, 1, 1, 2, 2, 2]);
+        assert_eq!(ids(first), [0, 2, 5]);
+        // No column: one run; one row; no row.
+        assert_eq!(ids(runs(&df, &[]).unwrap().1), [0]);
+        assert_eq!(ids(runs(&df.slice(3, 1), &["s"]).unwrap().0), [0]);
+        let (run_of_row, first) = runs(&df.slice(0, 0), &["s"]).unwrap();
+        assert_eq!((run_of_row.len(), first.len()), (0, 0));
+    }
 
     /// Gathering column by column, each made one chunk, gives what `take` gives: values,
     /// missing values, types and names, with rows repeated, reordered and left out.
