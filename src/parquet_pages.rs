@@ -285,7 +285,10 @@ mod tests {
         let mut chunked = df.slice(0, 100_000);
         chunked.vstack_mut(&df.slice(100_000, 450_000)).unwrap();
         chunked.vstack_mut(&df.slice(550_000, 50_000)).unwrap();
-        for df in [df, chunked] {
+        // No rows, and a text column with no value.
+        let empty = df.slice(0, 0);
+        let no_value = df!("t" => vec![None::<&str>; 300]).unwrap();
+        for df in [df, chunked, empty, no_value] {
             let (polars_bytes, our_bytes) = both_files(&df);
             assert!(polars_bytes == our_bytes);
         }
