@@ -175,12 +175,23 @@ impl ParquetSettings {
         out: W,
         pairs: Option<Vec<(String, String)>>,
     ) -> PolarsResult<u64> {
+        let writer = self.batched(out, df.schema(), pairs)?;
+        crate::parquet_pages::write_frame(df, writer, self.options())
+    }
+
+    /// polars' batched writer of a table of `schema` with these settings and `pairs` in the
+    /// footer, to which row groups are handed already encoded.
+    fn batched<W: Write>(
+        &self,
+        out: W,
+        schema: &Schema,
+        pairs: Option<Vec<(String, String)>>,
+    ) -> PolarsResult<polars::io::parquet::write::BatchedWriter<W>> {
         let mut writer = self.writer(out);
         if let Some(pairs) = pairs {
             writer = writer.with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)));
         }
-        let writer = writer.batched(df.schema())?;
-        crate::parquet_pages::write_frame(df, writer, self.options())
+        writer.batched(schema)
     }
 
     /// The options polars' writer derives from these settings, for encoding a column chunk
@@ -283,11 +294,9 @@ impl TableWriter {
         let (tmp, file) = HashedFile::create(path, 1 << 16)?;
         let out = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
         let schema = first.schema().as_ref().clone();
-        let mut writer = settings.writer(SharedFile(out.clone()));
-        if let Some(pairs) = pairs {
-            writer = writer.with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)));
-        }
-        let writer = writer.batched(&schema).map_err(failed)?;
+        let writer = settings
+            .batched(SharedFile(out.clone()), &schema, pairs)
+            .map_err(failed)?;
         let encoder = ColumnEncoder::new(&schema, settings.options()).map_err(failed)?;
         Ok(TableWriter {
             tmp,
@@ -500,7 +509,6 @@ struct Pending {
     file: Option<File>,
     /// Per part, per column: where its packed bytes are in the file, and how many.
     parts: Vec<Vec<(u64, usize)>>,
-    end: u64,
 }
 
 impl Pending {
@@ -510,7 +518,6 @@ impl Pending {
             path: tmp_name(&table.with_file_name(format!("{}.pending", name.unwrap_or_default()))),
             file: None,
             parts: Vec::new(),
-            end: 0,
         }
     }
 
@@ -523,10 +530,11 @@ impl Pending {
         let mut columns = Vec::with_capacity(rows.width());
         for c in rows.columns() {
             let bytes = packed(&mut DataFrame::new(rows.height(), vec![c.clone()])?)?;
-            file.write_all(&bytes)
+            let at = file
+                .stream_position()
+                .and_then(|at| file.write_all(&bytes).map(|()| at))
                 .map_err(|e| RunError::io(&self.path, e))?;
-            columns.push((self.end, bytes.len()));
-            self.end += bytes.len() as u64;
+            columns.push((at, bytes.len()));
         }
         self.parts.push(columns);
         Ok(())
@@ -562,7 +570,6 @@ impl Pending {
                 .map_err(|e| RunError::io(&self.path, e))?;
         }
         self.parts.clear();
-        self.end = 0;
         Ok(())
     }
 }
