@@ -2,6 +2,7 @@
 //! max of an analysis value: the input of a repeated-measures model with phase as a factor.
 
 use polars::prelude::*;
+use polars::series::IsSorted;
 use serde::Deserialize;
 
 use crate::spec::PipelineSpec;
@@ -67,7 +68,10 @@ impl Groups {
         let keys = run_keys
             .lazy()
             .filter(complete)
-            .group_by(names.iter().map(|c| col(*c)).collect::<Vec<_>>())
+            // Groups numbered in order of their first run: on a table sorted by the keys the
+            // group numbers of the rows never go down, and the statistics take each group as
+            // one slice of rows ([`Summarize::stats`]).
+            .group_by_stable(names.iter().map(|c| col(*c)).collect::<Vec<_>>())
             .agg([col("__run")])
             .with_row_index(GROUP, None)
             .collect()?;
@@ -103,24 +107,57 @@ impl Groups {
     }
 }
 
+/// Whether `ca` (no nulls) never goes down.
+fn non_decreasing(ca: &IdxCa) -> bool {
+    let mut last = 0;
+    ca.downcast_iter().all(|a| {
+        a.values().iter().all(|&x| {
+            let up = x >= last;
+            last = x;
+            up
+        })
+    })
+}
+
 impl Summarize {
     /// The statistics of `values` per group (rows with a missing or NaN value left out), with
     /// the group's keys, PARAMCD taken from `parameter`.
+    ///
+    /// The rows are grouped as slices: ordered by group number (already so on a table sorted
+    /// by the keys, else sorted here) and flagged as sorted, polars takes each group as one
+    /// run of rows. Grouped by hashing instead, the median and both quartiles would gather
+    /// each group's values three times.
     fn stats(groups: &Groups, values: Column, parameter: Expr) -> PolarsResult<LazyFrame> {
         let v = || col(VALUE);
         let rows = DataFrame::new(
             values.len(),
             vec![groups.of_row.clone(), values.with_name(VALUE.into())],
-        )?;
+        )?
+        .lazy()
+        .filter(v().is_not_null().and(v().is_not_nan()))
+        .filter(col(GROUP).is_not_null())
+        .collect()?;
+        let mut rows = if non_decreasing(rows.column(GROUP)?.idx()?) {
+            rows
+        } else {
+            rows.sort([GROUP], SortMultipleOptions::default())?
+        };
+        let mut group = rows.drop_in_place(GROUP)?;
+        group.set_sorted_flag(IsSorted::Ascending);
+        rows.insert_column(0, group)?;
         Ok(rows
             .lazy()
-            .filter(v().is_not_null().and(v().is_not_nan()))
-            .filter(col(GROUP).is_not_null())
             .group_by([col(GROUP)])
             .agg([
                 v().count().cast(DataType::Int64).alias("N"),
                 v().mean().alias("MEAN"),
-                v().std(1).alias("SD"),
+                // Over a slice of rows polars' variance merges partial sums, which leaves an
+                // SD of about 1e-15 times the value where all of a group's values are equal
+                // (a constant dose): that SD is 0.
+                when(v().min().eq(v().max()).and(v().count().gt(lit(1))))
+                    .then(lit(0.0))
+                    .otherwise(v().std(1))
+                    .alias("SD"),
                 v().median().alias("MEDIAN"),
                 v().quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
                 v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
@@ -273,6 +310,26 @@ mod tests {
         assert_eq!(strings(&out, "MEAN"), ["2.0", "5.0"]);
         assert_eq!(strings(&out, "MEDIAN"), ["2.0", "5.0"]);
         assert_eq!(strings(&out, "Q1"), ["1.5", "5.0"]);
+    }
+
+    #[test]
+    fn a_group_of_equal_values_has_an_sd_of_zero_and_a_single_value_none() {
+        // Phase 1: 0.44 on 189 days (a constant dose per kg): SD exactly 0, not the 1e-15
+        // that merging partial sums leaves. Phase 2: one value: no SD (n - 1 = 0).
+        let n = 190;
+        let t = df!(
+            "USUBJID" => vec!["C1"; n],
+            "APHASEN" => (0..n).map(|i| if i < 189 { 1i64 } else { 2 }).collect::<Vec<_>>(),
+            "APHASE" => (0..n).map(|i| if i < 189 { "pre" } else { "esc" }).collect::<Vec<_>>(),
+            "PREDMGKG" => (0..n).map(|i| if i < 189 { 0.44 } else { 0.5 }).collect::<Vec<f64>>(),
+        )
+        .unwrap();
+        let out = summarize("values: [PREDMGKG]", t);
+        assert_eq!(strings(&out, "N"), ["189", "1"]);
+        let sd = out.column("SD").unwrap().f64().unwrap().clone();
+        assert_eq!(sd.get(0), Some(0.0));
+        assert_eq!(sd.get(1), None);
+        assert_eq!(strings(&out, "MEDIAN"), ["0.44", "0.5"]);
     }
 
     /// R type 7 quantile of sorted values.
