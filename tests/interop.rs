@@ -1,5 +1,6 @@
 //! Published tables read back by independent readers (pyarrow and DuckDB, installed by
-//! `make test`): same columns, same row counts, and the provenance in the Parquet footer.
+//! `make test`): same columns, same row counts, the same values in both, footer null counts
+//! that are the columns' own, and the provenance in the Parquet footer.
 
 use crate::workdir::*;
 
@@ -48,6 +49,12 @@ fn published_parquet_reads_the_same_in_pyarrow_and_duckdb() {
         assert_eq!(theirs["duckdb_columns"], serde_json::json!(cols), "{path}");
         assert_eq!(theirs["rows"], t["rows"], "{path}");
         assert_eq!(theirs["duckdb_rows"], t["rows"], "{path}");
+        assert_eq!(theirs["duckdb_same_values"], true, "{path}");
+        assert_eq!(
+            theirs["null_count_mismatches"],
+            serde_json::json!([]),
+            "{path}"
+        );
         let meta = &theirs["metadata"];
         assert_eq!(meta["studyflow.table"], t["name"], "{path}");
         assert_eq!(
