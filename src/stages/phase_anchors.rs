@@ -122,33 +122,33 @@ impl Stage for PhaseAnchors {
         let subj = self.subject.as_str();
         // Every subject of the subjects table, and every subject with a row in an anchor's
         // table: a subject whose demographics row was rejected still has its records phased.
-        let mut ids = vec![table(&self.subjects)?.clone().lazy().select([col(subj)])];
+        // Each table is taken a run of rows of one subject at a time (`per_run`), so a daily
+        // table of millions of rows sorted by subject is a few thousand rows here.
+        let mut ids = vec![per_run(table(&self.subjects)?.clone().lazy(), subj, None)?.lazy()];
         for a in &self.anchors {
             for f in &a.from {
-                ids.push(table(&f.table)?.clone().lazy().select([col(subj)]));
+                ids.push(per_run(table(&f.table)?.clone().lazy(), subj, None)?.lazy());
             }
         }
         let mut out = concat(ids, UnionArgs::default())?
-            .filter(col(subj).is_not_null())
-            .select([col(subj).alias("USUBJID")])
+            .filter(col("USUBJID").is_not_null())
+            .select([col("USUBJID")])
             .unique_stable(None, UniqueKeepStrategy::First);
         for a in &self.anchors {
+            let latest = a.agg != "min";
             let mut parts = Vec::new();
             for f in &a.from {
                 let mut lf = table(&f.table)?.clone().lazy();
                 if let Some(sql) = &f.filter {
                     lf = lf.filter(polars::sql::sql_expr(sql)?);
                 }
-                parts.push(lf.select([
-                    col(subj).alias("USUBJID"),
-                    col(f.column.as_str()).cast(DataType::Date).alias("__d"),
-                ]));
+                parts.push(per_run(lf, subj, Some((&f.column, latest)))?.lazy());
             }
             let all = concat(parts, UnionArgs::default())?;
-            let agg = if a.agg == "min" {
-                col("__d").min()
-            } else {
+            let agg = if latest {
                 col("__d").max()
+            } else {
+                col("__d").min()
             };
             let per_subject = all
                 .group_by([col("USUBJID")])
@@ -164,6 +164,45 @@ impl Stage for PhaseAnchors {
             out.sort(["USUBJID"], Default::default()),
         ))
     }
+}
+
+/// `rows`' subject column (`subject`, as USUBJID) with, when `date` is given, its date column
+/// (as __d), one row per run of consecutive rows of one subject ([`crate::stages::runs`]): the
+/// run's earliest date, or its latest when the flag is set (missing dates left out, as the
+/// anchors' aggregates leave them out). The anchors are then aggregated over these rows,
+/// which give every subject the same earliest and latest date as all of its rows.
+fn per_run(rows: LazyFrame, subject: &str, date: Option<(&str, bool)>) -> PolarsResult<DataFrame> {
+    let mut columns = vec![col(subject).alias("USUBJID")];
+    if let Some((date, _)) = date {
+        columns.push(col(date).cast(DataType::Date).alias("__d"));
+    }
+    let rows = rows.select(columns).collect()?;
+    let (_, first_rows) = crate::stages::runs(&rows, &["USUBJID"])?;
+    let subjects = rows.column("USUBJID")?.take(&first_rows)?;
+    let Some((_, latest)) = date else {
+        return DataFrame::new(first_rows.len(), vec![subjects]);
+    };
+    let n = rows.height() as IdxSize;
+    let firsts: Vec<IdxSize> = first_rows.into_no_null_iter().collect();
+    let slices: Vec<[IdxSize; 2]> = firsts
+        .iter()
+        .zip(firsts.iter().skip(1).chain(std::iter::once(&n)))
+        .map(|(&first, &next)| [first, next - first])
+        .collect();
+    let groups = GroupsType::new_slice(slices, false, true);
+    let dates = rows.column("__d")?;
+    // SAFETY: the slices are the runs of `rows`, within its rows.
+    let reduced = unsafe {
+        if latest {
+            dates.agg_max(&groups)
+        } else {
+            dates.agg_min(&groups)
+        }
+    };
+    DataFrame::new(
+        subjects.len(),
+        vec![subjects, reduced.with_name("__d".into())],
+    )
 }
 
 #[cfg(test)]
@@ -208,5 +247,77 @@ mod tests {
             s("LSTVSTDT"),
             ["2015-05-05", "2014-01-01", "2014-04-04", "2013-02-02"]
         );
+    }
+
+    /// An event row: subject (index, or none), day, or none, and kind.
+    type Event = (Option<u8>, Option<i32>, bool);
+
+    proptest::proptest! {
+        /// Taken a run of one subject's rows at a time, the anchors are those of every row, on
+        /// any order of rows (sorted by subject or interleaved), with subjects and dates missing
+        /// and a filter.
+        #[test]
+        fn anchors_match_an_oracle_on_any_row_order(
+            events in proptest::collection::vec(
+                (proptest::option::of(0u8..5), proptest::option::of(0i32..60), proptest::bool::ANY), 0..60),
+            more in proptest::collection::vec(
+                (proptest::option::of(0u8..5), proptest::option::of(0i32..60), proptest::bool::ANY), 0..20),
+            sort in proptest::bool::ANY,
+        ) {
+            let names = ["S1", "S2", "S3", "S4", "S5"];
+            let mut events = events;
+            if sort {
+                events.sort_by_key(|e| e.0);
+            }
+            let table = |rows: &[Event]| {
+                let date = Series::new(
+                    "date".into(),
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )
+                .cast(&DataType::Date)
+                .unwrap();
+                df!(
+                    "subject" => rows.iter().map(|r| r.0.map(|i| names[i as usize])).collect::<Vec<_>>(),
+                    "date" => date,
+                    "kind" => rows.iter().map(|r| if r.2 { "a" } else { "b" }).collect::<Vec<_>>(),
+                )
+                .unwrap()
+            };
+            let yaml = "subjects: subjects\nanchors:\n  - {name: FIRST, agg: min, from: [{table: ev, column: date}]}\n  - {name: LAST, agg: max, from: [{table: ev, column: date, filter: \"kind = 'a'\"}, {table: more, column: date}]}\n";
+            let stage: PhaseAnchors = serde_saphyr::from_str(yaml).unwrap();
+            let inputs = Inputs {
+                tables: vec![
+                    ("subjects".into(), df!("subject" => ["S2"]).unwrap()),
+                    ("ev".into(), table(&events)),
+                    ("more".into(), table(&more)),
+                ],
+            };
+            let out = ctx_for(|c| stage.run(c, &inputs)).unwrap().table.collect().unwrap();
+            // The oracle: every subject named anywhere, its earliest day of `ev` and its latest
+            // of `ev` rows of kind a and of `more`.
+            let mut want: std::collections::BTreeMap<&str, (Option<i32>, Option<i32>)> =
+                std::collections::BTreeMap::new();
+            want.insert("S2", (None, None));
+            for (rows, is_ev) in [(&events, true), (&more, false)] {
+                for r in rows.iter() {
+                    let Some(i) = r.0 else { continue };
+                    let w = want.entry(names[i as usize]).or_insert((None, None));
+                    if let Some(d) = r.1 {
+                        if is_ev {
+                            w.0 = Some(w.0.map_or(d, |x| x.min(d)));
+                        }
+                        if !is_ev || r.2 {
+                            w.1 = Some(w.1.map_or(d, |x| x.max(d)));
+                        }
+                    }
+                }
+            }
+            let days = |c: &str| -> Vec<Option<i32>> {
+                out.column(c).unwrap().cast(&DataType::Int32).unwrap().i32().unwrap().iter().collect()
+            };
+            proptest::prop_assert_eq!(strings(&out, "USUBJID"), want.keys().map(|k| k.to_string()).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(days("FIRST"), want.values().map(|v| v.0).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(days("LAST"), want.values().map(|v| v.1).collect::<Vec<_>>());
+        }
     }
 }
