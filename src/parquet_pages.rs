@@ -17,13 +17,19 @@
 //!   steps, which then make the same choice they always did (a dictionary, or plain when the
 //!   values are mostly distinct);
 //! - gives a 64-bit floating-point column a dictionary when its values are few
-//!   ([`dictionary_of_floats`]: a daily score, a constant dose, a lab value rounded to its
+//!   ([`dictionary_of_few`]: a daily score, a constant dose, a lab value rounded to its
 //!   unit's precision), and otherwise writes it plain at once, which is where polars' steps end
 //!   for every floating-point column. polars' writer has no dictionary for floats: it wrote the
 //!   diary score's 7.9 million values plain, 8 bytes each, for zstd to compress. The Parquet
 //!   format has dictionaries for doubles, and pyarrow and DuckDB write and read them; the
 //!   values are written back bit for bit, and the statistics are polars' own (taken from the
-//!   dictionary's values, whose smallest and largest are the column's).
+//!   dictionary's values, whose smallest and largest are the column's);
+//! - does the same for an integer column whose values span more than polars' writer marks in a
+//!   bitmap (65,535 apart: line numbers): polars estimates its distinct values (a HyperLogLog)
+//!   and, below three in four rows, hashes every value into a dictionary. The source line
+//!   numbers of the diary table, half of them distinct in a row group, took a 24 MB dictionary
+//!   that way; written plain, zstd makes them about half that. Integer columns of a narrower
+//!   range keep polars' own dictionary.
 
 use polars::prelude::*;
 use polars_arrow::array::Utf8ViewArray;
@@ -79,9 +85,30 @@ impl ColumnEncoder {
             match array.dtype() {
                 ArrowDataType::Float64 => {
                     let floats = array.as_any().downcast_ref::<PrimitiveArray<f64>>();
-                    dictionary = floats.and_then(dictionary_of_floats);
+                    dictionary = floats.and_then(|f| dictionary_of_few(f, f64::to_bits));
                     if dictionary.is_none() {
                         encodings = vec![Encoding::Plain];
+                    }
+                }
+                // An integer column of a narrow range is left to polars' writer, which marks
+                // the values present; of a wide range (line numbers), polars would estimate
+                // the distinct values and hash every value.
+                ArrowDataType::Int64 => {
+                    let ints = array.as_any().downcast_ref::<PrimitiveArray<i64>>();
+                    if let Some(ints) = ints.filter(|i| wide_range(*i)) {
+                        dictionary = dictionary_of_few(ints, |v| v as u64);
+                        if dictionary.is_none() {
+                            encodings = vec![Encoding::Plain];
+                        }
+                    }
+                }
+                ArrowDataType::Int32 => {
+                    let ints = array.as_any().downcast_ref::<PrimitiveArray<i32>>();
+                    if let Some(ints) = ints.filter(|i| wide_range(*i)) {
+                        dictionary = dictionary_of_few(ints, |v| v as u32 as u64);
+                        if dictionary.is_none() {
+                            encodings = vec![Encoding::Plain];
+                        }
                     }
                 }
                 ArrowDataType::Float32 => {
@@ -227,20 +254,23 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
 }
 
 /// `values` as a dictionary array (keys `u32`) when they are few: values in order of first
-/// appearance, compared by their bits (so -0.0 and 0.0, and NaNs of different payloads, stay
-/// apart and every value is written back exactly), a hash lookup only where the value differs
-/// from the row before, null rows with null keys. `None`, as soon as it is known, when the
-/// column holds more than [`FLOAT_DICTIONARY_SHARE`] of its rows in distinct values: such a
-/// column is written plain, as polars writes every floating-point column.
-pub fn dictionary_of_floats(values: &PrimitiveArray<f64>) -> Option<DictionaryArray<u32>> {
+/// appearance, compared by their bits (`bits`; so -0.0 and 0.0, and NaNs of different
+/// payloads, stay apart and every value is written back exactly), a hash lookup only where the
+/// value differs from the row before, null rows with null keys. `None`, as soon as it is known,
+/// when the column holds more than one distinct value in [`FEW_VALUES_SHARE`] rows: such a
+/// column is written plain.
+pub fn dictionary_of_few<T: polars_arrow::types::NativeType>(
+    values: &PrimitiveArray<T>,
+    bits: impl Fn(T) -> u64,
+) -> Option<DictionaryArray<u32>> {
     let n = values.len();
     if n == 0 {
         return None;
     }
-    let most = (n / FLOAT_DICTIONARY_SHARE).max(1);
+    let most = (n / FEW_VALUES_SHARE).max(1);
     let validity = values.validity();
     let mut seen: PlHashMap<u64, u32> = PlHashMap::default();
-    let mut distinct: Vec<f64> = Vec::new();
+    let mut distinct: Vec<T> = Vec::new();
     let mut keys = Vec::with_capacity(n);
     let (mut before, mut key) = (None::<u64>, 0u32);
     for (i, v) in values.values().iter().enumerate() {
@@ -248,9 +278,9 @@ pub fn dictionary_of_floats(values: &PrimitiveArray<f64>) -> Option<DictionaryAr
             keys.push(0);
             continue;
         }
-        let bits = v.to_bits();
-        if before != Some(bits) {
-            key = match seen.get(&bits) {
+        let b = bits(*v);
+        if before != Some(b) {
+            key = match seen.get(&b) {
                 Some(k) => *k,
                 None => {
                     if distinct.len() == most {
@@ -258,24 +288,39 @@ pub fn dictionary_of_floats(values: &PrimitiveArray<f64>) -> Option<DictionaryAr
                     }
                     distinct.push(*v);
                     let k = (distinct.len() - 1) as u32;
-                    seen.insert(bits, k);
+                    seen.insert(b, k);
                     k
                 }
             };
-            before = Some(bits);
+            before = Some(b);
         }
         keys.push(key);
     }
     let keys = PrimitiveArray::new(ArrowDataType::UInt32, keys.into(), validity.cloned());
-    let dtype =
-        ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(ArrowDataType::Float64), false);
-    let values = PrimitiveArray::new(ArrowDataType::Float64, distinct.into(), None);
-    DictionaryArray::try_new(dtype, keys, values.boxed()).ok()
+    let dtype = values.dtype().clone();
+    let dictionary = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(dtype.clone()), false);
+    let values = PrimitiveArray::new(dtype, distinct.into(), None);
+    DictionaryArray::try_new(dictionary, keys, values.boxed()).ok()
 }
 
-/// A floating-point column gets a dictionary while its distinct values are at most one in this
-/// many of its rows ([`dictionary_of_floats`]).
-pub const FLOAT_DICTIONARY_SHARE: usize = 16;
+/// Whether the smallest and largest of `values` (nulls left out) are further apart than the
+/// range in which polars' writer looks for a dictionary by marking the values present (65,535).
+fn wide_range<T: polars_arrow::types::NativeType + Into<i64>>(values: &PrimitiveArray<T>) -> bool {
+    let mut range: Option<(i64, i64)> = None;
+    let mut see = |v: T| {
+        let v: i64 = v.into();
+        range = Some(range.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))));
+    };
+    match values.validity() {
+        Some(_) => values.non_null_values_iter().for_each(&mut see),
+        None => values.values().iter().copied().for_each(&mut see),
+    }
+    range.is_some_and(|(lo, hi)| (hi as i128 - lo as i128) > u16::MAX as i128)
+}
+
+/// A floating-point column, or an integer column of a wide range, gets a dictionary while its
+/// distinct values are at most one in this many of its rows ([`dictionary_of_few`]).
+pub const FEW_VALUES_SHARE: usize = 16;
 
 /// Writes `df` to `writer` (polars' batched writer, with the table's footer settings) in the row
 /// groups polars' writer gives a table written whole (up to 512 x 512 rows, the table's chunks
@@ -492,14 +537,21 @@ mod tests {
                 Some(1.25),
             ],
         );
-        // 16 times over: six distinct values in 192 rows, within FLOAT_DICTIONARY_SHARE.
+        // 16 times over: six distinct values in 192 rows, within FEW_VALUES_SHARE.
         let column = column.extend_constant(AnyValue::Null, 0).unwrap();
         let mut long = column.clone();
         for _ in 1..16 {
             long.append(&column).unwrap();
         }
         let array = long.rechunk().to_arrow(0, CompatLevel::newest());
-        let d = dictionary_of_floats(array.as_any().downcast_ref().unwrap()).unwrap();
+        let d = dictionary_of_few(
+            array
+                .as_any()
+                .downcast_ref::<PrimitiveArray<f64>>()
+                .unwrap(),
+            f64::to_bits,
+        )
+        .unwrap();
         let (values, keys) = float_dictionary(&d);
         let keys = &keys[..12];
         let want = [0.5, -0.0, 0.0, f64::NAN, nan2, 1.25].map(f64::to_bits);
@@ -521,14 +573,106 @@ mod tests {
                 Some(5)
             ]
         );
-        // More distinct values than one in FLOAT_DICTIONARY_SHARE rows: no dictionary.
+        // More distinct values than one in FEW_VALUES_SHARE rows: no dictionary.
         let n = 16 * 100;
         let spread: Vec<f64> = (0..n).map(|i| (i % 101) as f64).collect();
         let array = Series::new("g".into(), spread).to_arrow(0, CompatLevel::newest());
-        assert!(dictionary_of_floats(array.as_any().downcast_ref().unwrap()).is_none());
+        assert!(
+            dictionary_of_few(
+                array
+                    .as_any()
+                    .downcast_ref::<PrimitiveArray<f64>>()
+                    .unwrap(),
+                f64::to_bits
+            )
+            .is_none()
+        );
         let at_most: Vec<f64> = (0..n).map(|i| (i % 100) as f64).collect();
         let array = Series::new("g".into(), at_most).to_arrow(0, CompatLevel::newest());
-        assert!(dictionary_of_floats(array.as_any().downcast_ref().unwrap()).is_some());
+        assert!(
+            dictionary_of_few(
+                array
+                    .as_any()
+                    .downcast_ref::<PrimitiveArray<f64>>()
+                    .unwrap(),
+                f64::to_bits
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn wide_integer_columns_get_a_dictionary_only_of_few_values_and_narrow_ones_polars() {
+        let n = 16 * 1000;
+        // Five values a million apart: a dictionary, in order of first appearance.
+        let few: Vec<Option<i64>> = (0..n)
+            .map(|i| (i % 9 != 0).then_some((i as i64 / 7 % 5) * 1_000_000 - 2_000_000))
+            .collect();
+        let array = Series::new("w".into(), &few).to_arrow(0, CompatLevel::newest());
+        let ints = array
+            .as_any()
+            .downcast_ref::<PrimitiveArray<i64>>()
+            .unwrap();
+        assert!(wide_range(ints));
+        let d = dictionary_of_few(ints, |v| v as u64).unwrap();
+        let values = d
+            .values()
+            .as_any()
+            .downcast_ref::<PrimitiveArray<i64>>()
+            .unwrap();
+        assert_eq!(
+            values.values().as_slice(),
+            [-2_000_000, -1_000_000, 0, 1_000_000, 2_000_000]
+        );
+        // Line numbers, every value distinct: plain.
+        let lines: Vec<i32> = (0..n as i32).map(|i| i * 50).collect();
+        let array = Series::new("l".into(), &lines).to_arrow(0, CompatLevel::newest());
+        let ints = array
+            .as_any()
+            .downcast_ref::<PrimitiveArray<i32>>()
+            .unwrap();
+        assert!(wide_range(ints) && dictionary_of_few(ints, |v| v as u32 as u64).is_none());
+        // 65,535 apart is polars' bitmap range: not wide.
+        let narrow = Series::new("n".into(), [Some(-5i32), None, Some(65_530)]);
+        let array = narrow.to_arrow(0, CompatLevel::newest());
+        assert!(!wide_range(
+            array
+                .as_any()
+                .downcast_ref::<PrimitiveArray<i32>>()
+                .unwrap()
+        ));
+        // Written and read back, beside a narrow column that polars' writer still encodes.
+        let df = df!(
+            "w" => few,
+            "l" => lines,
+            "n" => (0..n).map(|i| (i % 4 != 0).then_some(i as i32 % 300)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let (theirs, ours) = both_files(&df);
+        let back = ParquetReader::new(std::io::Cursor::new(&ours))
+            .finish()
+            .unwrap();
+        assert!(back.equals_missing(&df));
+        let footer = |bytes: &[u8]| {
+            polars_parquet::read::read_metadata(&mut std::io::Cursor::new(bytes)).unwrap()
+        };
+        let (a, b) = (footer(&ours), footer(&theirs));
+        let (x, y) = (
+            a.row_groups[0].parquet_columns(),
+            b.row_groups[0].parquet_columns(),
+        );
+        let dictionary = |c: &[polars_parquet::parquet::metadata::ColumnChunkMetadata]| {
+            c.iter()
+                .map(|c| c.dictionary_page_offset().is_some())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(dictionary(x), [true, false, true]);
+        // The narrow column is polars' own chunk, byte for byte.
+        let bytes = |file: &[u8], c: &polars_parquet::parquet::metadata::ColumnChunkMetadata| {
+            let r = c.byte_range();
+            file[r.start as usize..r.end as usize].to_vec()
+        };
+        assert_eq!(bytes(&ours, &x[2]), bytes(&theirs, &y[2]));
     }
 
     #[test]
