@@ -603,7 +603,7 @@ mod tests {
 
     #[test]
     fn wide_integer_columns_get_a_dictionary_only_of_few_values_and_narrow_ones_polars() {
-        let n = 16 * 1000;
+        let n = 16 * 1000usize;
         // Five values a million apart: a dictionary, in order of first appearance.
         let few: Vec<Option<i64>> = (0..n)
             .map(|i| (i % 9 != 0).then_some((i as i64 / 7 % 5) * 1_000_000 - 2_000_000))
