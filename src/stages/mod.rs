@@ -350,7 +350,10 @@ pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, Idx
         if n < 2 {
             break;
         }
-        let d = s.slice(1, n - 1).not_equal_missing(&s.slice(0, n - 1))?;
+        let d = match s.dtype() {
+            DataType::String => text_differs(s.str()?),
+            _ => s.slice(1, n - 1).not_equal_missing(&s.slice(0, n - 1))?,
+        };
         differs = Some(match differs {
             Some(before) => &before | &d,
             None => d,
@@ -388,6 +391,56 @@ pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, Idx
         IdxCa::from_vec("__run".into(), run_of_row),
         IdxCa::from_vec("__first".into(), first_rows),
     ))
+}
+
+/// Whether each row but the first of `text` differs from the row before (missing equals
+/// missing), for [`runs`]. polars' comparison reads the bytes of every value longer than a view
+/// holds inline (12 bytes), even where both rows point to the same bytes; a source file's path
+/// is such a value, the same in every row of its file. Here two views of one array that are
+/// equal (same length, prefix, buffer and offset) are equal values at once.
+fn text_differs(text: &StringChunked) -> BooleanChunked {
+    use polars_arrow::array::Array;
+    use polars_arrow::bitmap::MutableBitmap;
+    let n = text.len();
+    let mut out = MutableBitmap::with_capacity(n.saturating_sub(1));
+    // The last row of the chunk before: its value (or missing).
+    let mut last: Option<Option<&str>> = None;
+    for arr in text.downcast_iter() {
+        let views = arr.views();
+        let validity = arr.validity();
+        let valid = |i: usize| validity.is_none_or(|v| v.get_bit(i));
+        for i in 0..arr.len() {
+            if i == 0 {
+                // SAFETY: `i < arr.len()`.
+                let value = valid(0).then(|| unsafe { arr.value_unchecked(0) });
+                if let Some(before) = last {
+                    out.push(before != value);
+                }
+                continue;
+            }
+            let differs = match (valid(i - 1), valid(i)) {
+                (false, false) => false,
+                (true, true) => {
+                    let (a, b) = (views[i - 1].as_u128(), views[i].as_u128());
+                    // Length and prefix in the low 64 bits; inline bytes, or buffer and offset,
+                    // in the high.
+                    a != b
+                        && ((a as u64) != (b as u64)
+                            || (a as u32) <= 12
+                            // SAFETY: both rows are below `arr.len()`.
+                            || unsafe { arr.value_unchecked(i - 1) != arr.value_unchecked(i) })
+                }
+                _ => true,
+            };
+            out.push(differs);
+        }
+        if !arr.is_empty() {
+            let i = arr.len() - 1;
+            // SAFETY: `i < arr.len()`.
+            last = Some(valid(i).then(|| unsafe { arr.value_unchecked(i) }));
+        }
+    }
+    BooleanChunked::from_bitmap("__differs".into(), out.freeze())
 }
 
 /// Each value's place among `sorted` (distinct values, ascending, no missing one) and whether
@@ -511,6 +564,39 @@ mod tests {
         assert_eq!(ids(runs(&df.slice(3, 1), &["s"]).unwrap().0), [0]);
         let (run_of_row, first) = runs(&df.slice(0, 0), &["s"]).unwrap();
         assert_eq!((run_of_row.len(), first.len()), (0, 0));
+    }
+
+    proptest::proptest! {
+        /// Text compared view first gives polars' comparison of the rows with the rows before,
+        /// on columns of several chunks, nulls, inline and long values, and equal long values
+        /// stored apart (in different chunks, and repeated within one).
+        #[test]
+        fn text_differs_is_polars_comparison(
+            parts in proptest::collection::vec(
+                proptest::collection::vec(proptest::option::of(0usize..6), 0..30), 1..5),
+        ) {
+            let pool = ["", "S1", "twelve-bytes", "hamburg/diary_2019-03-31.csv",
+                "hamburg/diary_2019-07-01.csv", "nih/diary_2019-03-30.csv"];
+            let mut column = Series::new_empty("t".into(), &DataType::String);
+            for part in &parts {
+                // Each part is one chunk, its long values written in its own buffer (one copy
+                // per row).
+                let values: Vec<Option<&str>> = part.iter().map(|v| v.map(|i| pool[i])).collect();
+                column.append(&Series::new("t".into(), values)).unwrap();
+            }
+            // And a chunk of repeats of one stored value (views to the same bytes).
+            let repeated = Series::new("t".into(), [Some(pool[3])]).new_from_index(0, 4);
+            column.append(&repeated).unwrap();
+            let n = column.len();
+            let ours: Vec<Option<bool>> = text_differs(column.str().unwrap()).iter().collect();
+            let want: Vec<Option<bool>> = column
+                .slice(1, n - 1)
+                .not_equal_missing(&column.slice(0, n - 1))
+                .unwrap()
+                .iter()
+                .collect();
+            proptest::prop_assert_eq!(ours, want);
+        }
     }
 
     /// Gathering column by column, each made one chunk, gives what `take` gives: values,
