@@ -82,43 +82,38 @@ impl ColumnEncoder {
         let mut encodings = self.encodings[i].clone();
         let mut dictionary = None;
         if encodings == [Encoding::RleDictionary] {
-            match array.dtype() {
+            fn numbers<T: polars_arrow::types::NativeType>(
+                array: &dyn Array,
+            ) -> Option<&PrimitiveArray<T>> {
+                array.as_any().downcast_ref()
+            }
+            // Columns whose encoding is decided here: a dictionary when the values are few,
+            // else plain.
+            let few: Option<Option<DictionaryArray<u32>>> = match array.dtype() {
                 ArrowDataType::Float64 => {
-                    let floats = array.as_any().downcast_ref::<PrimitiveArray<f64>>();
-                    dictionary = floats.and_then(|f| dictionary_of_few(f, f64::to_bits));
-                    if dictionary.is_none() {
-                        encodings = vec![Encoding::Plain];
-                    }
+                    Some(numbers::<f64>(array).and_then(|f| dictionary_of_few(f, f64::to_bits)))
                 }
                 // An integer column of a narrow range is left to polars' writer, which marks
                 // the values present; of a wide range (line numbers), polars would estimate
                 // the distinct values and hash every value.
-                ArrowDataType::Int64 => {
-                    let ints = array.as_any().downcast_ref::<PrimitiveArray<i64>>();
-                    if let Some(ints) = ints.filter(|i| wide_range(*i)) {
-                        dictionary = dictionary_of_few(ints, |v| v as u64);
-                        if dictionary.is_none() {
-                            encodings = vec![Encoding::Plain];
-                        }
-                    }
-                }
-                ArrowDataType::Int32 => {
-                    let ints = array.as_any().downcast_ref::<PrimitiveArray<i32>>();
-                    if let Some(ints) = ints.filter(|i| wide_range(*i)) {
-                        dictionary = dictionary_of_few(ints, |v| v as u32 as u64);
-                        if dictionary.is_none() {
-                            encodings = vec![Encoding::Plain];
-                        }
-                    }
-                }
-                ArrowDataType::Float32 => {
-                    encodings = vec![Encoding::Plain];
-                }
+                ArrowDataType::Int64 => numbers::<i64>(array)
+                    .filter(|i| wide_range(*i))
+                    .map(|i| dictionary_of_few(i, |v| v as u64)),
+                ArrowDataType::Int32 => numbers::<i32>(array)
+                    .filter(|i| wide_range(*i))
+                    .map(|i| dictionary_of_few(i, |v| v as u32 as u64)),
+                ArrowDataType::Float32 => Some(None),
                 ArrowDataType::Utf8View => {
                     let text = array.as_any().downcast_ref::<Utf8ViewArray>();
                     dictionary = text.and_then(dictionary_of_runs);
+                    None
                 }
-                _ => {}
+                _ => None,
+            };
+            match few {
+                Some(Some(d)) => dictionary = Some(d),
+                Some(None) => encodings = vec![Encoding::Plain],
+                None => {}
             }
         }
         let validity = array.validity().cloned();
@@ -575,30 +570,16 @@ mod tests {
         );
         // More distinct values than one in FEW_VALUES_SHARE rows: no dictionary.
         let n = 16 * 100;
-        let spread: Vec<f64> = (0..n).map(|i| (i % 101) as f64).collect();
-        let array = Series::new("g".into(), spread).to_arrow(0, CompatLevel::newest());
-        assert!(
-            dictionary_of_few(
-                array
-                    .as_any()
-                    .downcast_ref::<PrimitiveArray<f64>>()
-                    .unwrap(),
-                f64::to_bits
-            )
-            .is_none()
-        );
-        let at_most: Vec<f64> = (0..n).map(|i| (i % 100) as f64).collect();
-        let array = Series::new("g".into(), at_most).to_arrow(0, CompatLevel::newest());
-        assert!(
-            dictionary_of_few(
-                array
-                    .as_any()
-                    .downcast_ref::<PrimitiveArray<f64>>()
-                    .unwrap(),
-                f64::to_bits
-            )
-            .is_some()
-        );
+        let has_dictionary = |values: Vec<f64>| {
+            let array = Series::new("g".into(), values).to_arrow(0, CompatLevel::newest());
+            let floats = array
+                .as_any()
+                .downcast_ref::<PrimitiveArray<f64>>()
+                .unwrap();
+            dictionary_of_few(floats, f64::to_bits).is_some()
+        };
+        assert!(!has_dictionary((0..n).map(|i| (i % 101) as f64).collect()));
+        assert!(has_dictionary((0..n).map(|i| (i % 100) as f64).collect()));
     }
 
     #[test]
