@@ -349,6 +349,7 @@ pub fn write_frame<W: std::io::Write>(
 mod tests {
     use super::*;
     use crate::publish::ParquetSettings;
+    use polars_parquet::read::FileMetadata;
     use proptest::prelude::*;
 
     /// `df` as polars' writer writes a table whole, and through [`write_frame`].
@@ -368,11 +369,9 @@ mod tests {
         (polars_bytes, our_bytes)
     }
 
-    /// Writes `df` both ways: the same file as polars' (row groups, columns, encodings, page
-    /// sizes, values' smallest and largest), read back as `df`, but that the footer counts
-    /// each null once (polars' footer counts a dictionary chunk's nulls once per data page).
-    /// Where no chunk had to be corrected, the files are the same bytes.
-    fn polars_file_but_null_counts(df: &DataFrame) {
+    /// `df` written both ways ([`both_files`]): polars' bytes, ours (read back by polars as
+    /// `df`, which is checked), and the footers of ours and of polars'.
+    fn written(df: &DataFrame) -> (Vec<u8>, Vec<u8>, FileMetadata, FileMetadata) {
         let (theirs, ours) = both_files(df);
         let back = ParquetReader::new(std::io::Cursor::new(&ours))
             .finish()
@@ -382,6 +381,15 @@ mod tests {
             polars_parquet::read::read_metadata(&mut std::io::Cursor::new(bytes)).unwrap()
         };
         let (a, b) = (footer(&ours), footer(&theirs));
+        (theirs, ours, a, b)
+    }
+
+    /// Writes `df` both ways: the same file as polars' (row groups, columns, encodings, page
+    /// sizes, values' smallest and largest), read back as `df`, but that the footer counts
+    /// each null once (polars' footer counts a dictionary chunk's nulls once per data page).
+    /// Where no chunk had to be corrected, the files are the same bytes.
+    fn polars_file_but_null_counts(df: &DataFrame) {
+        let (theirs, ours, a, b) = written(df);
         assert_eq!(a.row_groups.len(), b.row_groups.len());
         let (mut from, mut corrected) = (0, false);
         for (x, y) in a.row_groups.iter().zip(&b.row_groups) {
@@ -551,23 +559,9 @@ mod tests {
         let keys = &keys[..12];
         let want = [0.5, -0.0, 0.0, f64::NAN, nan2, 1.25].map(f64::to_bits);
         assert_eq!(values, want);
-        assert_eq!(
-            keys,
-            [
-                Some(0),
-                Some(0),
-                None,
-                Some(0),
-                Some(1),
-                Some(2),
-                Some(3),
-                Some(4),
-                Some(0),
-                None,
-                None,
-                Some(5)
-            ]
-        );
+        // Keys by row (-1: a null row).
+        let want_keys = [0, 0, -1, 0, 1, 2, 3, 4, 0, -1, -1, 5].map(|k| u32::try_from(k).ok());
+        assert_eq!(keys, want_keys);
         // More distinct values than one in FEW_VALUES_SHARE rows: no dictionary.
         let n = 16 * 100;
         let has_dictionary = |values: Vec<f64>| {
@@ -629,15 +623,7 @@ mod tests {
             "n" => (0..n).map(|i| (i % 4 != 0).then_some(i as i32 % 300)).collect::<Vec<_>>(),
         )
         .unwrap();
-        let (theirs, ours) = both_files(&df);
-        let back = ParquetReader::new(std::io::Cursor::new(&ours))
-            .finish()
-            .unwrap();
-        assert!(back.equals_missing(&df));
-        let footer = |bytes: &[u8]| {
-            polars_parquet::read::read_metadata(&mut std::io::Cursor::new(bytes)).unwrap()
-        };
-        let (a, b) = (footer(&ours), footer(&theirs));
+        let (theirs, ours, a, b) = written(&df);
         let (x, y) = (
             a.row_groups[0].parquet_columns(),
             b.row_groups[0].parquet_columns(),
@@ -670,15 +656,7 @@ mod tests {
         let mut chunked = df.slice(0, 100_000);
         chunked.vstack_mut(&df.slice(100_000, 500_000)).unwrap();
         for table in [df, chunked] {
-            let (polars_bytes, our_bytes) = both_files(&table);
-            let back = ParquetReader::new(std::io::Cursor::new(&our_bytes))
-                .finish()
-                .unwrap();
-            assert!(back.equals_missing(&table));
-            let footer = |bytes: &[u8]| {
-                polars_parquet::read::read_metadata(&mut std::io::Cursor::new(bytes)).unwrap()
-            };
-            let (ours, theirs) = (footer(&our_bytes), footer(&polars_bytes));
+            let (_, _, ours, theirs) = written(&table);
             assert_eq!(ours.row_groups.len(), theirs.row_groups.len());
             for (a, b) in ours.row_groups.iter().zip(&theirs.row_groups) {
                 let (a, b) = (a.parquet_columns(), b.parquet_columns());
