@@ -172,10 +172,13 @@ impl PageNulls {
             other => return other,
         };
         let rows = page.num_values();
-        let nulls = self
-            .validity
-            .as_ref()
-            .map_or(0, |v| v.clone().sliced(self.row, rows).unset_bits());
+        let nulls = match &self.validity {
+            None => 0,
+            Some(v) if self.row + rows <= v.len() => v.clone().sliced(self.row, rows).unset_bits(),
+            // Pages of more values than the column has rows (not a flat column after all):
+            // left as polars wrote them.
+            Some(_) => return Page::Data(page),
+        };
         self.row += rows;
         let mut header = page.header().clone();
         let statistics = match &mut header {
