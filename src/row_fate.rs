@@ -28,16 +28,13 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeM
             .collect()?,
         None => df.select(["SRCFILE"])?,
     };
-    let n = files.height() as IdxSize;
     let (_, first_rows) = crate::stages::runs(&files, &["SRCFILE"])?;
     let names = files.column("SRCFILE")?.cast(&DataType::String)?;
     let names = names.str()?;
-    let starts: Vec<IdxSize> = first_rows.into_no_null_iter().collect();
     let mut counts = BTreeMap::new();
-    for (i, &start) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).copied().unwrap_or(n);
+    for [start, len] in crate::stages::run_spans(&first_rows, files.height()) {
         if let Some(file) = names.get(start as usize) {
-            *counts.entry(file.to_string()).or_insert(0) += u64::from(end - start);
+            *counts.entry(file.to_string()).or_insert(0) += u64::from(len);
         }
     }
     Ok(counts)
@@ -330,15 +327,12 @@ pub fn write_dropped(
 /// first row and length, in row order.
 pub(crate) fn file_runs(df: &DataFrame) -> PolarsResult<Vec<(String, usize, usize)>> {
     let (_, first_rows) = crate::stages::runs(df, &["SRCFILE"])?;
-    let starts: Vec<usize> = first_rows.into_no_null_iter().map(|i| i as usize).collect();
     let files = df.column("SRCFILE")?.str()?;
-    Ok(starts
-        .iter()
-        .enumerate()
-        .map(|(i, &start)| {
-            let end = starts.get(i + 1).copied().unwrap_or(df.height());
-            let file = files.get(start).unwrap_or_default().to_string();
-            (file, start, end - start)
+    Ok(crate::stages::run_spans(&first_rows, df.height())
+        .into_iter()
+        .map(|[start, len]| {
+            let (start, len) = (start as usize, len as usize);
+            (files.get(start).unwrap_or_default().to_string(), start, len)
         })
         .collect())
 }

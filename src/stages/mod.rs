@@ -393,11 +393,23 @@ pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, Idx
     ))
 }
 
+/// Whether rows `a` and `b` of `text` (both not null) hold the same value: equal views are
+/// equal values (inline, 12 bytes or fewer, or pointing to the same bytes of the array), and
+/// otherwise the bytes are compared only when length and prefix agree. polars' comparison reads
+/// the bytes of every value longer than a view holds inline, even where both rows point to the
+/// same bytes; a source file's path is such a value, the same in every row of its file.
+pub(crate) fn same_text(text: &polars_arrow::array::Utf8ViewArray, a: usize, b: usize) -> bool {
+    let (x, y) = (text.views()[a], text.views()[b]);
+    x.as_u128() == y.as_u128()
+        || (x.length == y.length
+            && x.length > 12
+            && x.prefix == y.prefix
+            // SAFETY: `a` and `b` are below the array's length (the views were read).
+            && unsafe { text.value_unchecked(a) == text.value_unchecked(b) })
+}
+
 /// Whether each row but the first of `text` differs from the row before (missing equals
-/// missing), for [`runs`]. polars' comparison reads the bytes of every value longer than a view
-/// holds inline (12 bytes), even where both rows point to the same bytes; a source file's path
-/// is such a value, the same in every row of its file. Here two views of one array that are
-/// equal (same length, prefix, buffer and offset) are equal values at once.
+/// missing), for [`runs`]: rows of one chunk compared by [`same_text`].
 fn text_differs(text: &StringChunked) -> BooleanChunked {
     use polars_arrow::array::Array;
     use polars_arrow::bitmap::MutableBitmap;
@@ -406,7 +418,6 @@ fn text_differs(text: &StringChunked) -> BooleanChunked {
     // The last row of the chunk before: its value (or missing).
     let mut last: Option<Option<&str>> = None;
     for arr in text.downcast_iter() {
-        let views = arr.views();
         let validity = arr.validity();
         let valid = |i: usize| validity.is_none_or(|v| v.get_bit(i));
         for i in 0..arr.len() {
@@ -420,16 +431,7 @@ fn text_differs(text: &StringChunked) -> BooleanChunked {
             }
             let differs = match (valid(i - 1), valid(i)) {
                 (false, false) => false,
-                (true, true) => {
-                    let (a, b) = (views[i - 1].as_u128(), views[i].as_u128());
-                    // Length and prefix in the low 64 bits; inline bytes, or buffer and offset,
-                    // in the high.
-                    a != b
-                        && ((a as u64) != (b as u64)
-                            || (a as u32) <= 12
-                            // SAFETY: both rows are below `arr.len()`.
-                            || unsafe { arr.value_unchecked(i - 1) != arr.value_unchecked(i) })
-                }
+                (true, true) => !same_text(arr, i - 1, i),
                 _ => true,
             };
             out.push(differs);
@@ -441,6 +443,18 @@ fn text_differs(text: &StringChunked) -> BooleanChunked {
         }
     }
     BooleanChunked::from_bitmap("__differs".into(), out.freeze())
+}
+
+/// The runs of [`runs`] as slices of rows: each run's first row and its number of rows, from
+/// the runs' first rows (`first_rows`) in a table of `n` rows.
+pub(crate) fn run_spans(first_rows: &IdxCa, n: usize) -> Vec<[IdxSize; 2]> {
+    let firsts: Vec<IdxSize> = first_rows.into_no_null_iter().collect();
+    let ends = firsts.iter().skip(1).copied().chain([n as IdxSize]);
+    firsts
+        .iter()
+        .zip(ends)
+        .map(|(&first, end)| [first, end - first])
+        .collect()
 }
 
 /// Each value's place among `sorted` (distinct values, ascending, no missing one) and whether

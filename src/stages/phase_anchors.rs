@@ -182,14 +182,8 @@ fn per_run(rows: LazyFrame, subject: &str, date: Option<(&str, bool)>) -> Polars
     let Some((_, latest)) = date else {
         return DataFrame::new(first_rows.len(), vec![subjects]);
     };
-    let n = rows.height() as IdxSize;
-    let firsts: Vec<IdxSize> = first_rows.into_no_null_iter().collect();
-    let slices: Vec<[IdxSize; 2]> = firsts
-        .iter()
-        .zip(firsts.iter().skip(1).chain(std::iter::once(&n)))
-        .map(|(&first, &next)| [first, next - first])
-        .collect();
-    let groups = GroupsType::new_slice(slices, false, true);
+    let spans = crate::stages::run_spans(&first_rows, rows.height());
+    let groups = GroupsType::new_slice(spans, false, true);
     let dates = rows.column("__d")?;
     // SAFETY: the slices are the runs of `rows`, within its rows.
     let reduced = unsafe {
