@@ -1,5 +1,6 @@
-//! Parquet column chunks as polars' writer encodes them, with two of its steps taken a cheaper
-//! way, and tables written through them.
+//! Parquet column chunks as polars' writer encodes them, with its dictionary decisions taken a
+//! cheaper way for text, floating-point and wide integer columns and its footer null counts
+//! corrected ([`PageNulls`]), and tables written through them.
 //!
 //! polars' writer tries a dictionary for every column chunk. For a text column it first
 //! estimates the number of distinct values (a HyperLogLog over every value) and then builds the
@@ -75,7 +76,7 @@ impl ColumnEncoder {
     }
 
     /// `array` (column `i`, one chunk) as the compressed pages of a chunk: the pages polars'
-    /// writer makes of it (see the module's comment for the two steps taken otherwise).
+    /// writer makes of it but for the steps the module's comment lists.
     pub fn encode(&self, i: usize, array: &dyn Array) -> PolarsResult<ChunkPages> {
         use polars_parquet::read::ParquetError;
         use polars_parquet::write::{Compressor, array_to_columns};
@@ -205,18 +206,6 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
         return None;
     }
     let validity = text.validity();
-    let views = text.views();
-    // Two views of one value are equal when the value is inline (12 bytes or fewer) or both
-    // point to the same place; otherwise the bytes are compared when length and prefix agree.
-    // SAFETY: `a` and `b` are below the array's length.
-    let same = |a: usize, b: usize| {
-        let (x, y) = (views[a], views[b]);
-        x.as_u128() == y.as_u128()
-            || (x.length == y.length
-                && x.length > 12
-                && x.prefix == y.prefix
-                && unsafe { text.value_unchecked(a) == text.value_unchecked(b) })
-    };
     let mut seen: PlHashMap<&str, u32> = PlHashMap::default();
     let mut values = MutableBinaryViewArray::<str>::new();
     let mut keys = Vec::with_capacity(n);
@@ -229,7 +218,7 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
             before = None;
             continue;
         }
-        if before.is_none_or(|b| !same(b, i)) {
+        if before.is_none_or(|b| !crate::stages::same_text(text, b, i)) {
             runs += 1;
             if runs > n / 2 {
                 return None;
@@ -323,7 +312,8 @@ pub const FEW_VALUES_SHARE: usize = 16;
 /// Writes `df` to `writer` (polars' batched writer, with the table's footer settings) in the row
 /// groups polars' writer gives a table written whole (up to 512 x 512 rows, the table's chunks
 /// gathered or split evenly), each group's columns encoded on the thread pool with
-/// [`ColumnEncoder`]: the file polars' `ParquetWriter::finish` makes, byte for byte.
+/// [`ColumnEncoder`]: the file polars' `ParquetWriter::finish` makes, but for the encodings
+/// and null counts [`ColumnEncoder`] gives.
 pub fn write_frame<W: std::io::Write>(
     df: &mut DataFrame,
     mut writer: polars::io::parquet::write::BatchedWriter<W>,

@@ -166,9 +166,9 @@ impl ParquetSettings {
             .with_statistics(self.statistics)
     }
 
-    /// `df` written whole to `out` with these settings and `pairs` in the footer: the file
-    /// polars' writer makes, its column chunks encoded by
-    /// [`crate::parquet_pages::write_frame`]. The file's size.
+    /// `df` written whole to `out` with these settings and `pairs` in the footer, in polars'
+    /// row groups, its column chunks encoded by [`crate::parquet_pages::write_frame`]. The
+    /// file's size.
     pub fn write_frame<W: Write>(
         &self,
         df: &mut DataFrame,
