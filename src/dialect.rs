@@ -20,6 +20,8 @@ pub struct Dialect {
     pub encoding: Encoding,
     pub decimal_comma: bool,
     pub date_formats: Vec<String>,
+    /// Each format's fixed layout, when it has one ([`DateLayout`]).
+    date_layouts: Vec<Option<DateLayout>>,
     /// A handful of tokens: a scan beats hashing every cell.
     missing: Vec<String>,
     /// Bit `n` is set when some token is `n` bytes long (bit 63: 63 or more), and
@@ -133,6 +135,11 @@ impl Dialect {
             encoding,
             decimal_comma,
             date_formats: spec.date_formats.clone(),
+            date_layouts: spec
+                .date_formats
+                .iter()
+                .map(|f| DateLayout::of(f))
+                .collect(),
             missing_lengths: missing.iter().fold(0, |bits, m| bits | length_bit(m)),
             missing_starts: {
                 let mut starts = [false; 256];
@@ -149,6 +156,7 @@ impl Dialect {
     }
 
     /// True when the trimmed cell is one of the site's missing-value tokens.
+    #[inline]
     pub fn is_missing(&self, cell: &str) -> bool {
         self.missing_lengths & length_bit(cell) != 0
             && cell
@@ -162,7 +170,17 @@ impl Dialect {
     pub fn parse_date(&self, cell: &str) -> Option<NaiveDate> {
         self.date_formats
             .iter()
-            .find_map(|f| parse_date_with(cell, f))
+            .zip(&self.date_layouts)
+            .find_map(|(f, layout)| parse_date_with(cell, f, layout.as_ref()))
+    }
+
+    /// The date of a cell written exactly in the layout of the site's first format (a date
+    /// of every diary row, say), read digit by digit; `None` for any other cell, which
+    /// [`Dialect::parse_date`] then reads. Where this gives a date, `parse_date` gives the
+    /// same (its first format succeeds).
+    #[inline]
+    pub fn layout_date(&self, cell: &str) -> Option<NaiveDate> {
+        self.date_layouts.first()?.as_ref()?.read(cell.as_bytes())
     }
 
     /// Parses a number, honouring the site's decimal mark.
@@ -179,7 +197,12 @@ impl Dialect {
     }
 
     /// Parses a whole number; `3.0` is accepted as 3, `3.5` is not.
+    #[inline]
     pub fn parse_int(&self, cell: &str) -> Option<i64> {
+        // One digit (a diary score, a count) needs no general parse.
+        if let [b @ b'0'..=b'9'] = cell.as_bytes() {
+            return Some(i64::from(b - b'0'));
+        }
         if let Ok(v) = cell.parse::<i64>() {
             return Some(v);
         }
@@ -201,18 +224,93 @@ fn length_bit(text: &str) -> u64 {
     1 << text.len().min(63)
 }
 
-fn parse_date_with(cell: &str, format: &str) -> Option<NaiveDate> {
-    // Fast path for ISO dates, the most common format by far.
-    if format == "%Y-%m-%d" {
-        let b = cell.as_bytes();
-        if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
-            let y: i32 = cell[0..4].parse().ok()?;
-            let m: u32 = cell[5..7].parse().ok()?;
-            let d: u32 = cell[8..10].parse().ok()?;
-            return NaiveDate::from_ymd_opt(y, m, d);
-        }
+fn parse_date_with(cell: &str, format: &str, layout: Option<&DateLayout>) -> Option<NaiveDate> {
+    // A cell in the format's fixed layout is read digit by digit; it is then a date exactly
+    // when chrono would read it as one. Any other cell goes to chrono, which also reads
+    // shorter forms (`2015-3-1` in `%Y-%m-%d`).
+    if let Some(layout) = layout
+        && let Some(parts) = layout.parts(cell.as_bytes())
+    {
+        let (y, m, d) = parts;
+        return NaiveDate::from_ymd_opt(y, m, d);
     }
     NaiveDate::parse_from_str(cell, format).ok()
+}
+
+/// The fixed layout of a date format made only of `%Y`, `%m` and `%d` (each once) and
+/// single-character separators that are neither digits nor space, such as `%Y-%m-%d` or
+/// `%d.%m.%Y`: a 4-digit year, 2-digit month and day at fixed places.
+#[derive(Debug, Clone)]
+struct DateLayout {
+    len: usize,
+    year: usize,
+    month: usize,
+    day: usize,
+    /// Separators and their places.
+    literals: Vec<(usize, u8)>,
+}
+
+impl DateLayout {
+    fn of(format: &str) -> Option<DateLayout> {
+        let f = format.as_bytes();
+        let (mut i, mut at) = (0, 0);
+        let (mut year, mut month, mut day, mut literals) = (None, None, None, Vec::new());
+        while i < f.len() {
+            match f[i] {
+                b'%' => {
+                    let slot = match f.get(i + 1)? {
+                        b'Y' => &mut year,
+                        b'm' => &mut month,
+                        b'd' => &mut day,
+                        _ => return None,
+                    };
+                    if slot.replace(at).is_some() {
+                        return None;
+                    }
+                    at += if f[i + 1] == b'Y' { 4 } else { 2 };
+                    i += 2;
+                }
+                b if b.is_ascii_punctuation() || b.is_ascii_alphabetic() => {
+                    literals.push((at, b));
+                    at += 1;
+                    i += 1;
+                }
+                _ => return None,
+            }
+        }
+        Some(DateLayout {
+            len: at,
+            year: year?,
+            month: month?,
+            day: day?,
+            literals,
+        })
+    }
+
+    /// The year, month and day of a cell in the layout, all digits; `None` for any other
+    /// cell (chrono decides those: a sign, a shorter field).
+    #[inline]
+    fn parts(&self, cell: &[u8]) -> Option<(i32, u32, u32)> {
+        if cell.len() != self.len || self.literals.iter().any(|&(at, b)| cell[at] != b) {
+            return None;
+        }
+        let digits = |at: usize, n: usize| -> Option<u32> {
+            cell[at..at + n].iter().try_fold(0u32, |v, &b| {
+                b.is_ascii_digit().then(|| v * 10 + u32::from(b - b'0'))
+            })
+        };
+        Some((
+            digits(self.year, 4)? as i32,
+            digits(self.month, 2)?,
+            digits(self.day, 2)?,
+        ))
+    }
+
+    #[inline]
+    fn read(&self, cell: &[u8]) -> Option<NaiveDate> {
+        let (y, m, d) = self.parts(cell)?;
+        NaiveDate::from_ymd_opt(y, m, d)
+    }
 }
 
 fn check_date_format(format: &str) -> Result<(), String> {
@@ -331,5 +429,61 @@ mod tests {
             "Müller".as_bytes()
         );
         assert_eq!(&*decode(b"\xEF\xBB\xBFa,b", Encoding::Utf8), b"a,b");
+    }
+
+    /// The formats' fixed layouts read a date exactly as chrono does, format by format, for
+    /// cells in and out of layout (signs, short fields, wrong separators, impossible days).
+    #[test]
+    fn fixed_layouts_read_dates_as_chrono_does() {
+        use proptest::prelude::*;
+        let formats = [
+            "%Y-%m-%d", "%d.%m.%Y", "%m/%d/%Y", "%Y%m%d", "%d-%b-%Y", "%y-%m-%d",
+        ];
+        assert!(DateLayout::of("%Y-%m-%d").is_some() && DateLayout::of("%d.%m.%Y").is_some());
+        assert!(DateLayout::of("%d-%b-%Y").is_none() && DateLayout::of("%Y %m %d").is_none());
+        let cell = proptest::collection::vec(
+            prop_oneof![
+                8 => proptest::char::range('0', '9'),
+                1 => Just('-'), 1 => Just('.'), 1 => Just('/'), 1 => Just('+'), 1 => Just(' '),
+            ],
+            6..12,
+        )
+        .prop_map(|c| c.into_iter().collect::<String>());
+        proptest!(ProptestConfig::with_cases(4000), |(cell in cell, i in 0..6usize, j in 0..6usize)| {
+            let (first, second) = (formats[i], formats[j]);
+            let d = dialect(&format!("date_formats: ['{first}', '{second}']"));
+            let chrono_only = [first, second]
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(&cell, f).ok());
+            prop_assert_eq!(d.parse_date(&cell), chrono_only, "{}", cell);
+            if let Some(date) = d.layout_date(&cell) {
+                prop_assert_eq!(Some(date), NaiveDate::parse_from_str(&cell, first).ok());
+            }
+        });
+        // Cells in the layout, valid or not.
+        let d = dialect("date_formats: ['%d.%m.%Y']");
+        assert_eq!(
+            d.layout_date("07.03.2014"),
+            NaiveDate::from_ymd_opt(2014, 3, 7)
+        );
+        assert_eq!(d.layout_date("30.02.2014"), None);
+        assert_eq!(
+            d.parse_date("7.3.2014"),
+            NaiveDate::from_ymd_opt(2014, 3, 7)
+        );
+        assert_eq!(d.layout_date("7.3.2014"), None);
+    }
+
+    #[test]
+    fn one_digit_and_longer_whole_numbers_parse_alike() {
+        let d = dialect("{}");
+        for s in ["0", "4", "9", "10", "-3", "+7", "3.0", "x", "", "٣"] {
+            let general = s.parse::<i64>().ok().or_else(|| {
+                d.parse_float(s)
+                    .filter(|f| f.fract() == 0.0)
+                    .map(|f| f as i64)
+            });
+            assert_eq!(d.parse_int(s), general, "{s:?}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use polars::prelude::*;
 use rayon::prelude::*;
 use regex::Regex;
@@ -224,6 +224,14 @@ enum Cell<'a> {
     Date(i32),
 }
 
+/// An emptied vector of cells, with its allocation, for cells that borrow from other text
+/// (the next row's). Nothing is moved: the standard library collects a vector from its own
+/// iterator in place when the item layout is the same.
+fn recycle<'b>(mut cells: Vec<Cell<'_>>) -> Vec<Cell<'b>> {
+    cells.clear();
+    cells.into_iter().map(|_| Cell::Null).collect()
+}
+
 /// A failed cell: rule and reason.
 #[derive(Clone)]
 struct Failure {
@@ -255,6 +263,20 @@ struct CellMemo {
     /// Canonical subject ids, indexed by [`Cell::Id`].
     ids: Vec<String>,
     dates: PlHashMap<String, Result<i32, Failure>>,
+    /// The last subject cell that gave an id, and the id: a file's rows come a subject at
+    /// a time, so most cells are the one before and need no look-up.
+    last_subject: Option<(String, u32)>,
+}
+
+/// A cell without the white space and byte-order marks around it. A cell that starts and ends
+/// with a visible ASCII character (almost every cell) has none.
+#[inline]
+fn trimmed(raw: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+    if visible(raw.as_bytes().first()) && visible(raw.as_bytes().last()) {
+        return raw;
+    }
+    raw.trim_matches(|ch: char| ch.is_whitespace() || ch == '\u{feff}')
 }
 
 fn parse_cell<'a>(
@@ -265,7 +287,7 @@ fn parse_cell<'a>(
 ) -> Result<Cell<'a>, Failure> {
     // A byte-order mark inside a file (two exports concatenated) is invisible: treat it as
     // the surrounding spaces are treated.
-    let cell = raw.trim_matches(|ch: char| ch.is_whitespace() || ch == '\u{feff}');
+    let cell = trimmed(raw);
     if d.is_missing(cell) {
         if c.required {
             return Err(fail("required", format!("`{}` is missing", c.name)));
@@ -274,20 +296,41 @@ fn parse_cell<'a>(
     }
     match c.ty {
         ColumnType::Subject => {
-            if let Some(r) = memo.subjects.get(cell) {
-                return r.clone().map(Cell::Id);
+            if let Some((last, id)) = &memo.last_subject
+                && last == cell
+            {
+                return Ok(Cell::Id(*id));
             }
-            let r = subject_cell(c, d, cell).map(|id| {
-                memo.ids.push(id);
-                (memo.ids.len() - 1) as u32
-            });
-            if memo.subjects.len() < MEMO_CELLS {
-                memo.subjects.insert(cell.to_string(), r.clone());
+            let r = match memo.subjects.get(cell) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = subject_cell(c, d, cell).map(|id| {
+                        memo.ids.push(id);
+                        (memo.ids.len() - 1) as u32
+                    });
+                    if memo.subjects.len() < MEMO_CELLS {
+                        memo.subjects.insert(cell.to_string(), r.clone());
+                    }
+                    r
+                }
+            };
+            if let Ok(id) = r {
+                let (last, last_id) = memo.last_subject.get_or_insert_default();
+                last.clear();
+                last.push_str(cell);
+                *last_id = id;
             }
             r.map(Cell::Id)
         }
         ColumnType::String => checked_text(c, cell).map(Cell::Str),
         ColumnType::Date => {
+            // A date in the layout of the site's first format, read without a look-up: what
+            // `date_cell` gives for it, when it is within the column's range.
+            if let Some(date) = d.layout_date(cell)
+                && (c.min_date..=c.max_date).contains(&date)
+            {
+                return Ok(Cell::Date(days_since_epoch(date)));
+            }
             if let Some(r) = memo.dates.get(cell) {
                 return r.clone().map(Cell::Date);
             }
@@ -368,16 +411,29 @@ fn date_cell(c: &CompiledColumn, d: &Dialect, cell: &str) -> Result<i32, Failure
             )
         });
     }
-    Ok((date - EPOCH).num_days() as i32)
+    Ok(days_since_epoch(date))
+}
+
+/// Days from 1970-01-01 to `date` (Arrow's Date32).
+#[inline]
+fn days_since_epoch(date: NaiveDate) -> i32 {
+    date.num_days_from_ce() - EPOCH.num_days_from_ce()
 }
 
 /// Checks a number against the column's plausible range.
+#[inline]
 fn in_range(c: &CompiledColumn, cell: &str, v: f64) -> Result<(), Failure> {
     let below = c.min.is_some_and(|m| v < m);
     let above = c.max.is_some_and(|m| v > m);
     if !(below || above) {
         return Ok(());
     }
+    Err(out_of_range(c, cell, v))
+}
+
+/// Why `v` (the cell `cell`) is outside the column's plausible range.
+#[cold]
+fn out_of_range(c: &CompiledColumn, cell: &str, v: f64) -> Failure {
     let lo = c
         .min
         .map(|m| m.to_string())
@@ -388,13 +444,13 @@ fn in_range(c: &CompiledColumn, cell: &str, v: f64) -> Result<(), Failure> {
     } else {
         v.to_string()
     };
-    Err(fail(
+    fail(
         "range",
         format!(
             "{what} is outside the plausible range {lo} to {hi} for `{}`",
             c.name
         ),
-    ))
+    )
 }
 
 /// Checks text against the column's pattern and allowed values; an allowed value takes its
@@ -435,29 +491,70 @@ fn checked_text<'a>(c: &'a CompiledColumn, s: &'a str) -> Result<&'a str, Failur
 /// at the end).
 enum Buffer {
     Str(StringChunkedBuilder),
-    Int(PrimitiveChunkedBuilder<Int64Type>),
-    Int32(PrimitiveChunkedBuilder<Int32Type>),
-    Float(PrimitiveChunkedBuilder<Float64Type>),
-    Date(PrimitiveChunkedBuilder<Int32Type>),
+    Int(PlSmallStr, Values<i64>),
+    Int32(PlSmallStr, Values<i32>),
+    Float(PlSmallStr, Values<f64>),
+    Date(PlSmallStr, Values<i32>),
+}
+
+/// The values of a numeric column as parsed, and which are missing (no bitmap until the
+/// first missing value): each push is a store or two, in line.
+struct Values<T> {
+    values: Vec<T>,
+    validity: Option<polars_arrow::bitmap::MutableBitmap>,
+}
+
+impl<T: Default> Values<T> {
+    fn new(rows: usize) -> Self {
+        Values {
+            values: Vec::with_capacity(rows),
+            validity: None,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, v: T) {
+        self.values.push(v);
+        if let Some(valid) = &mut self.validity {
+            valid.push(true);
+        }
+    }
+
+    #[inline]
+    fn push_null(&mut self) {
+        let (values, validity) = (&mut self.values, &mut self.validity);
+        validity
+            .get_or_insert_with(|| {
+                let mut valid =
+                    polars_arrow::bitmap::MutableBitmap::with_capacity(values.capacity());
+                valid.extend_constant(values.len(), true);
+                valid
+            })
+            .push(false);
+        values.push(T::default());
+    }
+
+    fn finish<P: PolarsNumericType<Native = T>>(self, name: PlSmallStr) -> ChunkedArray<P> {
+        ChunkedArray::from_vec_validity(name, self.values, self.validity.map(Into::into))
+    }
 }
 
 impl Buffer {
     /// A buffer for about `rows` rows.
     fn new(c: &CompiledColumn, rows: usize) -> Buffer {
-        let name = c.name.as_str().into();
+        let name: PlSmallStr = c.name.as_str().into();
         match c.ty {
             ColumnType::Subject | ColumnType::String => {
                 Buffer::Str(StringChunkedBuilder::new(name, rows))
             }
-            ColumnType::Int if c.is_int32() => {
-                Buffer::Int32(PrimitiveChunkedBuilder::new(name, rows))
-            }
-            ColumnType::Int => Buffer::Int(PrimitiveChunkedBuilder::new(name, rows)),
-            ColumnType::Float => Buffer::Float(PrimitiveChunkedBuilder::new(name, rows)),
-            ColumnType::Date => Buffer::Date(PrimitiveChunkedBuilder::new(name, rows)),
+            ColumnType::Int if c.is_int32() => Buffer::Int32(name, Values::new(rows)),
+            ColumnType::Int => Buffer::Int(name, Values::new(rows)),
+            ColumnType::Float => Buffer::Float(name, Values::new(rows)),
+            ColumnType::Date => Buffer::Date(name, Values::new(rows)),
         }
     }
 
+    #[inline]
     fn push(&mut self, cell: Cell, ids: &[String]) {
         match (self, cell) {
             (Buffer::Str(b), Cell::Str(s)) => b.append_value(s),
@@ -465,59 +562,77 @@ impl Buffer {
                 Some(id) => b.append_value(id),
                 None => b.append_null(),
             },
-            (Buffer::Int(b), Cell::Int(x)) => b.append_value(x),
+            (Buffer::Int(_, b), Cell::Int(x)) => b.push(x),
             // Within the column's range, checked before the row was kept: it fits.
-            (Buffer::Int32(b), Cell::Int(x)) => b.append_option(i32::try_from(x).ok()),
-            (Buffer::Float(b), Cell::Float(x)) => b.append_value(x),
-            (Buffer::Date(b), Cell::Date(x)) => b.append_value(x),
+            (Buffer::Int32(_, b), Cell::Int(x)) => match i32::try_from(x) {
+                Ok(x) => b.push(x),
+                Err(_) => b.push_null(),
+            },
+            (Buffer::Float(_, b), Cell::Float(x)) => b.push(x),
+            (Buffer::Date(_, b), Cell::Date(x)) => b.push(x),
             (Buffer::Str(b), _) => b.append_null(),
-            (Buffer::Int(b), _) => b.append_null(),
-            (Buffer::Int32(b), _) => b.append_null(),
-            (Buffer::Float(b), _) => b.append_null(),
-            (Buffer::Date(b), _) => b.append_null(),
+            (Buffer::Int(_, b), _) => b.push_null(),
+            (Buffer::Int32(_, b), _) => b.push_null(),
+            (Buffer::Float(_, b), _) => b.push_null(),
+            (Buffer::Date(_, b), _) => b.push_null(),
         }
     }
 
     fn into_column(self) -> PolarsResult<Column> {
         Ok(match self {
             Buffer::Str(b) => b.finish().into_column(),
-            Buffer::Int(b) => b.finish().into_column(),
-            Buffer::Int32(b) => b.finish().into_column(),
-            Buffer::Float(b) => b.finish().into_column(),
-            Buffer::Date(b) => b.finish().into_column().cast(&DataType::Date)?,
+            Buffer::Int(name, b) => b.finish::<Int64Type>(name).into_column(),
+            Buffer::Int32(name, b) => b.finish::<Int32Type>(name).into_column(),
+            Buffer::Float(name, b) => b.finish::<Float64Type>(name).into_column(),
+            Buffer::Date(name, b) => b
+                .finish::<Int32Type>(name)
+                .into_column()
+                .cast(&DataType::Date)?,
         })
     }
 }
 
 /// Physical line numbers from byte offsets, counting line ends as we go (records come in
 /// order). A line ends at `\n`, `\r\n` or a lone `\r`, as for the csv reader itself; the
-/// reader's own line counter is not used: it miscounts after CRLF line ends.
-#[derive(Default)]
-struct LineCounter {
+/// reader's own line counter is not used: it miscounts after CRLF line ends. The line ends are
+/// found once, in order, by a vectorised search over the whole text.
+struct LineCounter<'a> {
+    text: &'a [u8],
+    /// Places of `\n` and `\r` not yet counted, from `offset` on.
+    ends: std::iter::Peekable<memchr::Memchr2<'a>>,
     offset: usize,
     line: i64,
 }
 
-/// Line ends in `text[from..to]`; a `\r\n` pair counts once.
-fn line_ends(text: &[u8], from: usize, to: usize) -> i64 {
-    text[from..to]
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && text.get(from + i + 1) != Some(&b'\n')))
-        .count() as i64
-}
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        LineCounter {
+            text,
+            ends: memchr::memchr2_iter(b'\n', b'\r', text).peekable(),
+            offset: 0,
+            line: 0,
+        }
+    }
 
-impl LineCounter {
-    fn line(&mut self, text: &[u8], byte: u64) -> i64 {
+    fn line(&mut self, byte: u64) -> i64 {
+        let text = self.text;
         let mut byte = (byte as usize).min(text.len());
         // After a CRLF the reader reports the record at the `\n`; a record never starts there.
         while byte < text.len() && (text[byte] == b'\n' || text[byte] == b'\r') {
             byte += 1;
         }
-        if byte >= self.offset {
-            self.line += line_ends(text, self.offset, byte);
-        } else {
-            self.line = line_ends(text, 0, byte);
+        if byte < self.offset {
+            // Never so for records in order; counted again from the start.
+            *self = LineCounter::new(text);
+        }
+        // A `\r\n` pair counts once, at its `\n`.
+        while let Some(&at) = self.ends.peek()
+            && at < byte
+        {
+            self.ends.next();
+            if text[at] == b'\n' || text.get(at + 1) != Some(&b'\n') {
+                self.line += 1;
+            }
         }
         self.offset = byte;
         self.line + 1
@@ -1101,14 +1216,14 @@ enum Digest {
 
 /// Numbers records by their physical line, from the whole text or from a stream.
 enum Lines<'a> {
-    Text(&'a [u8], LineCounter),
+    Text(LineCounter<'a>),
     Stream(LineEnds, StreamLines),
 }
 
 impl Lines<'_> {
     fn line(&mut self, byte: u64) -> i64 {
         match self {
-            Lines::Text(text, c) => c.line(text, byte),
+            Lines::Text(c) => c.line(byte),
             Lines::Stream(ends, c) => c.line(ends, byte),
         }
     }
@@ -1131,7 +1246,7 @@ fn parse_text(
                 owned = t.owned;
                 let text = &owned[t.from..];
                 let blank = text.iter().all(|b| b.is_ascii_whitespace());
-                let lines = Lines::Text(text, LineCounter::default());
+                let lines = Lines::Text(LineCounter::new(text));
                 (
                     Box::new(text),
                     lines,
@@ -1176,7 +1291,7 @@ fn parse_text(
     // buffers of that size are not grown by copying. A file whose lines end in a bare `\r`
     // grows its buffers as it goes.
     let lines_in_file = match &lines_at {
-        Lines::Text(text, _) => text.iter().filter(|&&b| b == b'\n').count() + 1,
+        Lines::Text(c) => memchr::memchr_iter(b'\n', c.text).count() + 1,
         // A hint only: buffers grow as they need to.
         Lines::Stream(..) => (size / 16) as usize + 16,
     };
@@ -1211,6 +1326,8 @@ fn parse_text(
         }
         DataFrame::new(n, cols).map_err(|e| bad(file, e.to_string()))
     };
+    // One vector of a row's cells for the whole file, emptied after each row.
+    let mut cells: Vec<Cell<'static>> = Vec::with_capacity(columns.len());
     let (mut accepted, mut handed) = (0u64, false);
     let mut rejects = RejectsBuilder::default();
     let mut rows = 0u64;
@@ -1269,29 +1386,39 @@ fn parse_text(
             );
             continue;
         }
-        let mut parsed: Vec<Cell> = Vec::with_capacity(columns.len());
+        // The row's text checked as UTF-8 once; a field of valid text is valid (fields end at
+        // ASCII delimiters, quotes and line ends). Only a row that is not is checked field by
+        // field, to name the column.
+        let row = std::str::from_utf8(rec.as_slice()).ok();
+        let mut parsed: Vec<Cell> = recycle(std::mem::take(&mut cells));
         let mut failure = None;
         for ((c, idx), memo) in columns.iter().zip(&mapping).zip(memos.iter_mut()) {
             let Some(idx) = idx else {
                 parsed.push(Cell::Null);
                 continue;
             };
-            let field = rec.get(*idx).unwrap_or(b"");
-            let raw = match std::str::from_utf8(field) {
-                Ok(s) => s,
-                Err(_) => {
-                    failure = Some((
-                        c,
-                        String::from_utf8_lossy(field).into_owned(),
-                        fail(
-                            "encoding",
-                            format!(
-                                "`{}` holds bytes that are not valid UTF-8 (is the file Latin-1?)",
-                                c.name
-                            ),
-                        ),
-                    ));
-                    break;
+            let text = row.and_then(|row| row.get(rec.range(*idx)?));
+            let raw = match text {
+                Some(s) => s,
+                None => {
+                    let field = rec.get(*idx).unwrap_or(b"");
+                    match std::str::from_utf8(field) {
+                        Ok(s) => s,
+                        Err(_) => {
+                            failure = Some((
+                                c,
+                                String::from_utf8_lossy(field).into_owned(),
+                                fail(
+                                    "encoding",
+                                    format!(
+                                        "`{}` holds bytes that are not valid UTF-8 (is the file Latin-1?)",
+                                        c.name
+                                    ),
+                                ),
+                            ));
+                            break;
+                        }
+                    }
                 }
             };
             match parse_cell(c, d, raw, memo) {
@@ -1313,7 +1440,7 @@ fn parse_text(
                 rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason)
             }
             None => {
-                for ((b, cell), memo) in buffers.iter_mut().zip(parsed).zip(&memos) {
+                for ((b, cell), memo) in buffers.iter_mut().zip(parsed.drain(..)).zip(&memos) {
                     b.push(cell, &memo.ids);
                 }
                 lines.push(line);
@@ -1329,6 +1456,7 @@ fn parse_text(
                 }
             }
         }
+        cells = recycle(parsed);
     }
     drop(reader);
     drop(lines_at);
@@ -1882,6 +2010,49 @@ mod tests {
             rej.column("RULE").unwrap().str().unwrap().get(0),
             Some("encoding")
         );
+    }
+
+    #[test]
+    fn cells_are_trimmed_of_white_space_and_byte_order_marks_alike() {
+        use proptest::prelude::*;
+        let text = proptest::collection::vec(
+            prop_oneof![
+                Just('a'),
+                Just('7'),
+                Just(' '),
+                Just('\t'),
+                Just('\u{feff}'),
+                Just('\u{a0}'),
+                Just('ü'),
+                Just('\u{85}'),
+                Just('~'),
+                Just('\r'),
+            ],
+            0..6,
+        )
+        .prop_map(|c| c.into_iter().collect::<String>());
+        proptest!(ProptestConfig::with_cases(2000), |(raw in text)| {
+            let general = raw.trim_matches(|ch: char| ch.is_whitespace() || ch == '\u{feff}');
+            prop_assert_eq!(trimmed(&raw), general);
+        });
+    }
+
+    #[test]
+    fn line_numbers_follow_every_kind_of_line_end() {
+        // Records at the places the csv reader reports them (after a CRLF, at its `\n`); the
+        // counter numbers them as counting the line ends before each does, also out of order.
+        // Lines: `h` CRLF, `a` CR, `b` LF, empty LF, `c` CRLF, empty CRLF, `d` LF.
+        let text = b"h\r\na\rb\n\nc\r\n\r\nd\n";
+        let starts = [3u64, 5, 8, 13];
+        let by_hand = [2, 3, 5, 7];
+        let mut lines = LineCounter::new(text);
+        let got: Vec<i64> = starts.iter().map(|&s| lines.line(s)).collect();
+        assert_eq!(got, by_hand);
+        assert_eq!(lines.line(5), 3);
+        assert_eq!(lines.line(13), 7);
+        assert_eq!(lines.line(10), 7);
+        // At the `\n` of a CRLF (as the reader reports it), the record is on the next line.
+        assert_eq!(LineCounter::new(text).line(2), 2);
     }
 
     #[test]
