@@ -359,38 +359,66 @@ pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, Idx
             None => d,
         });
     }
-    let mut run_of_row: Vec<IdxSize> = Vec::with_capacity(n);
-    let mut first_rows: Vec<IdxSize> = Vec::new();
-    if n > 0 {
-        run_of_row.push(0);
-        first_rows.push(0);
-    }
-    let mut run = 0 as IdxSize;
-    let mut row = 1 as IdxSize;
-    let mut next = |start: bool| {
-        if start {
-            run += 1;
-            first_rows.push(row);
-        }
-        run_of_row.push(run);
-        row += 1;
+    let mut runs = RunNumbers {
+        run_of_row: Vec::with_capacity(n),
+        first_rows: Vec::new(),
+        run: 0,
     };
+    if n > 0 {
+        runs.run_of_row.push(0);
+        runs.first_rows.push(0);
+    }
     match differs {
         Some(differs) => {
             for a in differs.downcast_iter() {
                 if polars_arrow::array::Array::null_count(a) == 0 {
-                    a.values().iter().for_each(&mut next);
+                    // 64 rows at a time: a word without a run start (most words, on a table
+                    // sorted by `columns`) continues the run for all its rows.
+                    let words = a.values().chunks::<u64>();
+                    let (last, last_len) = (words.remainder(), words.remainder_len());
+                    for word in words {
+                        if word == 0 {
+                            runs.go_on(64);
+                        } else {
+                            (0..64).for_each(|bit| runs.next(word >> bit & 1 == 1));
+                        }
+                    }
+                    (0..last_len).for_each(|bit| runs.next(last >> bit & 1 == 1));
                 } else {
-                    a.iter().for_each(|b| next(b == Some(true)));
+                    a.iter().for_each(|b| runs.next(b == Some(true)));
                 }
             }
         }
-        None => (1..n).for_each(|_| next(false)),
+        None => runs.go_on(n.saturating_sub(1)),
     }
     Ok((
-        IdxCa::from_vec("__run".into(), run_of_row),
-        IdxCa::from_vec("__first".into(), first_rows),
+        IdxCa::from_vec("__run".into(), runs.run_of_row),
+        IdxCa::from_vec("__first".into(), runs.first_rows),
     ))
+}
+
+/// [`runs`] as it numbers the rows: each row's run and the first row of each run.
+struct RunNumbers {
+    run_of_row: Vec<IdxSize>,
+    first_rows: Vec<IdxSize>,
+    run: IdxSize,
+}
+
+impl RunNumbers {
+    /// The next row, starting a run or not.
+    #[inline]
+    fn next(&mut self, start: bool) {
+        if start {
+            self.run += 1;
+            self.first_rows.push(self.run_of_row.len() as IdxSize);
+        }
+        self.run_of_row.push(self.run);
+    }
+
+    /// `rows` more rows of the current run.
+    fn go_on(&mut self, rows: usize) {
+        self.run_of_row.extend(std::iter::repeat_n(self.run, rows));
+    }
 }
 
 /// Whether rows `a` and `b` of `text` (both not null) hold the same value: equal views are
@@ -578,6 +606,45 @@ mod tests {
         assert_eq!(ids(runs(&df.slice(3, 1), &["s"]).unwrap().0), [0]);
         let (run_of_row, first) = runs(&df.slice(0, 0), &["s"]).unwrap();
         assert_eq!((run_of_row.len(), first.len()), (0, 0));
+    }
+
+    proptest::proptest! {
+        /// Runs of long and short stretches, over hundreds of rows (whole 64-row words with
+        /// and without a run start, and the rows after the last word), in chunks and slices
+        /// that start inside a word, match a row-by-row count.
+        #[test]
+        fn runs_match_a_row_by_row_count(
+            stretches in proptest::collection::vec((0i64..3, 1usize..150), 1..12),
+            nulls in proptest::collection::vec(0usize..400, 0..3),
+            split in 0usize..400,
+            from in 0usize..70,
+        ) {
+            let mut values: Vec<Option<i64>> = stretches
+                .iter()
+                .flat_map(|&(v, len)| std::iter::repeat_n(Some(v), len))
+                .collect();
+            for i in nulls {
+                if i < values.len() {
+                    values[i] = None;
+                }
+            }
+            let split = split.min(values.len());
+            let mut df = df!("n" => &values[..split]).unwrap();
+            df.vstack_mut(&df!("n" => &values[split..]).unwrap()).unwrap();
+            let from = from.min(values.len());
+            let df = df.slice(from as i64, values.len() - from);
+            let values = &values[from..];
+            let (run_of_row, first) = runs(&df, &["n"]).unwrap();
+            let (mut want_runs, mut want_first) = (Vec::new(), Vec::new());
+            for (i, v) in values.iter().enumerate() {
+                if i == 0 || values[i - 1] != *v {
+                    want_first.push(i as IdxSize);
+                }
+                want_runs.push(want_first.len() as IdxSize - 1);
+            }
+            proptest::prop_assert_eq!(run_of_row.into_no_null_iter().collect::<Vec<_>>(), want_runs);
+            proptest::prop_assert_eq!(first.into_no_null_iter().collect::<Vec<_>>(), want_first);
+        }
     }
 
     proptest::proptest! {
