@@ -31,13 +31,18 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeM
     let (_, first_rows) = crate::stages::runs(&files, &["SRCFILE"])?;
     let names = files.column("SRCFILE")?.cast(&DataType::String)?;
     let names = names.str()?;
-    let mut counts = BTreeMap::new();
+    // Counted by the name's text (no copy per run), copied once per file at the end.
+    let mut counts: PlHashMap<&str, u64> = PlHashMap::new();
     for [start, len] in crate::stages::run_spans(&first_rows, files.height()) {
         if let Some(file) = names.get(start as usize) {
-            *counts.entry(file.to_string()).or_insert(0) += u64::from(len);
+            *counts.entry(file).or_insert(0) += u64::from(len);
         }
     }
-    Ok(counts)
+    let by_file: BTreeMap<String, u64> = counts
+        .into_iter()
+        .map(|(file, n)| (file.to_string(), n))
+        .collect();
+    Ok(by_file)
 }
 
 /// The summary of a stage output. `accepted_by_file` is counted for row-level stages only;
