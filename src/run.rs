@@ -268,20 +268,20 @@ pub(crate) fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<
             return Ok(false);
         }
     }
-    // From the last key back: (k_j < next) or (k_j == next and the keys after it are ordered).
-    let next = |k: &str| col(k).shift(lit(-1));
+    // From the last key back: (k_j < next) or (k_j == next and the keys after it are ordered),
+    // each row's keys against the next row's: the rows before the last against the rows after
+    // the first (slices, not shifted copies).
+    let n = df.height();
+    let rows = |k: &str, from: i64| -> anyhow::Result<Series> {
+        Ok(df.column(k)?.as_materialized_series().slice(from, n - 1))
+    };
     let last = keys[keys.len() - 1].as_str();
-    let mut ordered = col(last).lt_eq(next(last));
+    let mut ordered = rows(last, 0)?.lt_eq(&rows(last, 1)?)?;
     for k in keys[..keys.len() - 1].iter().rev() {
-        let k = k.as_str();
-        ordered = col(k).lt(next(k)).or(col(k).eq(next(k)).and(ordered));
+        let (this, next) = (rows(k, 0)?, rows(k, 1)?);
+        ordered = &this.lt(&next)? | &(&this.equal(&next)? & &ordered);
     }
-    let all = df
-        .clone()
-        .lazy()
-        .select([ordered.fill_null(lit(true)).all(true).alias("ordered")])
-        .collect()?;
-    Ok(all.column("ordered")?.bool()?.get(0) == Some(true))
+    Ok(ordered.all())
 }
 
 /// The content key of published table `name` ([`TableRecord::content_key`]): made by the stage

@@ -518,17 +518,13 @@ impl Measurement<'_> {
             let usable = when(foreign)
                 .then(lit(NULL).cast(DataType::String))
                 .otherwise(dotted);
-            // One pass of the pattern: the number. The censor sign is its first group, which
-            // is the text's first character whenever the whole text matched and that
-            // character is `<` or `>`.
-            let number = usable.clone().str().extract(lit(NUMBER), 2);
-            let first = usable.str().slice(lit(0), lit(1));
-            let signed = first.clone().eq(lit("<")).or(first.clone().eq(lit(">")));
             (
-                number.clone().cast(DataType::Float64),
-                when(number.is_not_null().and(signed))
-                    .then(first)
-                    .otherwise(lit(NULL).cast(DataType::String)),
+                usable
+                    .clone()
+                    .str()
+                    .extract(lit(NUMBER), 2)
+                    .cast(DataType::Float64),
+                usable.str().extract(lit(NUMBER), 1),
             )
         } else {
             (
