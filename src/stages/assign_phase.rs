@@ -176,13 +176,7 @@ fn phase_of_rows(
 /// missing key gets 0 there (the caller ignores it).
 fn count_at_most(sorted: &Series, keys: &Series) -> PolarsResult<IdxCa> {
     let (s, k) = (sorted.i64()?, keys.i64()?);
-    let mut last = i64::MIN;
-    let in_order = k.iter().flatten().all(|key| {
-        let up = key >= last;
-        last = key;
-        up
-    });
-    if s.null_count() > 0 || !in_order {
+    if s.null_count() > 0 || !crate::stages::non_decreasing(k.iter().flatten()) {
         return search_sorted(sorted, keys, SearchSortedSide::Right, false);
     }
     let s: Vec<i64> = s.into_no_null_iter().collect();

@@ -224,9 +224,10 @@ enum Cell<'a> {
     Date(i32),
 }
 
-/// An emptied vector of cells, with its allocation, for cells that borrow from other text
-/// (the next row's). Nothing is moved: the standard library collects a vector from its own
-/// iterator in place when the item layout is the same.
+/// An emptied vector of cells for cells that borrow from other text (the next row's). The
+/// standard library collects a vector from its own iterator in place when the item layout is
+/// the same, so the allocation is kept; that is an optimisation it does not promise, and
+/// without it this allocates once per row, as a new vector would.
 fn recycle<'b>(mut cells: Vec<Cell<'_>>) -> Vec<Cell<'b>> {
     cells.clear();
     cells.into_iter().map(|_| Cell::Null).collect()

@@ -421,6 +421,19 @@ impl RunNumbers {
     }
 }
 
+/// Whether `values` never go down (each at least the one before it).
+pub(crate) fn non_decreasing<T: PartialOrd + Copy>(values: impl IntoIterator<Item = T>) -> bool {
+    let mut values = values.into_iter();
+    let Some(mut last) = values.next() else {
+        return true;
+    };
+    values.all(|x| {
+        let up = x >= last;
+        last = x;
+        up
+    })
+}
+
 /// Whether rows `a` and `b` of `text` (both not null) hold the same value: equal views are
 /// equal values (inline, 12 bytes or fewer, or pointing to the same bytes of the array), and
 /// otherwise the bytes are compared only when length and prefix agree. polars' comparison reads
@@ -446,45 +459,34 @@ fn text_differs(text: &StringChunked) -> BooleanChunked {
     // The last row of the chunk before: its value (or missing).
     let mut last: Option<Option<&str>> = None;
     for arr in text.downcast_iter() {
-        if arr.null_count() == 0 && !arr.is_empty() {
-            // No missing value: each row against the one before, packed 64 to a word.
-            // SAFETY: `0 < arr.len()`.
-            let first = Some(unsafe { arr.value_unchecked(0) });
-            if let Some(before) = last {
-                out.push(before != first);
-            }
-            // (Never with no rows: polars' bitmap then adds a byte it does not count, and the
-            // next bit pushed lands after it.)
-            if arr.len() > 1 {
-                out.extend_from_trusted_len_iter((1..arr.len()).map(|i| !same_text(arr, i - 1, i)));
-            }
-            // SAFETY: `arr.len() - 1 < arr.len()`.
-            last = Some(Some(unsafe { arr.value_unchecked(arr.len() - 1) }));
+        if arr.is_empty() {
             continue;
         }
         let validity = arr.validity();
         let valid = |i: usize| validity.is_none_or(|v| v.get_bit(i));
-        for i in 0..arr.len() {
-            if i == 0 {
-                // SAFETY: `i < arr.len()`.
-                let value = valid(0).then(|| unsafe { arr.value_unchecked(0) });
-                if let Some(before) = last {
-                    out.push(before != value);
-                }
-                continue;
+        // SAFETY: `i < arr.len()` at both calls below.
+        let value = |i: usize| valid(i).then(|| unsafe { arr.value_unchecked(i) });
+        if let Some(before) = last {
+            out.push(before != value(0));
+        }
+        if arr.null_count() == 0 {
+            // No missing value: each row against the one before, packed 64 to a word. (Never
+            // with no rows: polars' bitmap then adds a byte it does not count, and the next
+            // bit pushed lands after it.)
+            if arr.len() > 1 {
+                out.extend_from_trusted_len_iter((1..arr.len()).map(|i| !same_text(arr, i - 1, i)));
             }
-            let differs = match (valid(i - 1), valid(i)) {
-                (false, false) => false,
-                (true, true) => !same_text(arr, i - 1, i),
-                _ => true,
-            };
-            out.push(differs);
+        } else {
+            for i in 1..arr.len() {
+                let differs = match (valid(i - 1), valid(i)) {
+                    (false, false) => false,
+                    (true, true) => !same_text(arr, i - 1, i),
+                    _ => true,
+                };
+                out.push(differs);
+            }
         }
-        if !arr.is_empty() {
-            let i = arr.len() - 1;
-            // SAFETY: `i < arr.len()`.
-            last = Some(valid(i).then(|| unsafe { arr.value_unchecked(i) }));
-        }
+        last = Some(value(arr.len() - 1));
     }
     BooleanChunked::from_bitmap("__differs".into(), out.freeze())
 }

@@ -107,18 +107,6 @@ impl Groups {
     }
 }
 
-/// Whether `ca` (no nulls) never goes down.
-fn non_decreasing(ca: &IdxCa) -> bool {
-    let mut last = 0;
-    ca.downcast_iter().all(|a| {
-        a.values().iter().all(|&x| {
-            let up = x >= last;
-            last = x;
-            up
-        })
-    })
-}
-
 impl Summarize {
     /// The statistics of `values` per group (rows with a missing or NaN value left out), with
     /// the group's keys, PARAMCD taken from `parameter`.
@@ -137,11 +125,12 @@ impl Summarize {
         .filter(v().is_not_null().and(v().is_not_nan()))
         .filter(col(GROUP).is_not_null())
         .collect()?;
-        let mut rows = if non_decreasing(rows.column(GROUP)?.idx()?) {
-            rows
-        } else {
-            rows.sort([GROUP], SortMultipleOptions::default())?
-        };
+        let mut rows =
+            if crate::stages::non_decreasing(rows.column(GROUP)?.idx()?.into_no_null_iter()) {
+                rows
+            } else {
+                rows.sort([GROUP], SortMultipleOptions::default())?
+            };
         let mut group = rows.drop_in_place(GROUP)?;
         group.set_sorted_flag(IsSorted::Ascending);
         rows.insert_column(0, group)?;
