@@ -874,7 +874,9 @@ impl Engine<'_> {
         if !self.lean_ingests.load(Ordering::Relaxed) {
             let p = parser.parse(file).map_err(failed)?;
             self.store_file(src, &p, |cache| {
-                let mut w = cache.file_table_writer()?;
+                let mut w = cache
+                    .file_table_writer()?
+                    .narrowing(parser.cache_narrowing());
                 w.write(&p.table)?;
                 Ok(w)
             });
@@ -882,7 +884,10 @@ impl Engine<'_> {
         }
         // A run in subject batches: the rows go to the file's cache entry as they are parsed,
         // a piece at a time, and are never held whole.
-        let mut writer = self.cache.file_table_writer();
+        let mut writer = self
+            .cache
+            .file_table_writer()
+            .map(|w| w.narrowing(parser.cache_narrowing()));
         let p = parser
             .parse_in_pieces(file, &mut |piece| {
                 if let Ok(w) = &mut writer

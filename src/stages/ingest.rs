@@ -690,6 +690,29 @@ impl FileParser {
         self.parse_with(file, Some(pieces))
     }
 
+    /// The integer columns whose declared bounds fit in 8 or 16 bits, with that type: a parse
+    /// keeps no value outside its column's bounds, so the file cache may store them so
+    /// ([`crate::cache::FileTableWriter::narrowing`]). (`Int8` and `Int16`: the unsigned
+    /// types are not built into polars here.)
+    pub fn cache_narrowing(&self) -> Vec<(PlSmallStr, DataType)> {
+        let within = |lo: f64, hi: f64, min: f64, max: f64| min <= lo && hi <= max;
+        self.columns
+            .iter()
+            .filter(|c| c.is_int32())
+            .filter_map(|c| {
+                let (lo, hi) = (c.min?, c.max?);
+                let ty = if within(lo, hi, i8::MIN.into(), i8::MAX.into()) {
+                    DataType::Int8
+                } else if within(lo, hi, i16::MIN.into(), i16::MAX.into()) {
+                    DataType::Int16
+                } else {
+                    return None;
+                };
+                Some((c.name.as_str().into(), ty))
+            })
+            .collect()
+    }
+
     fn parse_with(
         &self,
         file: &SourceFile,
@@ -1780,6 +1803,35 @@ mod tests {
             column("{name: fever, type: int, min: 0, max: 4}"),
             column("{name: note, type: string, optional: true}"),
         ]
+    }
+
+    #[test]
+    fn the_file_cache_stores_integers_as_narrow_as_their_declared_bounds() {
+        let parser = FileParser {
+            source: "s".into(),
+            columns: vec![
+                column("{name: score, type: int, min: 0, max: 4}"),
+                column("{name: signed, type: int, min: -128, max: 127}"),
+                column("{name: days, type: int, min: -5, max: 128}"),
+                column("{name: steps, type: int, min: -32768, max: 32767}"),
+                column("{name: count, type: int, min: 0, max: 32768}"),
+                column("{name: open, type: int, min: 0}"),
+                column("{name: unbounded, type: int}"),
+                column("{name: dose, type: float, min: 0, max: 4}"),
+            ],
+        };
+        let got: Vec<(String, DataType)> = parser
+            .cache_narrowing()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t))
+            .collect();
+        let want = [
+            ("score", DataType::Int8),
+            ("signed", DataType::Int8),
+            ("days", DataType::Int16),
+            ("steps", DataType::Int16),
+        ];
+        assert_eq!(got, want.map(|(n, t)| (n.to_string(), t)));
     }
 
     #[test]
