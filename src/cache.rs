@@ -494,11 +494,7 @@ impl FileTableWriter {
 
     /// Finishes the file and renames it to `path` (file name `file`): the table's part, the
     /// columns left out and the columns stored narrower.
-    fn finish(
-        mut self,
-        path: &Path,
-        file: String,
-    ) -> anyhow::Result<(Part, Vec<(usize, String)>, Vec<String>)> {
+    fn finish(mut self, path: &Path, file: String) -> anyhow::Result<FinishedTable> {
         let mut w = self
             .writer
             .take()
@@ -514,12 +510,20 @@ impl FileTableWriter {
             blake3,
             rows: self.rows,
         };
-        Ok((
+        Ok(FinishedTable {
             part,
-            std::mem::take(&mut self.constants),
-            std::mem::take(&mut self.narrowed),
-        ))
+            constants: std::mem::take(&mut self.constants),
+            narrowed: std::mem::take(&mut self.narrowed),
+        })
     }
+}
+
+/// A file's table written to the cache ([`FileTableWriter::finish`]): its part, the columns
+/// left out and the columns stored narrower.
+struct FinishedTable {
+    part: Part,
+    constants: Vec<(usize, String)>,
+    narrowed: Vec<String>,
 }
 
 impl Drop for FileTableWriter {
@@ -1282,7 +1286,11 @@ impl Cache {
     ) -> anyhow::Result<FileEntry> {
         let folder = self.files();
         let file = format!("{key}.table.{}", PartFormat::Ipc.extension());
-        let (table_part, constants, narrowed) = table.finish(&folder.join(&file), file)?;
+        let FinishedTable {
+            part: table_part,
+            constants,
+            narrowed,
+        } = table.finish(&folder.join(&file), file)?;
         let mut parts = vec![table_part];
         if rejects.height() > 0 {
             parts.push(self.write_part(&folder, key, "rejects", rejects)?);
@@ -1622,7 +1630,7 @@ mod tests {
         assert!(one.equals_missing(&parsed.select(cols).unwrap()));
         let pieces = cache.file_table_pieces(&e).unwrap();
         assert_eq!(pieces.empty().schema(), parsed.schema());
-        let mut back = DataFrame::empty_with_schema(&parsed.schema());
+        let mut back = DataFrame::empty_with_schema(parsed.schema());
         for p in pieces {
             back.vstack_mut(&p.unwrap()).unwrap();
         }
