@@ -871,7 +871,7 @@ fn missing_column(c: &CompiledColumn, header: &[String], d: &Dialect) -> String 
 }
 
 /// A record as text for RAWVALUE (fields joined by the delimiter), cut after 120 characters.
-fn raw_record(rec: &csv::ByteRecord, d: &Dialect) -> String {
+fn raw_record(rec: &Row, d: &Dialect) -> String {
     let delimiter = (d.delimiter as char).to_string();
     rec.iter()
         .map(|f| String::from_utf8_lossy(f))
@@ -883,7 +883,7 @@ fn raw_record(rec: &csv::ByteRecord, d: &Dialect) -> String {
 }
 
 /// True when every field of `rec` is the header's field (a second header line).
-fn repeats_header(rec: &csv::ByteRecord, normalised: &[String]) -> bool {
+fn repeats_header(rec: &Row, normalised: &[String]) -> bool {
     rec.len() == normalised.len() && rec.iter().zip(normalised).all(|(f, h)| normalises_to(f, h))
 }
 
@@ -1285,12 +1285,61 @@ impl<'a> Records<'a> {
         }
     }
 
-    /// The next record into `rec`, as `csv::Reader::read_byte_record`.
-    fn read(&mut self, rec: &mut csv::ByteRecord) -> csv::Result<bool> {
+    /// The next record, as `csv::Reader::read_byte_record` reads it: a quote-free text's
+    /// record where it lies in the text, the csv reader's in `rec`; `fields` holds where its
+    /// fields lie. `None` after the last.
+    fn next<'r>(
+        &'r mut self,
+        rec: &'r mut csv::ByteRecord,
+        fields: &'r mut Vec<(usize, usize)>,
+    ) -> csv::Result<Option<Row<'r>>> {
+        fields.clear();
         match self {
-            Records::Csv(r) => r.read_byte_record(rec),
-            Records::Plain(p) => Ok(p.read(rec)),
+            Records::Csv(r) => {
+                if !r.read_byte_record(rec)? {
+                    return Ok(None);
+                }
+                let spans = (0..rec.len()).filter_map(|i| rec.range(i));
+                fields.extend(spans.map(|r| (r.start, r.end)));
+                Ok(Some(Row {
+                    bytes: rec.as_slice(),
+                    fields,
+                    byte: rec.position().map(|p| p.byte()),
+                }))
+            }
+            Records::Plain(p) => Ok(p.next(fields).map(|(bytes, byte)| Row {
+                bytes,
+                fields,
+                byte: Some(byte),
+            })),
         }
+    }
+}
+
+/// One record: its bytes, where each field lies in them (start and end), and the byte of the
+/// text where the record starts, as the csv reader reports it.
+struct Row<'r> {
+    bytes: &'r [u8],
+    fields: &'r [(usize, usize)],
+    byte: Option<u64>,
+}
+
+impl<'r> Row<'r> {
+    fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Where field `i` lies in the record's bytes.
+    fn range(&self, i: usize) -> Option<std::ops::Range<usize>> {
+        self.fields.get(i).map(|&(start, end)| start..end)
+    }
+
+    fn get(&self, i: usize) -> Option<&'r [u8]> {
+        self.bytes.get(self.range(i)?)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'r [u8]> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
     }
 }
 
@@ -1305,26 +1354,28 @@ struct PlainRecords<'a> {
     delimiter: u8,
 }
 
-impl PlainRecords<'_> {
-    fn read(&mut self, rec: &mut csv::ByteRecord) -> bool {
-        rec.clear();
+impl<'a> PlainRecords<'a> {
+    /// The next record's bytes, read in place, and where it starts; `fields` gets where its
+    /// fields lie (nothing is copied).
+    fn next(&mut self, fields: &mut Vec<(usize, usize)>) -> Option<(&'a [u8], u64)> {
         let text = self.text;
         while self.at < text.len() && matches!(text[self.at], b'\n' | b'\r') {
             self.at += 1;
         }
         if self.at == text.len() {
-            return false;
+            return None;
         }
         let start = self.at;
         let end = memchr::memchr2(b'\n', b'\r', &text[start..]).map_or(text.len(), |i| start + i);
-        for field in text[start..end].split(|&b| b == self.delimiter) {
-            rec.push_field(field);
+        let line = &text[start..end];
+        let mut from = 0;
+        for at in memchr::memchr_iter(self.delimiter, line) {
+            fields.push((from, at));
+            from = at + 1;
         }
-        let mut position = csv::Position::new();
-        position.set_byte(start as u64);
-        rec.set_position(Some(position));
+        fields.push((from, line.len()));
         self.at = end;
-        true
+        Some((line, start as u64))
     }
 }
 
@@ -1373,17 +1424,18 @@ fn parse_text(
             format!("the file is empty ({size} bytes): not even a header line"),
         ));
     }
-    // One record buffer for the whole file: no allocation per row.
-    let mut rec = csv::ByteRecord::new();
-    let header_rec = match reader.read(&mut rec) {
-        Ok(true) => rec.clone(),
+    // One record buffer (for the csv reader) and one list of fields for the whole file: no
+    // allocation per row.
+    let mut record = csv::ByteRecord::new();
+    let mut fields: Vec<(usize, usize)> = Vec::new();
+    let header: Vec<String> = match reader.next(&mut record, &mut fields) {
+        Ok(Some(row)) => row
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect(),
         Err(e) => return Err(bad(file, format!("cannot read the header: {e}"))),
-        Ok(false) => return Err(bad(file, "no header line".into())),
+        Ok(None) => return Err(bad(file, "no header line".into())),
     };
-    let header: Vec<String> = header_rec
-        .iter()
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
     let mapping = map_header(file, &header, columns, d)?;
     let normalised: Vec<String> = header.iter().map(|h| normalise_header(h)).collect();
     // A size hint: records are at most the lines ending in `\n` (plus a last one without), so
@@ -1432,9 +1484,9 @@ fn parse_text(
     let mut rows = 0u64;
     let (mut latest_date, mut late) = (None::<i32>, false);
     loop {
-        match reader.read(&mut rec) {
-            Ok(true) => {}
-            Ok(false) => break,
+        let rec = match reader.next(&mut record, &mut fields) {
+            Ok(Some(row)) => row,
+            Ok(None) => break,
             // Only a stream can fail to read.
             Err(e) if e.is_io_error() => {
                 return Err(bad(file, format!("cannot read: {e}")));
@@ -1456,7 +1508,7 @@ fn parse_text(
             }
         };
         rows += 1;
-        let line = rec.position().map(|p| lines_at.line(p.byte())).unwrap_or(0);
+        let line = rec.byte.map(|b| lines_at.line(b)).unwrap_or(0);
         if repeats_header(&rec, &normalised) {
             rejects.push(
                 &file.rel,
@@ -1488,7 +1540,7 @@ fn parse_text(
         // The row's text checked as UTF-8 once; a field of valid text is valid (fields end at
         // ASCII delimiters, quotes and line ends). Only a row that is not is checked field by
         // field, to name the column.
-        let row = std::str::from_utf8(rec.as_slice()).ok();
+        let row = std::str::from_utf8(rec.bytes).ok();
         let mut parsed: Vec<Cell> = recycle(std::mem::take(&mut cells));
         let mut failure = None;
         for ((c, idx), memo) in columns.iter().zip(&mapping).zip(memos.iter_mut()) {
@@ -2198,11 +2250,11 @@ mod tests {
             let delimiter = if semicolon { b';' } else { b',' };
             let records = |mut source: Records| {
                 let mut lines = LineCounter::new(&text);
-                let mut rec = csv::ByteRecord::new();
+                let (mut rec, mut fields) = (csv::ByteRecord::new(), Vec::new());
                 let mut out = Vec::new();
-                while source.read(&mut rec).unwrap() {
-                    let line = rec.position().map(|p| lines.line(p.byte())).unwrap();
-                    let fields: Vec<Vec<u8>> = rec.iter().map(<[u8]>::to_vec).collect();
+                while let Some(row) = source.next(&mut rec, &mut fields).unwrap() {
+                    let line = lines.line(row.byte.unwrap());
+                    let fields: Vec<Vec<u8>> = row.iter().map(<[u8]>::to_vec).collect();
                     out.push((line, fields));
                 }
                 out
