@@ -42,7 +42,9 @@ use polars::prelude::*;
 use polars_arrow::array::Utf8ViewArray;
 use polars_arrow::array::{Array, DictionaryArray, MutableBinaryViewArray, PrimitiveArray};
 use polars_arrow::datatypes::{ArrowDataType, IntegerType};
-use polars_parquet::write::{CompressedPage, Encoding, Page, ParquetType, WriteOptions};
+use polars_parquet::write::{
+    CompressedPage, CompressionOptions, Encoding, Page, ParquetType, WriteOptions,
+};
 
 use crate::parquet_keys;
 
@@ -86,8 +88,7 @@ impl ColumnEncoder {
     /// `array` (column `i`, one chunk) as the compressed pages of a chunk: the pages polars'
     /// writer makes of it but for the steps the module's comment lists.
     pub fn encode(&self, i: usize, array: &dyn Array) -> PolarsResult<ChunkPages> {
-        use polars_parquet::read::ParquetError;
-        use polars_parquet::write::{Compressor, array_to_columns};
+        use polars_parquet::write::array_to_columns;
         let mut encodings = self.encodings[i].clone();
         let mut dictionary = None;
         if encodings == [Encoding::RleDictionary] {
@@ -139,10 +140,10 @@ impl ColumnEncoder {
             && flat
             && let Some(pages) = self.dictionary_chunk(i, d)?
         {
-            let pages = pages.into_iter().map(Ok);
-            let chunk = Compressor::new_from_vec(pages, self.options.compression, vec![])
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(PolarsError::from)?;
+            let chunk = pages
+                .into_iter()
+                .map(|page| compressed(page, self.options.compression))
+                .collect::<PolarsResult<Vec<_>>>()?;
             return Ok(vec![chunk]);
         }
         let array: &dyn Array = match &dictionary {
@@ -157,14 +158,12 @@ impl ColumnEncoder {
                     dictionary: false,
                     row: 0,
                 };
-                let pages = pages.map(move |page| {
-                    let page =
-                        page.map_err(|e| ParquetError::FeatureNotSupported(format!("{e}")))?;
-                    Ok(if flat { nulls.correct(page) } else { page })
-                });
-                Compressor::new_from_vec(pages, self.options.compression, vec![])
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(PolarsError::from)
+                pages
+                    .map(|page| {
+                        let page = if flat { nulls.correct(page?) } else { page? };
+                        compressed(page, self.options.compression)
+                    })
+                    .collect::<PolarsResult<Vec<_>>>()
             })
             .collect()
     }
@@ -209,6 +208,67 @@ impl ColumnEncoder {
                 .map(|data| std::iter::once(Page::Dict(dict)).chain(data).collect()),
         )
     }
+}
+
+thread_local! {
+    /// The zstd context of this thread's Parquet pages ([`compressed`]), made once.
+    static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `page` compressed as polars' writer compresses it (its `compress`), but with zstd through a
+/// context kept by the thread: polars' writer made a new context for every page, and setting
+/// up a context clears its tables (about a hundredth of a run's instructions). zstd's output
+/// does not depend on the context having been used before; the tests compare whole files
+/// with polars'. Other codecs, and pages of version 2, go to polars' `compress`.
+fn compressed(page: Page, compression: CompressionOptions) -> PolarsResult<CompressedPage> {
+    use polars_parquet::parquet::CowBuffer;
+    use polars_parquet::parquet::page::{CompressedDataPage, CompressedDictPage, DataPageHeader};
+    let CompressionOptions::Zstd(level) = compression else {
+        return Ok(polars_parquet::write::compress(page, vec![], compression)?);
+    };
+    if let Page::Data(d) = &page
+        && matches!(d.header(), DataPageHeader::V2(_))
+    {
+        return Ok(polars_parquet::write::compress(page, vec![], compression)?);
+    }
+    let level = level.map(|l| l.compression_level()).unwrap_or_default();
+    let squeeze = |input: &[u8]| -> PolarsResult<Vec<u8>> {
+        ZSTD.with_borrow_mut(|kept| {
+            let ctx = match kept {
+                Some((l, ctx)) if *l == level => ctx,
+                _ => &mut kept.insert((level, zstd::bulk::Compressor::new(level)?)).1,
+            };
+            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(input.len()));
+            ctx.compress_to_buffer(input, &mut out)?;
+            Ok(out)
+        })
+        .map_err(|e: std::io::Error| polars_err!(ComputeError: "zstd: {e}"))
+    };
+    Ok(match page {
+        Page::Data(d) => {
+            let out = squeeze(d.buffer())?;
+            let rows = d.num_rows.unwrap_or(d.num_values());
+            CompressedPage::Data(CompressedDataPage::new(
+                d.header().clone(),
+                CowBuffer::Owned(out),
+                compression.into(),
+                d.buffer().len(),
+                d.descriptor.clone(),
+                rows,
+            ))
+        }
+        Page::Dict(d) => {
+            let out = squeeze(&d.buffer)?;
+            CompressedPage::Dict(CompressedDictPage::new(
+                CowBuffer::Owned(out),
+                compression.into(),
+                d.buffer.len(),
+                d.num_values,
+                d.is_sorted,
+            ))
+        }
+    })
 }
 
 /// The null count of each data page of a dictionary-encoded column chunk.

@@ -1277,6 +1277,7 @@ impl<'a> Records<'a> {
         if memchr::memchr(b'"', text).is_none() {
             Records::Plain(PlainRecords {
                 text,
+                valid: std::str::from_utf8(text).ok(),
                 at: 0,
                 delimiter,
             })
@@ -1303,12 +1304,14 @@ impl<'a> Records<'a> {
                 fields.extend(spans.map(|r| (r.start, r.end)));
                 Ok(Some(Row {
                     bytes: rec.as_slice(),
+                    text: None,
                     fields,
                     byte: rec.position().map(|p| p.byte()),
                 }))
             }
-            Records::Plain(p) => Ok(p.next(fields).map(|(bytes, byte)| Row {
+            Records::Plain(p) => Ok(p.next(fields).map(|(bytes, text, byte)| Row {
                 bytes,
+                text,
                 fields,
                 byte: Some(byte),
             })),
@@ -1320,6 +1323,8 @@ impl<'a> Records<'a> {
 /// text where the record starts, as the csv reader reports it.
 struct Row<'r> {
     bytes: &'r [u8],
+    /// The bytes as text, when they are a piece of a text already checked as UTF-8.
+    text: Option<&'r str>,
     fields: &'r [(usize, usize)],
     byte: Option<u64>,
 }
@@ -1350,14 +1355,21 @@ impl<'r> Row<'r> {
 /// checks that both give the same records at the same places.
 struct PlainRecords<'a> {
     text: &'a [u8],
+    /// The text, when it is UTF-8 as a whole (checked once): then so is every record, which
+    /// ends at ASCII line ends.
+    valid: Option<&'a str>,
     at: usize,
     delimiter: u8,
 }
 
 impl<'a> PlainRecords<'a> {
-    /// The next record's bytes, read in place, and where it starts; `fields` gets where its
-    /// fields lie (nothing is copied).
-    fn next(&mut self, fields: &mut Vec<(usize, usize)>) -> Option<(&'a [u8], u64)> {
+    /// The next record's bytes, read in place, as text when the whole text is UTF-8, and where
+    /// it starts; `fields` gets where its fields lie (nothing is copied).
+    #[allow(clippy::type_complexity)]
+    fn next(
+        &mut self,
+        fields: &mut Vec<(usize, usize)>,
+    ) -> Option<(&'a [u8], Option<&'a str>, u64)> {
         let text = self.text;
         while self.at < text.len() && matches!(text[self.at], b'\n' | b'\r') {
             self.at += 1;
@@ -1375,7 +1387,8 @@ impl<'a> PlainRecords<'a> {
         }
         fields.push((from, line.len()));
         self.at = end;
-        Some((line, start as u64))
+        let text = self.valid.and_then(|t| t.get(start..end));
+        Some((line, text, start as u64))
     }
 }
 
@@ -1537,10 +1550,10 @@ fn parse_text(
             );
             continue;
         }
-        // The row's text checked as UTF-8 once; a field of valid text is valid (fields end at
-        // ASCII delimiters, quotes and line ends). Only a row that is not is checked field by
-        // field, to name the column.
-        let row = std::str::from_utf8(rec.bytes).ok();
+        // The row's text checked as UTF-8 once (or the whole text, for a quote-free one); a
+        // field of valid text is valid (fields end at ASCII delimiters, quotes and line ends).
+        // Only a row that is not is checked field by field, to name the column.
+        let row = rec.text.or_else(|| std::str::from_utf8(rec.bytes).ok());
         let mut parsed: Vec<Cell> = recycle(std::mem::take(&mut cells));
         let mut failure = None;
         for ((c, idx), memo) in columns.iter().zip(&mapping).zip(memos.iter_mut()) {
@@ -2252,7 +2265,13 @@ mod tests {
                 let mut lines = LineCounter::new(&text);
                 let (mut rec, mut fields) = (csv::ByteRecord::new(), Vec::new());
                 let mut out = Vec::new();
+                let in_place = matches!(source, Records::Plain(_));
                 while let Some(row) = source.next(&mut rec, &mut fields).unwrap() {
+                    // A record read in place is text exactly when the whole text is.
+                    if let Some(t) = row.text {
+                        assert_eq!(t.as_bytes(), row.bytes);
+                    }
+                    assert_eq!(row.text.is_some(), in_place && std::str::from_utf8(&text).is_ok());
                     let line = lines.line(row.byte.unwrap());
                     let fields: Vec<Vec<u8>> = row.iter().map(<[u8]>::to_vec).collect();
                     out.push((line, fields));
