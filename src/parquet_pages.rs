@@ -457,7 +457,7 @@ const WIDE: i128 = u16::MAX as i128;
 /// than three in four rows; `Some(None)` (written plain) when they are not. The same
 /// dictionary and keys, so the same pages, as polars' writer makes; its pages are then made
 /// by [`parquet_keys`].
-fn narrow_dictionary<T: polars_arrow::types::NativeType + Into<i64>>(
+fn narrow_dictionary<T: polars_arrow::types::NativeType + Into<i64> + TryFrom<i64>>(
     values: &PrimitiveArray<T>,
     lo: i128,
     hi: i128,
@@ -465,14 +465,16 @@ fn narrow_dictionary<T: polars_arrow::types::NativeType + Into<i64>>(
 ) -> Option<Option<DictionaryArray<u32>>> {
     let (lo, span) = (lo as i64, (hi - lo) as usize);
     let offset = |v: T| (Into::<i64>::into(v) - lo) as usize;
-    let mut first: Vec<Option<T>> = vec![None; span + 1];
-    let see = |v: T| {
-        if let Some(slot) = first.get_mut(offset(v)) {
-            slot.get_or_insert(v);
+    let mut present = vec![false; span + 1];
+    for_each_value(values, |v| {
+        if let Some(seen) = present.get_mut(offset(v)) {
+            *seen = true;
         }
-    };
-    for_each_value(values, see);
-    let distinct: Vec<T> = first.iter().flatten().copied().collect();
+    });
+    let distinct: Vec<T> = (0..=span)
+        .filter(|o| present[*o])
+        .filter_map(|o| T::try_from(lo + o as i64).ok())
+        .collect();
     if distinct.len() > few && distinct.len() as f64 / values.len() as f64 >= 0.75 {
         return Some(None);
     }
