@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use polars::prelude::*;
+use polars_arrow::array::{Array, Utf8ViewArray};
 
 use crate::cache::{PartRows, StageSummary};
 use crate::error::DataError;
@@ -13,8 +14,8 @@ use crate::stages::FileRead;
 
 /// Rows per SRCFILE in `df` (optionally only where `filter` holds). Rows of one file mostly
 /// sit together (an ingest appends file after file; a table in key order alternates between a
-/// few exports), so the rows are counted per run of one file ([`crate::stages::runs`]) and the
-/// runs added up by file, instead of hashing the file name of every row.
+/// few exports), so the rows are counted per run of one view ([`views_counted`]) and the views
+/// added up by their text, instead of hashing the file name of every row.
 fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeMap<String, u64>> {
     if df.height() == 0 || df.column("SRCFILE").is_err() {
         return Ok(BTreeMap::new());
@@ -28,14 +29,12 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeM
             .collect()?,
         None => df.select(["SRCFILE"])?,
     };
-    let (_, first_rows) = crate::stages::runs(&files, &["SRCFILE"])?;
     let names = files.column("SRCFILE")?.cast(&DataType::String)?;
-    let names = names.str()?;
-    // Counted by the name's text (no copy per run), copied once per file at the end.
+    // Counted by the name's text (no copy per view), copied once per file at the end.
     let mut counts: PlHashMap<&str, u64> = PlHashMap::new();
-    for [start, len] in crate::stages::run_spans(&first_rows, files.height()) {
-        if let Some(file) = names.get(start as usize) {
-            *counts.entry(file).or_insert(0) += u64::from(len);
+    for chunk in names.str()?.downcast_iter() {
+        for (file, n) in views_counted(chunk) {
+            *counts.entry(file).or_insert(0) += n;
         }
     }
     let by_file: BTreeMap<String, u64> = counts
@@ -43,6 +42,43 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeM
         .map(|(file, n)| (file.to_string(), n))
         .collect();
     Ok(by_file)
+}
+
+/// The rows of `text` that are not null, counted by their view (a string's length and bytes,
+/// or where in the array's buffers they lie): runs of one view are counted in one step, and
+/// each distinct view is looked up once per run. Equal views are equal texts; one text may
+/// have several views (copies in different places), which the caller adds up by text.
+fn views_counted(text: &Utf8ViewArray) -> Vec<(&str, u64)> {
+    let views = text.views().as_slice();
+    let valid = |i: usize| text.validity().is_none_or(|v| v.get_bit(i));
+    // Each distinct view: its first row and its count.
+    let mut seen: PlHashMap<u128, (usize, u64)> = PlHashMap::new();
+    let mut i = 0;
+    while i < views.len() {
+        let view = views[i].as_u128();
+        let run = views[i..]
+            .iter()
+            .take_while(|v| v.as_u128() == view)
+            .count();
+        let counted = match text.validity() {
+            None => run as u64,
+            Some(_) => (i..i + run).filter(|&r| valid(r)).count() as u64,
+        };
+        if counted > 0 {
+            seen.entry(view).or_insert((i, 0)).1 += counted;
+        }
+        i += run;
+    }
+    seen.into_values()
+        .map(|(first, n)| {
+            // The first row of a view may be null (a null row's view is any view): the text
+            // of a valid row of that view is the same text.
+            let row = (first..views.len())
+                .find(|&r| valid(r) && views[r].as_u128() == views[first].as_u128())
+                .unwrap_or(first);
+            (text.value(row), n)
+        })
+        .collect()
 }
 
 /// The summary of a stage output. `accepted_by_file` is counted for row-level stages only;
@@ -732,6 +768,37 @@ mod tests {
         assert_eq!(all, BTreeMap::from([("a".into(), 3), ("b".into(), 3)]));
         let x = counts_by_file(&df, Some(col("FATE").eq(lit("x")))).unwrap();
         assert_eq!(x, BTreeMap::from([("a".into(), 2), ("b".into(), 2)]));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Counts by view against a plain count of every row: names short enough to sit in
+        /// the view and longer ones, nulls, runs, and the same names in other chunks and
+        /// buffers (pieces made apart and stacked, so equal names have different views).
+        #[test]
+        fn counts_per_file_are_a_plain_count_of_the_rows(
+            pieces in proptest::collection::vec(
+                proptest::collection::vec((0..5usize, 1..30usize, 0..6u8), 0..20),
+                1..4,
+            ),
+        ) {
+            let names = ["a", "nih/diary_2019-03-30.csv", "b.csv", "hh/diary_2019-04-01.csv", "twelve_bytes"];
+            let mut df = DataFrame::empty_with_schema(&Schema::from_iter([Field::new("SRCFILE".into(), DataType::String)]));
+            let mut want: BTreeMap<String, u64> = BTreeMap::new();
+            for runs in &pieces {
+                let mut column: Vec<Option<&str>> = Vec::new();
+                for &(name, len, null) in runs {
+                    let value = (null != 0).then_some(names[name]);
+                    column.extend(std::iter::repeat_n(value, len));
+                    if let Some(v) = value {
+                        *want.entry(v.to_string()).or_insert(0) += len as u64;
+                    }
+                }
+                let piece = DataFrame::new(column.len(), vec![Column::new("SRCFILE".into(), column)]).unwrap();
+                df.vstack_mut(&piece).unwrap();
+            }
+            proptest::prop_assert_eq!(counts_by_file(&df, None).unwrap(), want);
+        }
     }
 
     #[test]
