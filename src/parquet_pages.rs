@@ -337,12 +337,16 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
     let mut values = MutableBinaryViewArray::<str>::new();
     let mut keys = Vec::with_capacity(n);
     let (mut runs, mut key) = (0usize, 0u32);
+    let views = text.views().as_slice();
+    let valid = |i: usize| validity.is_none_or(|v| v.get_bit(i));
     // The row before, when it is not null.
     let mut before: Option<usize> = None;
-    for i in 0..n {
-        if validity.is_some_and(|v| !v.get_bit(i)) {
+    let mut i = 0;
+    while i < n {
+        if !valid(i) {
             keys.push(0);
             before = None;
+            i += 1;
             continue;
         }
         if before.is_none_or(|b| !crate::stages::same_text(text, b, i)) {
@@ -357,8 +361,16 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
                 (values.len() - 1) as u32
             });
         }
-        keys.push(key);
-        before = Some(i);
+        // The rows after it with the very same view hold the same text: one step for them.
+        let view = views[i].as_u128();
+        let same = views[i + 1..]
+            .iter()
+            .enumerate()
+            .take_while(|(k, v)| v.as_u128() == view && valid(i + 1 + k))
+            .count();
+        keys.extend(std::iter::repeat_n(key, 1 + same));
+        before = Some(i + same);
+        i += 1 + same;
     }
     let keys = PrimitiveArray::new(ArrowDataType::UInt32, keys.into(), validity.cloned());
     let dtype =
