@@ -186,23 +186,17 @@ pub fn encode_keys(out: &mut Vec<u8>, keys: &[u32], num_bits: usize) {
     let mut h = Hybrid::<u32>::new(num_bits);
     let mut i = 0;
     while i < keys.len() {
-        let key = keys[i];
-        if h.repeats >= 8 && key == h.previous {
-            let run = keys[i..].iter().take_while(|k| **k == key).count();
-            h.repeats += run;
-            i += run;
-        } else if h.repeats < 8 {
+        if h.repeats < 8 {
             let taken = h.literals(&keys[i..]);
-            if taken == 0 {
-                h.push(out, key);
-                i += 1;
-            } else {
+            if taken > 0 {
                 i += taken;
+                continue;
             }
-        } else {
-            h.push(out, key);
-            i += 1;
         }
+        let key = keys[i];
+        let run = keys[i..].iter().take_while(|k| **k == key).count();
+        h.push_run(out, key, run);
+        i += run;
     }
     h.finish(out);
 }
