@@ -106,20 +106,11 @@ impl ColumnEncoder {
                 // An integer column of a narrow range gets the dictionary polars' writer gives
                 // it, marking the values present ([`narrow_dictionary`]); of a wide range (line
                 // numbers), polars would estimate the distinct values and hash every value.
-                ArrowDataType::Int64 => numbers::<i64>(array).and_then(|i| match range(i) {
-                    Some((lo, hi)) if hi - lo > WIDE => Some(dictionary_of_few(i, |v| v as u64)),
-                    Some((lo, hi)) => narrow_dictionary(i, lo, hi, 2048),
-                    None => None,
-                }),
-                ArrowDataType::Int32 | ArrowDataType::Date32 => {
-                    numbers::<i32>(array).and_then(|i| match range(i) {
-                        Some((lo, hi)) if hi - lo > WIDE => {
-                            Some(dictionary_of_few(i, |v| v as u32 as u64))
-                        }
-                        Some((lo, hi)) => narrow_dictionary(i, lo, hi, 512),
-                        None => None,
-                    })
+                ArrowDataType::Int64 => {
+                    numbers::<i64>(array).and_then(|i| integer_dictionary(i, 2048, |v| v as u64))
                 }
+                ArrowDataType::Int32 | ArrowDataType::Date32 => numbers::<i32>(array)
+                    .and_then(|i| integer_dictionary(i, 512, |v| v as u32 as u64)),
                 ArrowDataType::Float32 => Some(None),
                 ArrowDataType::Utf8View => {
                     let text = array.as_any().downcast_ref::<Utf8ViewArray>();
@@ -456,6 +447,21 @@ fn for_each_value<T: polars_arrow::types::NativeType>(
             }
         }
         None => all.iter().copied().for_each(f),
+    }
+}
+
+/// The dictionary of an integer column ([`narrow_dictionary`] within [`WIDE`], with polars'
+/// threshold `few` for the type; else [`dictionary_of_few`], comparing values by `bits`);
+/// `Some(None)` when it is written plain, `None` when every value is null (polars' writer
+/// decides).
+fn integer_dictionary<T: polars_arrow::types::NativeType + Into<i64> + TryFrom<i64>>(
+    values: &PrimitiveArray<T>,
+    few: usize,
+    bits: impl Fn(T) -> u64,
+) -> Option<Option<DictionaryArray<u32>>> {
+    match range(values)? {
+        (lo, hi) if hi - lo > WIDE => Some(dictionary_of_few(values, bits)),
+        (lo, hi) => narrow_dictionary(values, lo, hi, few),
     }
 }
 
