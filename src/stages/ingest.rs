@@ -1468,7 +1468,7 @@ fn parse_text(
     let mut buffers = buffers_for(lines_in_file.min(piece_rows));
     let mut memos: Vec<CellMemo> = columns.iter().map(|_| CellMemo::default()).collect();
     let mut lines: Vec<i64> = Vec::with_capacity(lines_in_file.min(piece_rows));
-    let export_days = (file.export_date - EPOCH).num_days() as i32;
+    let export_days = days_since_epoch(file.export_date);
     // The rows in `buffers` and `lines` as a table.
     let table_of = |buffers: Vec<Buffer>, lines: Vec<i64>| -> Result<DataFrame, DataError> {
         let n = lines.len();
