@@ -549,8 +549,8 @@ fn explode_rows(lf: LazyFrame, columns: &[&str]) -> LazyFrame {
 }
 
 /// Left-joins the weight of each (`_sid`, `ADT`) row as of that day in one direction
-/// (both sides sorted by day within `_sid`):
-/// columns `_w_<tag>` (kg) and `_wdt_<tag>` (its date).
+/// (both sides sorted by day within `_sid`, and keyed by [`subject_day`] in `_day_key` and
+/// `_wdt_key`): columns `_w_<tag>` (kg) and `_wdt_<tag>` (its date).
 ///
 /// The join is on one number per row, [`subject_day`], rather than on the day within groups
 /// of `_sid`: polars joins one sorted key column in a single pass over both sides, where
@@ -566,12 +566,11 @@ fn join_weight(
 ) -> LazyFrame {
     let key = format!("_wkey_{tag}");
     let right = weights.select([
-        subject_day(col("_sid"), col("_wdt")).alias(key.as_str()),
+        col("_wdt_key").alias(key.as_str()),
         col("_wdt").alias(format!("_wdt_{tag}")),
         col("_w").alias(format!("_w_{tag}")),
     ]);
-    days.with_column(subject_day(col("_sid"), col("ADT")).alias("_day_key"))
-        .join_builder()
+    days.join_builder()
         .with(right)
         .left_on([col("_day_key")])
         .right_on([col(key.as_str())])
@@ -585,7 +584,7 @@ fn join_weight(
             check_sortedness: false,
         })))
         .finish()
-        .drop(cols(["_day_key".to_string(), key]))
+        .drop(cols([key]))
 }
 
 /// One `Int64` per (subject number, day): the subject in the high 32 bits, the day (days
@@ -1126,7 +1125,10 @@ impl SteroidEquivalent {
             )
             .group_by([col("_sid"), col("_wdt")])
             .agg([col("_w").sort(SortOptions::default()).mean()])
-            .sort(["_sid", "_wdt"], SortMultipleOptions::default());
+            .sort(["_sid", "_wdt"], SortMultipleOptions::default())
+            .with_column(subject_day(col("_sid"), col("_wdt")).alias("_wdt_key"));
+        // Each key made once for both joins; the select at the end leaves `_day_key` out.
+        let daily = daily.with_column(subject_day(col("_sid"), col("ADT")).alias("_day_key"));
         let daily = join_weight(
             daily,
             weights.clone(),
