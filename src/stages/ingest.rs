@@ -228,9 +228,9 @@ enum Cell<'a> {
 /// standard library collects a vector from its own iterator in place when the item layout is
 /// the same, so the allocation is kept; that is an optimisation it does not promise, and
 /// without it this allocates once per row, as a new vector would.
-fn recycle<'b>(mut cells: Vec<Cell<'_>>) -> Vec<Cell<'b>> {
+fn recycle<'b>(mut cells: Vec<(usize, Cell<'_>)>) -> Vec<(usize, Cell<'b>)> {
     cells.clear();
-    cells.into_iter().map(|_| Cell::Null).collect()
+    cells.into_iter().map(|_| (0, Cell::Null)).collect()
 }
 
 /// A failed cell: rule and reason.
@@ -489,9 +489,15 @@ fn checked_text<'a>(c: &'a CompiledColumn, s: &'a str) -> Result<&'a str, Failur
 
 /// Column buffers of one file. Numbers and dates go to a values buffer and a validity bitmap
 /// (not a `Vec<Option<_>>`, which takes twice the bytes of an `i64` and is converted again
-/// at the end).
+/// at the end); a subject column holds the index of its canonical id in the file's
+/// [`CellMemo`], made text when the buffer becomes a column.
+///
+/// A row's cells are pushed as they are parsed, and taken back ([`Buffer::pop`]) when a
+/// later cell of the row fails: rows are rejected far less often than kept. Text cells wait
+/// for the end of the row instead (a text builder cannot take a value back).
 enum Buffer {
     Str(StringChunkedBuilder),
+    Id(PlSmallStr, Values<IdxSize>),
     Int(PlSmallStr, Values<i64>),
     Int32(PlSmallStr, Values<i32>),
     Float(PlSmallStr, Values<f64>),
@@ -535,6 +541,14 @@ impl<T: Default> Values<T> {
         values.push(T::default());
     }
 
+    /// Takes the last value back.
+    fn pop(&mut self) {
+        self.values.pop();
+        if let Some(valid) = &mut self.validity {
+            valid.pop();
+        }
+    }
+
     fn finish<P: PolarsNumericType<Native = T>>(self, name: PlSmallStr) -> ChunkedArray<P> {
         ChunkedArray::from_vec_validity(name, self.values, self.validity.map(Into::into))
     }
@@ -545,9 +559,8 @@ impl Buffer {
     fn new(c: &CompiledColumn, rows: usize) -> Buffer {
         let name: PlSmallStr = c.name.as_str().into();
         match c.ty {
-            ColumnType::Subject | ColumnType::String => {
-                Buffer::Str(StringChunkedBuilder::new(name, rows))
-            }
+            ColumnType::Subject => Buffer::Id(name, Values::new(rows)),
+            ColumnType::String => Buffer::Str(StringChunkedBuilder::new(name, rows)),
             ColumnType::Int if c.is_int32() => Buffer::Int32(name, Values::new(rows)),
             ColumnType::Int => Buffer::Int(name, Values::new(rows)),
             ColumnType::Float => Buffer::Float(name, Values::new(rows)),
@@ -555,14 +568,16 @@ impl Buffer {
         }
     }
 
-    #[inline]
-    fn push(&mut self, cell: Cell, ids: &[String]) {
+    /// Whether the buffer holds text, whose cells wait for the end of their row.
+    fn waits(&self) -> bool {
+        matches!(self, Buffer::Str(_))
+    }
+
+    #[inline(always)]
+    fn push(&mut self, cell: Cell) {
         match (self, cell) {
             (Buffer::Str(b), Cell::Str(s)) => b.append_value(s),
-            (Buffer::Str(b), Cell::Id(i)) => match ids.get(i as usize) {
-                Some(id) => b.append_value(id),
-                None => b.append_null(),
-            },
+            (Buffer::Id(_, b), Cell::Id(i)) => b.push(i as IdxSize),
             (Buffer::Int(_, b), Cell::Int(x)) => b.push(x),
             // Within the column's range, checked before the row was kept: it fits.
             (Buffer::Int32(_, b), Cell::Int(x)) => match i32::try_from(x) {
@@ -572,6 +587,7 @@ impl Buffer {
             (Buffer::Float(_, b), Cell::Float(x)) => b.push(x),
             (Buffer::Date(_, b), Cell::Date(x)) => b.push(x),
             (Buffer::Str(b), _) => b.append_null(),
+            (Buffer::Id(_, b), _) => b.push_null(),
             (Buffer::Int(_, b), _) => b.push_null(),
             (Buffer::Int32(_, b), _) => b.push_null(),
             (Buffer::Float(_, b), _) => b.push_null(),
@@ -579,9 +595,30 @@ impl Buffer {
         }
     }
 
-    fn into_column(self) -> PolarsResult<Column> {
+    /// Takes back the cell of the row being parsed (not for text, which waits).
+    fn pop(&mut self) {
+        match self {
+            Buffer::Str(_) => {}
+            Buffer::Id(_, b) => b.pop(),
+            Buffer::Int(_, b) => b.pop(),
+            Buffer::Int32(_, b) => b.pop(),
+            Buffer::Float(_, b) => b.pop(),
+            Buffer::Date(_, b) => b.pop(),
+        }
+    }
+
+    /// The column; a subject column's indices become the canonical ids `ids`.
+    fn into_column(self, ids: &[String]) -> PolarsResult<Column> {
         Ok(match self {
             Buffer::Str(b) => b.finish().into_column(),
+            Buffer::Id(name, b) => {
+                // The file's few ids once, then gathered: a short id's view is copied, a
+                // longer one's points into the ids' one buffer.
+                let ids: StringChunked = ids.iter().map(|id| Some(id.as_str())).collect();
+                let at =
+                    IdxCa::from_vec_validity(name.clone(), b.values, b.validity.map(Into::into));
+                ids.take(&at)?.with_name(name).into_column()
+            }
             Buffer::Int(name, b) => b.finish::<Int64Type>(name).into_column(),
             Buffer::Int32(name, b) => b.finish::<Int32Type>(name).into_column(),
             Buffer::Float(name, b) => b.finish::<Float64Type>(name).into_column(),
@@ -1279,6 +1316,7 @@ impl<'a> Records<'a> {
                 text,
                 valid: std::str::from_utf8(text).ok(),
                 at: 0,
+                line_ends: 0,
                 delimiter,
             })
         } else {
@@ -1307,13 +1345,15 @@ impl<'a> Records<'a> {
                     text: None,
                     fields,
                     byte: rec.position().map(|p| p.byte()),
+                    line: None,
                 }))
             }
-            Records::Plain(p) => Ok(p.next(fields).map(|(bytes, text, byte)| Row {
+            Records::Plain(p) => Ok(p.next(fields).map(|(bytes, text, byte, line)| Row {
                 bytes,
                 text,
                 fields,
                 byte: Some(byte),
+                line: Some(line),
             })),
         }
     }
@@ -1327,6 +1367,9 @@ struct Row<'r> {
     text: Option<&'r str>,
     fields: &'r [(usize, usize)],
     byte: Option<u64>,
+    /// The record's line (from 1), when the records were read in place, which counts the line
+    /// ends it passes; otherwise [`LineCounter`] finds it from `byte`.
+    line: Option<i64>,
 }
 
 impl<'r> Row<'r> {
@@ -1352,43 +1395,92 @@ impl<'r> Row<'r> {
 /// record is a stretch of bytes between line ends (`\n`, `\r`; empty lines skipped), its fields
 /// split at every delimiter. Without quotes nothing else of CSV can occur, and the csv
 /// reader's state machine (about 30 instructions a byte) is not needed; a property test
-/// checks that both give the same records at the same places.
+/// checks that both give the same records at the same places, on the same lines.
 struct PlainRecords<'a> {
     text: &'a [u8],
     /// The text, when it is UTF-8 as a whole (checked once): then so is every record, which
     /// ends at ASCII line ends.
     valid: Option<&'a str>,
     at: usize,
+    /// Line ends before `at`: a `\n`, or a `\r` not followed by `\n` (as [`LineCounter`]
+    /// counts them).
+    line_ends: i64,
     delimiter: u8,
 }
 
+/// Bytes of 8 at a time.
+const WORD: usize = 8;
+const ONES: u64 = u64::from_le_bytes([0x01; WORD]);
+const LOW7: u64 = u64::from_le_bytes([0x7f; WORD]);
+
+/// The high bit of every byte of `w` equal to `b` (and no other bit): the bytes are compared
+/// eight at a time in a machine word, with no carry from one byte into the next.
+#[inline(always)]
+fn bytes_equal(w: u64, b: u8) -> u64 {
+    let x = w ^ ONES.wrapping_mul(u64::from(b));
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
 impl<'a> PlainRecords<'a> {
-    /// The next record's bytes, read in place, as text when the whole text is UTF-8, and where
-    /// it starts; `fields` gets where its fields lie (nothing is copied).
+    /// The next record's bytes, read in place, as text when the whole text is UTF-8, where
+    /// it starts and its line; `fields` gets where its fields lie (nothing is copied).
     #[allow(clippy::type_complexity)]
     fn next(
         &mut self,
         fields: &mut Vec<(usize, usize)>,
-    ) -> Option<(&'a [u8], Option<&'a str>, u64)> {
+    ) -> Option<(&'a [u8], Option<&'a str>, u64, i64)> {
         let text = self.text;
-        while self.at < text.len() && matches!(text[self.at], b'\n' | b'\r') {
+        while let Some(&b) = text.get(self.at)
+            && matches!(b, b'\n' | b'\r')
+        {
+            if b == b'\n' || text.get(self.at + 1) != Some(&b'\n') {
+                self.line_ends += 1;
+            }
             self.at += 1;
         }
         if self.at == text.len() {
             return None;
         }
         let start = self.at;
-        let end = memchr::memchr2(b'\n', b'\r', &text[start..]).map_or(text.len(), |i| start + i);
-        let line = &text[start..end];
-        let mut from = 0;
-        for at in memchr::memchr_iter(self.delimiter, line) {
-            fields.push((from, at));
-            from = at + 1;
-        }
-        fields.push((from, line.len()));
+        // The record ends at the first line end; every delimiter before it ends a field. A
+        // word at a time: most records are a few words, with a delimiter in each.
+        let mut from = start;
+        let mut at = start;
+        let end = loop {
+            let Some(word) = text.get(at..at + WORD) else {
+                // The last bytes of the text, one at a time.
+                let rest = &text[at..];
+                let stop = rest.iter().position(|&b| matches!(b, b'\n' | b'\r'));
+                let stop = stop.map_or(text.len(), |i| at + i);
+                for i in memchr::memchr_iter(self.delimiter, &text[at..stop]) {
+                    fields.push((from - start, at + i - start));
+                    from = at + i + 1;
+                }
+                break stop;
+            };
+            let w = u64::from_le_bytes(word.try_into().expect("a word of bytes"));
+            let ends = bytes_equal(w, b'\n') | bytes_equal(w, b'\r');
+            let mut delimiters = bytes_equal(w, self.delimiter);
+            if ends != 0 {
+                // Only the delimiters before the line end (their high bits are below its).
+                delimiters &= (1u64 << ends.trailing_zeros()) - 1;
+            }
+            while delimiters != 0 {
+                let i = at + (delimiters.trailing_zeros() / 8) as usize;
+                fields.push((from - start, i - start));
+                from = i + 1;
+                delimiters &= delimiters - 1;
+            }
+            if ends != 0 {
+                break at + (ends.trailing_zeros() / 8) as usize;
+            }
+            at += WORD;
+        };
+        fields.push((from - start, end - start));
         self.at = end;
-        let text = self.valid.and_then(|t| t.get(start..end));
-        Some((line, text, start as u64))
+        let line = &text[start..end];
+        let as_text = self.valid.and_then(|t| t.get(start..end));
+        Some((line, as_text, start as u64, self.line_ends + 1))
     }
 }
 
@@ -1470,7 +1562,10 @@ fn parse_text(
     let mut lines: Vec<i64> = Vec::with_capacity(lines_in_file.min(piece_rows));
     let export_days = days_since_epoch(file.export_date);
     // The rows in `buffers` and `lines` as a table.
-    let table_of = |buffers: Vec<Buffer>, lines: Vec<i64>| -> Result<DataFrame, DataError> {
+    let table_of = |buffers: Vec<Buffer>,
+                    lines: Vec<i64>,
+                    memos: &[CellMemo]|
+     -> Result<DataFrame, DataError> {
         let n = lines.len();
         let constant = |name: &str| {
             file_constant(name, &file.site, &file.rel, export_days, n)
@@ -1482,16 +1577,16 @@ fn parse_text(
             Column::new("SRCLINE".into(), lines),
             constant("EXPORTDT")?,
         ];
-        for (b, c) in buffers.into_iter().zip(columns) {
+        for ((b, c), memo) in buffers.into_iter().zip(columns).zip(memos) {
             cols.push(
-                b.into_column()
+                b.into_column(&memo.ids)
                     .map_err(|e| bad(file, format!("`{}`: {e}", c.name)))?,
             );
         }
         DataFrame::new(n, cols).map_err(|e| bad(file, e.to_string()))
     };
-    // One vector of a row's cells for the whole file, emptied after each row.
-    let mut cells: Vec<Cell<'static>> = Vec::with_capacity(columns.len());
+    // One vector for the text cells of a row (which wait for its end), emptied after each row.
+    let mut waiting: Vec<(usize, Cell<'static>)> = Vec::with_capacity(columns.len());
     let (mut accepted, mut handed) = (0u64, false);
     let mut rejects = RejectsBuilder::default();
     let mut rows = 0u64;
@@ -1521,7 +1616,10 @@ fn parse_text(
             }
         };
         rows += 1;
-        let line = rec.byte.map(|b| lines_at.line(b)).unwrap_or(0);
+        let line = match rec.line {
+            Some(line) => line,
+            None => rec.byte.map(|b| lines_at.line(b)).unwrap_or(0),
+        };
         if repeats_header(&rec, &normalised) {
             rejects.push(
                 &file.rel,
@@ -1554,11 +1652,23 @@ fn parse_text(
         // field of valid text is valid (fields end at ASCII delimiters, quotes and line ends).
         // Only a row that is not is checked field by field, to name the column.
         let row = rec.text.or_else(|| std::str::from_utf8(rec.bytes).ok());
-        let mut parsed: Vec<Cell> = recycle(std::mem::take(&mut cells));
+        let mut texts: Vec<(usize, Cell)> = recycle(std::mem::take(&mut waiting));
         let mut failure = None;
-        for ((c, idx), memo) in columns.iter().zip(&mapping).zip(memos.iter_mut()) {
+        // The cells are pushed as they are parsed; a failed cell takes back the row's cells
+        // before it (`pushed` columns).
+        let mut pushed = 0;
+        for ((c, idx), (memo, buffer)) in columns
+            .iter()
+            .zip(&mapping)
+            .zip(memos.iter_mut().zip(buffers.iter_mut()))
+        {
             let Some(idx) = idx else {
-                parsed.push(Cell::Null);
+                if buffer.waits() {
+                    texts.push((pushed, Cell::Null));
+                } else {
+                    buffer.push(Cell::Null);
+                }
+                pushed += 1;
                 continue;
             };
             let text = row.and_then(|row| row.get(rec.range(*idx)?));
@@ -1590,7 +1700,12 @@ fn parse_text(
                     if let Cell::Date(day) = cell {
                         latest_date = latest_date.max(Some(day));
                     }
-                    parsed.push(cell)
+                    if buffer.waits() {
+                        texts.push((pushed, cell));
+                    } else {
+                        buffer.push(cell);
+                    }
+                    pushed += 1;
                 }
                 Err(f) => {
                     late |= f.late;
@@ -1601,11 +1716,14 @@ fn parse_text(
         }
         match failure {
             Some((c, raw, f)) => {
+                for b in &mut buffers[..pushed] {
+                    b.pop();
+                }
                 rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason)
             }
             None => {
-                for ((b, cell), memo) in buffers.iter_mut().zip(parsed.drain(..)).zip(&memos) {
-                    b.push(cell, &memo.ids);
+                for (i, cell) in texts.drain(..) {
+                    buffers[i].push(cell);
                 }
                 lines.push(line);
                 accepted += 1;
@@ -1615,12 +1733,12 @@ fn parse_text(
                     let left = lines_in_file.saturating_sub(rows as usize).min(piece_rows);
                     let full = std::mem::replace(&mut buffers, buffers_for(left));
                     let full_lines = std::mem::replace(&mut lines, Vec::with_capacity(left));
-                    hand(table_of(full, full_lines)?);
+                    hand(table_of(full, full_lines, &memos)?);
                     handed = true;
                 }
             }
         }
-        cells = recycle(parsed);
+        waiting = recycle(texts);
     }
     drop(reader);
     drop(lines_at);
@@ -1629,7 +1747,7 @@ fn parse_text(
         Digest::Known(hash, bytes) => (hash, bytes),
         Digest::Hashing(hashes) => digest(&hashes),
     };
-    let mut table = table_of(buffers, lines)?;
+    let mut table = table_of(buffers, lines, &memos)?;
     if let Some(hand) = pieces {
         if table.height() > 0 || !handed {
             hand(table);
@@ -2273,6 +2391,11 @@ mod tests {
                     }
                     assert_eq!(row.text.is_some(), in_place && std::str::from_utf8(&text).is_ok());
                     let line = lines.line(row.byte.unwrap());
+                    // Records read in place count their own lines.
+                    assert_eq!(row.line.is_some(), in_place);
+                    if let Some(own) = row.line {
+                        assert_eq!(own, line);
+                    }
                     let fields: Vec<Vec<u8>> = row.iter().map(<[u8]>::to_vec).collect();
                     out.push((line, fields));
                 }
