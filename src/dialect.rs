@@ -183,6 +183,23 @@ impl Dialect {
         self.date_layouts.first()?.as_ref()?.read(cell.as_bytes())
     }
 
+    /// [`Dialect::layout_date`] as days since 1970-01-01 (Arrow's `Date32`), without making
+    /// the date: the same cells give a day, and the same day.
+    #[inline]
+    pub fn layout_days(&self, cell: &str) -> Option<i32> {
+        let (y, m, d) = self
+            .date_layouts
+            .first()?
+            .as_ref()?
+            .parts(cell.as_bytes())?;
+        days_from_civil(y, m, d)
+    }
+
+    /// Whether one of the site's missing values is a date in the layout of its first format.
+    pub fn misses_a_layout_date(&self) -> bool {
+        self.missing.iter().any(|m| self.layout_days(m).is_some())
+    }
+
     /// Parses a number, honouring the site's decimal mark.
     pub fn parse_float(&self, cell: &str) -> Option<f64> {
         let v: f64 = if self.decimal_comma {
@@ -222,6 +239,30 @@ impl Dialect {
 /// The bit of [`Dialect::missing_lengths`] for a text of this length.
 fn length_bit(text: &str) -> u64 {
     1 << text.len().min(63)
+}
+
+/// Days from 1970-01-01 to year `y`, month `m`, day `d` of the proleptic Gregorian calendar
+/// (as chrono counts them), or `None` when there is no such day. The count is H. Hinnant's
+/// `days_from_civil`: years begin in March, so a leap day ends its year.
+#[inline]
+pub fn days_from_civil(y: i32, m: u32, d: u32) -> Option<i32> {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let last = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if d == 0 || d > last {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = ((153 * ((m + 9) % 12) + 2) / 5 + d - 1) as i32;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    Some(era * 146_097 + day_of_era - 719_468)
 }
 
 fn parse_date_with(cell: &str, format: &str, layout: Option<&DateLayout>) -> Option<NaiveDate> {
@@ -459,6 +500,9 @@ mod tests {
             if let Some(date) = d.layout_date(&cell) {
                 prop_assert_eq!(Some(date), NaiveDate::parse_from_str(&cell, first).ok());
             }
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+            let days = d.layout_date(&cell).map(|date| (date - epoch).num_days() as i32);
+            prop_assert_eq!(d.layout_days(&cell), days, "{}", cell);
         });
         // Cells in the layout, valid or not.
         let d = dialect("date_formats: ['%d.%m.%Y']");
@@ -472,6 +516,22 @@ mod tests {
             NaiveDate::from_ymd_opt(2014, 3, 7)
         );
         assert_eq!(d.layout_date("7.3.2014"), None);
+    }
+
+    /// Every year, month and day from year -1 to 10,000 (months 0 to 13, days 0 to 32): a
+    /// day exactly when chrono makes a date, and chrono's count of days since 1970.
+    #[test]
+    fn days_from_civil_counts_as_chrono_does() {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        for y in -1..=10_000 {
+            for m in 0..=13 {
+                for d in 0..=32 {
+                    let chrono = NaiveDate::from_ymd_opt(y, m, d)
+                        .map(|date| (date - epoch).num_days() as i32);
+                    assert_eq!(days_from_civil(y, m, d), chrono, "{y}-{m}-{d}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -280,6 +280,92 @@ fn trimmed(raw: &str) -> &str {
     raw.trim_matches(|ch: char| ch.is_whitespace() || ch == '\u{feff}')
 }
 
+/// How a column's most common cells are read without [`parse_cell`]: each such cell gives what
+/// `parse_cell` gives for it and is pushed to the column's buffer; any other cell is left to
+/// `parse_cell`. On a diary row (a subject, a day, six scores of one digit) this is every
+/// cell.
+#[derive(Clone, Copy)]
+enum Quick {
+    /// One digit in an `Int32` column: which of 0 to 9 are within the column's range and not
+    /// one of the site's missing values.
+    Digit([bool; 10]),
+    /// A date in the layout of the site's first format (never a missing value: no missing
+    /// value of the site is in that layout), within the column's days.
+    Date {
+        first: i32,
+        last: i32,
+    },
+    /// The subject cell of the row before, as it was written.
+    SameSubject,
+    Never,
+}
+
+impl Quick {
+    fn of(c: &CompiledColumn, d: &Dialect) -> Quick {
+        match c.ty {
+            ColumnType::Int if c.is_int32() => {
+                let mut ok = [false; 10];
+                for (v, ok) in ok.iter_mut().enumerate() {
+                    let cell = v.to_string();
+                    *ok = !d.is_missing(&cell) && in_range(c, &cell, v as f64).is_ok();
+                }
+                Quick::Digit(ok)
+            }
+            ColumnType::Date if !d.misses_a_layout_date() => Quick::Date {
+                first: days_since_epoch(c.min_date),
+                last: days_since_epoch(c.max_date),
+            },
+            ColumnType::Subject => Quick::SameSubject,
+            _ => Quick::Never,
+        }
+    }
+
+    /// Pushes `raw` to `buffer` when it is one of the column's common cells (a date also
+    /// moves `latest_date` on); false, with nothing pushed, for any other cell.
+    #[inline(always)]
+    fn push(
+        self,
+        raw: &str,
+        d: &Dialect,
+        memo: &CellMemo,
+        buffer: &mut Buffer,
+        latest_date: &mut Option<i32>,
+    ) -> bool {
+        match (self, buffer) {
+            (Quick::Digit(ok), Buffer::Int32(_, b)) => match raw.as_bytes() {
+                [x @ b'0'..=b'9'] if ok[usize::from(x - b'0')] => {
+                    b.push(i32::from(x - b'0'));
+                    true
+                }
+                _ => false,
+            },
+            (Quick::Date { first, last }, Buffer::Date(_, b)) => {
+                // A cell in the layout has no white space around it (it begins and ends with
+                // a digit or a separator, never a space).
+                match d.layout_days(raw) {
+                    Some(day)
+                        if (first..=last).contains(&day) && trimmed(raw).len() == raw.len() =>
+                    {
+                        b.push(day);
+                        *latest_date = (*latest_date).max(Some(day));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            (Quick::SameSubject, Buffer::Id(_, b)) => match &memo.last_subject {
+                // The cell before was trimmed and not missing, and gave this id.
+                Some((last, id)) if last == raw => {
+                    b.push(*id as IdxSize);
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 fn parse_cell<'a>(
     c: &'a CompiledColumn,
     d: &Dialect,
@@ -504,53 +590,55 @@ enum Buffer {
     Date(PlSmallStr, Values<i32>),
 }
 
-/// The values of a numeric column as parsed, and which are missing (no bitmap until the
-/// first missing value): each push is a store or two, in line.
+/// The values of a numeric column as parsed, and which are missing (their places, made a
+/// validity bitmap at the end: a push of a value is one store, with no bitmap to keep up).
 struct Values<T> {
     values: Vec<T>,
-    validity: Option<polars_arrow::bitmap::MutableBitmap>,
+    missing: Vec<usize>,
 }
 
 impl<T: Default> Values<T> {
     fn new(rows: usize) -> Self {
         Values {
             values: Vec::with_capacity(rows),
-            validity: None,
+            missing: Vec::new(),
         }
     }
 
     #[inline]
     fn push(&mut self, v: T) {
         self.values.push(v);
-        if let Some(valid) = &mut self.validity {
-            valid.push(true);
-        }
     }
 
     #[inline]
     fn push_null(&mut self) {
-        let (values, validity) = (&mut self.values, &mut self.validity);
-        validity
-            .get_or_insert_with(|| {
-                let mut valid =
-                    polars_arrow::bitmap::MutableBitmap::with_capacity(values.capacity());
-                valid.extend_constant(values.len(), true);
-                valid
-            })
-            .push(false);
-        values.push(T::default());
+        self.missing.push(self.values.len());
+        self.values.push(T::default());
     }
 
     /// Takes the last value back.
     fn pop(&mut self) {
         self.values.pop();
-        if let Some(valid) = &mut self.validity {
-            valid.pop();
+        if self.missing.last() == Some(&self.values.len()) {
+            self.missing.pop();
         }
     }
 
+    /// Which values are present (`None` when all are).
+    fn validity(&self) -> Option<polars_arrow::bitmap::Bitmap> {
+        if self.missing.is_empty() {
+            return None;
+        }
+        let mut valid = polars_arrow::bitmap::MutableBitmap::from_len_set(self.values.len());
+        for &at in &self.missing {
+            valid.set(at, false);
+        }
+        Some(valid.into())
+    }
+
     fn finish<P: PolarsNumericType<Native = T>>(self, name: PlSmallStr) -> ChunkedArray<P> {
-        ChunkedArray::from_vec_validity(name, self.values, self.validity.map(Into::into))
+        let validity = self.validity();
+        ChunkedArray::from_vec_validity(name, self.values, validity)
     }
 }
 
@@ -615,8 +703,8 @@ impl Buffer {
                 // The file's few ids once, then gathered: a short id's view is copied, a
                 // longer one's points into the ids' one buffer.
                 let ids: StringChunked = ids.iter().map(|id| Some(id.as_str())).collect();
-                let at =
-                    IdxCa::from_vec_validity(name.clone(), b.values, b.validity.map(Into::into));
+                let validity = b.validity();
+                let at = IdxCa::from_vec_validity(name.clone(), b.values, validity);
                 ids.take(&at)?.with_name(name).into_column()
             }
             Buffer::Int(name, b) => b.finish::<Int64Type>(name).into_column(),
@@ -1559,6 +1647,7 @@ fn parse_text(
         |rows: usize| -> Vec<Buffer> { columns.iter().map(|c| Buffer::new(c, rows)).collect() };
     let mut buffers = buffers_for(lines_in_file.min(piece_rows));
     let mut memos: Vec<CellMemo> = columns.iter().map(|_| CellMemo::default()).collect();
+    let quick: Vec<Quick> = columns.iter().map(|c| Quick::of(c, d)).collect();
     let mut lines: Vec<i64> = Vec::with_capacity(lines_in_file.min(piece_rows));
     let export_days = days_since_epoch(file.export_date);
     // The rows in `buffers` and `lines` as a table.
@@ -1657,9 +1746,10 @@ fn parse_text(
         // The cells are pushed as they are parsed; a failed cell takes back the row's cells
         // before it (`pushed` columns).
         let mut pushed = 0;
-        for ((c, idx), (memo, buffer)) in columns
+        for (((c, idx), quick), (memo, buffer)) in columns
             .iter()
             .zip(&mapping)
+            .zip(&quick)
             .zip(memos.iter_mut().zip(buffers.iter_mut()))
         {
             let Some(idx) = idx else {
@@ -1695,6 +1785,10 @@ fn parse_text(
                     }
                 }
             };
+            if quick.push(raw, d, memo, buffer, &mut latest_date) {
+                pushed += 1;
+                continue;
+            }
             match parse_cell(c, d, raw, memo) {
                 Ok(cell) => {
                     if let Cell::Date(day) = cell {
@@ -2512,6 +2606,105 @@ mod tests {
         let f = write(dir.path(), "z_2017-06-30.csv", &[0u8; 3000], dialect("{}"));
         let err = read_file(&f, &diary_columns()).err().unwrap().to_string();
         assert!(err.len() < 600 && err.contains("NUL bytes"), "{err}");
+    }
+
+    /// Every row of a file is kept with the values `parse_cell` gives its cells, or rejected at
+    /// its first cell that `parse_cell` fails: whichever way a cell is read (the common cells
+    /// without `parse_cell`), and whatever cells of the row were pushed before a failed one.
+    /// The cells include missing values (one of them a digit and one a date in the layout),
+    /// digits out of range, white space, dates out of range and out of the layout.
+    #[test]
+    fn rows_are_kept_or_rejected_as_their_cells_parse() {
+        use proptest::prelude::*;
+        // With a missing value in the dates' layout, dates are all read by `parse_cell`.
+        let dialects = [
+            dialect("{missing: ['', NA, '9']}"),
+            dialect("{missing: ['', NA, '9', '2014-03-09']}"),
+        ];
+        let columns = [
+            column("{name: subject, type: subject, headers: [s], required: true}"),
+            column("{name: date, type: date, headers: [d], required: true}"),
+            column("{name: a, type: int, headers: [a], min: 0, max: 4}"),
+            column("{name: note, type: string, headers: [n], optional: true}"),
+            column("{name: b, type: int, headers: [b], min: 1, max: 7, required: true}"),
+            column("{name: x, type: float, headers: [x]}"),
+        ];
+        let pools: [&[&str]; 6] = [
+            &["C1", "C1", "C2", " C2", "", "NA"],
+            &["2014-03-07", "2014-03-08", "2014-03-09", "2014-02-30", "1989-12-31", "2027-01-01", "2014-3-7", " 2014-03-08"],
+            &["0", "3", "4", "5", "9", "", "NA", " 2", "2.0", "x"],
+            &["hi", "", "NA", "a b"],
+            &["0", "1", "7", "8", "9", "", "3"],
+            &["1.5", "", "-2", "e"],
+        ];
+        let row = proptest::collection::vec(0..16usize, 6);
+        proptest!(ProptestConfig::with_cases(300), |(rows in proptest::collection::vec(row, 0..40), which in 0..2usize)| {
+            let d = &dialects[which];
+            let mut csv = String::from("s,d,a,n,b,x\n");
+            let cells: Vec<Vec<&str>> = rows
+                .iter()
+                .map(|r| r.iter().zip(&pools).map(|(&i, pool)| pool[i % pool.len()]).collect())
+                .collect();
+            for r in &cells {
+                csv.push_str(&r.join(","));
+                csv.push('\n');
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let f = write(dir.path(), "d_2017-06-30.csv", csv.as_bytes(), d.clone());
+            let got = read_file(&f, &columns).unwrap();
+            // What parse_cell makes of each row, cell by cell.
+            let mut kept: Vec<Vec<String>> = Vec::new();
+            let mut rejected: Vec<(i64, String)> = Vec::new();
+            for (i, r) in cells.iter().enumerate() {
+                let mut memo = CellMemo::default();
+                let mut values = Vec::new();
+                let mut failed = None;
+                for (c, raw) in columns.iter().zip(r) {
+                    match parse_cell(c, d, raw, &mut memo) {
+                        Ok(Cell::Null) => values.push("null".to_string()),
+                        Ok(Cell::Str(s)) => values.push(s.to_string()),
+                        Ok(Cell::Id(id)) => values.push(memo.ids[id as usize].clone()),
+                        Ok(Cell::Int(v)) => values.push(v.to_string()),
+                        Ok(Cell::Float(v)) => values.push(v.to_string()),
+                        Ok(Cell::Date(v)) => values.push(v.to_string()),
+                        Err(_) => {
+                            failed = Some(c.name.clone());
+                            break;
+                        }
+                    }
+                }
+                match failed {
+                    Some(name) => rejected.push((i as i64 + 2, name)),
+                    None => kept.push(values),
+                }
+            }
+            let table = &got.table;
+            prop_assert_eq!(table.height(), kept.len());
+            for (j, c) in columns.iter().enumerate() {
+                let column = table.column(&c.name).unwrap().to_physical_repr();
+                let column = column.as_materialized_series();
+                for (i, want) in kept.iter().enumerate() {
+                    let v = match column.get(i).unwrap() {
+                        AnyValue::Null => "null".to_string(),
+                        AnyValue::String(s) => s.to_string(),
+                        AnyValue::Int32(v) => v.to_string(),
+                        AnyValue::Int64(v) => v.to_string(),
+                        AnyValue::Float64(v) => v.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    prop_assert_eq!(&v, &want[j], "row {} column {}", i, c.name);
+                }
+            }
+            let rejects = got.rejects.finish().unwrap();
+            let lines = ints(&rejects, "SRCLINE");
+            let named = strings(&rejects, "COLUMN");
+            let got_rejected: Vec<(i64, String)> = lines
+                .iter()
+                .zip(&named)
+                .map(|(l, n)| (l.unwrap(), n.to_string()))
+                .collect();
+            prop_assert_eq!(got_rejected, rejected);
+        });
     }
 
     #[test]
