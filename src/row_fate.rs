@@ -45,9 +45,11 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeM
 }
 
 /// The rows of `text` that are not null, counted by their view (a string's length and bytes,
-/// or where in the array's buffers they lie): runs of one view are counted in one step, and
-/// each distinct view is looked up once per run. Equal views are equal texts; one text may
-/// have several views (copies in different places), which the caller adds up by text.
+/// or where in the array's buffers they lie): runs of one text are counted in one step, and
+/// each run's first view is looked up once. A run goes on while the view is the very same or
+/// the text is (a table whose texts were copied one by one, as polars does when it compacts
+/// an array's buffers, has a view per row). Equal views are equal texts; one text may have
+/// several views (copies in different places), which the caller adds up by text.
 fn views_counted(text: &Utf8ViewArray) -> Vec<(&str, u64)> {
     let views = text.views().as_slice();
     let valid = |i: usize| text.validity().is_none_or(|v| v.get_bit(i));
@@ -56,10 +58,10 @@ fn views_counted(text: &Utf8ViewArray) -> Vec<(&str, u64)> {
     let mut i = 0;
     while i < views.len() {
         let view = views[i].as_u128();
-        let run = views[i..]
-            .iter()
-            .take_while(|v| v.as_u128() == view)
-            .count();
+        let run = 1
+            + (i + 1..views.len())
+                .take_while(|&j| crate::stages::same_text(text, i, j))
+                .count();
         let counted = match text.validity() {
             None => run as u64,
             Some(_) => (i..i + run).filter(|&r| valid(r)).count() as u64,
