@@ -28,6 +28,31 @@ mod batch;
 pub(crate) use batch::batch_plan;
 
 /// A stage's outcome in this run; its frames are loaded from the cache only when needed.
+/// About the bytes `table` holds: its buffers' sizes. Text counts its views and the buffers
+/// they point into, which are known without reading every view (polars' `estimated_size`
+/// adds up the length of every string of an array the first time it is asked, one pass over
+/// each text column of every table the run holds).
+fn held_size(table: &DataFrame) -> u64 {
+    use polars_arrow::array::Array;
+    let column = |c: &Column| -> u64 {
+        // A column of one value repeated holds the value.
+        let Some(s) = c.as_series() else {
+            return 0;
+        };
+        match s.str() {
+            Ok(text) => text
+                .downcast_iter()
+                .map(|a| {
+                    let validity = a.validity().map_or(0, |v| v.len().div_ceil(8));
+                    (a.len() * 16 + a.total_buffer_len() + validity) as u64
+                })
+                .sum(),
+            Err(_) => s.estimated_size() as u64,
+        }
+    };
+    table.columns().iter().map(column).sum()
+}
+
 pub(crate) struct Slot {
     pub(crate) fingerprint: String,
     /// Where its output is cached (see `Decision::key`).
@@ -364,7 +389,7 @@ impl Engine<'_> {
             return 0;
         }
         match slot.frames.lock() {
-            Ok(g) => g.as_ref().map_or(0, |f| f.table.estimated_size() as u64),
+            Ok(g) => g.as_ref().map_or(0, |f| held_size(&f.table)),
             Err(_) => 0,
         }
     }
@@ -1189,6 +1214,33 @@ fn pick_part(f: &Frames, role: &str) -> Option<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_table_counts_its_buffers() {
+        // Two texts longer than a view holds (in one buffer), one short, one missing; eight
+        // bytes per 64-bit integer; a column of one repeated value holds no rows' bytes.
+        let long = "a text longer than twelve bytes";
+        let table = df!(
+            "t" => [Some(long), Some(long), Some("short"), None],
+            "n" => [1i64, 2, 3, 4],
+        )
+        .unwrap();
+        let text = table
+            .column("t")
+            .unwrap()
+            .as_materialized_series()
+            .str()
+            .unwrap()
+            .clone();
+        let buffers: usize = text.downcast_iter().map(|a| a.total_buffer_len()).sum();
+        assert!(buffers >= long.len());
+        assert_eq!(held_size(&table), (4 * 16 + buffers + 1 + 4 * 8) as u64);
+        let mut with_constant = table.clone();
+        with_constant
+            .with_column(Column::new_scalar("c".into(), Scalar::from(1i64), 4))
+            .unwrap();
+        assert_eq!(held_size(&with_constant), held_size(&table));
+    }
 
     #[test]
     fn the_last_reader_of_a_large_table_starts_before_a_longer_chain() {
