@@ -1403,6 +1403,24 @@ impl Cache {
 mod tests {
     use super::*;
 
+    /// Asserts that file entry `e`'s table reads back as `parsed`: whole, column `one` alone,
+    /// and in pieces.
+    fn reads_back_as_parsed(cache: &Cache, e: &FileEntry, parsed: &DataFrame, one: &str) {
+        assert!(cache.load_file(e).unwrap().0.equals_missing(parsed));
+        let cols = [one.to_string()];
+        let alone = cache
+            .file_table(e, e.table_part().unwrap(), Some(&cols))
+            .unwrap();
+        assert!(alone.equals_missing(&parsed.select(cols).unwrap()));
+        let pieces = cache.file_table_pieces(e).unwrap();
+        assert_eq!(pieces.empty().schema(), parsed.schema());
+        let mut back = DataFrame::empty_with_schema(parsed.schema());
+        for p in pieces {
+            back.vstack_mut(&p.unwrap()).unwrap();
+        }
+        assert!(back.equals_missing(parsed));
+    }
+
     /// Stores `table` as the parse of a file without rejects.
     fn store_file(cache: &Cache, key: &str, table: &DataFrame, read: &FileRead) -> FileEntry {
         let mut w = cache.file_table_writer().unwrap();
@@ -1682,19 +1700,7 @@ mod tests {
             ]
         );
         // Whole, a column at a time and in pieces, the table is the parse.
-        assert!(cache.load_file(&e).unwrap().0.equals_missing(&parsed));
-        let cols = ["score".to_string()];
-        let one = cache
-            .file_table(&e, e.table_part().unwrap(), Some(&cols))
-            .unwrap();
-        assert!(one.equals_missing(&parsed.select(cols).unwrap()));
-        let pieces = cache.file_table_pieces(&e).unwrap();
-        assert_eq!(pieces.empty().schema(), parsed.schema());
-        let mut back = DataFrame::empty_with_schema(parsed.schema());
-        for p in pieces {
-            back.vstack_mut(&p.unwrap()).unwrap();
-        }
-        assert!(back.equals_missing(&parsed));
+        reads_back_as_parsed(&cache, &e, &parsed, "score");
         let column: Vec<DataFrame> = cache
             .file_column_pieces(&e, "count")
             .unwrap()
@@ -1743,17 +1749,7 @@ mod tests {
             .collect();
         assert_eq!(got, less);
         // Whole, the lines alone, in pieces and the lines in pieces: the parse.
-        assert!(cache.load_file(&e).unwrap().0.equals_missing(&parsed));
-        let cols = ["SRCLINE".to_string()];
-        let alone = cache
-            .file_table(&e, e.table_part().unwrap(), Some(&cols))
-            .unwrap();
-        assert!(alone.equals_missing(&parsed.select(cols).unwrap()));
-        let mut back = DataFrame::empty_with_schema(parsed.schema());
-        for p in cache.file_table_pieces(&e).unwrap() {
-            back.vstack_mut(&p.unwrap()).unwrap();
-        }
-        assert!(back.equals_missing(&parsed));
+        reads_back_as_parsed(&cache, &e, &parsed, "SRCLINE");
         let mut column: Vec<i64> = Vec::new();
         for p in cache.file_column_pieces(&e, "SRCLINE").unwrap() {
             column.extend(
