@@ -351,7 +351,8 @@ impl Dedupe {
 
         // Export order of the files (export date, then path) as one small integer per row,
         // looked up once per run of rows of one file (an ingest appends file after file).
-        let (run_of_row, first_rows) = crate::stages::runs(input, &["SRCFILE"])?;
+        // (Runs of one file and site: the file and site of any row are its run's, below.)
+        let (run_of_row, first_rows) = crate::stages::runs(input, &["SRCFILE", "SITE"])?;
         let run_files = input
             .select(["SRCFILE", "EXPORTDT"])?
             .take(&first_rows)?
@@ -537,11 +538,18 @@ impl Dedupe {
             .filter(col(NEWEST).not())
             .select([col(ROW), col(KEPT_ROW)])
             .collect()?;
-        let lineage = input.select(["SRCFILE", "SRCLINE", "SITE"])?;
-        let mut superseded_rows = lineage.take(superseded.column(ROW)?.idx()?)?;
-        let kept_of = lineage
-            .select(["SRCFILE", "SRCLINE"])?
-            .take(superseded.column(KEPT_ROW)?.idx()?)?;
+        // A row's file and site are those of its run (a small table), and its line is gathered
+        // from the lines made one chunk: an ingest's table has a chunk per file, and gathering
+        // text from several chunks looks up each row's chunk.
+        let run_lineage = input.select(["SRCFILE", "SITE"])?.take(&first_rows)?;
+        let lines = input.column("SRCLINE")?.rechunk();
+        let lineage_of = |rows: &IdxCa| -> PolarsResult<DataFrame> {
+            let mut of = run_lineage.take(&run_of_row.take(rows)?)?;
+            of.with_column(lines.take(rows)?)?;
+            Ok(of)
+        };
+        let mut superseded_rows = lineage_of(superseded.column(ROW)?.idx()?)?;
+        let kept_of = lineage_of(superseded.column(KEPT_ROW)?.idx()?)?;
         superseded_rows.hstack_mut(&[
             kept_of
                 .column("SRCFILE")?
@@ -777,8 +785,9 @@ mod tests {
             let exported = [3i32, 5, 3];
             let mut rows = rows;
             rows.sort_by_key(|r| r.2);
+            let sites = ["s", "t", "s"];
             let t = df!(
-                "SITE" => rows.iter().map(|_| "s").collect::<Vec<_>>(),
+                "SITE" => rows.iter().map(|r| sites[r.2]).collect::<Vec<_>>(),
                 "SRCFILE" => rows.iter().map(|r| files[r.2]).collect::<Vec<_>>(),
                 // Each file's rows in line order, or (as a stage between ingest and dedupe
                 // might leave them) in reverse line order.
@@ -795,6 +804,15 @@ mod tests {
             .with_columns([col("EXPORTDT").cast(DataType::Date), col("date").cast(DataType::Date)])
             .collect()
             .unwrap();
+            // A chunk per file, as an ingest gives its table.
+            let mut stacked = t.slice(0, 0);
+            let mut at = 0;
+            for f in 0..files.len() {
+                let n = rows.iter().filter(|r| r.2 == f).count();
+                stacked.vstack_mut(&t.slice(at as i64, n)).unwrap();
+                at += n;
+            }
+            let t = stacked;
             let stage = Dedupe { key: vec!["subject".into(), "date".into()] };
             let columns = stage.dedupe(&t, Packing::Never).unwrap();
             let table = |o: &StageOutput| o.table.clone().collect().unwrap();
@@ -805,6 +823,26 @@ mod tests {
                 proptest::prop_assert!(table(p).equals_missing(&table(&columns)));
                 proptest::prop_assert!(part(&p.rejects).equals_missing(&part(&columns.rejects)));
                 proptest::prop_assert!(part(&p.dropped).equals_missing(&part(&columns.dropped)));
+            }
+            // Each set-aside row, and the row it points at, are rows of the input (lines are
+            // unique here): their files, sites and lines as in the input.
+            let dropped = part(&packed.dropped);
+            let input_row = |line: i64| -> (String, String) {
+                let i = ints(&t, "SRCLINE").iter().position(|l| *l == Some(line)).unwrap();
+                (strings(&t, "SRCFILE")[i].to_string(), strings(&t, "SITE")[i].to_string())
+            };
+            let (files_out, sites_out) = (strings(&dropped, "SRCFILE"), strings(&dropped, "SITE"));
+            let (kept_files, kept_lines) = (strings(&dropped, "KEPTFILE"), ints(&dropped, "KEPTLINE"));
+            // A superseded row points at a row kept.
+            let kept_out = ints(&table(&packed), "SRCLINE");
+            let fates = strings(&dropped, "FATE");
+            for (i, line) in ints(&dropped, "SRCLINE").iter().enumerate() {
+                let (file, site) = input_row(line.unwrap());
+                proptest::prop_assert_eq!((files_out[i].to_string(), sites_out[i].to_string()), (file, site));
+                proptest::prop_assert_eq!(kept_files[i].to_string(), input_row(kept_lines[i].unwrap()).0);
+                if fates[i] == "superseded" {
+                    proptest::prop_assert!(kept_out.contains(&kept_lines[i]));
+                }
             }
             // Every row in exactly one place.
             proptest::prop_assert_eq!(
