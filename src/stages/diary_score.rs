@@ -149,13 +149,17 @@ impl DiaryScore {
     /// numbers: the sum of whole numbers this small is exact in any order, and the score is
     /// that sum over the count, as the expressions divide it. `None` for other items.
     fn integer_scores(&self, input: &DataFrame, flag: &str) -> PolarsResult<Option<DataFrame>> {
-        let n = input.height();
-        let (mut sum, mut count) = (vec![0i64; n], vec![0i64; n]);
+        let mut items = Vec::with_capacity(self.items.len());
         for item in &self.items {
             let column = input.column(item)?;
             if column.dtype() != &DataType::Int32 {
                 return Ok(None);
             }
+            items.push(column);
+        }
+        let n = input.height();
+        let (mut sum, mut count) = (vec![0i64; n], vec![0i64; n]);
+        for column in items {
             let mut at = 0;
             for a in column.as_materialized_series().i32()?.downcast_iter() {
                 let (sum, count) = (&mut sum[at..at + a.len()], &mut count[at..at + a.len()]);

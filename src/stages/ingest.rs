@@ -340,8 +340,8 @@ impl Quick {
                 _ => false,
             },
             (Quick::Date { first, last }, Buffer::Date(_, b)) => {
-                // A cell in the layout has no white space around it (it begins and ends with
-                // a digit or a separator, never a space).
+                // A cell in the layout is ASCII digits and separators, so it has no white space
+                // around it for `parse_cell` to trim; the check says so where it is relied on.
                 match d.layout_days(raw) {
                     Some(day)
                         if (first..=last).contains(&day) && trimmed(raw).len() == raw.len() =>
@@ -656,9 +656,14 @@ impl Buffer {
         }
     }
 
-    /// Whether the buffer holds text, whose cells wait for the end of their row.
-    fn waits(&self) -> bool {
-        matches!(self, Buffer::Str(_))
+    /// Takes the parsed cell of column `i` of the row: pushed, or, for text, put in `texts` to
+    /// wait for the end of the row.
+    #[inline(always)]
+    fn put<'a>(&mut self, i: usize, cell: Cell<'a>, texts: &mut Vec<(usize, Cell<'a>)>) {
+        match self {
+            Buffer::Str(_) => texts.push((i, cell)),
+            _ => self.push(cell),
+        }
     }
 
     #[inline(always)]
@@ -1743,22 +1748,17 @@ fn parse_text(
         let row = rec.text.or_else(|| std::str::from_utf8(rec.bytes).ok());
         let mut texts: Vec<(usize, Cell)> = recycle(std::mem::take(&mut waiting));
         let mut failure = None;
-        // The cells are pushed as they are parsed; a failed cell takes back the row's cells
-        // before it (`pushed` columns).
-        let mut pushed = 0;
-        for (((c, idx), quick), (memo, buffer)) in columns
+        // The cells are pushed as they are parsed; a failed cell (column `i`) takes back the
+        // row's cells before it.
+        for (i, (((c, idx), quick), (memo, buffer))) in columns
             .iter()
             .zip(&mapping)
             .zip(&quick)
             .zip(memos.iter_mut().zip(buffers.iter_mut()))
+            .enumerate()
         {
             let Some(idx) = idx else {
-                if buffer.waits() {
-                    texts.push((pushed, Cell::Null));
-                } else {
-                    buffer.push(Cell::Null);
-                }
-                pushed += 1;
+                buffer.put(i, Cell::Null, &mut texts);
                 continue;
             };
             let text = row.and_then(|row| row.get(rec.range(*idx)?));
@@ -1770,6 +1770,7 @@ fn parse_text(
                         Ok(s) => s,
                         Err(_) => {
                             failure = Some((
+                                i,
                                 c,
                                 String::from_utf8_lossy(field).into_owned(),
                                 fail(
@@ -1786,7 +1787,6 @@ fn parse_text(
                 }
             };
             if quick.push(raw, d, memo, buffer, &mut latest_date) {
-                pushed += 1;
                 continue;
             }
             match parse_cell(c, d, raw, memo) {
@@ -1794,23 +1794,18 @@ fn parse_text(
                     if let Cell::Date(day) = cell {
                         latest_date = latest_date.max(Some(day));
                     }
-                    if buffer.waits() {
-                        texts.push((pushed, cell));
-                    } else {
-                        buffer.push(cell);
-                    }
-                    pushed += 1;
+                    buffer.put(i, cell, &mut texts);
                 }
                 Err(f) => {
                     late |= f.late;
-                    failure = Some((c, raw.to_string(), f));
+                    failure = Some((i, c, raw.to_string(), f));
                     break;
                 }
             }
         }
         match failure {
-            Some((c, raw, f)) => {
-                for b in &mut buffers[..pushed] {
+            Some((i, c, raw, f)) => {
+                for b in &mut buffers[..i] {
                     b.pop();
                 }
                 rejects.push(&file.rel, line, &file.site, &c.name, &raw, f.rule, f.reason)
