@@ -335,6 +335,83 @@ pub(crate) fn no_subject_in(
     })
 }
 
+/// Distinct rows: for each row of `df`, the number of its distinct combination of `columns`
+/// (missing equals missing), and the first row of each combination, in no particular order.
+/// Work that is a function of those columns alone can be done once per combination and
+/// gathered back by the numbers. Floating-point values are told apart by their bits (`-0.0`
+/// and `0.0` are written differently, and grouping by value would equate them). `None` when a
+/// column is not there or is of a type not grouped here (nested, objects).
+pub(crate) fn distinct_rows(
+    df: &DataFrame,
+    columns: &[String],
+) -> PolarsResult<Option<(IdxCa, IdxCa)>> {
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let mut keys = Vec::with_capacity(columns.len());
+    for c in columns {
+        let Ok(column) = df.column(c) else {
+            return Ok(None);
+        };
+        let key = match column.dtype() {
+            DataType::Float64 => column
+                .f64()?
+                .iter()
+                .map(|v| v.map(f64::to_bits))
+                .collect::<UInt64Chunked>()
+                .with_name(c.into())
+                .into_column(),
+            DataType::Float32 => column
+                .f32()?
+                .iter()
+                .map(|v| v.map(f32::to_bits))
+                .collect::<UInt32Chunked>()
+                .with_name(c.into())
+                .into_column(),
+            DataType::String
+            | DataType::Boolean
+            | DataType::Date
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => column.clone(),
+            _ => return Ok(None),
+        };
+        keys.push(key);
+    }
+    let n = df.height();
+    let keys = DataFrame::new(n, keys)?;
+    let by = keys.group_by(columns.iter().map(|c| c.as_str()))?;
+    let mut ids: Vec<IdxSize> = vec![0; n];
+    let mut firsts: Vec<IdxSize> = Vec::new();
+    match &**by.get_groups() {
+        GroupsType::Idx(groups) => {
+            for (k, (first, rows)) in groups.iter().enumerate() {
+                firsts.push(first);
+                for &r in rows.iter() {
+                    ids[r as usize] = k as IdxSize;
+                }
+            }
+        }
+        GroupsType::Slice { groups, .. } => {
+            for (k, [start, len]) in groups.iter().enumerate() {
+                firsts.push(*start);
+                for r in *start..start + len {
+                    ids[r as usize] = k as IdxSize;
+                }
+            }
+        }
+    }
+    Ok(Some((
+        IdxCa::from_vec("distinct".into(), ids),
+        IdxCa::from_vec("first".into(), firsts),
+    )))
+}
+
 /// Runs of consecutive equal rows: for each row of `df`, the number of its run of rows equal in
 /// every one of `columns` (missing equals missing), and the first row of each run. On a table
 /// sorted by those columns there is one run per distinct value, and work keyed by the run
