@@ -496,16 +496,19 @@ fn narrow_dictionary<T: polars_arrow::types::NativeType + Into<i64> + TryFrom<i6
     if distinct.len() > few && distinct.len() as f64 / values.len() as f64 >= 0.75 {
         return Some(None);
     }
-    let mut lookup = vec![0u32; span + 1];
-    for (k, v) in distinct.iter().enumerate() {
-        lookup[offset(*v)] = k as u32;
-    }
     // A null row's value is any value: clamped into the range, it has a key as polars gives it.
-    let keys: Vec<u32> = values
-        .values()
-        .iter()
-        .map(|v| lookup[(Into::<i64>::into(*v).clamp(lo, lo + span as i64) - lo) as usize])
-        .collect();
+    let clamped = |v: &T| (Into::<i64>::into(*v).clamp(lo, lo + span as i64) - lo) as usize;
+    let keys: Vec<u32> = if distinct.len() == span + 1 {
+        // Every value of the range is present (a diary item's 0 to 4): a value's key is its
+        // distance from the smallest.
+        values.values().iter().map(|v| clamped(v) as u32).collect()
+    } else {
+        let mut lookup = vec![0u32; span + 1];
+        for (k, v) in distinct.iter().enumerate() {
+            lookup[offset(*v)] = k as u32;
+        }
+        values.values().iter().map(|v| lookup[clamped(v)]).collect()
+    };
     let keys = PrimitiveArray::new(
         ArrowDataType::UInt32,
         keys.into(),
@@ -968,11 +971,14 @@ mod tests {
         fn integer_columns_of_a_narrow_range_are_written_as_polars_writes_them(
             runs in proptest::collection::vec((-300i64..300, 1usize..60, 0u8..4), 1..120),
             spread in prop_oneof![Just(1i64), Just(7), Just(200)],
+            every_value in proptest::bool::ANY,
         ) {
             // Runs of values, some null, over a few values or a wide spread of them (up to
-            // polars' 65,535), as 64- and 32-bit integers and dates.
+            // polars' 65,535), as 64- and 32-bit integers and dates; or over five values in a
+            // row, mostly all of them present (a diary item's 0 to 4).
             let mut values: Vec<Option<i64>> = Vec::new();
             for (v, len, null) in runs {
+                let v = if every_value { v.rem_euclid(5) - 2 } else { v };
                 let value = (null != 0).then_some(v * spread);
                 values.extend(std::iter::repeat_n(value, len));
             }
