@@ -662,6 +662,8 @@ impl Engine<'_> {
         tables: Vec<(String, DataFrame)>,
     ) -> anyhow::Result<(DataFrame, crate::stages::StageOutput, StageSummary)> {
         let s = &self.plan.stages[id];
+        // The first input's files (its SRCFILE column, shared, and its rows per file).
+        let first = tables.first().map(|(_, t)| t.select(["SRCFILE"]).ok());
         let mut out = s
             .kind
             .stage()
@@ -673,13 +675,29 @@ impl Engine<'_> {
         if s.publish {
             table = crate::run::sorted(&table, &s.sort_by)?;
         }
+        let row_level = s.kind.stage().row_level();
+        // A row-level stage that passed its input's SRCFILE column on (it added columns to the
+        // input's rows) has the input's rows per file: the input's counts, when they cover
+        // every row, are taken instead of counting millions of rows again.
+        let counted = match (first.flatten(), s.input_ids.first()) {
+            (Some(files), Some(&j)) if row_level && row_fate::same_files_column(&files, &table) => {
+                // (An input of a batch may have no slot here: its rows are counted.)
+                self.slot(j).ok().and_then(|slot| {
+                    let input = &slot.summary;
+                    let n = table.height() as u64;
+                    let all = input.accepted_by_file.values().sum::<u64>() == n;
+                    (input.rows == n && all).then(|| input.accepted_by_file.clone())
+                })
+            }
+            _ => None,
+        };
         let summary = row_fate::summarize(
             &table,
             out.rejects.as_ref(),
             out.dropped.as_ref(),
-            s.kind.stage().row_level(),
+            row_level,
             std::mem::take(&mut out.files),
-            None,
+            counted,
         )?;
         Ok((table, out, summary))
     }

@@ -44,6 +44,40 @@ fn counts_by_file(df: &DataFrame, filter: Option<Expr>) -> anyhow::Result<BTreeM
     Ok(by_file)
 }
 
+/// True when the `SRCFILE` columns of `a` and `b` are the very same arrays (the same views,
+/// validity and text buffers: a stage passed its input's column on, as a row-level stage that
+/// adds columns does), so that their rows per file are equal without counting them again.
+/// False is no claim that they differ.
+pub(crate) fn same_files_column(a: &DataFrame, b: &DataFrame) -> bool {
+    let column = |df: &DataFrame| {
+        df.column("SRCFILE")
+            .ok()
+            .and_then(Column::as_series)
+            .and_then(|s| s.str().ok())
+            .cloned()
+    };
+    let (Some(a), Some(b)) = (column(a), column(b)) else {
+        return false;
+    };
+    let bits = |v: Option<&polars_arrow::bitmap::Bitmap>| {
+        v.map(|v| {
+            let (bytes, offset, len) = v.as_slice();
+            (bytes.as_ptr(), offset, len)
+        })
+    };
+    a.len() == b.len()
+        && a.chunks().len() == b.chunks().len()
+        && a.downcast_iter().zip(b.downcast_iter()).all(|(x, y)| {
+            x.len() == y.len()
+                && std::ptr::eq(x.views().as_ptr(), y.views().as_ptr())
+                && bits(x.validity()) == bits(y.validity())
+                && x.data_buffers().len() == y.data_buffers().len()
+                && (x.data_buffers().iter())
+                    .zip(y.data_buffers().iter())
+                    .all(|(p, q)| std::ptr::eq(p.as_ptr(), q.as_ptr()) && p.len() == q.len())
+        })
+}
+
 /// The rows of `text` that are not null, counted by their view (a string's length and bytes,
 /// or where in the array's buffers they lie): runs of one text are counted in one step, and
 /// each run's first view is looked up once. A run goes on while the view is the very same or
@@ -600,6 +634,32 @@ pub fn fate_table(fates: &[FileFate]) -> anyhow::Result<DataFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table whose SRCFILE column was passed on (columns added, a clone) has the same
+    /// column; a reordered, shortened or rebuilt one does not count as the same.
+    #[test]
+    fn a_files_column_passed_on_is_the_same_and_a_copy_is_not() {
+        let t = df!(
+            "SRCFILE" => [Some("s/a_long_file_name.csv"), None, Some("s/b.csv")],
+            "SRCLINE" => [2i64, 3, 2],
+        )
+        .unwrap();
+        let mut added = t.clone();
+        added
+            .hstack_mut(&[Column::new("X".into(), [1i32, 2, 3])])
+            .unwrap();
+        assert!(same_files_column(&t, &added));
+        assert!(same_files_column(&t, &t.select(["SRCFILE"]).unwrap()));
+        let reordered = t.take(&IdxCa::from_vec("r".into(), vec![2, 1, 0])).unwrap();
+        assert!(!same_files_column(&t, &reordered));
+        assert!(!same_files_column(&t, &t.slice(0, 2)));
+        let rebuilt = df!(
+            "SRCFILE" => [Some("s/a_long_file_name.csv"), None, Some("s/b.csv")],
+        )
+        .unwrap();
+        assert!(!same_files_column(&t, &rebuilt));
+        assert!(!same_files_column(&t, &df!("SRCLINE" => [1i64]).unwrap()));
+    }
 
     proptest::proptest! {
         /// The set-aside rows of several stages come out sorted by file and line whatever the
