@@ -249,22 +249,7 @@ pub(crate) fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<
     }
     for k in keys {
         let c = df.column(k)?;
-        let comparable = matches!(
-            c.dtype(),
-            DataType::String
-                | DataType::Boolean
-                | DataType::Date
-                | DataType::Datetime(_, _)
-                | DataType::Int8
-                | DataType::Int16
-                | DataType::Int32
-                | DataType::Int64
-                | DataType::UInt8
-                | DataType::UInt16
-                | DataType::UInt32
-                | DataType::UInt64
-        );
-        if !comparable || c.null_count() > 0 {
+        if !crate::stages::exact_key(c.dtype()) || c.null_count() > 0 {
             return Ok(false);
         }
     }

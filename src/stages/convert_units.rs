@@ -1007,17 +1007,22 @@ mod tests {
         convert_with(spec, 0, input)
     }
 
-    fn convert_with(spec: &PipelineSpec, index: usize, input: DataFrame) -> (DataFrame, DataFrame) {
-        let stage: ConvertUnits = spec.stage_params(index).unwrap();
-        assert_eq!(stage.check(spec), Vec::<String>::new());
-        let ctx = StageCtx {
+    /// The context of a stage `t` of `spec`.
+    fn ctx(spec: &PipelineSpec) -> StageCtx<'_> {
+        StageCtx {
             name: "t",
             spec,
             run_date: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
             data_dir: Path::new("."),
             base_dir: Path::new("."),
             sources: &[],
-        };
+        }
+    }
+
+    fn convert_with(spec: &PipelineSpec, index: usize, input: DataFrame) -> (DataFrame, DataFrame) {
+        let stage: ConvertUnits = spec.stage_params(index).unwrap();
+        assert_eq!(stage.check(spec), Vec::<String>::new());
+        let ctx = ctx(spec);
         let inputs = Inputs {
             tables: vec![("in".into(), input)],
         };
@@ -1033,14 +1038,7 @@ mod tests {
         input: &DataFrame,
     ) -> [(DataFrame, DataFrame); 2] {
         let stage: ConvertUnits = spec.stage_params(index).unwrap();
-        let ctx = StageCtx {
-            name: "t",
-            spec,
-            run_date: NaiveDate::from_ymd_opt(2020, 1, 1).unwrap(),
-            data_dir: Path::new("."),
-            base_dir: Path::new("."),
-            sources: &[],
-        };
+        let ctx = ctx(spec);
         [true, false].map(|by_distinct| {
             let out = stage.convert(&ctx, input, by_distinct).unwrap();
             (out.table.collect().unwrap(), out.rejects.unwrap())

@@ -335,6 +335,26 @@ pub(crate) fn no_subject_in(
     })
 }
 
+/// True for the types whose values compare as they are stored, one value to one stored form:
+/// text, booleans, dates and times, integers (not floating point, where `-0.0 == 0.0`).
+pub(crate) fn exact_key(dtype: &DataType) -> bool {
+    matches!(
+        dtype,
+        DataType::String
+            | DataType::Boolean
+            | DataType::Date
+            | DataType::Datetime(_, _)
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
 /// Distinct rows: for each row of `df`, the number of its distinct combination of `columns`
 /// (missing equals missing), and the first row of each combination, in no particular order.
 /// Work that is a function of those columns alone can be done once per combination and
@@ -368,17 +388,7 @@ pub(crate) fn distinct_rows(
                 .collect::<UInt32Chunked>()
                 .with_name(c.into())
                 .into_column(),
-            DataType::String
-            | DataType::Boolean
-            | DataType::Date
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64 => column.clone(),
+            dt if exact_key(dt) => column.clone(),
             _ => return Ok(None),
         };
         keys.push(key);
