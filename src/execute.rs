@@ -27,7 +27,6 @@ use crate::stages::{Inputs, Kind, StageCtx};
 mod batch;
 pub(crate) use batch::batch_plan;
 
-/// A stage's outcome in this run; its frames are loaded from the cache only when needed.
 /// About the bytes `table` holds: its buffers' sizes. Text counts its views and the buffers
 /// they point into, which are known without reading every view (polars' `estimated_size`
 /// adds up the length of every string of an array the first time it is asked, one pass over
@@ -35,7 +34,7 @@ pub(crate) use batch::batch_plan;
 fn held_size(table: &DataFrame) -> u64 {
     use polars_arrow::array::Array;
     let column = |c: &Column| -> u64 {
-        // A column of one value repeated holds the value.
+        // A column of one value repeated holds that one value: nothing worth counting.
         let Some(s) = c.as_series() else {
             return 0;
         };
@@ -53,6 +52,7 @@ fn held_size(table: &DataFrame) -> u64 {
     table.columns().iter().map(column).sum()
 }
 
+/// A stage's outcome in this run; its frames are loaded from the cache only when needed.
 pub(crate) struct Slot {
     pub(crate) fingerprint: String,
     /// Where its output is cached (see `Decision::key`).
@@ -663,7 +663,7 @@ impl Engine<'_> {
     ) -> anyhow::Result<(DataFrame, crate::stages::StageOutput, StageSummary)> {
         let s = &self.plan.stages[id];
         // The first input's files (its SRCFILE column, shared, and its rows per file).
-        let first = tables.first().map(|(_, t)| t.select(["SRCFILE"]).ok());
+        let first = tables.first().and_then(|(_, t)| t.select(["SRCFILE"]).ok());
         let mut out = s
             .kind
             .stage()
@@ -679,7 +679,7 @@ impl Engine<'_> {
         // A row-level stage that passed its input's SRCFILE column on (it added columns to the
         // input's rows) has the input's rows per file: the input's counts, when they cover
         // every row, are taken instead of counting millions of rows again.
-        let counted = match (first.flatten(), s.input_ids.first()) {
+        let counted = match (first, s.input_ids.first()) {
             (Some(files), Some(&j)) if row_level && row_fate::same_files_column(&files, &table) => {
                 // (An input of a batch may have no slot here: its rows are counted.)
                 self.slot(j).ok().and_then(|slot| {

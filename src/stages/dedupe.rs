@@ -541,7 +541,8 @@ impl Dedupe {
         // A row's file and site are those of its run (a small table), and its line is gathered
         // from the lines made one chunk: an ingest's table has a chunk per file, and gathering
         // text from several chunks looks up each row's chunk.
-        let run_lineage = input.select(["SRCFILE", "SITE"])?.take(&first_rows)?;
+        let of_runs = run_constants(input, &first_rows)?;
+        let run_lineage = of_runs.select(["SRCFILE", "SITE"])?;
         let lines = input.column("SRCLINE")?.rechunk();
         let lineage_of = |rows: &IdxCa| -> PolarsResult<DataFrame> {
             let mut of = run_lineage.take(&run_of_row.take(rows)?)?;
@@ -585,7 +586,7 @@ impl Dedupe {
             .select([col(ROW)])
             .collect()?;
         let kept = kept.column(ROW)?.idx()?.clone();
-        let table = kept_rows(input, &kept, &run_of_row, &first_rows)?.lazy();
+        let table = kept_rows(input, &kept, &run_of_row, &of_runs)?.lazy();
         Ok(StageOutput {
             table,
             rejects: Some(rejects),
@@ -596,18 +597,11 @@ impl Dedupe {
     }
 }
 
-/// The rows `rows` of `input`, whose runs of one file and site are `run_of_row` and
-/// `first_rows` ([`crate::stages::runs`]). The file and the site of a row, and its export date
-/// when that is one value in every run (as an ingest makes it; a stage between the ingest and
-/// the dedupe may change it), are taken from its run, a table of a few rows, instead of
-/// gathered from whole columns made one chunk first: on the bench diary that is three of its
-/// twelve columns, 350 MB copied and gathered.
-fn kept_rows(
-    input: &DataFrame,
-    rows: &IdxCa,
-    run_of_row: &IdxCa,
-    first_rows: &IdxCa,
-) -> PolarsResult<DataFrame> {
+/// The columns of `input` that hold one value in each of its runs of one file and site
+/// (`first_rows`, [`crate::stages::runs`]), one row per run: the file and the site, and the
+/// export date when that is one value in every run (as an ingest makes it; a stage between the
+/// ingest and the dedupe may change it).
+fn run_constants(input: &DataFrame, first_rows: &IdxCa) -> PolarsResult<DataFrame> {
     let mut by_run: Vec<PlSmallStr> = vec!["SRCFILE".into(), "SITE".into()];
     let dates = input.column("EXPORTDT")?.as_materialized_series();
     let one_date_a_run = crate::stages::run_spans(first_rows, input.height())
@@ -620,11 +614,21 @@ fn kept_rows(
     if one_date_a_run {
         by_run.push("EXPORTDT".into());
     }
-    let of_run = input
-        .select(by_run.iter().cloned())?
-        .take(first_rows)?
-        .take(&run_of_row.take(rows)?)?;
-    let rest = input.drop_many(by_run.iter().cloned());
+    input.select(by_run)?.take(first_rows)
+}
+
+/// The rows `rows` of `input`, whose runs are `run_of_row`, with `of_runs` the columns that
+/// hold one value per run ([`run_constants`]): those are taken from each row's run, a table of
+/// a few rows, instead of gathered from whole columns made one chunk first (on the bench diary
+/// three of its twelve columns, 350 MB copied and gathered).
+fn kept_rows(
+    input: &DataFrame,
+    rows: &IdxCa,
+    run_of_row: &IdxCa,
+    of_runs: &DataFrame,
+) -> PolarsResult<DataFrame> {
+    let of_run = of_runs.take(&run_of_row.take(rows)?)?;
+    let rest = input.drop_many(of_runs.get_column_names_owned());
     let rest = crate::stages::gather_rows(&rest, rows)?;
     let columns = input
         .get_column_names()
@@ -786,7 +790,9 @@ mod tests {
         stacked.vstack_mut(&input.slice(2, 3)).unwrap();
         let rows = IdxCa::from_vec("r".into(), vec![4, 0, 3, 1]);
         let (run_of_row, first_rows) = crate::stages::runs(&stacked, &["SRCFILE", "SITE"]).unwrap();
-        let kept = kept_rows(&stacked, &rows, &run_of_row, &first_rows).unwrap();
+        let of_runs = run_constants(&stacked, &first_rows).unwrap();
+        assert_eq!(of_runs.width(), 3);
+        let kept = kept_rows(&stacked, &rows, &run_of_row, &of_runs).unwrap();
         assert!(kept.equals_missing(&stacked.take(&rows).unwrap()));
         assert_eq!(
             strings(&kept, "SRCFILE"),
@@ -801,7 +807,9 @@ mod tests {
                     .into_column(),
             )
             .unwrap();
-        let kept = kept_rows(&varied, &rows, &run_of_row, &first_rows).unwrap();
+        let of_runs = run_constants(&varied, &first_rows).unwrap();
+        assert_eq!(of_runs.width(), 2);
+        let kept = kept_rows(&varied, &rows, &run_of_row, &of_runs).unwrap();
         assert!(kept.equals_missing(&varied.take(&rows).unwrap()));
     }
 

@@ -374,18 +374,13 @@ pub(crate) fn distinct_rows(
             return Ok(None);
         };
         let key = match column.dtype() {
-            DataType::Float64 => column
+            // (A 32-bit float widens exactly, its sign of zero kept: one 64-bit value each.)
+            DataType::Float32 | DataType::Float64 => column
+                .cast(&DataType::Float64)?
                 .f64()?
                 .iter()
                 .map(|v| v.map(f64::to_bits))
                 .collect::<UInt64Chunked>()
-                .with_name(c.into())
-                .into_column(),
-            DataType::Float32 => column
-                .f32()?
-                .iter()
-                .map(|v| v.map(f32::to_bits))
-                .collect::<UInt32Chunked>()
                 .with_name(c.into())
                 .into_column(),
             dt if exact_key(dt) => column.clone(),
