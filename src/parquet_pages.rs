@@ -29,10 +29,15 @@
 //!   bitmap (65,535 apart: line numbers): polars estimates its distinct values (a HyperLogLog)
 //!   and, below three in four rows, hashes every value into a dictionary. The source line
 //!   numbers of the diary table, half of them distinct in a row group, took a 24 MB dictionary
-//!   that way; written plain, zstd makes them about half that. An integer or date column of a
+//!   that way. A 64-bit column of many values is written as the differences between its values
+//!   (`DELTA_BINARY_PACKED`, a standard Parquet encoding every reader has): the diary's line
+//!   numbers, two exports' lines in key order, take about 21 bits a value that way against 64
+//!   plain, and zstd then has a third of the bytes to compress (on the bench cohort, 0.13 s
+//!   and 9.8 MB against 0.29 s and 12.9 MB plain). An integer or date column of a
 //!   narrower range gets the dictionary polars' writer gives it, made the same way
-//!   ([`narrow_dictionary`]: the values present marked in a table, in ascending order), or is
-//!   written plain where polars' writer would write it plain.
+//!   ([`narrow_dictionary`]: the values present marked in a table, in ascending order), or,
+//!   where polars' writer would write it plain, is written plain (32 bits) or as differences
+//!   (64 bits).
 //!
 //! The data pages of every dictionary built here are then made by [`parquet_keys`] rather than
 //! by polars' writer, the same bytes for fewer instructions; the dictionary page and the
@@ -121,6 +126,11 @@ impl ColumnEncoder {
             };
             match few {
                 Some(Some(d)) => dictionary = Some(d),
+                // 64-bit integers that would be written plain (line numbers) are written as
+                // their differences instead ([`Encoding::DeltaBinaryPacked`]).
+                Some(None) if delta_encoded(array.dtype()) => {
+                    encodings = vec![Encoding::DeltaBinaryPacked]
+                }
                 Some(None) => encodings = vec![Encoding::Plain],
                 None => {}
             }
@@ -418,6 +428,14 @@ pub fn dictionary_of_few<T: polars_arrow::types::NativeType>(
     let dictionary = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(dtype.clone()), false);
     let values = PrimitiveArray::new(dtype, distinct.into(), None);
     DictionaryArray::try_new(dictionary, keys, values.boxed()).ok()
+}
+
+/// Whether a column of `dtype` that would be written plain is written
+/// [`Encoding::DeltaBinaryPacked`] instead: 64-bit integers (line numbers). Not 32-bit ones: the
+/// writer takes their differences as 64-bit integers, and one of more than 32 bits (values
+/// further apart than 2^31) is more than a 32-bit column's reader accepts (pyarrow's).
+fn delta_encoded(dtype: &ArrowDataType) -> bool {
+    matches!(dtype, ArrowDataType::Int64)
 }
 
 /// The smallest and largest of `values`, nulls left out; `None` when every value is null.
@@ -965,8 +983,98 @@ mod tests {
         }
     }
 
+    /// The encodings the footer of `file` gives each column chunk of its first row group.
+    fn chunk_encodings(file: &[u8]) -> Vec<Vec<polars_parquet_format::Encoding>> {
+        use polars_parquet_format::FileMetaData;
+        use polars_parquet_format::thrift::protocol::TCompactInputProtocol;
+        let n = file.len();
+        let footer_len = u32::from_le_bytes(file[n - 8..n - 4].try_into().unwrap()) as usize;
+        let footer = &file[n - 8 - footer_len..n - 8];
+        let meta =
+            FileMetaData::read_from_in_protocol(&mut TCompactInputProtocol::new(footer, 1 << 24))
+                .unwrap();
+        meta.row_groups[0]
+            .columns
+            .iter()
+            .map(|c| c.meta_data.as_ref().unwrap().encodings.clone())
+            .collect()
+    }
+
+    #[test]
+    fn many_64_bit_integers_are_written_as_their_differences() {
+        // Line numbers of two files interleaved (a dedupe's kept rows), some missing, over
+        // several row groups; beside them the same numbers as 32-bit integers, written plain.
+        let n = 600_000usize;
+        let lines: Vec<Option<i64>> = (0..n)
+            .map(|i| {
+                (i % 97 != 0).then_some(if i % 3 == 0 {
+                    i as i64
+                } else {
+                    5 * i as i64 + 2
+                })
+            })
+            .collect();
+        let df = df!(
+            "line" => &lines,
+            "line32" => lines.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        // Read back by polars as the table (`written` checks), the statistics polars' own.
+        let (theirs, ours, a, b) = written(&df);
+        assert!(a.row_groups.len() > 1);
+        use polars_parquet_format::Encoding as E;
+        let encodings = chunk_encodings(&ours);
+        assert!(
+            encodings[0].contains(&E::DELTA_BINARY_PACKED),
+            "{encodings:?}"
+        );
+        assert!(
+            !encodings[1].contains(&E::DELTA_BINARY_PACKED),
+            "{encodings:?}"
+        );
+        assert!(encodings[1].contains(&E::PLAIN), "{encodings:?}");
+        assert!(chunk_encodings(&theirs)[0].contains(&E::PLAIN));
+        for (x, y) in a.row_groups.iter().zip(&b.row_groups) {
+            for (p, q) in x.parquet_columns().iter().zip(y.parquet_columns()) {
+                let s = p.statistics(&a.footer_buf).unwrap().unwrap().serialize();
+                let t = q.statistics(&b.footer_buf).unwrap().unwrap().serialize();
+                assert_eq!((s.min_value, s.max_value), (t.min_value, t.max_value));
+            }
+        }
+        // Smaller than plain.
+        let size = |f: &FileMetadata| -> i64 {
+            f.row_groups
+                .iter()
+                .map(|g| g.parquet_columns()[0].compressed_size())
+                .sum()
+        };
+        assert!(size(&a) < size(&b), "{} against {}", size(&a), size(&b));
+        assert!(ours.len() < theirs.len());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn differences_of_any_64_bit_integers_read_back_as_written(
+            values in proptest::collection::vec(
+                prop_oneof![
+                    4 => any::<i64>().prop_map(Some),
+                    2 => (-100_000i64..100_000).prop_map(Some),
+                    1 => Just(Some(i64::MIN)),
+                    1 => Just(Some(i64::MAX)),
+                    1 => Just(None),
+                ],
+                1..3000,
+            ),
+        ) {
+            // Values too many for a dictionary and too far apart for polars' bitmap, the
+            // extremes next to each other (differences that wrap around), missing values.
+            let df = df!("v" => &values).unwrap();
+            let (_, ours) = both_files(&df);
+            let back = ParquetReader::new(std::io::Cursor::new(&ours)).finish().unwrap();
+            prop_assert!(back.equals_missing(&df));
+        }
+
         #[test]
         fn integer_columns_of_a_narrow_range_are_written_as_polars_writes_them(
             runs in proptest::collection::vec((-300i64..300, 1usize..60, 0u8..4), 1..120),

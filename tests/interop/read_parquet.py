@@ -29,7 +29,21 @@ for path in sys.argv[1:]:
             if chunk.statistics is not None and chunk.statistics.has_null_count:
                 if chunk.statistics.null_count != group.column(c).null_count:
                     null_count_mismatches.append(f"group {g} {chunk.path_in_schema}")
+    # Per column: the encodings of its chunks, and for integer columns the exact sum of
+    # the values pyarrow decodes (Python integers: no overflow).
+    encodings = {}
+    for g in range(parquet.metadata.num_row_groups):
+        for c in range(parquet.metadata.num_columns):
+            chunk = parquet.metadata.row_group(g).column(c)
+            encodings.setdefault(chunk.path_in_schema, set()).update(chunk.encodings)
+    int_sums = {
+        name: str(sum(v for v in table.column(name).to_pylist() if v is not None))
+        for name, t in zip(table.column_names, table.schema.types)
+        if str(t) in ("int64", "int32")
+    }
     out[path] = {
+        "encodings": {k: sorted(v) for k, v in encodings.items()},
+        "int_sums": int_sums,
         "columns": table.column_names,
         "rows": table.num_rows,
         "duckdb_rows": duck_rows,
