@@ -21,8 +21,6 @@ pub const LINEAGE: &[&str] = &["SITE", "SRCFILE", "SRCLINE", "EXPORTDT"];
 const SIG: &str = "__sig";
 const ORDER: &str = "__order";
 const ROW: &str = "__row";
-const REPEATED: &str = "__repeated";
-const NEWEST: &str = "__newest";
 const PACKED: &str = "__packed";
 const KEY_RUN: &str = "__keyrun";
 const FILE_RUN: &str = "__filerun";
@@ -43,9 +41,10 @@ fn packed_sort_key(
         .map(|(packed, widths)| (UInt64Chunked::from_vec(PACKED.into(), packed), widths)))
 }
 
-/// [`packed_sort_key`] as a plain vector.
+/// [`packed_sort_key`] as a plain vector: each column's codes ([`column_codes`]) shifted in
+/// after the columns before, in one pass per column over one vector.
 fn packed_codes(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<(Vec<u64>, Vec<u32>)>> {
-    let mut codes: Vec<Vec<u64>> = Vec::with_capacity(columns.len());
+    let mut codes: Vec<Codes> = Vec::with_capacity(columns.len());
     for c in columns {
         match column_codes(df.column(c)?)? {
             Some(code) => codes.push(code),
@@ -54,70 +53,127 @@ fn packed_codes(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<(Vec<
     }
     let widths: Vec<u32> = codes
         .iter()
-        .map(|code| 64 - code.iter().copied().max().unwrap_or(0).leading_zeros())
+        .map(|c| 64 - c.largest().leading_zeros())
         .collect();
     if widths.iter().sum::<u32>() > 64 {
         return Ok(None);
     }
-    // Column after column into one vector: no table-sized array is made per step.
     let mut packed = vec![0u64; df.height()];
     for (code, &bits) in codes.iter().zip(&widths) {
         if bits == 0 {
             continue;
         }
-        for (p, &c) in packed.iter_mut().zip(code) {
-            *p = p.checked_shl(bits).unwrap_or(0) | c;
+        let shift_in = |p: &mut u64, c: u64| *p = p.checked_shl(bits).unwrap_or(0) | c;
+        match code {
+            Codes::Runs { spans, codes, .. } => {
+                for (&[start, len], &c) in spans.iter().zip(codes) {
+                    let (start, len) = (start as usize, len as usize);
+                    packed[start..start + len]
+                        .iter_mut()
+                        .for_each(|p| shift_in(p, c));
+                }
+            }
+            Codes::Ints { values, min, .. } => {
+                // x - min is below 2^64 - 1 (checked by `column_codes`), so the wrapping
+                // difference is exact; a missing value is 0.
+                let mut p = packed.iter_mut();
+                for a in values.downcast_iter() {
+                    let valid = a.validity();
+                    for (i, &x) in a.values().iter().enumerate() {
+                        let c = match valid {
+                            Some(v) if !v.get_bit(i) => 0,
+                            _ => x.wrapping_sub(*min) as u64 + 1,
+                        };
+                        if let Some(p) = p.next() {
+                            shift_in(p, c);
+                        }
+                    }
+                }
+            }
         }
     }
     Ok(Some((packed, widths)))
 }
 
-/// One column's codes for [`packed_sort_key`] (0 for a missing value), or `None` for a type
-/// without codes or an integer range wider than 64 bits.
-fn column_codes(column: &Column) -> PolarsResult<Option<Vec<u64>>> {
+/// One column's codes for [`packed_sort_key`] (0 for a missing value).
+enum Codes {
+    /// Text: a code per run of equal rows (`spans`, each run's first row and length), the
+    /// value's place among the column's distinct values, plus one; `distinct` values.
+    Runs {
+        spans: Vec<[IdxSize; 2]>,
+        codes: Vec<u64>,
+        distinct: u64,
+    },
+    /// Integers (dates included): each value's distance from the smallest (`min`), plus
+    /// one; the largest code is `largest`.
+    Ints {
+        values: Int64Chunked,
+        min: i64,
+        largest: u64,
+    },
+}
+
+impl Codes {
+    fn largest(&self) -> u64 {
+        match self {
+            Codes::Runs { distinct, .. } => *distinct,
+            Codes::Ints { largest, .. } => *largest,
+        }
+    }
+}
+
+/// One column's codes ([`Codes`]), or `None` for a type without codes or an integer range
+/// wider than 64 bits.
+fn column_codes(column: &Column) -> PolarsResult<Option<Codes>> {
     let n = column.len();
     match column.dtype() {
         DataType::String => {
-            let (place, found) =
-                crate::stages::places_by_run(column.as_materialized_series(), |run_values| {
-                    run_values.drop_nulls().unique()?.sort(Default::default())
-                })?;
-            let (place, found) = (place.rechunk(), found.rechunk());
-            let mut out = Vec::with_capacity(n);
-            for (p, f) in place.downcast_iter().zip(found.downcast_iter()) {
-                // Missing values (not found) first, as code 0.
-                out.extend(p.iter().zip(f.iter()).map(|(p, f)| match (p, f) {
-                    (Some(&p), Some(true)) => u64::from(p) + 1,
-                    _ => 0,
-                }));
-            }
-            Ok(Some(out))
+            // The distinct values are sorted once, and each run's value is looked up once.
+            let text = column.as_materialized_series();
+            let frame =
+                DataFrame::new(n, vec![text.clone().with_name("__v".into()).into_column()])?;
+            let (_, first_rows) = crate::stages::runs(&frame, &["__v"])?;
+            let run_values = text.take(&first_rows)?;
+            let sorted = run_values.drop_nulls().unique()?.sort(Default::default())?;
+            let codes: Vec<u64> = if sorted.is_empty() {
+                vec![0; first_rows.len()]
+            } else {
+                let last = (sorted.len() - 1) as IdxSize;
+                let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)?
+                    .apply_values(|p| p.min(last));
+                let found = sorted.take(&place)?.equal_missing(&run_values)?;
+                place
+                    .into_no_null_iter()
+                    .zip(found.iter())
+                    .map(|(p, f)| if f == Some(true) { u64::from(p) + 1 } else { 0 })
+                    .collect()
+            };
+            Ok(Some(Codes::Runs {
+                spans: crate::stages::run_spans(&first_rows, n),
+                codes,
+                distinct: sorted.len() as u64,
+            }))
         }
         // (UInt64 may not fit the i64 the codes are computed in.)
         dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {
             let v = column.to_physical_repr().cast(&DataType::Int64)?;
-            let v = v.i64()?;
-            let (Some(min), Some(max)) = (v.min(), v.max()) else {
-                return Ok(Some(vec![0; n]));
+            let values = v.i64()?.clone();
+            let (Some(min), Some(max)) = (values.min(), values.max()) else {
+                return Ok(Some(Codes::Ints {
+                    values,
+                    min: 0,
+                    largest: 0,
+                }));
             };
-            if max as i128 - min as i128 + 1 > u64::MAX as i128 {
+            let span = max as i128 - min as i128 + 1;
+            if span > u64::MAX as i128 {
                 return Ok(None);
             }
-            // x - min is below 2^64 - 1 (checked above), so the wrapping difference is exact.
-            let code = |x: i64| x.wrapping_sub(min) as u64 + 1;
-            let mut out = Vec::with_capacity(n);
-            for a in v.downcast_iter() {
-                match a.validity() {
-                    None => out.extend(a.values().iter().map(|&x| code(x))),
-                    Some(valid) => out.extend(
-                        a.values()
-                            .iter()
-                            .zip(valid.iter())
-                            .map(|(&x, ok)| if ok { code(x) } else { 0 }),
-                    ),
-                }
-            }
-            Ok(Some(out))
+            Ok(Some(Codes::Ints {
+                values,
+                min,
+                largest: span as u64,
+            }))
         }
         _ => Ok(None),
     }
@@ -385,17 +441,7 @@ impl Dedupe {
         // repeat within a file and which row is the newest, without hashing every row into
         // groups; the value columns are gathered once at the end (and for the few rows whose
         // key repeats in a file).
-        let same_as_next = |c: &str| col(c).eq(col(c).shift(lit(-1))).fill_null(lit(false));
-        let marked = key_order(input, &self.key, order_of_row, packing)?
-            .lazy()
-            .with_column(
-                col(FILE_RUN)
-                    .eq(col(FILE_RUN).shift(lit(1)))
-                    .fill_null(lit(false))
-                    .or(same_as_next(FILE_RUN))
-                    .alias(REPEATED),
-            )
-            .collect()?;
+        let sorted = SortedRows::of(&key_order(input, &self.key, order_of_row, packing)?)?;
 
         // Within one file: most keys occur once. Only the repeated ones are compared, by a
         // signature of every value column: identical rows keep their first line, differing
@@ -411,15 +457,9 @@ impl Dedupe {
             .collect();
         let mut key_file_sig = key_file.clone();
         key_file_sig.push(col(SIG));
-        let repeated_rows = marked
-            .clone()
-            .lazy()
-            .filter(col(REPEATED))
-            .select([col(ROW)])
-            .sort([ROW], Default::default())
-            .collect()?;
-        let mut repeated = input.take(repeated_rows.column(ROW)?.idx()?)?;
-        repeated.hstack_mut(repeated_rows.columns())?;
+        let repeated_rows = IdxCa::from_vec(ROW.into(), sorted.repeated_rows());
+        let mut repeated = input.take(&repeated_rows)?;
+        repeated.with_column(repeated_rows.into_column())?;
         let repeated = repeated
             .lazy()
             .with_column(len().over(&key_file)?.alias("__nkey"))
@@ -510,34 +550,8 @@ impl Dedupe {
             )
             .select([col(ROW)])
             .collect()?;
-        let survivors = marked
-            .lazy()
-            .filter(
-                col(REPEATED).not().or(col(ROW).is_in(
-                    lit(first_of_repeated
-                        .column(ROW)?
-                        .as_materialized_series()
-                        .clone())
-                    .implode(false),
-                    false,
-                )),
-            )
-            .with_column(same_as_next(KEY_RUN).not().alias(NEWEST))
-            .collect()?;
-        // Each superseded row points at the newest row of its key, the next one kept.
-        let superseded = survivors
-            .clone()
-            .lazy()
-            .with_column(
-                when(col(NEWEST))
-                    .then(col(ROW))
-                    .otherwise(lit(NULL))
-                    .fill_null_with_strategy(FillNullStrategy::Backward(None))
-                    .alias(KEPT_ROW),
-            )
-            .filter(col(NEWEST).not())
-            .select([col(ROW), col(KEPT_ROW)])
-            .collect()?;
+        let (kept, superseded) =
+            sorted.newest_of_keys(first_of_repeated.column(ROW)?.idx()?, input.height());
         // A row's file and site are those of its run (a small table), and its line is gathered
         // from the lines made one chunk: an ingest's table has a chunk per file, and gathering
         // text from several chunks looks up each row's chunk.
@@ -549,8 +563,8 @@ impl Dedupe {
             of.with_column(lines.take(rows)?)?;
             Ok(of)
         };
-        let mut superseded_rows = lineage_of(superseded.column(ROW)?.idx()?)?;
-        let kept_of = lineage_of(superseded.column(KEPT_ROW)?.idx()?)?;
+        let mut superseded_rows = lineage_of(&superseded[0])?;
+        let kept_of = lineage_of(&superseded[1])?;
         superseded_rows.hstack_mut(&[
             kept_of
                 .column("SRCFILE")?
@@ -560,7 +574,7 @@ impl Dedupe {
                 .column("SRCLINE")?
                 .clone()
                 .with_name("KEPTLINE".into()),
-            superseded.column(ROW)?.clone(),
+            superseded[0].clone().into_column(),
         ])?;
         let superseded = superseded_rows.lazy().select([
             col("SRCFILE"),
@@ -580,12 +594,6 @@ impl Dedupe {
         // The kept rows come out in key order (missing keys first): the survivors already are,
         // and the tables a dedupe feeds are published sorted by their key, which then costs
         // no second sort.
-        let kept = survivors
-            .lazy()
-            .filter(col(NEWEST))
-            .select([col(ROW)])
-            .collect()?;
-        let kept = kept.column(ROW)?.idx()?.clone();
         let table = kept_rows(input, &kept, &run_of_row, &of_runs)?.lazy();
         Ok(StageOutput {
             table,
@@ -594,6 +602,82 @@ impl Dedupe {
             files: Vec::new(),
             rows_of_input: Some(kept),
         })
+    }
+}
+
+/// The input's rows in key order ([`key_order`]): each one's input row, and numbers equal on
+/// neighbouring rows exactly when their keys (`key`), or their keys and files (`file`), are.
+struct SortedRows {
+    rows: Vec<IdxSize>,
+    key: Vec<u64>,
+    file: Vec<u64>,
+}
+
+impl SortedRows {
+    fn of(order: &DataFrame) -> PolarsResult<SortedRows> {
+        let numbers = |name: &str| -> PolarsResult<Vec<u64>> {
+            let c = order.column(name)?.cast(&DataType::UInt64)?;
+            Ok(c.u64()?.into_no_null_iter().collect())
+        };
+        Ok(SortedRows {
+            rows: order.column(ROW)?.idx()?.into_no_null_iter().collect(),
+            key: numbers(KEY_RUN)?,
+            file: numbers(FILE_RUN)?,
+        })
+    }
+
+    /// Whether the row at `i` shares its key with a neighbour of its own file.
+    fn repeated(&self, i: usize) -> bool {
+        let f = &self.file;
+        (i > 0 && f[i - 1] == f[i]) || f.get(i + 1) == Some(&f[i])
+    }
+
+    /// The input rows whose key occurs more than once in their file, in input order.
+    fn repeated_rows(&self) -> Vec<IdxSize> {
+        let mut rows: Vec<IdxSize> = (0..self.rows.len())
+            .filter(|&i| self.repeated(i))
+            .map(|i| self.rows[i])
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
+    /// Across files, among the rows that survive their own file (a key once in it, or the
+    /// first of identical rows, `first_of_repeated`; `n` input rows): the newest of each key
+    /// (the last in key order, which puts the files in export order), in key order, and each
+    /// older row with the newest row of its key.
+    fn newest_of_keys(&self, first_of_repeated: &IdxCa, n: usize) -> (IdxCa, [IdxCa; 2]) {
+        let mut first = vec![false; n];
+        for r in first_of_repeated.into_no_null_iter() {
+            first[r as usize] = true;
+        }
+        let mut kept: Vec<IdxSize> = Vec::new();
+        let (mut older, mut newest_of) = (Vec::new(), Vec::new());
+        let mut next: Option<(u64, IdxSize)> = None;
+        for i in (0..self.rows.len()).rev() {
+            let row = self.rows[i];
+            if self.repeated(i) && !first[row as usize] {
+                continue;
+            }
+            match next {
+                Some((key, newest)) if key == self.key[i] => {
+                    older.push(row);
+                    newest_of.push(newest);
+                }
+                _ => {
+                    kept.push(row);
+                    next = Some((self.key[i], row));
+                }
+            }
+        }
+        kept.reverse();
+        (
+            IdxCa::from_vec(ROW.into(), kept),
+            [
+                IdxCa::from_vec(ROW.into(), older),
+                IdxCa::from_vec(KEPT_ROW.into(), newest_of),
+            ],
+        )
     }
 }
 
