@@ -835,23 +835,37 @@ impl Engine<'_> {
             .source
             .clone()
             .ok_or_else(|| RunError::Internal(format!("`{}` has no source recipe", s.name)))?;
-        let states = self.judge.files(id, source, &src)?;
-        let parse = |st: &FileState| -> anyhow::Result<Option<ParsedFile>> {
-            if st.cached.is_some() {
-                return Ok(None);
-            }
-            self.parse_and_store(id, &parser, &src, &st.file).map(Some)
-        };
-        // A run in subject batches parses a source's files one at a time: each file's text,
-        // buffers and table are let go of before the next file is read.
-        let parsed: Vec<Option<ParsedFile>> = if self.lean_ingests.load(Ordering::Relaxed) {
-            states.iter().map(parse).collect::<anyhow::Result<_>>()?
-        } else {
-            states
-                .par_iter()
-                .map(parse)
-                .collect::<anyhow::Result<_>>()?
-        };
+        // A run in subject batches hashes a source's files, then parses them one at a time:
+        // each file's text, buffers and table are let go of before the next file is read.
+        // Otherwise each file is hashed, looked up and, without a cached parse, parsed in
+        // turn (two or more at once): a file read to be hashed is parsed from those bytes.
+        let (states, parsed): (Vec<FileState>, Vec<Option<ParsedFile>>) =
+            if self.lean_ingests.load(Ordering::Relaxed) {
+                let states = self.judge.files(id, source, &src)?;
+                let parsed = states
+                    .iter()
+                    .map(|st| match st.cached {
+                        Some(_) => Ok(None),
+                        None => self.parse_and_store(id, &parser, &src, st, None).map(Some),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                (states, parsed)
+            } else {
+                source
+                    .files
+                    .par_iter()
+                    .map(|f| -> anyhow::Result<(FileState, Option<ParsedFile>)> {
+                        let (st, bytes) = self.judge.file_keeping(id, f, &src)?;
+                        if st.cached.is_some() {
+                            return Ok((st, None));
+                        }
+                        let p = self.parse_and_store(id, &parser, &src, &st, bytes)?;
+                        Ok((st, Some(p)))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+                    .into_iter()
+                    .unzip()
+            };
         let mut notes = Vec::new();
         let mut refs = Vec::new();
         for (st, p) in states.iter().zip(&parsed) {
@@ -903,19 +917,26 @@ impl Engine<'_> {
         ))
     }
 
-    /// Parses `file` for ingest stage `id` and caches the parse; in a run in subject batches
-    /// the file's table is then let go of (the batches read it back from the cache).
+    /// Parses the file of `state` for ingest stage `id` (from `bytes`, its content, when it
+    /// was read to be hashed) and caches the parse; in a run in subject batches the file's
+    /// table is then let go of (the batches read it back from the cache).
     fn parse_and_store(
         &self,
         id: usize,
         parser: &FileParser,
         src: &crate::fingerprint::SourceRecipe,
-        file: &crate::source::SourceFile,
+        state: &FileState,
+        bytes: Option<Vec<u8>>,
     ) -> anyhow::Result<ParsedFile> {
         let s = &self.plan.stages[id];
+        let file = &state.file;
         let failed = |e: DataError| stage_error(&s.name, &s.kind_name, e.into());
         if !self.lean_ingests.load(Ordering::Relaxed) {
-            let p = parser.parse(file).map_err(failed)?;
+            let p = match bytes {
+                Some(bytes) => parser.parse_read(file, bytes, state.hash.clone()),
+                None => parser.parse(file),
+            }
+            .map_err(failed)?;
             self.store_file(src, &p, |cache| {
                 let mut w = cache
                     .file_table_writer()?
@@ -1022,7 +1043,7 @@ impl Engine<'_> {
                         )),
                     }
                 }
-                self.parse_and_store(id, parser, src, &st.file)
+                self.parse_and_store(id, parser, src, st, None)
             })
             .collect::<anyhow::Result<_>>()?;
         let accepted: BTreeMap<String, u64> = parts

@@ -80,6 +80,21 @@ impl FileHashes {
 
     /// Size and blake3 of a file; read only when its stamp changed.
     pub fn hash(&self, path: &Path) -> std::io::Result<(u64, String)> {
+        let (bytes, hash, _) = self.hash_with(path, false)?;
+        Ok((bytes, hash))
+    }
+
+    /// [`FileHashes::hash`], and the file's bytes when it had to be read: a caller about to
+    /// parse the file then reads it once, not once to hash it and again to parse it.
+    pub fn hash_keeping(&self, path: &Path) -> std::io::Result<(u64, String, Option<Vec<u8>>)> {
+        self.hash_with(path, true)
+    }
+
+    fn hash_with(
+        &self,
+        path: &Path,
+        keep: bool,
+    ) -> std::io::Result<(u64, String, Option<Vec<u8>>)> {
         let key = std::path::absolute(path)?.to_string_lossy().into_owned();
         let meta = std::fs::metadata(path)?;
         let (mtime_ns, ctime_ns, inode, device) = stamp_of(&meta);
@@ -95,7 +110,7 @@ impl FileHashes {
             && cfg!(unix)
             && same_file(&s)
         {
-            return Ok((s.bytes, s.hash));
+            return Ok((s.bytes, s.hash, None));
         }
         if self.trust_stamps
             && let Some(s) = self.known.get(&key)
@@ -103,14 +118,19 @@ impl FileHashes {
             && s.hashed_ns - mtime_ns.max(ctime_ns) >= SETTLE_NS
         {
             self.remember(key, s.clone());
-            return Ok((s.bytes, s.hash.clone()));
+            return Ok((s.bytes, s.hash.clone(), None));
         }
         let hashed_ns = now_ns();
-        let mut hasher = blake3::Hasher::new();
-        // 64 KiB reads (`update_reader`), not `io::copy`'s 8 KiB: wider SIMD batches.
-        hasher.update_reader(std::fs::File::open(path)?)?;
-        let bytes = hasher.count();
-        let hash = hasher.finalize().to_hex().to_string();
+        let (bytes, hash, kept) = if keep {
+            let content = std::fs::read(path)?;
+            let hash = blake3::hash(&content).to_hex().to_string();
+            (content.len() as u64, hash, Some(content))
+        } else {
+            let mut hasher = blake3::Hasher::new();
+            // 64 KiB reads (`update_reader`), not `io::copy`'s 8 KiB: wider SIMD batches.
+            hasher.update_reader(std::fs::File::open(path)?)?;
+            (hasher.count(), hasher.finalize().to_hex().to_string(), None)
+        };
         self.read_files.fetch_add(1, Ordering::Relaxed);
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
         // The stamp is of the file before reading; a change while reading shows next time.
@@ -126,7 +146,7 @@ impl FileHashes {
         if bytes == meta.len() {
             self.remember(key, stamp);
         }
-        Ok((bytes, hash))
+        Ok((bytes, hash, kept))
     }
 
     fn remember(&self, key: String, stamp: Stamp) {
@@ -202,5 +222,21 @@ mod tests {
         let second = FileHashes::load(dir.path(), true);
         second.hash(&f).unwrap();
         assert_eq!(second.read(), (1, 1));
+    }
+
+    #[test]
+    fn a_file_read_to_be_hashed_can_be_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.csv");
+        std::fs::write(&f, b"x,y\n1,2\n").unwrap();
+        let hashes = FileHashes::load(dir.path(), true);
+        let (n, h, bytes) = hashes.hash_keeping(&f).unwrap();
+        assert_eq!(bytes.as_deref(), Some(&b"x,y\n1,2\n"[..]));
+        assert_eq!((n, h.as_str()), (8, blake3::hash(b"x,y\n1,2\n").to_hex().as_str()));
+        // Known in this run: not read again, so no bytes; the same hash as `hash` gives.
+        let (_, again, bytes) = hashes.hash_keeping(&f).unwrap();
+        assert_eq!((again.as_str(), bytes), (h.as_str(), None));
+        assert_eq!(hashes.hash(&f).unwrap().1, h);
+        assert_eq!(hashes.read(), (1, 8));
     }
 }

@@ -111,6 +111,11 @@ pub struct FileState {
     pub note: Option<String>,
 }
 
+/// A raw file that could not be read to be hashed.
+fn unreadable(f: &SourceFile, e: std::io::Error) -> anyhow::Error {
+    crate::error::DataError::BadSource(format!("{}: cannot read: {e}", f.path.display())).into()
+}
+
 /// What deciding needs: the cache, the last published run, the run date, the selection.
 pub struct Judge<'a> {
     pub plan: &'a Plan,
@@ -166,54 +171,75 @@ impl Judge<'_> {
         source: &ResolvedSource,
         recipe: &SourceRecipe,
     ) -> anyhow::Result<Vec<FileState>> {
-        let forced = self.selection.forces(id).is_some();
         source
             .files
             .par_iter()
-            .map(|f| -> anyhow::Result<FileState> {
-                let (_, hash) = self.hashes.hash(&f.path).map_err(|e| {
-                    crate::error::DataError::BadSource(format!(
-                        "{}: cannot read: {e}",
-                        f.path.display()
-                    ))
-                })?;
-                let mut state = FileState {
-                    file: f.clone(),
-                    hash,
-                    cached: None,
-                    note: None,
-                };
-                if forced {
-                    return Ok(state);
-                }
-                let free = recipe.file_key(&f.site, &f.rel, &state.hash, None);
-                let late = recipe.file_key(&f.site, &f.rel, &state.hash, Some(&self.bound));
-                for key in [free, late] {
-                    match self.cache.file_entry(&key) {
-                        Lookup::Found(e) if e.holds_for(&self.bound) => {
-                            state.cached = Some(e);
-                            break;
-                        }
-                        Lookup::Found(e) => {
-                            state.note = Some(format!(
-                                "run date changed and file {} has dates after {}",
-                                f.rel,
-                                if e.late { &e.bound } else { &self.bound }
-                            ))
-                        }
-                        Lookup::Missing => {}
-                        Lookup::Corrupt(why) => {
-                            state.note =
-                                Some(format!("cached parse of file {} unusable ({why})", f.rel))
-                        }
-                    }
-                }
-                if state.cached.is_some() {
-                    state.note = None;
-                }
-                Ok(state)
+            .map(|f| {
+                let (_, hash) = self.hashes.hash(&f.path).map_err(|e| unreadable(f, e))?;
+                Ok(self.file_state(id, f, recipe, hash))
             })
             .collect()
+    }
+
+    /// [`Judge::files`] for one file, and its bytes when it had to be read to be hashed and
+    /// has no cached parse: the caller parses those bytes rather than reading the file again.
+    pub fn file_keeping(
+        &self,
+        id: usize,
+        f: &SourceFile,
+        recipe: &SourceRecipe,
+    ) -> anyhow::Result<(FileState, Option<Vec<u8>>)> {
+        let (_, hash, bytes) = self
+            .hashes
+            .hash_keeping(&f.path)
+            .map_err(|e| unreadable(f, e))?;
+        let state = self.file_state(id, f, recipe, hash);
+        let bytes = bytes.filter(|_| state.cached.is_none());
+        Ok((state, bytes))
+    }
+
+    /// A file of an ingest stage of blake3 `hash`, with its cached parse if there is one.
+    fn file_state(
+        &self,
+        id: usize,
+        f: &SourceFile,
+        recipe: &SourceRecipe,
+        hash: String,
+    ) -> FileState {
+        let mut state = FileState {
+            file: f.clone(),
+            hash,
+            cached: None,
+            note: None,
+        };
+        if self.selection.forces(id).is_some() {
+            return state;
+        }
+        let free = recipe.file_key(&f.site, &f.rel, &state.hash, None);
+        let late = recipe.file_key(&f.site, &f.rel, &state.hash, Some(&self.bound));
+        for key in [free, late] {
+            match self.cache.file_entry(&key) {
+                Lookup::Found(e) if e.holds_for(&self.bound) => {
+                    state.cached = Some(e);
+                    break;
+                }
+                Lookup::Found(e) => {
+                    state.note = Some(format!(
+                        "run date changed and file {} has dates after {}",
+                        f.rel,
+                        if e.late { &e.bound } else { &self.bound }
+                    ))
+                }
+                Lookup::Missing => {}
+                Lookup::Corrupt(why) => {
+                    state.note = Some(format!("cached parse of file {} unusable ({why})", f.rel))
+                }
+            }
+        }
+        if state.cached.is_some() {
+            state.note = None;
+        }
+        state
     }
 
     /// The file's part of the recipe, if known: from its fresh parse, else its cached one.

@@ -806,7 +806,18 @@ pub struct FileParser {
 impl FileParser {
     /// Reads and checks one file of the source.
     pub fn parse(&self, file: &SourceFile) -> Result<ParsedFile, DataError> {
-        self.parse_with(file, None)
+        self.parse_with(file, None, None)
+    }
+
+    /// [`FileParser::parse`] of `bytes`, the file's content as read to hash it (blake3
+    /// `hash`): the file is not read again.
+    pub fn parse_read(
+        &self,
+        file: &SourceFile,
+        bytes: Vec<u8>,
+        hash: String,
+    ) -> Result<ParsedFile, DataError> {
+        self.parse_with(file, None, Some((bytes, hash)))
     }
 
     /// [`FileParser::parse`], handing the file's rows to `pieces` as they are parsed, in
@@ -817,7 +828,7 @@ impl FileParser {
         file: &SourceFile,
         pieces: &mut dyn FnMut(DataFrame),
     ) -> Result<ParsedFile, DataError> {
-        self.parse_with(file, Some(pieces))
+        self.parse_with(file, Some(pieces), None)
     }
 
     /// The integer columns whose declared bounds fit in 8 or 16 bits, with that type: a parse
@@ -847,8 +858,9 @@ impl FileParser {
         &self,
         file: &SourceFile,
         pieces: Option<&mut dyn FnMut(DataFrame)>,
+        read: Option<(Vec<u8>, String)>,
     ) -> Result<ParsedFile, DataError> {
-        let r = read_file_with(file, &self.columns, pieces)?;
+        let r = read_file_with(file, &self.columns, pieces, read)?;
         let mut read = r.read;
         read.source = self.source.clone();
         Ok(ParsedFile {
@@ -1050,19 +1062,22 @@ fn normalises_to(field: &[u8], h: &str) -> bool {
 
 #[cfg(test)]
 fn read_file(file: &SourceFile, columns: &[CompiledColumn]) -> Result<FileResult, DataError> {
-    read_file_with(file, columns, None)
+    read_file_with(file, columns, None, None)
 }
 
 fn read_file_with(
     file: &SourceFile,
     columns: &[CompiledColumn],
     pieces: Option<&mut dyn FnMut(DataFrame)>,
+    read: Option<(Vec<u8>, String)>,
 ) -> Result<FileResult, DataError> {
-    // A file parsed in pieces is read as a stream: neither its rows nor its text is held.
+    // A file parsed in pieces is read as a stream: neither its rows nor its text is held. A
+    // file already read (to hash it, `read`: its bytes and their blake3) is not read again.
     let encoding = file.dialect.encoding;
-    let input = match pieces {
-        Some(_) => Stream::open(&file.path, encoding).map(Input::Stream),
-        None => Text::read(&file.path, encoding).map(Input::Text),
+    let input = match (&pieces, read) {
+        (Some(_), _) => Stream::open(&file.path, encoding).map(Input::Stream),
+        (None, Some((bytes, hash))) => Ok(Input::Text(Text::of_bytes(bytes, encoding, Some(hash)))),
+        (None, None) => Text::read(&file.path, encoding).map(Input::Text),
     };
     let input = input.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -1096,9 +1111,9 @@ const DECODE_CHUNK: usize = 1 << 20;
 
 impl Text {
     /// The text of `bytes` in `encoding`: a Latin-1 file with a byte beyond ASCII is decoded
-    /// to a copy, and the bytes let go of.
-    fn of_bytes(bytes: Vec<u8>, encoding: dialect::Encoding) -> Text {
-        let hash = blake3::hash(&bytes).to_hex().to_string();
+    /// to a copy, and the bytes let go of. `hash`, their blake3 when it is known.
+    fn of_bytes(bytes: Vec<u8>, encoding: dialect::Encoding, hash: Option<String>) -> Text {
+        let hash = hash.unwrap_or_else(|| blake3::hash(&bytes).to_hex().to_string());
         let count = bytes.len() as u64;
         let decoded = match dialect::decode(&bytes, encoding) {
             std::borrow::Cow::Borrowed(t) => Err(bytes.len() - t.len()),
@@ -1125,7 +1140,7 @@ impl Text {
     fn read(path: &std::path::Path, encoding: dialect::Encoding) -> std::io::Result<Text> {
         use std::io::Read;
         if encoding != dialect::Encoding::Latin1 {
-            return Ok(Text::of_bytes(std::fs::read(path)?, encoding));
+            return Ok(Text::of_bytes(std::fs::read(path)?, encoding, None));
         }
         let (mut reader, hashes, size) = decoded(path, encoding)?;
         let room = encoding_rs::WINDOWS_1252
@@ -1155,7 +1170,7 @@ fn parse_file(
     columns: &[CompiledColumn],
     pieces: Option<&mut dyn FnMut(DataFrame)>,
 ) -> Result<FileResult, DataError> {
-    let text = Text::of_bytes(bytes, file.dialect.encoding);
+    let text = Text::of_bytes(bytes, file.dialect.encoding, None);
     parse_text(file, Input::Text(text), columns, pieces)
 }
 
@@ -2226,7 +2241,8 @@ mod tests {
             );
             let whole = read_file(&f, &columns).unwrap();
             let mut pieces = Vec::new();
-            let streamed = read_file_with(&f, &columns, Some(&mut |p| pieces.push(p))).unwrap();
+            let streamed =
+                read_file_with(&f, &columns, Some(&mut |p| pieces.push(p)), None).unwrap();
             assert_eq!(pieces.len(), 1, "{name}");
             assert!(pieces[0].equals_missing(&whole.table), "{name}");
             assert!(whole.table.height() > 0, "{name}");
@@ -2243,7 +2259,7 @@ mod tests {
             b" \r\n\n",
             dialect("{}"),
         );
-        let err = read_file_with(&f, &columns, Some(&mut |_| {}))
+        let err = read_file_with(&f, &columns, Some(&mut |_| {}), None)
             .err()
             .unwrap()
             .to_string();
@@ -2256,7 +2272,7 @@ mod tests {
             dialect(latin1),
         );
         let whole = read_file(&f, &columns).err().unwrap().to_string();
-        let streamed = read_file_with(&f, &columns, Some(&mut |_| {}))
+        let streamed = read_file_with(&f, &columns, Some(&mut |_| {}), None)
             .err()
             .unwrap()
             .to_string();
@@ -2278,7 +2294,7 @@ mod tests {
         let path = dir.path().join("latin1.csv");
         std::fs::write(&path, &bytes).unwrap();
         let read = Text::read(&path, dialect::Encoding::Latin1).unwrap();
-        let whole = Text::of_bytes(bytes.clone(), dialect::Encoding::Latin1);
+        let whole = Text::of_bytes(bytes.clone(), dialect::Encoding::Latin1, None);
         assert_eq!(read.owned[read.from..], whole.owned[whole.from..]);
         assert!(
             std::str::from_utf8(&read.owned)
