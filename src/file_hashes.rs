@@ -232,7 +232,10 @@ mod tests {
         let hashes = FileHashes::load(dir.path(), true);
         let (n, h, bytes) = hashes.hash_keeping(&f).unwrap();
         assert_eq!(bytes.as_deref(), Some(&b"x,y\n1,2\n"[..]));
-        assert_eq!((n, h.as_str()), (8, blake3::hash(b"x,y\n1,2\n").to_hex().as_str()));
+        assert_eq!(
+            (n, h.as_str()),
+            (8, blake3::hash(b"x,y\n1,2\n").to_hex().as_str())
+        );
         // Known in this run: not read again, so no bytes; the same hash as `hash` gives.
         let (_, again, bytes) = hashes.hash_keeping(&f).unwrap();
         assert_eq!((again.as_str(), bytes), (h.as_str(), None));
