@@ -134,6 +134,7 @@ impl Summarize {
         let mut group = rows.drop_in_place(GROUP)?;
         group.set_sorted_flag(IsSorted::Ascending);
         rows.insert_column(0, group)?;
+        let quartiles = quartiles(rows.column(GROUP)?.idx()?, rows.column(VALUE)?.f64()?)?;
         Ok(rows
             .lazy()
             .group_by([col(GROUP)])
@@ -147,12 +148,15 @@ impl Summarize {
                     .then(lit(0.0))
                     .otherwise(v().std(1))
                     .alias("SD"),
-                v().median().alias("MEDIAN"),
-                v().quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
-                v().quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
                 v().min().alias("MIN"),
                 v().max().alias("MAX"),
             ])
+            .join(
+                quartiles.lazy(),
+                [col(GROUP)],
+                [col(GROUP)],
+                JoinArgs::new(JoinType::Inner),
+            )
             .join(
                 groups.keys.clone().lazy(),
                 [col(GROUP)],
@@ -192,6 +196,58 @@ impl Summarize {
             .into_iter()
             .map(|p| p.select(columns.clone()))
             .collect())
+    }
+}
+
+/// The median and both quartiles of each group's values (`values`, ordered by `group`, none
+/// missing or NaN), one row per group: each as polars' quantile with linear interpolation
+/// gives it (`quantile`), from one sort of the group's values, where polars' grouped
+/// median and quantiles select within a copy of the group's values once for each.
+fn quartiles(group: &IdxCa, values: &Float64Chunked) -> PolarsResult<DataFrame> {
+    let (group, values) = (group.rechunk(), values.rechunk());
+    let (group, values) = (group.cont_slice()?, values.cont_slice()?);
+    let mut ids: Vec<IdxSize> = Vec::new();
+    let [mut median, mut q1, mut q3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut sorted: Vec<f64> = Vec::new();
+    let mut start = 0;
+    while start < group.len() {
+        let end = start + group[start..].partition_point(|&g| g == group[start]);
+        sorted.clear();
+        sorted.extend_from_slice(&values[start..end]);
+        sorted.sort_unstable_by(f64::total_cmp);
+        ids.push(group[start]);
+        median.push(quantile(&sorted, 0.5));
+        q1.push(quantile(&sorted, 0.25));
+        q3.push(quantile(&sorted, 0.75));
+        start = end;
+    }
+    DataFrame::new(
+        ids.len(),
+        vec![
+            Column::new(GROUP.into(), ids),
+            Column::new("MEDIAN".into(), median),
+            Column::new("Q1".into(), q1),
+            Column::new("Q3".into(), q3),
+        ],
+    )
+}
+
+/// Quantile `q` of `sorted` (ascending, not empty) as polars computes it with linear
+/// interpolation (its `quantile_idx` and `linear_interpol`): the value at (n - 1) q, or
+/// between the two values around it.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    let float_idx = (n as f64 - 1.0) * q;
+    let idx = (float_idx as usize).min(n - 1);
+    let lower = sorted[idx];
+    if idx == float_idx.ceil() as usize {
+        return lower;
+    }
+    let upper = sorted[idx + 1];
+    if lower == upper {
+        lower
+    } else {
+        (float_idx - idx as f64) * (upper - lower) + lower
     }
 }
 
@@ -330,6 +386,54 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// One sort per group gives the median and quartiles polars' grouped median and
+        /// quantiles give, to the bit: groups of one value, of ties, of values drawn from a
+        /// wide range, negative and zero.
+        #[test]
+        fn quartiles_are_polars_grouped_quantiles(
+            groups in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Strategy::prop_map(-4i32..5, |v| f64::from(v) / 4.0),
+                        proptest::num::f64::NORMAL,
+                    ],
+                    1..30,
+                ),
+                1..20,
+            ),
+        ) {
+            let group: Vec<IdxSize> = groups
+                .iter()
+                .enumerate()
+                .flat_map(|(g, v)| std::iter::repeat_n(g as IdxSize, v.len()))
+                .collect();
+            let values: Vec<f64> = groups.concat();
+            let mut g = IdxCa::from_vec(GROUP.into(), group);
+            g.set_sorted_flag(IsSorted::Ascending);
+            let ours = quartiles(&g, &Float64Chunked::from_vec(VALUE.into(), values.clone()))
+                .unwrap();
+            let theirs = df!(GROUP => g.into_series(), VALUE => values)
+                .unwrap()
+                .lazy()
+                .group_by([col(GROUP)])
+                .agg([
+                    col(VALUE).median().alias("MEDIAN"),
+                    col(VALUE).quantile(lit(0.25), QuantileMethod::Linear).alias("Q1"),
+                    col(VALUE).quantile(lit(0.75), QuantileMethod::Linear).alias("Q3"),
+                ])
+                .sort([GROUP], Default::default())
+                .collect()
+                .unwrap();
+            proptest::prop_assert_eq!(ours.height(), groups.len());
+            for c in [GROUP, "MEDIAN", "Q1", "Q3"] {
+                let bits = |df: &DataFrame| -> Vec<u64> {
+                    let s = df.column(c).unwrap().cast(&DataType::Float64).unwrap();
+                    s.f64().unwrap().into_no_null_iter().map(f64::to_bits).collect()
+                };
+                proptest::prop_assert_eq!(bits(&ours), bits(&theirs), "{}", c);
+            }
+        }
+
         /// Grouping by runs of equal rows gives, on any row order (sorted, interleaved, keys
         /// missing), the statistics a row-by-row oracle of the rule gives, long and wide.
         #[test]
