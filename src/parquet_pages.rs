@@ -377,7 +377,9 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
     let dtype =
         ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(text.dtype().clone()), false);
     let values: Utf8ViewArray = values.into();
-    DictionaryArray::try_new(dtype, keys, values.boxed()).ok()
+    // SAFETY: every key is the place of a value pushed to `values` (a null row's key, 0, is
+    // never read). `try_new` would check each of the column's keys again.
+    unsafe { DictionaryArray::try_new_unchecked(dtype, keys, values.boxed()) }.ok()
 }
 
 /// `values` as a dictionary array (keys `u32`) when they are few: values in order of first
@@ -427,7 +429,9 @@ pub fn dictionary_of_few<T: polars_arrow::types::NativeType>(
     let dtype = values.dtype().clone();
     let dictionary = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(dtype.clone()), false);
     let values = PrimitiveArray::new(dtype, distinct.into(), None);
-    DictionaryArray::try_new(dictionary, keys, values.boxed()).ok()
+    // SAFETY: every key is the place of a value pushed to `distinct` (a null row's key, 0, is
+    // never read). `try_new` would check each of the column's keys again.
+    unsafe { DictionaryArray::try_new_unchecked(dictionary, keys, values.boxed()) }.ok()
 }
 
 /// Whether a column of `dtype` that would be written plain is written
@@ -536,7 +540,11 @@ fn narrow_dictionary<T: polars_arrow::types::NativeType + Into<i64> + TryFrom<i6
     let dictionary =
         ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(physical.clone()), false);
     let values = PrimitiveArray::new(physical, distinct.into(), None);
-    Some(DictionaryArray::try_new(dictionary, keys, values.boxed()).ok())
+    // SAFETY: a key is a value's distance from the smallest where every value of the range
+    // is present (so below `distinct.len()`), else its place in `lookup`, made from
+    // `distinct`; a null row's value is clamped into the range first. `try_new` would check
+    // each of the column's keys again.
+    Some(unsafe { DictionaryArray::try_new_unchecked(dictionary, keys, values.boxed()) }.ok())
 }
 
 /// A floating-point column, or an integer column of a wide range, gets a dictionary while its
