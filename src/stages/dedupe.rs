@@ -22,8 +22,6 @@ const SIG: &str = "__sig";
 const ORDER: &str = "__order";
 const ROW: &str = "__row";
 const PACKED: &str = "__packed";
-const KEY_RUN: &str = "__keyrun";
-const FILE_RUN: &str = "__filerun";
 const KEPT_ROW: &str = "__keptrow";
 
 /// One integer per row that sorts like `columns` (missing values first, text in byte order)
@@ -129,29 +127,17 @@ fn column_codes(column: &Column) -> PolarsResult<Option<Codes>> {
     match column.dtype() {
         DataType::String => {
             // The distinct values are sorted once, and each run's value is looked up once.
-            let text = column.as_materialized_series();
-            let frame =
-                DataFrame::new(n, vec![text.clone().with_name("__v".into()).into_column()])?;
-            let (_, first_rows) = crate::stages::runs(&frame, &["__v"])?;
-            let run_values = text.take(&first_rows)?;
-            let sorted = run_values.drop_nulls().unique()?.sort(Default::default())?;
-            let codes: Vec<u64> = if sorted.is_empty() {
-                vec![0; first_rows.len()]
-            } else {
-                let last = (sorted.len() - 1) as IdxSize;
-                let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)?
-                    .apply_values(|p| p.min(last));
-                let found = sorted.take(&place)?.equal_missing(&run_values)?;
-                place
-                    .into_no_null_iter()
-                    .zip(found.iter())
-                    .map(|(p, f)| if f == Some(true) { u64::from(p) + 1 } else { 0 })
-                    .collect()
-            };
+            let r = crate::stages::places_of_runs(column.as_materialized_series(), |run_values| {
+                run_values.drop_nulls().unique()?.sort(Default::default())
+            })?;
+            // Missing values (not found) first, as code 0.
+            let codes = (r.place.into_no_null_iter().zip(r.found.iter()))
+                .map(|(p, f)| if f == Some(true) { u64::from(p) + 1 } else { 0 })
+                .collect();
             Ok(Some(Codes::Runs {
-                spans: crate::stages::run_spans(&first_rows, n),
+                spans: crate::stages::run_spans(&r.first_rows, n),
                 codes,
-                distinct: sorted.len() as u64,
+                distinct: r.sorted as u64,
             }))
         }
         // (UInt64 may not fit the i64 the codes are computed in.)
@@ -232,7 +218,7 @@ fn lines_follow_rows(narrow: &DataFrame) -> PolarsResult<bool> {
 fn packed_with_rows(
     narrow: &DataFrame,
     key_and_order: &[String],
-) -> PolarsResult<Option<DataFrame>> {
+) -> PolarsResult<Option<SortedRows>> {
     use rayon::prelude::*;
     let n = narrow.height();
     let Some((mut values, bits)) = packed_codes(narrow, key_and_order)? else {
@@ -250,42 +236,31 @@ fn packed_with_rows(
     // already in order (most files list a subject's days in order) and merges them.
     values.par_sort();
     let low = |bits: u32| 1u64.checked_shl(bits).map_or(u64::MAX, |b| b - 1);
-    let rows = IdxCa::from_vec(
-        ROW.into(),
+    let shifted = |bits: u32| -> Vec<u64> {
         values
+            .iter()
+            .map(|&v| v.checked_shr(bits).unwrap_or(0))
+            .collect()
+    };
+    Ok(Some(SortedRows {
+        rows: values
             .iter()
             .map(|&v| (v & low(row_bits)) as IdxSize)
             .collect(),
-    );
-    let file = UInt64Chunked::from_vec(
-        FILE_RUN.into(),
-        values
-            .iter()
-            .map(|&v| v.checked_shr(row_bits).unwrap_or(0))
-            .collect(),
-    );
-    let key = UInt64Chunked::from_vec(
-        KEY_RUN.into(),
-        values
-            .iter()
-            .map(|&v| v.checked_shr(row_bits + order_bits).unwrap_or(0))
-            .collect(),
-    );
-    Ok(Some(DataFrame::new(
-        n,
-        vec![rows.into_column(), key.into_column(), file.into_column()],
-    )?))
+        key: shifted(row_bits + order_bits),
+        file: shifted(row_bits),
+    }))
 }
 
-/// The rows of `input` in key order (the key, then export order `order_of_row`, then line):
-/// `ROW`, the input row, with `KEY_RUN` and `FILE_RUN`, numbers equal on neighbouring rows
-/// exactly when their keys are equal (missing equals missing), and their keys and files.
+/// The rows of `input` in key order (the key, then export order `order_of_row`, then line),
+/// with numbers equal on neighbouring rows exactly when their keys are equal (missing equals
+/// missing), and their keys and files.
 fn key_order(
     input: &DataFrame,
     key: &[String],
     order_of_row: Column,
     packing: Packing,
-) -> PolarsResult<DataFrame> {
+) -> PolarsResult<SortedRows> {
     let mut sort_columns: Vec<String> = key.to_vec();
     sort_columns.extend([ORDER.to_string(), "SRCLINE".to_string()]);
     let mut narrow: Vec<Column> = Vec::new();
@@ -318,16 +293,17 @@ fn key_order(
         let rows = packed.arg_sort(SortOptions::default().with_multithreaded(true));
         let sorted = packed.take(&rows)?;
         drop(packed);
-        let file = sorted.apply_values(|p| p.checked_shr(line_bits).unwrap_or(0));
-        let key = sorted.apply_values(|p| p.checked_shr(line_bits + order_bits).unwrap_or(0));
-        return DataFrame::new(
-            rows.len(),
-            vec![
-                rows.with_name(ROW.into()).into_column(),
-                key.with_name(KEY_RUN.into()).into_column(),
-                file.with_name(FILE_RUN.into()).into_column(),
-            ],
-        );
+        let shifted = |bits: u32| -> Vec<u64> {
+            sorted
+                .into_no_null_iter()
+                .map(|p| p.checked_shr(bits).unwrap_or(0))
+                .collect()
+        };
+        return Ok(SortedRows {
+            rows: rows.into_no_null_iter().collect(),
+            key: shifted(line_bits + order_bits),
+            file: shifted(line_bits),
+        });
     }
     let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
     let mut file_names = key_names.clone();
@@ -345,14 +321,12 @@ fn key_order(
         .collect()?;
     let (key_run, _) = crate::stages::runs(&sorted, &key_names)?;
     let (file_run, _) = crate::stages::runs(&sorted, &file_names)?;
-    DataFrame::new(
-        sorted.height(),
-        vec![
-            sorted.column(ROW)?.clone(),
-            key_run.with_name(KEY_RUN.into()).into_column(),
-            file_run.with_name(FILE_RUN.into()).into_column(),
-        ],
-    )
+    let numbers = |runs: IdxCa| runs.into_no_null_iter().map(u64::from).collect();
+    Ok(SortedRows {
+        rows: sorted.column(ROW)?.idx()?.into_no_null_iter().collect(),
+        key: numbers(key_run),
+        file: numbers(file_run),
+    })
 }
 
 impl Stage for Dedupe {
@@ -441,7 +415,7 @@ impl Dedupe {
         // repeat within a file and which row is the newest, without hashing every row into
         // groups; the value columns are gathered once at the end (and for the few rows whose
         // key repeats in a file).
-        let sorted = SortedRows::of(&key_order(input, &self.key, order_of_row, packing)?)?;
+        let sorted = key_order(input, &self.key, order_of_row, packing)?;
 
         // Within one file: most keys occur once. Only the repeated ones are compared, by a
         // signature of every value column: identical rows keep their first line, differing
@@ -614,18 +588,6 @@ struct SortedRows {
 }
 
 impl SortedRows {
-    fn of(order: &DataFrame) -> PolarsResult<SortedRows> {
-        let numbers = |name: &str| -> PolarsResult<Vec<u64>> {
-            let c = order.column(name)?.cast(&DataType::UInt64)?;
-            Ok(c.u64()?.into_no_null_iter().collect())
-        };
-        Ok(SortedRows {
-            rows: order.column(ROW)?.idx()?.into_no_null_iter().collect(),
-            key: numbers(KEY_RUN)?,
-            file: numbers(FILE_RUN)?,
-        })
-    }
-
     /// Whether the row at `i` shares its key with a neighbour of its own file.
     fn repeated(&self, i: usize) -> bool {
         let f = &self.file;

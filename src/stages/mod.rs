@@ -585,14 +585,29 @@ pub(crate) fn run_spans(first_rows: &IdxCa, n: usize) -> Vec<[IdxSize; 2]> {
         .collect()
 }
 
-/// Each value's place among `sorted` (distinct values, ascending, no missing one) and whether
-/// it is there, looked up once per run of equal values ([`runs`]). `sorted_of` gives the sorted
-/// values from the runs' values (one per run), so a caller that looks values up among their own
-/// distinct values finds those once per run too. A missing value is not found.
-pub(crate) fn places_by_run(
+/// The runs of equal values of a column ([`runs`]) and each run's value looked up among
+/// sorted distinct values ([`places_of_runs`]).
+pub(crate) struct RunPlaces {
+    /// Each row's run.
+    pub run_of_row: IdxCa,
+    /// Each run's first row.
+    pub first_rows: IdxCa,
+    /// Each run's value's place among the sorted values (0 where it is not there).
+    pub place: IdxCa,
+    /// Whether each run's value is among the sorted values (a missing value is not).
+    pub found: BooleanChunked,
+    /// How many sorted values there are.
+    pub sorted: usize,
+}
+
+/// The runs of `values` and each run's value's place among `sorted` (distinct values,
+/// ascending, no missing one), looked up once per run. `sorted_of` gives the sorted values
+/// from the runs' values (one per run), so a caller that looks values up among their own
+/// distinct values finds those once per run too.
+pub(crate) fn places_of_runs(
     values: &Series,
     sorted_of: impl FnOnce(&Series) -> PolarsResult<Series>,
-) -> PolarsResult<(IdxCa, BooleanChunked)> {
+) -> PolarsResult<RunPlaces> {
     let n = values.len();
     let (run_of_row, first_rows) = runs(
         &DataFrame::new(
@@ -603,17 +618,36 @@ pub(crate) fn places_by_run(
     )?;
     let run_values = values.take(&first_rows)?;
     let sorted = sorted_of(&run_values)?;
-    if sorted.is_empty() {
-        return Ok((
-            IdxCa::full("__place".into(), 0, n),
-            BooleanChunked::full("__found".into(), false, n),
-        ));
-    }
-    let last = (sorted.len() - 1) as IdxSize;
-    let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)?
-        .apply_values(|p| p.min(last));
-    let found = sorted.take(&place)?.equal_missing(&run_values)?;
-    Ok((place.take(&run_of_row)?, found.take(&run_of_row)?))
+    let (place, found) = if sorted.is_empty() {
+        let k = first_rows.len();
+        (
+            IdxCa::full("__place".into(), 0, k),
+            BooleanChunked::full("__found".into(), false, k),
+        )
+    } else {
+        let last = (sorted.len() - 1) as IdxSize;
+        let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)?
+            .apply_values(|p| p.min(last));
+        let found = sorted.take(&place)?.equal_missing(&run_values)?;
+        (place, found)
+    };
+    Ok(RunPlaces {
+        run_of_row,
+        first_rows,
+        place,
+        found,
+        sorted: sorted.len(),
+    })
+}
+
+/// Each value's place among `sorted` and whether it is there, as [`places_of_runs`] finds
+/// them once per run, given to every row of the run. A missing value is not found.
+pub(crate) fn places_by_run(
+    values: &Series,
+    sorted_of: impl FnOnce(&Series) -> PolarsResult<Series>,
+) -> PolarsResult<(IdxCa, BooleanChunked)> {
+    let r = places_of_runs(values, sorted_of)?;
+    Ok((r.place.take(&r.run_of_row)?, r.found.take(&r.run_of_row)?))
 }
 
 /// A stage context for unit tests of kinds: a minimal pipeline, run date 2026-11-25.
