@@ -71,26 +71,48 @@ fn packed_codes(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<(Vec<
                         .for_each(|p| shift_in(p, c));
                 }
             }
-            Codes::Ints { values, min, .. } => {
+            Codes::Ints { values, min, .. } => shift_in_ints(values, *min, bits, &mut packed)?,
+        }
+    }
+    Ok(Some((packed, widths)))
+}
+
+/// Shifts each value of `values` (the physical integers of a [`Codes::Ints`]) in after the
+/// bits already in its row of `packed`, as its distance from `min` plus one (0 when missing),
+/// `bits` wide. The values are read in their own width: no copy of the column as `i64`.
+fn shift_in_ints(values: &Series, min: i64, bits: u32, packed: &mut [u64]) -> PolarsResult<()> {
+    fn shift<T>(values: &ChunkedArray<T>, min: i64, bits: u32, packed: &mut [u64])
+    where
+        T: PolarsNumericType,
+        T::Native: Into<i64>,
+    {
+        let mut p = packed.iter_mut();
+        for a in values.downcast_iter() {
+            let valid = a.validity();
+            for (i, &x) in a.values().iter().enumerate() {
                 // x - min is below 2^64 - 1 (checked by `column_codes`), so the wrapping
                 // difference is exact; a missing value is 0.
-                let mut p = packed.iter_mut();
-                for a in values.downcast_iter() {
-                    let valid = a.validity();
-                    for (i, &x) in a.values().iter().enumerate() {
-                        let c = match valid {
-                            Some(v) if !v.get_bit(i) => 0,
-                            _ => x.wrapping_sub(*min) as u64 + 1,
-                        };
-                        if let Some(p) = p.next() {
-                            shift_in(p, c);
-                        }
-                    }
+                let c = match valid {
+                    Some(v) if !v.get_bit(i) => 0,
+                    _ => x.into().wrapping_sub(min) as u64 + 1,
+                };
+                if let Some(p) = p.next() {
+                    *p = p.checked_shl(bits).unwrap_or(0) | c;
                 }
             }
         }
     }
-    Ok(Some((packed, widths)))
+    match values.dtype() {
+        DataType::Int8 => shift(values.i8()?, min, bits, packed),
+        DataType::Int16 => shift(values.i16()?, min, bits, packed),
+        DataType::Int32 => shift(values.i32()?, min, bits, packed),
+        DataType::Int64 => shift(values.i64()?, min, bits, packed),
+        DataType::UInt8 => shift(values.u8()?, min, bits, packed),
+        DataType::UInt16 => shift(values.u16()?, min, bits, packed),
+        DataType::UInt32 => shift(values.u32()?, min, bits, packed),
+        dt => polars_bail!(ComputeError: "no integer codes for {dt}"),
+    }
+    Ok(())
 }
 
 /// One column's codes for [`packed_sort_key`] (0 for a missing value).
@@ -102,10 +124,11 @@ enum Codes {
         codes: Vec<u64>,
         distinct: u64,
     },
-    /// Integers (dates included): each value's distance from the smallest (`min`), plus
-    /// one; the largest code is `largest`.
+    /// Integers (dates included) in their physical type (any integer type but `UInt64`):
+    /// each value's distance from the smallest (`min`), plus one; the largest code is
+    /// `largest`.
     Ints {
-        values: Int64Chunked,
+        values: Series,
         min: i64,
         largest: u64,
     },
@@ -142,9 +165,11 @@ fn column_codes(column: &Column) -> PolarsResult<Option<Codes>> {
         }
         // (UInt64 may not fit the i64 the codes are computed in.)
         dt if (dt.is_integer() && *dt != DataType::UInt64) || matches!(dt, DataType::Date) => {
-            let v = column.to_physical_repr().cast(&DataType::Int64)?;
-            let values = v.i64()?.clone();
-            let (Some(min), Some(max)) = (values.min(), values.max()) else {
+            let values = column
+                .as_materialized_series()
+                .to_physical_repr()
+                .into_owned();
+            let (Some(min), Some(max)) = (values.min::<i64>()?, values.max::<i64>()?) else {
                 return Ok(Some(Codes::Ints {
                     values,
                     min: 0,
@@ -183,14 +208,15 @@ enum Packing {
 /// in the table orders the rows of a file as their lines do. (An ingest reads file after
 /// file; a stage between it and the dedupe might have reordered rows.)
 fn lines_follow_rows(narrow: &DataFrame) -> PolarsResult<bool> {
-    let order = narrow.column(ORDER)?.cast(&DataType::UInt64)?;
+    // (The export order is a row index already, the lines `Int64` from an ingest: no copies.)
+    let order = narrow.column(ORDER)?.cast(&IDX_DTYPE)?;
     let line = narrow.column("SRCLINE")?.cast(&DataType::Int64)?;
-    let (order, line) = (order.u64()?, line.i64()?);
+    let (order, line) = (order.idx()?, line.i64()?);
     if order.null_count() > 0 || line.null_count() > 0 {
         return Ok(false);
     }
     let mut seen = std::collections::HashSet::new();
-    let mut previous: Option<(u64, i64)> = None;
+    let mut previous: Option<(IdxSize, i64)> = None;
     for (o, l) in order.into_no_null_iter().zip(line.into_no_null_iter()) {
         match previous {
             Some((po, pl)) if po == o => {
@@ -235,20 +261,11 @@ fn packed_with_rows(
     // Stable and unstable sorts agree on distinct values; the stable one finds the runs
     // already in order (most files list a subject's days in order) and merges them.
     values.par_sort();
-    let low = |bits: u32| 1u64.checked_shl(bits).map_or(u64::MAX, |b| b - 1);
-    let shifted = |bits: u32| -> Vec<u64> {
-        values
-            .iter()
-            .map(|&v| v.checked_shr(bits).unwrap_or(0))
-            .collect()
-    };
     Ok(Some(SortedRows {
-        rows: values
-            .iter()
-            .map(|&v| (v & low(row_bits)) as IdxSize)
-            .collect(),
-        key: shifted(row_bits + order_bits),
-        file: shifted(row_bits),
+        key_shift: row_bits + order_bits,
+        file_shift: row_bits,
+        rows: Rows::LowBits(low_bits(row_bits)),
+        packed: values,
     }))
 }
 
@@ -293,16 +310,11 @@ fn key_order(
         let rows = packed.arg_sort(SortOptions::default().with_multithreaded(true));
         let sorted = packed.take(&rows)?;
         drop(packed);
-        let shifted = |bits: u32| -> Vec<u64> {
-            sorted
-                .into_no_null_iter()
-                .map(|p| p.checked_shr(bits).unwrap_or(0))
-                .collect()
-        };
         return Ok(SortedRows {
-            rows: rows.into_no_null_iter().collect(),
-            key: shifted(line_bits + order_bits),
-            file: shifted(line_bits),
+            packed: sorted.into_no_null_iter().collect(),
+            key_shift: line_bits + order_bits,
+            file_shift: line_bits,
+            rows: Rows::Listed(rows.into_no_null_iter().collect()),
         });
     }
     let key_names: Vec<&str> = key.iter().map(String::as_str).collect();
@@ -321,11 +333,17 @@ fn key_order(
         .collect()?;
     let (key_run, _) = crate::stages::runs(&sorted, &key_names)?;
     let (file_run, _) = crate::stages::runs(&sorted, &file_names)?;
-    let numbers = |runs: IdxCa| runs.into_no_null_iter().map(u64::from).collect();
+    // A row's key run in the high half, its key-and-file run in the low half: the low half
+    // alone already differs between neighbours exactly when key or file does.
     Ok(SortedRows {
-        rows: sorted.column(ROW)?.idx()?.into_no_null_iter().collect(),
-        key: numbers(key_run),
-        file: numbers(file_run),
+        packed: key_run
+            .into_no_null_iter()
+            .zip(file_run.into_no_null_iter())
+            .map(|(k, f)| (u64::from(k) << 32) | u64::from(f))
+            .collect(),
+        key_shift: 32,
+        file_shift: 0,
+        rows: Rows::Listed(sorted.column(ROW)?.idx()?.into_no_null_iter().collect()),
     })
 }
 
@@ -526,12 +544,12 @@ impl Dedupe {
             .collect()?;
         let (kept, superseded) =
             sorted.newest_of_keys(first_of_repeated.column(ROW)?.idx()?, input.height());
-        // A row's file and site are those of its run (a small table), and its line is gathered
-        // from the lines made one chunk: an ingest's table has a chunk per file, and gathering
-        // text from several chunks looks up each row's chunk.
+        // A row's file and site are those of its run (a small table); its line is gathered
+        // from the lines as they are (a chunk per file of an ingest), not copied into one
+        // chunk first for the few rows set aside.
         let of_runs = run_constants(input, &first_rows)?;
         let run_lineage = of_runs.select(["SRCFILE", "SITE"])?;
-        let lines = input.column("SRCLINE")?.rechunk();
+        let lines = input.column("SRCLINE")?;
         let lineage_of = |rows: &IdxCa| -> PolarsResult<DataFrame> {
             let mut of = run_lineage.take(&run_of_row.take(rows)?)?;
             of.with_column(lines.take(rows)?)?;
@@ -579,26 +597,68 @@ impl Dedupe {
     }
 }
 
-/// The input's rows in key order ([`key_order`]): each one's input row, and numbers equal on
-/// neighbouring rows exactly when their keys (`key`), or their keys and files (`file`), are.
+/// The input's rows in key order ([`key_order`]): one number per row in that order whose bits
+/// hold what is compared, so that nothing else is copied out of the sort: shifted right by
+/// `key_shift`, the numbers of neighbouring rows are equal exactly when their keys are (missing
+/// equals missing); by `file_shift`, exactly when their keys and files are. Each one's input
+/// row is in its lowest bits or listed beside it (`rows`).
 struct SortedRows {
-    rows: Vec<IdxSize>,
-    key: Vec<u64>,
-    file: Vec<u64>,
+    packed: Vec<u64>,
+    key_shift: u32,
+    file_shift: u32,
+    rows: Rows,
+}
+
+/// Where [`SortedRows`] keeps each one's input row.
+enum Rows {
+    /// In the bits of this mask.
+    LowBits(u64),
+    /// In a list of its own, in key order.
+    Listed(Vec<IdxSize>),
+}
+
+/// A mask of the lowest `bits` bits.
+fn low_bits(bits: u32) -> u64 {
+    1u64.checked_shl(bits).map_or(u64::MAX, |b| b - 1)
 }
 
 impl SortedRows {
+    fn len(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// The input row of the `i`th row in key order.
+    #[inline]
+    fn row(&self, i: usize) -> IdxSize {
+        match &self.rows {
+            Rows::LowBits(mask) => (self.packed[i] & mask) as IdxSize,
+            Rows::Listed(rows) => rows[i],
+        }
+    }
+
+    /// The key's number of the `i`th row in key order.
+    #[inline]
+    fn key(&self, i: usize) -> u64 {
+        self.packed[i].checked_shr(self.key_shift).unwrap_or(0)
+    }
+
+    /// The key's and file's number of the `i`th row in key order.
+    #[inline]
+    fn file(&self, i: usize) -> u64 {
+        self.packed[i].checked_shr(self.file_shift).unwrap_or(0)
+    }
+
     /// Whether the row at `i` shares its key with a neighbour of its own file.
     fn repeated(&self, i: usize) -> bool {
-        let f = &self.file;
-        (i > 0 && f[i - 1] == f[i]) || f.get(i + 1) == Some(&f[i])
+        let f = self.file(i);
+        (i > 0 && self.file(i - 1) == f) || (i + 1 < self.len() && self.file(i + 1) == f)
     }
 
     /// The input rows whose key occurs more than once in their file, in input order.
     fn repeated_rows(&self) -> Vec<IdxSize> {
-        let mut rows: Vec<IdxSize> = (0..self.rows.len())
+        let mut rows: Vec<IdxSize> = (0..self.len())
             .filter(|&i| self.repeated(i))
-            .map(|i| self.rows[i])
+            .map(|i| self.row(i))
             .collect();
         rows.sort_unstable();
         rows
@@ -616,19 +676,19 @@ impl SortedRows {
         let mut kept: Vec<IdxSize> = Vec::new();
         let (mut older, mut newest_of) = (Vec::new(), Vec::new());
         let mut next: Option<(u64, IdxSize)> = None;
-        for i in (0..self.rows.len()).rev() {
-            let row = self.rows[i];
+        for i in (0..self.len()).rev() {
+            let row = self.row(i);
             if self.repeated(i) && !first[row as usize] {
                 continue;
             }
             match next {
-                Some((key, newest)) if key == self.key[i] => {
+                Some((key, newest)) if key == self.key(i) => {
                     older.push(row);
                     newest_of.push(newest);
                 }
                 _ => {
                     kept.push(row);
-                    next = Some((self.key[i], row));
+                    next = Some((self.key(i), row));
                 }
             }
         }
