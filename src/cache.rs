@@ -352,6 +352,52 @@ fn widened(mut table: DataFrame, narrowed: &[String]) -> Result<DataFrame, Strin
     Ok(table)
 }
 
+/// An `Int32` column in the narrower integer type `to` (`Int8` or `Int16`), or an error when
+/// a value does not fit. One pass over the values, missing ones stored as 0 (polars' strict
+/// cast converts, then counts the missing values of both to find a value that did not fit).
+fn narrowed_ints(values: &Int32Chunked, to: &DataType) -> anyhow::Result<Column> {
+    fn narrow<T>(values: &Int32Chunked) -> anyhow::Result<Column>
+    where
+        T: PolarsNumericType,
+        T::Native: TryFrom<i32> + Default,
+    {
+        use polars_arrow::array::PrimitiveArray;
+        let chunks = values
+            .downcast_iter()
+            .map(|a| {
+                let valid = a.validity();
+                let narrow = a
+                    .values()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| match valid {
+                        Some(v) if !v.get_bit(i) => Some(T::Native::default()),
+                        _ => T::Native::try_from(x).ok(),
+                    })
+                    .collect::<Option<Vec<T::Native>>>();
+                let Some(narrow) = narrow else {
+                    anyhow::bail!(
+                        "`{}` holds a value outside {:?}, the type it is stored in",
+                        values.name(),
+                        T::get_static_dtype()
+                    );
+                };
+                Ok(PrimitiveArray::new(
+                    T::get_static_dtype().to_arrow(CompatLevel::newest()),
+                    narrow.into(),
+                    valid.cloned(),
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ChunkedArray::<T>::from_chunk_iter(values.name().clone(), chunks).into_column())
+    }
+    match to {
+        DataType::Int8 => narrow::<Int8Type>(values),
+        DataType::Int16 => narrow::<Int16Type>(values),
+        _ => Ok(values.clone().into_column().strict_cast(to)?),
+    }
+}
+
 /// The numbers (from 1) of the rows of a file's table from row `first` (from 0) on, `n` rows.
 fn row_numbers(first: u64, n: usize) -> Series {
     let first = first as i64 + 1;
@@ -489,7 +535,7 @@ impl FileTableWriter {
                 && c.dtype() == &DataType::Int32
             {
                 // Strict: a value outside the bounds fails the entry rather than changing.
-                let c = c.strict_cast(to)?;
+                let c = narrowed_ints(c.i32()?, to)?;
                 stored.with_column(c)?;
                 narrowed.push(name.to_string());
             }
