@@ -522,8 +522,12 @@ fn narrow_dictionary<T: polars_arrow::types::NativeType + Into<i64> + TryFrom<i6
     let clamped = |v: &T| (Into::<i64>::into(*v).clamp(lo, lo + span as i64) - lo) as usize;
     let keys: Vec<u32> = if distinct.len() == span + 1 {
         // Every value of the range is present (a diary item's 0 to 4): a value's key is its
-        // distance from the smallest.
-        values.values().iter().map(|v| clamped(v) as u32).collect()
+        // distance from the smallest; without null rows, every value is in the range already.
+        if values.validity().is_none_or(|v| v.unset_bits() == 0) {
+            values.values().iter().map(|v| offset(*v) as u32).collect()
+        } else {
+            values.values().iter().map(|v| clamped(v) as u32).collect()
+        }
     } else {
         let mut lookup = vec![0u32; span + 1];
         for (k, v) in distinct.iter().enumerate() {

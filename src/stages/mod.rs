@@ -522,12 +522,24 @@ pub(crate) fn non_decreasing<T: PartialOrd + Copy>(values: impl IntoIterator<Ite
 /// the bytes of every value longer than a view holds inline, even where both rows point to the
 /// same bytes; a source file's path is such a value, the same in every row of its file.
 pub(crate) fn same_text(text: &polars_arrow::array::Utf8ViewArray, a: usize, b: usize) -> bool {
-    let (x, y) = (text.views()[a], text.views()[b]);
+    let views = text.views();
+    same_viewed(text, views[a], views[b], a, b)
+}
+
+/// [`same_text`] with the rows' views already read (`x` of row `a`, `y` of row `b`).
+#[inline]
+fn same_viewed(
+    text: &polars_arrow::array::Utf8ViewArray,
+    x: polars_arrow::array::View,
+    y: polars_arrow::array::View,
+    a: usize,
+    b: usize,
+) -> bool {
     x.as_u128() == y.as_u128()
         || (x.length == y.length
             && x.length > 12
             && x.prefix == y.prefix
-            // SAFETY: `a` and `b` are below the array's length (the views were read).
+            // SAFETY: `a` and `b` are below the array's length (their views were read).
             && unsafe { text.value_unchecked(a) == text.value_unchecked(b) })
 }
 
@@ -556,7 +568,11 @@ fn text_differs(text: &StringChunked) -> BooleanChunked {
             // with no rows: polars' bitmap then adds a byte it does not count, and the next
             // bit pushed lands after it.)
             if arr.len() > 1 {
-                out.extend_from_trusted_len_iter((1..arr.len()).map(|i| !same_text(arr, i - 1, i)));
+                // Neighbouring views read from the slice (not through the array per row).
+                let views = arr.views().as_slice();
+                out.extend_from_trusted_len_iter(
+                    (1..views.len()).map(|i| !same_viewed(arr, views[i - 1], views[i], i - 1, i)),
+                );
             }
         } else {
             for i in 1..arr.len() {
