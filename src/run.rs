@@ -297,27 +297,60 @@ pub(crate) fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<
         });
     }
     use std::cmp::Ordering;
-    let order = |key: &Key, a: usize, b: usize| -> Ordering {
-        match key {
-            Key::Text(t) if crate::stages::same_text(t, a, b) => Ordering::Equal,
-            // SAFETY: `a` and `b` are rows of the table (below its height).
-            Key::Text(t) => unsafe {
-                t.value_unchecked(a)
-                    .as_bytes()
-                    .cmp(t.value_unchecked(b).as_bytes())
-            },
-            Key::Small(v) => v[a].cmp(&v[b]),
-            Key::Wide(v) => v[a].cmp(&v[b]),
-            Key::Unsigned(v) => v[a].cmp(&v[b]),
+    // Keeps the rows of `tied` whose key equals the row before's (`cmp(i)`: how row `i - 1`
+    // compares with row `i`); false when one is after it.
+    fn sift(tied: &mut Vec<usize>, cmp: impl Fn(usize) -> Ordering) -> bool {
+        let mut kept = 0;
+        for j in 0..tied.len() {
+            let i = tied[j];
+            match cmp(i) {
+                Ordering::Less => {}
+                Ordering::Equal => {
+                    tied[kept] = i;
+                    kept += 1;
+                }
+                Ordering::Greater => return false,
+            }
         }
-    };
-    Ok((1..df.height()).all(|i| {
-        columns
-            .iter()
-            .map(|key| order(key, i - 1, i))
-            .find(|o| *o != Ordering::Equal)
-            .is_none_or(|o| o == Ordering::Less)
-    }))
+        tied.truncate(kept);
+        true
+    }
+    // A block of rows at a time, a key at a time: the rows whose keys so far equal the row
+    // before's (`tied`) are compared by the next key; one out of order ends the check.
+    const BLOCK: usize = 4096;
+    let mut tied: Vec<usize> = Vec::with_capacity(BLOCK);
+    for start in (1..df.height()).step_by(BLOCK) {
+        tied.clear();
+        tied.extend(start..(start + BLOCK).min(df.height()));
+        for key in &columns {
+            let in_order = match key {
+                Key::Text(t) => {
+                    let views = t.views().as_slice();
+                    sift(&mut tied, |i| {
+                        if views[i - 1].as_u128() == views[i].as_u128() {
+                            return Ordering::Equal;
+                        }
+                        // SAFETY: `i - 1` and `i` are rows of the table (below its height).
+                        unsafe {
+                            t.value_unchecked(i - 1)
+                                .as_bytes()
+                                .cmp(t.value_unchecked(i).as_bytes())
+                        }
+                    })
+                }
+                Key::Small(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
+                Key::Wide(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
+                Key::Unsigned(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
+            };
+            if !in_order {
+                return Ok(false);
+            }
+            if tied.is_empty() {
+                break;
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The content key of published table `name` ([`TableRecord::content_key`]): made by the stage
@@ -792,6 +825,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_order_check_sees_rows_out_of_order_across_its_blocks() {
+        // 10,000 rows sorted by (s, d), 100 rows a subject; then one pair swapped at each
+        // place that matters: the first row of the second block of rows (row 4097, against
+        // the block before's last row), and inside a block on the second key only.
+        let n = 10_000usize;
+        let s: Vec<String> = (0..n).map(|i| format!("subject-{:05}", i / 100)).collect();
+        let d: Vec<i32> = (0..n).map(|i| (i % 100) as i32).collect();
+        let table = |s: &[String], d: &[i32]| df!("s" => s, "d" => d).unwrap();
+        let keys = ["s".to_string(), "d".to_string()];
+        assert!(already_sorted(&table(&s, &d), &keys).unwrap());
+        for at in [4097usize, 4096 + 4096 + 1, 5050, n - 1] {
+            let mut d2 = d.clone();
+            d2.swap(at - 1, at);
+            let ok = d2[at - 1] <= d2[at] || s[at - 1] != s[at];
+            assert_eq!(already_sorted(&table(&s, &d2), &keys).unwrap(), ok, "{at}");
+        }
+        // The first key alone out of order at a block's first row.
+        let mut s2 = s.clone();
+        s2.swap(4095, 4096 + 100);
+        assert!(!already_sorted(&table(&s2, &d), &keys).unwrap());
     }
 
     #[test]
