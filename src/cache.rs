@@ -353,8 +353,9 @@ fn widened(mut table: DataFrame, narrowed: &[String]) -> Result<DataFrame, Strin
 }
 
 /// An `Int32` column in the narrower integer type `to` (`Int8` or `Int16`), or an error when
-/// a value does not fit. One pass over the values, missing ones stored as 0 (polars' strict
-/// cast converts, then counts the missing values of both to find a value that did not fit).
+/// a value does not fit: the values of a chunk whose slots all fit are converted as they are;
+/// otherwise value by value, missing ones stored as 0. (polars' strict cast converts, then
+/// counts the missing values of both columns to find a value that did not fit.)
 fn narrowed_ints(values: &Int32Chunked, to: &DataType) -> anyhow::Result<Column> {
     fn narrow<T>(values: &Int32Chunked) -> anyhow::Result<Column>
     where
@@ -366,6 +367,24 @@ fn narrowed_ints(values: &Int32Chunked, to: &DataType) -> anyhow::Result<Column>
             .downcast_iter()
             .map(|a| {
                 let valid = a.validity();
+                // Most chunks: every slot (missing ones too) in the narrower type's range, found
+                // in one pass, and then each converted as it is; a loop each that vectorises.
+                let all = a.values().as_slice();
+                let fits = |x: i32| T::Native::try_from(x).is_ok();
+                let (lo, hi) = all
+                    .iter()
+                    .fold((i32::MAX, i32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                if all.is_empty() || (fits(lo) && fits(hi)) {
+                    let narrow: Vec<T::Native> = all
+                        .iter()
+                        .map(|&x| T::Native::try_from(x).unwrap_or_default())
+                        .collect();
+                    return Ok(PrimitiveArray::new(
+                        T::get_static_dtype().to_arrow(CompatLevel::newest()),
+                        narrow.into(),
+                        valid.cloned(),
+                    ));
+                }
                 let narrow = a
                     .values()
                     .iter()
@@ -1757,6 +1776,43 @@ mod tests {
         let mut w = cache.file_table_writer().unwrap().narrowing(narrow);
         let bad = df!("score" => [1i32, 300]).unwrap();
         assert!(w.write(&bad).is_err());
+    }
+
+    #[test]
+    fn narrowing_keeps_every_value_and_fails_on_one_that_does_not_fit() {
+        use polars_arrow::array::PrimitiveArray;
+        use polars_arrow::bitmap::Bitmap;
+        // In range: converted as they are, in pieces (two chunks), missing values kept.
+        let mut a = Int32Chunked::new("s".into(), &[Some(0), None, Some(4), Some(-128)]);
+        a.append(&Int32Chunked::new("s".into(), &[Some(127), Some(3)]))
+            .unwrap();
+        let n = narrowed_ints(&a, &DataType::Int8).unwrap();
+        assert_eq!(n.dtype(), &DataType::Int8);
+        let back = n.cast(&DataType::Int32).unwrap();
+        assert!(
+            back.as_materialized_series()
+                .equals_missing(&a.clone().into_series())
+        );
+        // A missing row whose slot holds a value out of range: the value-by-value path, which
+        // skips it; the row stays missing.
+        let slots = PrimitiveArray::new(
+            polars_arrow::datatypes::ArrowDataType::Int32,
+            vec![1, 1000, 2].into(),
+            Some(Bitmap::from([true, false, true])),
+        );
+        let a = Int32Chunked::with_chunk("s".into(), slots);
+        let n = narrowed_ints(&a, &DataType::Int8).unwrap();
+        assert_eq!(n.dtype(), &DataType::Int8);
+        let back = n.cast(&DataType::Int32).unwrap();
+        let got: Vec<Option<i32>> = back.i32().unwrap().iter().collect();
+        assert_eq!(got, [Some(1), None, Some(2)]);
+        // A present value out of range fails, for both narrower types.
+        let a = Int32Chunked::new("s".into(), &[Some(1), Some(40_000)]);
+        assert!(narrowed_ints(&a, &DataType::Int8).is_err());
+        assert!(narrowed_ints(&a, &DataType::Int16).is_err());
+        let a = Int32Chunked::new("s".into(), &[Some(1), Some(-200), None]);
+        assert!(narrowed_ints(&a, &DataType::Int8).is_err());
+        assert!(narrowed_ints(&a, &DataType::Int16).is_ok());
     }
 
     #[test]
