@@ -369,31 +369,28 @@ fn narrowed_ints(values: &Int32Chunked, to: &DataType) -> anyhow::Result<Column>
                 let valid = a.validity();
                 // Most chunks: every slot (missing ones too) in the narrower type's range, found
                 // in one pass, and then each converted as it is; a loop each that vectorises.
+                // Any other chunk goes value by value, skipping missing rows: `None` when a
+                // present value does not fit.
                 let all = a.values().as_slice();
                 let fits = |x: i32| T::Native::try_from(x).is_ok();
                 let (lo, hi) = all
                     .iter()
                     .fold((i32::MAX, i32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-                if all.is_empty() || (fits(lo) && fits(hi)) {
-                    let narrow: Vec<T::Native> = all
-                        .iter()
-                        .map(|&x| T::Native::try_from(x).unwrap_or_default())
-                        .collect();
-                    return Ok(PrimitiveArray::new(
-                        T::get_static_dtype().to_arrow(CompatLevel::newest()),
-                        narrow.into(),
-                        valid.cloned(),
-                    ));
-                }
-                let narrow = a
-                    .values()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &x)| match valid {
-                        Some(v) if !v.get_bit(i) => Some(T::Native::default()),
-                        _ => T::Native::try_from(x).ok(),
-                    })
-                    .collect::<Option<Vec<T::Native>>>();
+                let narrow = if all.is_empty() || (fits(lo) && fits(hi)) {
+                    Some(
+                        all.iter()
+                            .map(|&x| T::Native::try_from(x).unwrap_or_default())
+                            .collect(),
+                    )
+                } else {
+                    all.iter()
+                        .enumerate()
+                        .map(|(i, &x)| match valid {
+                            Some(v) if !v.get_bit(i) => Some(T::Native::default()),
+                            _ => T::Native::try_from(x).ok(),
+                        })
+                        .collect::<Option<Vec<T::Native>>>()
+                };
                 let Some(narrow) = narrow else {
                     anyhow::bail!(
                         "`{}` holds a value outside {:?}, the type it is stored in",

@@ -61,20 +61,25 @@ fn packed_codes(df: &DataFrame, columns: &[String]) -> PolarsResult<Option<(Vec<
         if bits == 0 {
             continue;
         }
-        let shift_in = |p: &mut u64, c: u64| *p = p.checked_shl(bits).unwrap_or(0) | c;
         match code {
             Codes::Runs { spans, codes, .. } => {
                 for (&[start, len], &c) in spans.iter().zip(codes) {
                     let (start, len) = (start as usize, len as usize);
                     packed[start..start + len]
                         .iter_mut()
-                        .for_each(|p| shift_in(p, c));
+                        .for_each(|p| shift_in(p, bits, c));
                 }
             }
             Codes::Ints { values, min, .. } => shift_in_ints(values, *min, bits, &mut packed)?,
         }
     }
     Ok(Some((packed, widths)))
+}
+
+/// Shifts code `c`, `bits` wide, in after the bits already in `p` (the columns before's).
+#[inline]
+fn shift_in(p: &mut u64, bits: u32, c: u64) {
+    *p = p.checked_shl(bits).unwrap_or(0) | c;
 }
 
 /// Shifts each value of `values` (the physical integers of a [`Codes::Ints`]) in after the
@@ -97,7 +102,7 @@ fn shift_in_ints(values: &Series, min: i64, bits: u32, packed: &mut [u64]) -> Po
                     _ => x.into().wrapping_sub(min) as u64 + 1,
                 };
                 if let Some(p) = p.next() {
-                    *p = p.checked_shl(bits).unwrap_or(0) | c;
+                    shift_in(p, bits, c);
                 }
             }
         }
