@@ -211,7 +211,7 @@ fn quartiles(group: &IdxCa, values: &Float64Chunked) -> PolarsResult<DataFrame> 
     let mut sorted: Vec<f64> = Vec::new();
     let mut start = 0;
     while start < group.len() {
-        let end = start + group[start..].partition_point(|&g| g == group[start]);
+        let end = run_end(group, start);
         sorted.clear();
         sorted.extend_from_slice(&values[start..end]);
         sorted.sort_unstable_by(f64::total_cmp);
@@ -230,6 +230,24 @@ fn quartiles(group: &IdxCa, values: &Float64Chunked) -> PolarsResult<DataFrame> 
             Column::new("Q3".into(), q3),
         ],
     )
+}
+
+/// The end of the run of rows of `group[start]`'s group (`group` sorted), found by galloping
+/// from `start`: a group of n rows costs about 2 log2 n reads next to it, where a binary
+/// search of the whole rest of the column reads far away and misses the cache at each step.
+fn run_end(group: &[IdxSize], start: usize) -> usize {
+    let g = group[start];
+    // group[known - 1] is g; group[start + step] is the next probe.
+    let (mut known, mut step) = (start + 1, 1);
+    loop {
+        let probe = start + step;
+        if probe >= group.len() || group[probe] != g {
+            let bound = probe.min(group.len());
+            return known + group[known..bound].partition_point(|&x| x == g);
+        }
+        known = probe + 1;
+        step *= 2;
+    }
 }
 
 /// Quantile `q` of `sorted` (ascending, not empty) as polars computes it with linear
@@ -295,6 +313,28 @@ impl Stage for Summarize {
 mod tests {
     use super::*;
     use crate::stages::tests_support::{ctx_for, strings};
+
+    /// Each group's end, for groups of every length from 1 to 70 (the probes' steps 1, 2,
+    /// 4, ... cross each length differently) and at the column's end.
+    #[test]
+    fn run_end_finds_each_groups_last_row() {
+        let lengths: Vec<usize> = (1..=70).chain([1, 200, 1]).collect();
+        let group: Vec<IdxSize> = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(g, &n)| std::iter::repeat_n(g as IdxSize, n))
+            .collect();
+        let mut start = 0;
+        for &n in &lengths {
+            assert_eq!(
+                run_end(&group, start),
+                start + n,
+                "the group at row {start}"
+            );
+            start += n;
+        }
+        assert_eq!(start, group.len());
+    }
 
     /// The summary of `table` by a stage of parameters `yaml` (checked first).
     fn summarize(yaml: &str, table: DataFrame) -> DataFrame {
