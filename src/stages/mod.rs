@@ -18,6 +18,7 @@ pub mod dedupe;
 pub mod diary_score;
 pub mod growth_zscore;
 pub mod ingest;
+pub(crate) mod packed;
 pub mod phase_anchors;
 pub mod phase_windows;
 pub mod recode;
