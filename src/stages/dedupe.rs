@@ -353,23 +353,24 @@ impl Dedupe {
                 .alias("REASON"),
             ])
             .collect()?;
+        // Each collapsed row with the first of its identical rows, the one kept in its place.
         let collapsed = repeated
             .clone()
             .lazy()
+            .with_column(
+                col(ROW)
+                    .filter(col("SRCLINE").eq(col("__keepline")))
+                    .first()
+                    .over(&key_file_sig)?
+                    .alias(KEPT_ROW),
+            )
             .filter(
                 col("__conflict")
                     .not()
                     .and(col("SRCLINE").neq(col("__keepline"))),
             )
-            .select([
-                col("SRCFILE"),
-                col("SRCLINE"),
-                col("SITE"),
-                lit("collapsed").alias("FATE"),
-                col("SRCFILE").alias("KEPTFILE"),
-                col("__keepline").alias("KEPTLINE"),
-                col(ROW),
-            ]);
+            .select([col(ROW), col(KEPT_ROW)])
+            .collect()?;
 
         // Across files: the newest export (then the last file path) wins each key. Among the
         // rows that survive their own file, still in key order, that is the last of each key;
@@ -396,9 +397,41 @@ impl Dedupe {
             of.with_column(lines.take(rows)?)?;
             Ok(of)
         };
-        let mut superseded_rows = lineage_of(&superseded[0])?;
-        let kept_of = lineage_of(&superseded[1])?;
-        superseded_rows.hstack_mut(&[
+        // Every set-aside row with the row kept in its place and whether it was collapsed
+        // (else superseded), in the order of the input: an ingest's rows come file after file,
+        // so the run's table of set-aside rows is these blocks put in file order
+        // (`row_fate::all_dropped`). Their lineage is gathered in that order, with no sort of
+        // the finished table.
+        let mut set_aside: Vec<(IdxSize, IdxSize, bool)> = Vec::new();
+        for (rows, kept, is_collapsed) in [
+            (
+                collapsed.column(ROW)?.idx()?,
+                collapsed.column(KEPT_ROW)?.idx()?,
+                true,
+            ),
+            (&superseded[0], &superseded[1], false),
+        ] {
+            for (r, k) in rows.iter().zip(kept.iter()) {
+                let (Some(r), Some(k)) = (r, k) else {
+                    anyhow::bail!("a set-aside row without the row kept in its place");
+                };
+                set_aside.push((r, k, is_collapsed));
+            }
+        }
+        set_aside.sort_unstable_by_key(|&(row, _, _)| row);
+        let of = |f: fn(&(IdxSize, IdxSize, bool)) -> IdxSize| {
+            IdxCa::from_vec(ROW.into(), set_aside.iter().map(f).collect())
+        };
+        let mut dropped = lineage_of(&of(|t| t.0))?;
+        let kept_of = lineage_of(&of(|t| t.1))?;
+        let fate = StringChunked::from_iter_values(
+            "FATE".into(),
+            set_aside
+                .iter()
+                .map(|&(_, _, c)| if c { "collapsed" } else { "superseded" }),
+        );
+        dropped.hstack_mut(&[
+            fate.into_column(),
             kept_of
                 .column("SRCFILE")?
                 .clone()
@@ -407,23 +440,9 @@ impl Dedupe {
                 .column("SRCLINE")?
                 .clone()
                 .with_name("KEPTLINE".into()),
-            superseded[0].clone().into_column(),
         ])?;
-        let superseded = superseded_rows.lazy().select([
-            col("SRCFILE"),
-            col("SRCLINE"),
-            col("SITE"),
-            lit("superseded").alias("FATE"),
-            col("KEPTFILE"),
-            col("KEPTLINE"),
-            col(ROW),
-        ]);
-        // In the order of the input: an ingest's rows come file after file, so the run's
-        // table of set-aside rows is these blocks put in file order (`row_fate::all_dropped`).
-        let dropped = concat([collapsed, superseded], UnionArgs::default())?
-            .sort([ROW], Default::default())
-            .drop(by_name([ROW], true, false))
-            .collect()?;
+        let dropped =
+            dropped.select(["SRCFILE", "SRCLINE", "SITE", "FATE", "KEPTFILE", "KEPTLINE"])?;
         // The kept rows come out in key order (missing keys first): the survivors already are,
         // and the tables a dedupe feeds are published sorted by their key, which then costs
         // no second sort.
