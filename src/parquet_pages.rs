@@ -14,9 +14,10 @@
 //! - builds a text column's dictionary from its runs ([`dictionary_of_runs`]): one comparison
 //!   with the row before per row, and a hash lookup only where a run starts. The dictionary is
 //!   the one polars builds (values in order of first appearance, the same keys), so the pages
-//!   are the same bytes. A column with more runs than half its rows is left to polars' own
-//!   steps, which then make the same choice they always did (a dictionary, or plain when the
-//!   values are mostly distinct);
+//!   are the same bytes. A column of short runs (a parameter code on a table sorted by date
+//!   first) costs a lookup per row here, where polars' writer hashes every row twice (an
+//!   estimate of the distinct values, then the dictionary). Mostly distinct values (more than
+//!   three in four rows) are left to polars' steps, which write them plain;
 //! - gives a 64-bit floating-point column a dictionary when its values are few
 //!   ([`dictionary_of_few`]: a daily score, a constant dose, a lab value rounded to its
 //!   unit's precision), and otherwise writes it plain at once, which is where polars' steps end
@@ -326,8 +327,11 @@ impl PageNulls {
 /// `text` as a dictionary array (keys `u32`), built from its runs: each row is compared with the
 /// row before, and only a row that starts a run is looked up among the values seen. The values
 /// are in order of first appearance and null rows have null keys, as in the dictionary polars'
-/// cast builds (`polars_compute::cast`, hashing every row). `None` when the column has more runs
-/// than half its rows (the lookups would save little; polars' writer then decides as before).
+/// cast builds (`polars_compute::cast`, hashing every row). `None` when the column is not worth
+/// a dictionary by polars' writer's rule: more than 128 rows, of which more than three in four
+/// distinct values (polars' writer estimates the distinct values, hashing every row, before it
+/// hashes them all again to build the dictionary; the count here is exact, so a column close to
+/// the line can be decided otherwise, with the same values either way).
 pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> {
     let n = text.len();
     if n == 0 {
@@ -337,7 +341,7 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
     let mut seen: PlHashMap<&str, u32> = PlHashMap::default();
     let mut values = MutableBinaryViewArray::<str>::new();
     let mut keys = Vec::with_capacity(n);
-    let (mut runs, mut key) = (0usize, 0u32);
+    let mut key = 0u32;
     let views = text.views().as_slice();
     let valid = |i: usize| validity.is_none_or(|v| v.get_bit(i));
     // The row before, when it is not null.
@@ -351,16 +355,15 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
             continue;
         }
         if before.is_none_or(|b| !crate::stages::same_text(text, b, i)) {
-            runs += 1;
-            if runs > n / 2 {
-                return None;
-            }
             // SAFETY: `i < n`.
             let value = unsafe { text.value_unchecked(i) };
             key = *seen.entry(value).or_insert_with(|| {
                 values.push_value(value);
                 (values.len() - 1) as u32
             });
+            if n > 128 && 4 * values.len() > 3 * n {
+                return None;
+            }
         }
         // The rows after it with the very same view hold the same text: one step for them.
         let view = views[i].as_u128();
@@ -733,6 +736,8 @@ mod tests {
         let n = 600_000usize;
         let df = df!(
             "t" => (0..n).map(|i| values[(i / 7) % values.len()]).collect::<Vec<_>>(),
+            // A new value at every row, a few values in all.
+            "alternating" => (0..n).map(|i| values[i % values.len()]).collect::<Vec<_>>(),
             "u" => (0..n).map(|i| format!("S-{i:07}")).collect::<Vec<_>>(),
             "many" => (0..n).map(|i| (i as f64).sqrt()).collect::<Vec<_>>(),
             "f32" => (0..n).map(|i| (i % 3 != 0).then_some(i as f32)).collect::<Vec<_>>(),
