@@ -419,11 +419,10 @@ impl Dedupe {
             }
         }
         set_aside.sort_unstable_by_key(|&(row, _, _)| row);
-        let of = |f: fn(&(IdxSize, IdxSize, bool)) -> IdxSize| {
-            IdxCa::from_vec(ROW.into(), set_aside.iter().map(f).collect())
-        };
-        let mut dropped = lineage_of(&of(|t| t.0))?;
-        let kept_of = lineage_of(&of(|t| t.1))?;
+        let (rows, kept_in_place): (Vec<IdxSize>, Vec<IdxSize>) =
+            set_aside.iter().map(|&(row, kept, _)| (row, kept)).unzip();
+        let mut dropped = lineage_of(&IdxCa::from_vec(ROW.into(), rows))?;
+        let kept_of = lineage_of(&IdxCa::from_vec(KEPT_ROW.into(), kept_in_place))?;
         let fate = StringChunked::from_iter_values(
             "FATE".into(),
             set_aside
