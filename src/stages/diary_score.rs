@@ -7,7 +7,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use crate::spec::PipelineSpec;
-use crate::stages::{Inputs, Stage, StageCtx, StageOutput};
+use crate::stages::{written_zeros, Inputs, Stage, StageCtx, StageOutput};
 
 /// Scores each diary day: the mean of its non-missing item scores, when at least `min_items`
 /// items are present; otherwise the score is null and the day is flagged, never dropped.
@@ -158,7 +158,8 @@ impl DiaryScore {
             items.push(column);
         }
         let n = input.height();
-        let (mut sum, mut count) = (vec![0i64; n], vec![0i64; n]);
+        // Added into item by item: read, then written.
+        let (mut sum, mut count): (Vec<i64>, Vec<i64>) = (written_zeros(n), written_zeros(n));
         for column in items {
             let mut at = 0;
             for a in column.as_materialized_series().i32()?.downcast_iter() {

@@ -301,6 +301,20 @@ pub(crate) fn spelling_key_expr(e: Expr) -> Expr {
         .otherwise(key)
 }
 
+/// `n` zeros, written into the vector before it is returned. `vec![0; n]` asks the allocator
+/// for zeroed memory, and a large allocation gets fresh pages that nothing has touched: a
+/// loop that adds into them (`*x += v`) then reads each page first, which maps the kernel's
+/// shared zero page, and its write copies that page, a second fault that also flushes the
+/// page from every core's TLB (on a virtual machine, an interrupt to each). Writing the
+/// zeros first costs one fault a page. For vectors that are read before they are written.
+pub(crate) fn written_zeros<T: Copy + Default>(n: usize) -> Vec<T> {
+    // `black_box`: the optimiser must not see an allocation followed by zeros, which it may
+    // turn back into a zeroed allocation.
+    let mut v = std::hint::black_box(Vec::with_capacity(n));
+    v.resize(n, T::default());
+    v
+}
+
 /// The rows `rows` of `df` (what `df.take(rows)` gives), each column made one chunk before
 /// it is gathered. Gathering from a column of several chunks (an ingest's table has one per
 /// file) looks up each row's chunk; copying the column into one chunk first costs less, for

@@ -70,7 +70,8 @@ pub(crate) fn packed_codes(
     if widths.iter().sum::<u32>() > 64 {
         return Ok(None);
     }
-    let mut packed = vec![0u64; df.height()];
+    // Each row's code is shifted in after the columns before's: read, then written.
+    let mut packed: Vec<u64> = super::written_zeros(df.height());
     for (code, &bits) in codes.iter().zip(&widths) {
         if bits == 0 {
             continue;
