@@ -25,6 +25,18 @@ struct Stamp {
 // change of its times (file systems with coarse timestamps): it is hashed again next time.
 const SETTLE_NS: i128 = 2_000_000_000;
 
+/// How [`FileHashes`] reads a file it has to hash.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// In 64 KiB pieces, none kept.
+    Stream,
+    /// Whole, and the bytes are given back.
+    Keep,
+    /// Mapped into memory and hashed on every core: only for a file that cannot change
+    /// while it is read ([`FileHashes::hash_executable`]).
+    MapOnEveryCore,
+}
+
 /// Hashes files, remembering stamps in `out/cache/file_hashes.json`.
 #[derive(Debug)]
 pub struct FileHashes {
@@ -80,20 +92,30 @@ impl FileHashes {
 
     /// Size and blake3 of a file; read only when its stamp changed.
     pub fn hash(&self, path: &Path) -> std::io::Result<(u64, String)> {
-        let (bytes, hash, _) = self.hash_with(path, false)?;
+        let (bytes, hash, _) = self.hash_with(path, Read::Stream)?;
         Ok((bytes, hash))
     }
 
     /// [`FileHashes::hash`], and the file's bytes when it had to be read: a caller about to
     /// parse the file then reads it once, not once to hash it and again to parse it.
     pub fn hash_keeping(&self, path: &Path) -> std::io::Result<(u64, String, Option<Vec<u8>>)> {
-        self.hash_with(path, true)
+        self.hash_with(path, Read::Keep)
+    }
+
+    /// [`FileHashes::hash`] for the running executable, `path`: when it has to be read (a run
+    /// into a new folder), it is mapped into memory and hashed on every core, while the stages
+    /// wait for their cache keys. A running executable cannot be written to (the system
+    /// refuses), so its mapping cannot change under the hash, as a raw file's could: raw files
+    /// are read, never mapped.
+    pub fn hash_executable(&self, path: &Path) -> std::io::Result<(u64, String)> {
+        let (bytes, hash, _) = self.hash_with(path, Read::MapOnEveryCore)?;
+        Ok((bytes, hash))
     }
 
     fn hash_with(
         &self,
         path: &Path,
-        keep: bool,
+        read: Read,
     ) -> std::io::Result<(u64, String, Option<Vec<u8>>)> {
         let key = std::path::absolute(path)?.to_string_lossy().into_owned();
         let meta = std::fs::metadata(path)?;
@@ -121,15 +143,23 @@ impl FileHashes {
             return Ok((s.bytes, s.hash.clone(), None));
         }
         let hashed_ns = now_ns();
-        let (bytes, hash, kept) = if keep {
-            let content = std::fs::read(path)?;
-            let hash = blake3::hash(&content).to_hex().to_string();
-            (content.len() as u64, hash, Some(content))
-        } else {
-            let mut hasher = blake3::Hasher::new();
-            // 64 KiB reads (`update_reader`), not `io::copy`'s 8 KiB: wider SIMD batches.
-            hasher.update_reader(std::fs::File::open(path)?)?;
-            (hasher.count(), hasher.finalize().to_hex().to_string(), None)
+        let (bytes, hash, kept) = match read {
+            Read::Keep => {
+                let content = std::fs::read(path)?;
+                let hash = blake3::hash(&content).to_hex().to_string();
+                (content.len() as u64, hash, Some(content))
+            }
+            Read::Stream => {
+                let mut hasher = blake3::Hasher::new();
+                // 64 KiB reads (`update_reader`), not `io::copy`'s 8 KiB: wider SIMD batches.
+                hasher.update_reader(std::fs::File::open(path)?)?;
+                (hasher.count(), hasher.finalize().to_hex().to_string(), None)
+            }
+            Read::MapOnEveryCore => {
+                let mut hasher = blake3::Hasher::new();
+                hasher.update_mmap_rayon(path)?;
+                (hasher.count(), hasher.finalize().to_hex().to_string(), None)
+            }
         };
         self.read_files.fetch_add(1, Ordering::Relaxed);
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -241,5 +271,25 @@ mod tests {
         assert_eq!((again.as_str(), bytes), (h.as_str(), None));
         assert_eq!(hashes.hash(&f).unwrap().1, h);
         assert_eq!(hashes.read(), (1, 8));
+    }
+
+    #[test]
+    fn the_executable_hashed_on_every_core_has_the_streamed_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        // Larger than blake3's threshold for mapping (16 KiB), and not a whole number of
+        // its chunks, so the pieces hashed apart must be joined right.
+        let content: Vec<u8> = (0..300_001u32).map(|i| (i * 7 % 251) as u8).collect();
+        let f = dir.path().join("studyflow");
+        std::fs::write(&f, &content).unwrap();
+        let expected = blake3::hash(&content).to_hex().to_string();
+        let mapped = FileHashes::load(dir.path(), true);
+        assert_eq!(
+            mapped.hash_executable(&f).unwrap(),
+            (content.len() as u64, expected.clone())
+        );
+        // Remembered like any file: the stamp serves a later run.
+        assert_eq!(mapped.read(), (1, content.len() as u64));
+        let streamed = FileHashes::load(dir.path(), true);
+        assert_eq!(streamed.hash(&f).unwrap(), (content.len() as u64, expected));
     }
 }

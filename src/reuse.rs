@@ -149,7 +149,7 @@ impl Judge<'_> {
             .unwrap_or_default();
         let build = self.engine_build.get_or_init(|| {
             std::env::current_exe()
-                .and_then(|exe| self.hashes.hash(&exe))
+                .and_then(|exe| self.hashes.hash_executable(&exe))
                 .map(|(_, h)| h)
                 .unwrap_or_else(|_| "unknown".into())
         });
