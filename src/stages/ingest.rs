@@ -324,7 +324,7 @@ impl Quick {
     /// moves `latest_date` on); false, with nothing pushed, for any other cell.
     #[inline(always)]
     fn push(
-        self,
+        &self,
         raw: &str,
         d: &Dialect,
         memo: &CellMemo,
@@ -339,7 +339,7 @@ impl Quick {
                 }
                 _ => false,
             },
-            (Quick::Date { first, last }, Buffer::Date(_, b)) => {
+            (&Quick::Date { first, last }, Buffer::Date(_, b)) => {
                 // A cell in the layout is ASCII digits and separators, so it has no white space
                 // around it for `parse_cell` to trim; the check says so where it is relied on.
                 match d.layout_days(raw) {
