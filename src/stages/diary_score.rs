@@ -7,7 +7,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 
 use crate::spec::PipelineSpec;
-use crate::stages::{written_zeros, Inputs, Stage, StageCtx, StageOutput};
+use crate::stages::{Inputs, Stage, StageCtx, StageOutput, written_zeros};
 
 /// Scores each diary day: the mean of its non-missing item scores, when at least `min_items`
 /// items are present; otherwise the score is null and the day is flagged, never dropped.
