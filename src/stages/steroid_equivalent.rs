@@ -523,80 +523,6 @@ fn date_days(e: Expr) -> Expr {
     e.cast(DataType::Int32)
 }
 
-fn days_to_date(e: Expr) -> Expr {
-    e.cast(DataType::Date)
-}
-
-/// One list of dates per row, `from` to `to` inclusive.
-fn days_between(from: Expr, to: Expr) -> PolarsResult<Expr> {
-    date_ranges(
-        Some(from),
-        Some(to),
-        Some(Duration::parse("1d")),
-        None,
-        ClosedWindow::Both,
-    )
-}
-
-fn explode_rows(lf: LazyFrame, columns: &[&str]) -> LazyFrame {
-    lf.explode(
-        cols(columns.iter().copied()),
-        ExplodeOptions {
-            empty_as_null: false,
-            keep_nulls: false,
-        },
-    )
-}
-
-/// Left-joins the weight of each (`_sid`, `ADT`) row as of that day in one direction
-/// (both sides sorted by day within `_sid`, and keyed by [`subject_day`] in `_day_key` and
-/// `_wdt_key`): columns `_w_<tag>` (kg) and `_wdt_<tag>` (its date).
-///
-/// The join is on one number per row, [`subject_day`], rather than on the day within groups
-/// of `_sid`: polars joins one sorted key column in a single pass over both sides, where
-/// grouping by subject first hashed every one of millions of days (about three quarters of
-/// the stage's CPU went to the two joins). The key keeps subjects apart, as the groups did:
-/// keys of two subjects differ by more than any tolerance.
-fn join_weight(
-    days: LazyFrame,
-    weights: LazyFrame,
-    strategy: AsofStrategy,
-    tolerance_days: u16,
-    tag: &str,
-) -> LazyFrame {
-    let key = format!("_wkey_{tag}");
-    let right = weights.select([
-        col("_wdt_key").alias(key.as_str()),
-        col("_wdt").alias(format!("_wdt_{tag}")),
-        col("_w").alias(format!("_w_{tag}")),
-    ]);
-    days.join_builder()
-        .with(right)
-        .left_on([col("_day_key")])
-        .right_on([col(key.as_str())])
-        .how(JoinType::AsOf(Box::new(AsOfOptions {
-            strategy,
-            tolerance: Some(Scalar::from(i64::from(tolerance_days))),
-            tolerance_str: None,
-            left_by: None,
-            right_by: None,
-            allow_eq: true,
-            check_sortedness: false,
-        })))
-        .finish()
-        .drop(cols([key]))
-}
-
-/// One `Int64` per (subject number, day): the subject in the high 32 bits, the day (days
-/// since 1970, offset by 2^30 so that any date of ±2.9 million years is positive) in the low
-/// ones. Ordered as (subject, day) is, a day apart where the days are, and keys of different
-/// subjects are more than 2^31 apart, beyond any tolerance in days (`u16`).
-fn subject_day(subject: Expr, day: Expr) -> Expr {
-    subject.cast(DataType::Int64) * lit(1i64 << 32)
-        + day.cast(DataType::Int32).cast(DataType::Int64)
-        + lit(1i64 << 30)
-}
-
 impl Stage for SteroidEquivalent {
     /// A subject's days come from that subject's orders and weights.
     fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
@@ -771,12 +697,13 @@ impl Stage for SteroidEquivalent {
         let orders = self
             .order_spans(accepted.filter(col("_last").is_not_null()))
             .collect()?;
-        let daily = self.daily(&span, orders.lazy())?;
+        let pieces = self.daily(&span, orders.lazy())?;
+        let weights = self.weights_by_day(weights, &span).collect()?;
         // The days come out in subject and date order (pieces in `_sid` order, which is
-        // USUBJID order, each exploded to its days in turn, and the as-of joins keep the
-        // order): the table is sorted only if that ever fails to hold, rather than gathering
-        // every column of millions of days again to find it already in order.
-        let table = self.with_weights(daily, weights, &span).collect()?;
+        // USUBJID order, each made into its days in turn): the table is sorted only if that
+        // ever fails to hold, rather than gathering every column of millions of days again to
+        // find it already in order.
+        let table = self.days_with_weights(&pieces, &weights)?;
         let table = crate::run::sorted(&table, &["USUBJID".to_string(), "ADT".to_string()])?;
         Ok(StageOutput {
             table: table.lazy(),
@@ -1006,14 +933,16 @@ impl SteroidEquivalent {
             .filter(col("_from").lt_eq(col("_to")))
     }
 
-    /// Every subject-day of the span (`subject`, `_sid`, `ADT`, in that order) with that
-    /// day's summed order doses (0 without orders): `_mg`, `_mg_per_kg`, `_n_per_kg`, `NORDERS`.
+    /// The span of each subject cut into pieces (`subject`, `_sid`, first and last day
+    /// `_piece_from`, `_piece_to` as days since 1970, in subject and day order) with the summed
+    /// order doses of each of its days (0 without orders): `_mg`, `_mg_per_kg`, `_n_per_kg`,
+    /// `NORDERS`.
     ///
     /// The span of each subject is cut at every order's first day and the day after its last,
     /// so the same orders are active on every day of a piece; each piece is summed once and
-    /// then exploded to its days (same result as exploding every order to days and summing per
-    /// day, without grouping millions of rows).
-    fn daily(&self, span: &DataFrame, orders: LazyFrame) -> PolarsResult<LazyFrame> {
+    /// then made into its days ([`Self::days_with_weights`]; the same result as making every
+    /// order into days and summing per day, without grouping millions of rows).
+    fn daily(&self, span: &DataFrame, orders: LazyFrame) -> PolarsResult<DataFrame> {
         let span_days = span.clone().lazy().select([
             col("_sid"),
             date_days(col("_first")).alias("_first"),
@@ -1090,26 +1019,27 @@ impl SteroidEquivalent {
             .select([
                 col("subject"),
                 col("_sid"),
-                days_between(
-                    days_to_date(col("_piece_from")),
-                    days_to_date(col("_piece_to")),
-                )?
-                .alias("ADT"),
+                col("_piece_from"),
+                col("_piece_to"),
                 col("_mg").fill_null(lit(0.0)),
                 col("_mg_per_kg").fill_null(lit(0.0)),
                 col("_n_per_kg").fill_null(lit(0)),
                 col("NORDERS").fill_null(lit(0)),
             ]);
-        Ok(explode_rows(days, &["ADT"]))
+        days.collect()
     }
 
-    /// Adds the as-of weight, mg, mg/kg/day and the reason when there is no weight.
-    fn with_weights(&self, daily: LazyFrame, weights: LazyFrame, span: &DataFrame) -> LazyFrame {
-        let weights = weights
+    /// The usable weights of the subjects with a span: `_sid`, `_wdt` (days since 1970) and
+    /// `_w` (kg), sorted by `_sid` and `_wdt`; two weights of a subject on one day are
+    /// averaged (over the values sorted, so the mean does not depend on row order).
+    fn weights_by_day(&self, weights: LazyFrame, span: &DataFrame) -> LazyFrame {
+        weights
             .select([
                 col("subject"),
-                col("date").alias("_wdt"),
-                col(self.weight_column.as_str()).alias("_w"),
+                date_days(col("date")).alias("_wdt"),
+                col(self.weight_column.as_str())
+                    .cast(DataType::Float64)
+                    .alias("_w"),
             ])
             .filter(
                 col("subject")
@@ -1126,41 +1056,129 @@ impl SteroidEquivalent {
             .group_by([col("_sid"), col("_wdt")])
             .agg([col("_w").sort(SortOptions::default()).mean()])
             .sort(["_sid", "_wdt"], SortMultipleOptions::default())
-            .with_column(subject_day(col("_sid"), col("_wdt")).alias("_wdt_key"));
-        // Each key made once for both joins; the select at the end leaves `_day_key` out.
-        let daily = daily.with_column(subject_day(col("_sid"), col("ADT")).alias("_day_key"));
-        let daily = join_weight(
-            daily,
-            weights.clone(),
-            AsofStrategy::Backward,
-            self.weight_before_days,
-            "before",
+    }
+
+    /// Every day of every piece ([`Self::daily`]), in order, with its weight as of that day,
+    /// mg, mg/kg/day and the reason when there is no weight: the output table.
+    ///
+    /// A day's weight is its subject's latest weight on or before it within
+    /// `weight_before_days`, else the earliest later one within `weight_after_days`. The days
+    /// of a subject come in order, so one place in its weights, moved forward, finds both: a
+    /// pass over the days and the weights together, where two as-of joins on the table of
+    /// days gathered every column twice (about a third of the stage's time).
+    fn days_with_weights(
+        &self,
+        pieces: &DataFrame,
+        weights: &DataFrame,
+    ) -> PolarsResult<DataFrame> {
+        // The values of a column of one chunk without missing values (none is missing here).
+        fn values<T: PolarsNumericType>(ca: &ChunkedArray<T>) -> PolarsResult<&[T::Native]> {
+            if ca.is_empty() {
+                Ok(&[])
+            } else {
+                ca.cont_slice()
+            }
+        }
+        let column = |df: &DataFrame, name: &str, dtype: &DataType| -> PolarsResult<Series> {
+            Ok(df
+                .column(name)?
+                .cast(dtype)?
+                .as_materialized_series()
+                .rechunk())
+        };
+        let (p_sid, p_from, p_to) = (
+            column(pieces, "_sid", &DataType::Int64)?,
+            column(pieces, "_piece_from", &DataType::Int32)?,
+            column(pieces, "_piece_to", &DataType::Int32)?,
         );
-        let daily = join_weight(
-            daily,
-            weights,
-            AsofStrategy::Forward,
-            self.weight_after_days,
-            "after",
+        let (p_mg, p_mg_kg, p_n_kg, p_orders) = (
+            column(pieces, "_mg", &DataType::Float64)?,
+            column(pieces, "_mg_per_kg", &DataType::Float64)?,
+            column(pieces, "_n_per_kg", &DataType::Int64)?,
+            column(pieces, "NORDERS", &DataType::Int64)?,
         );
+        let (w_sid, w_day, w_kg) = (
+            column(weights, "_sid", &DataType::Int64)?,
+            column(weights, "_wdt", &DataType::Int32)?,
+            column(weights, "_w", &DataType::Float64)?,
+        );
+        let (p_sid, p_from, p_to) = (
+            values(p_sid.i64()?)?,
+            values(p_from.i32()?)?,
+            values(p_to.i32()?)?,
+        );
+        let (p_mg, p_mg_kg) = (values(p_mg.f64()?)?, values(p_mg_kg.f64()?)?);
+        let (p_n_kg, p_orders) = (values(p_n_kg.i64()?)?, values(p_orders.i64()?)?);
+        let (w_sid, w_day, w_kg) = (
+            values(w_sid.i64()?)?,
+            values(w_day.i32()?)?,
+            values(w_kg.f64()?)?,
+        );
+        let (before, after) = (
+            i64::from(self.weight_before_days),
+            i64::from(self.weight_after_days),
+        );
+        let days: usize = p_from
+            .iter()
+            .zip(p_to)
+            .map(|(&f, &t)| (i64::from(t) - i64::from(f) + 1).max(0) as usize)
+            .sum();
+        let mut piece_of_day: Vec<IdxSize> = Vec::with_capacity(days);
+        let mut adt: Vec<i32> = Vec::with_capacity(days);
+        let mut orders: Vec<i64> = Vec::with_capacity(days);
+        let [mut mg, mut mg_kg, mut kg] = [(); 3].map(|_| Vec::<f64>::with_capacity(days));
+        let mut weight_day: Vec<i32> = Vec::with_capacity(days);
+        let [mut has_mg, mut has_weight] =
+            [(); 2].map(|_| polars_arrow::bitmap::MutableBitmap::with_capacity(days));
+        let mut reason: Vec<IdxSize> = Vec::with_capacity(days);
+        for (piece, &sid) in p_sid.iter().enumerate() {
+            // This subject's weights, and the first of them after the day (moved forward).
+            let first = w_sid.partition_point(|&s| s < sid);
+            let last = first + w_sid[first..].partition_point(|&s| s == sid);
+            let (w_day, w_kg) = (&w_day[first..last], &w_kg[first..last]);
+            let mut next = 0;
+            let per_kg = p_n_kg[piece] > 0;
+            let (from, to) = (p_from[piece], p_to[piece]);
+            let n = (i64::from(to) - i64::from(from) + 1).max(0) as usize;
+            piece_of_day.extend(std::iter::repeat_n(piece as IdxSize, n));
+            orders.extend(std::iter::repeat_n(p_orders[piece], n));
+            adt.extend(from..=to);
+            reason.extend(std::iter::repeat_n(IdxSize::from(!per_kg), n));
+            for day in from..=to {
+                while next < w_day.len() && w_day[next] <= day {
+                    next += 1;
+                }
+                let earlier = next
+                    .checked_sub(1)
+                    .filter(|&k| i64::from(day) - i64::from(w_day[k]) <= before);
+                let later = (next < w_day.len()
+                    && i64::from(w_day[next]) - i64::from(day) <= after)
+                    .then_some(next);
+                let weight = earlier.or(later).map(|k| (w_kg[k], w_day[k]));
+                let day_mg = match weight {
+                    Some((w, _)) if per_kg => Some(p_mg[piece] + p_mg_kg[piece] * w),
+                    None if per_kg => None,
+                    _ => Some(p_mg[piece]),
+                };
+                mg.push(day_mg.unwrap_or(0.0));
+                has_mg.push(day_mg.is_some());
+                let (w, wd) = weight.unwrap_or((0.0, 0));
+                kg.push(w);
+                weight_day.push(wd);
+                has_weight.push(weight.is_some());
+                mg_kg.push(match (day_mg, weight) {
+                    (Some(m), Some((w, _))) => m / w,
+                    _ => 0.0,
+                });
+            }
+        }
         let no_weight = format!(
             "no weight within {} days before or {} days after",
             self.weight_before_days, self.weight_after_days
         );
-        let weight = when(col("_wdt_before").is_not_null())
-            .then(col("_w_before"))
-            .otherwise(col("_w_after"));
-        let weight_date = when(col("_wdt_before").is_not_null())
-            .then(col("_wdt_before"))
-            .otherwise(col("_wdt_after"));
-        // An mg/kg order needs the weight for its mg too; without it the day's mg is unknown.
-        let mg = when(col("_n_per_kg").gt(lit(0)))
-            .then(col("_mg") + col("_mg_per_kg") * col("WEIGHT_KG"))
-            .otherwise(col("_mg"));
-        // The reason is picked from its two texts by number: a text column made by a
-        // `when`/`then` copies a long text into every row it chooses (and a nested one into
-        // every row), about 60 bytes on each of millions of days; gathered, every row points at
-        // the one copy of its text.
+        // The reason is picked from its two texts by number: every row points at the one copy
+        // of its text, where a text made per row would copy about 60 bytes into each of
+        // millions of days.
         let reasons = Series::new(
             "WTREASON".into(),
             [
@@ -1168,27 +1186,41 @@ impl SteroidEquivalent {
                 no_weight,
             ],
         );
-        let reason = lit(reasons).gather(
-            when(col("WEIGHT_KG").is_not_null())
-                .then(lit(NULL).cast(IDX_DTYPE))
-                .when(col("_n_per_kg").gt(lit(0)))
-                .then(lit(0).cast(IDX_DTYPE))
-                .otherwise(lit(1).cast(IDX_DTYPE)),
-            false,
-        );
-        daily
-            .with_columns([weight.alias("WEIGHT_KG"), weight_date.alias("WEIGHT_DT")])
-            .with_column(mg.alias("PREDMG"))
-            .select([
-                col("subject").alias("USUBJID"),
-                col("ADT"),
-                col("PREDMG"),
-                (col("PREDMG") / col("WEIGHT_KG")).alias("PREDMGKG"),
-                col("WEIGHT_KG"),
-                col("WEIGHT_DT"),
-                col("NORDERS"),
-                reason.alias("WTREASON"),
-            ])
+        let has_weight: polars_arrow::bitmap::Bitmap = has_weight.into();
+        // Each day's reason, where it has no weight: 0 with an mg/kg order active, else 1.
+        let reason = reasons.take(&IdxCa::from_vec_validity(
+            "WTREASON".into(),
+            reason,
+            Some(!&has_weight),
+        ))?;
+        let has_mg: polars_arrow::bitmap::Bitmap = has_mg.into();
+        // PREDMG / WEIGHT_KG: missing where either is.
+        let has_mg_kg = &has_mg & &has_weight;
+        let subject = pieces
+            .column("subject")?
+            .take(&IdxCa::from_vec("subject".into(), piece_of_day))?;
+        let float = |name: &str, values: Vec<f64>, valid: &polars_arrow::bitmap::Bitmap| {
+            Float64Chunked::from_vec_validity(name.into(), values, Some(valid.clone()))
+                .into_column()
+        };
+        let date = |name: &str, values: Vec<i32>, valid: Option<polars_arrow::bitmap::Bitmap>| {
+            Int32Chunked::from_vec_validity(name.into(), values, valid)
+                .into_date()
+                .into_column()
+        };
+        DataFrame::new(
+            days,
+            vec![
+                subject.with_name("USUBJID".into()),
+                date("ADT", adt, None),
+                float("PREDMG", mg, &has_mg),
+                float("PREDMGKG", mg_kg, &has_mg_kg),
+                float("WEIGHT_KG", kg, &has_weight),
+                date("WEIGHT_DT", weight_day, Some(has_weight)),
+                Int64Chunked::from_vec("NORDERS".into(), orders).into_column(),
+                reason.with_name("WTREASON".into()).into_column(),
+            ],
+        )
     }
 }
 
