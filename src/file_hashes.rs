@@ -207,6 +207,19 @@ impl FileHashes {
     }
 }
 
+/// The GNU build ID of the ELF executable at `path` (the linker's hash of what it linked, in
+/// lowercase hex), read from its headers and notes without reading the rest of the file; `None`
+/// where the file is not a 64-bit ELF file or has no such ID of at least 16 bytes. It names
+/// the build as the file's own hash does, for the cache keys of a run into a new folder, where
+/// hashing the 171 MB executable cost 0.2 CPU s (a tenth of a second of every such run).
+pub fn build_id(path: &Path) -> Option<String> {
+    use object::Object;
+    let cache = object::ReadCache::new(std::fs::File::open(path).ok()?);
+    let elf = object::read::elf::ElfFile64::<object::Endianness, _>::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    (id.len() >= 16).then(|| id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +284,33 @@ mod tests {
         assert_eq!((again.as_str(), bytes), (h.as_str(), None));
         assert_eq!(hashes.hash(&f).unwrap().1, h);
         assert_eq!(hashes.read(), (1, 8));
+    }
+
+    #[test]
+    fn an_executable_is_named_by_its_build_id_and_other_files_have_none() {
+        // The test binary is linked as studyflow is: on Linux the C toolchain's linker, which
+        // writes a GNU build ID (a 20-byte hash).
+        let exe = std::env::current_exe().unwrap();
+        if cfg!(target_os = "linux") {
+            let id = build_id(&exe).expect("the test executable has a build ID");
+            assert_eq!(id.len(), 40);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert_eq!(build_id(&exe), Some(id));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("export.csv");
+        std::fs::write(&text, "subject_id,date\nA1,2020-01-01\n").unwrap();
+        assert_eq!(build_id(&text), None);
+        // An ELF header cut short is not read past its end.
+        let cut = dir.path().join("cut");
+        let mut head = [0u8; 40];
+        std::io::Read::read_exact(&mut std::fs::File::open(&exe).unwrap(), &mut head).unwrap();
+        std::fs::write(&cut, head).unwrap();
+        assert_eq!(build_id(&cut), None);
+        assert_eq!(build_id(&dir.path().join("missing")), None);
     }
 
     #[test]

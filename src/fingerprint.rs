@@ -14,8 +14,9 @@ use crate::spec::SourceSpec;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Recipe {
     pub engine_version: String,
-    /// blake3 of the studyflow executable: a rebuilt engine (fixed, changed) computes again
-    /// even when its version number did not change.
+    /// The studyflow executable's GNU build ID (the linker's hash of it) where it has one,
+    /// else its blake3: a rebuilt engine (fixed, changed) computes again even when its version
+    /// number did not change.
     #[serde(default)]
     pub engine_build: String,
     pub name: String,

@@ -129,7 +129,8 @@ pub struct Judge<'a> {
     pub selection: &'a Selection,
     /// Stage name -> its parameters as written (read once; see [`Judge::recipe`]).
     pub parameter_values: std::sync::OnceLock<ParameterValues>,
-    /// blake3 of the running executable (hashed once, or known by its stamp).
+    /// The running executable's GNU build ID ([`crate::file_hashes::build_id`]), or where it
+    /// has none its blake3 (hashed once, or known by its stamp).
     pub engine_build: std::sync::OnceLock<String>,
 }
 
@@ -147,10 +148,13 @@ impl Judge<'_> {
             .get(&self.plan.stages[id].name)
             .cloned()
             .unwrap_or_default();
+        // The executable's build ID where the linker wrote one, else its hash.
         let build = self.engine_build.get_or_init(|| {
             std::env::current_exe()
-                .and_then(|exe| self.hashes.hash_executable(&exe))
-                .map(|(_, h)| h)
+                .and_then(|exe| match crate::file_hashes::build_id(&exe) {
+                    Some(id) => Ok(format!("gnu-build-id:{id}")),
+                    None => self.hashes.hash_executable(&exe).map(|(_, h)| h),
+                })
                 .unwrap_or_else(|_| "unknown".into())
         });
         Recipe::of_stage(
