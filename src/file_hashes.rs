@@ -102,11 +102,11 @@ impl FileHashes {
         self.hash_with(path, Read::Keep)
     }
 
-    /// [`FileHashes::hash`] for the running executable, `path`: when it has to be read (a run
-    /// into a new folder), it is mapped into memory and hashed on every core, while the stages
-    /// wait for their cache keys. A running executable cannot be written to (the system
-    /// refuses), so its mapping cannot change under the hash, as a raw file's could: raw files
-    /// are read, never mapped.
+    /// [`FileHashes::hash`] for the running executable, `path`, where it has no [`build_id`]:
+    /// when it has to be read (a run into a new folder), it is mapped into memory and hashed on
+    /// every core, while the stages wait for their cache keys. A running executable cannot be
+    /// written to (the system refuses), so its mapping cannot change under the hash, as a raw
+    /// file's could: raw files are read, never mapped.
     pub fn hash_executable(&self, path: &Path) -> std::io::Result<(u64, String)> {
         let (bytes, hash, _) = self.hash_with(path, Read::MapOnEveryCore)?;
         Ok((bytes, hash))
