@@ -145,6 +145,9 @@ pub(crate) struct SlotState {
 /// the chains.
 const RELEASE_STEP: u64 = 64 << 20;
 
+/// Rows of an input from which a row-level stage counts as large (see [`Engine::execute`]).
+const LARGE_ROWS: u64 = 1_000_000;
+
 /// The place in `ready` of the stage to start next: the one letting go of the most held
 /// bytes (`frees`, in steps of [`RELEASE_STEP`]), then the one heading the costliest chain
 /// still to come (`chain`), then the first in the plan.
@@ -154,6 +157,16 @@ fn next_stage(ready: &[usize], chain: &[u64], frees: impl Fn(usize) -> u64) -> O
         .enumerate()
         .max_by_key(|&(_, &id)| (frees(id) / RELEASE_STEP, chain[id], std::cmp::Reverse(id)))
         .map(|(place, _)| place)
+}
+
+/// The stages of `ready` that may start now: none that is `large` while `large_running`
+/// large stages run.
+fn startable(ready: &[usize], large_running: usize, large: impl Fn(usize) -> bool) -> Vec<usize> {
+    ready
+        .iter()
+        .copied()
+        .filter(|&id| large_running == 0 || !large(id))
+        .collect()
 }
 
 /// A stage's failure as a data error naming the stage (I/O and internal errors keep their kind).
@@ -323,17 +336,37 @@ impl Engine<'_> {
         for id in (0..n).filter(|&id| done(id)) {
             held[id] = self.held_bytes(id);
         }
+        // A large stage (one whose table may be far larger than what the run holds: a daily
+        // series, or a row-level stage over a table of a million rows or more) does not start
+        // while another runs: two of them side by side set the run's peak, and every page of
+        // the peak is a page fault the first time.
+        let large = |id: usize| {
+            let kind = self.plan.stages[id].kind.stage();
+            kind.may_outgrow_inputs()
+                || (kind.row_level()
+                    && inputs[id].iter().any(|&j| {
+                        self.slots[j]
+                            .get()
+                            .is_some_and(|s| s.summary.rows >= LARGE_ROWS)
+                    }))
+        };
+        let mut large_running = 0usize;
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, anyhow::Result<()>)>();
         let mut running = 0usize;
         let mut failure: Option<anyhow::Error> = None;
         std::thread::scope(|scope| {
             loop {
                 while failure.is_none() && running < self.workers.max(1) {
-                    let next = next_stage(&ready, &chain, |id| {
+                    let allowed = startable(&ready, large_running, large);
+                    let next = next_stage(&allowed, &chain, |id| {
                         self.frees(&inputs[id], &readers, &held)
                     });
                     let Some(place) = next else { break };
-                    let id = ready.swap_remove(place);
+                    let id = allowed[place];
+                    ready.retain(|&r| r != id);
+                    if large(id) {
+                        large_running += 1;
+                    }
                     running += 1;
                     let (done_tx, bar, readers, inputs) =
                         (done_tx.clone(), &bar, &readers, &inputs);
@@ -353,6 +386,9 @@ impl Engine<'_> {
                 }
                 let Ok((id, r)) = done_rx.recv() else { break };
                 running -= 1;
+                if large(id) {
+                    large_running -= 1;
+                }
                 match r {
                     Ok(()) => {
                         held[id] = self.held_bytes(id);
@@ -1279,6 +1315,15 @@ mod tests {
             .with_column(Column::new_scalar("c".into(), Scalar::from(1i64), 4))
             .unwrap();
         assert_eq!(held_size(&with_constant), held_size(&table));
+    }
+
+    #[test]
+    fn a_large_stage_waits_while_another_runs_and_small_ones_do_not() {
+        let large = |id: usize| id % 2 == 0;
+        let ready = [4, 1, 2, 7];
+        assert_eq!(startable(&ready, 0, large), vec![4, 1, 2, 7]);
+        assert_eq!(startable(&ready, 1, large), vec![1, 7]);
+        assert_eq!(startable(&[2, 6], 1, large), Vec::<usize>::new());
     }
 
     #[test]

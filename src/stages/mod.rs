@@ -128,6 +128,11 @@ pub trait Stage: Send + Sync + Debug {
     fn row_level(&self) -> bool {
         false
     }
+    /// True when this kind's table may have many more rows than its inputs (a daily series
+    /// from orders): the scheduler counts it as a large stage whatever its inputs' size.
+    fn may_outgrow_inputs(&self) -> bool {
+        false
+    }
     /// Checks the parameters without reading data; returns messages of what is wrong.
     fn check(&self, _spec: &PipelineSpec) -> Vec<String> {
         Vec::new()

@@ -529,6 +529,11 @@ impl Stage for SteroidEquivalent {
         None
     }
 
+    /// One row per subject and day: millions of days from thousands of orders.
+    fn may_outgrow_inputs(&self) -> bool {
+        true
+    }
+
     fn arity(&self) -> Arity {
         Arity::Exactly(self.named_inputs().len())
     }
