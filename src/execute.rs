@@ -1319,7 +1319,7 @@ mod tests {
 
     #[test]
     fn a_large_stage_waits_while_another_runs_and_small_ones_do_not() {
-        let large = |id: usize| id % 2 == 0;
+        let large = |id: usize| id.is_multiple_of(2);
         let ready = [4, 1, 2, 7];
         assert_eq!(startable(&ready, 0, large), vec![4, 1, 2, 7]);
         assert_eq!(startable(&ready, 1, large), vec![1, 7]);
