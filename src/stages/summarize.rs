@@ -229,9 +229,11 @@ fn quartiles_in_blocks(
             run_end(group, probe)
         });
     }
-    let blocks: Vec<[Vec<f64>; 3]> = cuts
+    // Per block: each group's number (from the row where it starts) and its three statistics.
+    let blocks: Vec<(Vec<IdxSize>, [Vec<f64>; 3])> = cuts
         .par_windows(2)
         .map(|w| {
+            let mut ids = Vec::new();
             let [mut median, mut q1, mut q3] = [Vec::new(), Vec::new(), Vec::new()];
             let mut sorted: Vec<f64> = Vec::new();
             let mut start = w[0];
@@ -240,23 +242,18 @@ fn quartiles_in_blocks(
                 sorted.clear();
                 sorted.extend_from_slice(&values[start..end]);
                 sorted.sort_unstable_by(f64::total_cmp);
+                ids.push(group[start]);
                 median.push(quantile(&sorted, 0.5));
                 q1.push(quantile(&sorted, 0.25));
                 q3.push(quantile(&sorted, 0.75));
                 start = end;
             }
-            [median, q1, q3]
+            (ids, [median, q1, q3])
         })
         .collect();
-    // Each group's number, from the row where it starts.
-    let mut ids: Vec<IdxSize> = Vec::new();
-    let mut start = 0;
-    while start < group.len() {
-        ids.push(group[start]);
-        start = run_end(group, start);
-    }
+    let ids: Vec<IdxSize> = blocks.iter().flat_map(|b| b.0.iter().copied()).collect();
     let column = |name: &str, k: usize| {
-        let all: Vec<f64> = blocks.iter().flat_map(|b| b[k].iter().copied()).collect();
+        let all: Vec<f64> = blocks.iter().flat_map(|b| b.1[k].iter().copied()).collect();
         Column::new(name.into(), all)
     };
     DataFrame::new(
