@@ -169,6 +169,15 @@ fn startable(ready: &[usize], large_running: usize, large: impl Fn(usize) -> boo
         .collect()
 }
 
+/// Whether the first of a stage's inputs (`input_ids`) is read by no other stage still to run
+/// (`readers_left`: of each table, the stages still to run that read it, this one included)
+/// and by this one only once: the stage may then consume it.
+fn first_read_last(input_ids: &[usize], readers_left: impl Fn(usize) -> usize) -> bool {
+    input_ids.first().is_some_and(|&j| {
+        readers_left(j) == 1 && input_ids.iter().filter(|&&k| k == j).count() == 1
+    })
+}
+
 /// A stage's failure as a data error naming the stage (I/O and internal errors keep their kind).
 pub(crate) fn stage_error(name: &str, kind: &str, e: anyhow::Error) -> anyhow::Error {
     if e.is::<DataError>() || e.is::<RunError>() {
@@ -368,6 +377,7 @@ impl Engine<'_> {
                         large_running += 1;
                     }
                     running += 1;
+                    let hand_over = self.hands_over(id, &readers);
                     let (done_tx, bar, readers, inputs) =
                         (done_tx.clone(), &bar, &readers, &inputs);
                     scope.spawn(move || {
@@ -375,7 +385,7 @@ impl Engine<'_> {
                         // report from every stage it started.
                         let r = unpanicked(
                             || format!("stage `{}`", self.plan.stages[id].name),
-                            || self.run_stage(id, &inputs[id], readers, bar),
+                            || self.run_stage(id, &inputs[id], readers, bar, hand_over),
                         );
                         // The receiver lives until every spawned stage has reported.
                         let _ = done_tx.send((id, r));
@@ -414,6 +424,15 @@ impl Engine<'_> {
             .into()),
             None => Ok(()),
         }
+    }
+
+    /// Whether stage `id`, about to start, is handed its first input's table to consume
+    /// ([`Engine::compute`]): its kind consumes its input, no other stage still to run reads
+    /// that table (`readers`), and it reads the table once.
+    fn hands_over(&self, id: usize, readers: &[AtomicUsize]) -> bool {
+        let s = &self.plan.stages[id];
+        s.kind.stage().consumes_input()
+            && first_read_last(&s.input_ids, |j| readers[j].load(Ordering::Acquire))
     }
 
     /// Bytes of the table of stage `id` held in memory now (0 when released or not loaded).
@@ -455,10 +474,11 @@ impl Engine<'_> {
         inputs: &[usize],
         readers: &[AtomicUsize],
         bar: &indicatif::ProgressBar,
+        hand_over: bool,
     ) -> anyhow::Result<()> {
         let s = &self.plan.stages[id];
         publish::failpoint(&format!("stage:{}", s.name))?;
-        let slot = self.stage(id)?;
+        let slot = self.stage(id, hand_over)?;
         let ran = slot.state.lock().map_err(|_| poisoned())?.status == "ran";
         self.settle(id, slot, bar)?;
         // A reused stage may still have to run if its cached output turns out broken,
@@ -495,21 +515,32 @@ impl Engine<'_> {
     /// Drops the table of stage `id` unless it is still to be published (the publisher reads
     /// it at the end); its rejects and dropped rows stay for row fate.
     fn release_table(&self, id: usize) -> anyhow::Result<()> {
+        self.let_go(id).map(|_| ())
+    }
+
+    /// [`Engine::release_table`], returning the frames the slot held (with its table) when
+    /// it let go of them; `None` when the table stays (still to be published), is not in
+    /// memory, or was let go of before.
+    fn let_go(&self, id: usize) -> anyhow::Result<Option<Arc<Frames>>> {
         if self.plan.stages[id].publish && self.published(id).is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let slot = self.slot(id)?;
         let mut guard = slot.frames.lock().map_err(|_| poisoned())?;
-        if let Some(f) = guard.take() {
-            *guard = Some(Arc::new(Frames {
-                table: DataFrame::empty(),
-                rejects: f.rejects.clone(),
-                dropped: f.dropped.clone(),
-                rows: None,
-            }));
-            slot.released.store(true, Ordering::Release);
+        if slot.released.load(Ordering::Acquire) {
+            return Ok(None);
         }
-        Ok(())
+        let Some(f) = guard.take() else {
+            return Ok(None);
+        };
+        *guard = Some(Arc::new(Frames {
+            table: DataFrame::empty(),
+            rejects: f.rejects.clone(),
+            dropped: f.dropped.clone(),
+            rows: None,
+        }));
+        slot.released.store(true, Ordering::Release);
+        Ok(Some(f))
     }
 
     /// True when the cache keeps the table of stage `id`: a published table (linked), or one of
@@ -601,8 +632,9 @@ impl Engine<'_> {
             .collect()
     }
 
-    /// Decides stage `id` and runs it, or takes its cached output.
-    fn stage(&self, id: usize) -> anyhow::Result<Slot> {
+    /// Decides stage `id` and runs it, or takes its cached output. `hand_over`: see
+    /// [`Engine::compute`].
+    fn stage(&self, id: usize, hand_over: bool) -> anyhow::Result<Slot> {
         let t0 = Instant::now();
         let s = &self.plan.stages[id];
         let recipe = self
@@ -631,7 +663,7 @@ impl Engine<'_> {
                 None,
             ));
         }
-        let (mut frames, mut summary) = self.compute(id)?;
+        let (mut frames, mut summary) = self.compute(id, hand_over)?;
         let mut reasons = d.reasons;
         let unchanged = self.unchanged_output(id, &frames.table);
         let content = match &unchanged {
@@ -698,12 +730,16 @@ impl Engine<'_> {
         tables: Vec<(String, DataFrame)>,
     ) -> anyhow::Result<(DataFrame, crate::stages::StageOutput, StageSummary)> {
         let s = &self.plan.stages[id];
-        // The first input's files (its SRCFILE column, shared, and its rows per file).
-        let first = tables.first().and_then(|(_, t)| t.select(["SRCFILE"]).ok());
-        let mut out = s
-            .kind
-            .stage()
-            .run(&self.ctx(id), &Inputs { tables })
+        let kind = s.kind.stage();
+        // The first input's files (its SRCFILE column, shared, and its rows per file). Not of
+        // a stage that consumes its input: that one builds its own column, and holding the
+        // input's would keep it in memory.
+        let first = match kind.consumes_input() {
+            true => None,
+            false => tables.first().and_then(|(_, t)| t.select(["SRCFILE"]).ok()),
+        };
+        let mut out = kind
+            .run_owned(&self.ctx(id), Inputs { tables })
             .map_err(|e| stage_error(&s.name, &s.kind_name, e))?;
         let mut table = std::mem::replace(&mut out.table, DataFrame::empty().lazy())
             .collect()
@@ -738,14 +774,22 @@ impl Engine<'_> {
         Ok((table, out, summary))
     }
 
-    /// Runs a (non-ingest) stage on its inputs.
-    fn compute(&self, id: usize) -> anyhow::Result<(Frames, StageSummary)> {
+    /// Runs a (non-ingest) stage on its inputs. `hand_over`: the stage is the last reader of
+    /// its first input, which its slot then lets go of for the stage to consume
+    /// ([`crate::stages::Stage::consumes_input`]).
+    fn compute(&self, id: usize, hand_over: bool) -> anyhow::Result<(Frames, StageSummary)> {
         let s = &self.plan.stages[id];
         let mut tables = Vec::new();
-        for (&j, name) in s.input_ids.iter().zip(&s.inputs) {
+        for (place, (&j, name)) in s.input_ids.iter().zip(&s.inputs).enumerate() {
             let table = match s.kind.stage().reads_columns(name) {
                 Some(columns) => self.columns_of(j, &columns)?,
-                None => self.frames(j)?.table.clone(),
+                None => match (place, hand_over) {
+                    (0, true) => match self.let_go(j)? {
+                        Some(frames) => Arc::unwrap_or_clone(frames).table,
+                        None => self.frames(j)?.table.clone(),
+                    },
+                    _ => self.frames(j)?.table.clone(),
+                },
             };
             tables.push((name.clone(), table));
         }
@@ -1183,7 +1227,7 @@ impl Engine<'_> {
                 // Not cached by design (a kind or `cache: false` that keeps no table, or a
                 // stage that ran in subject batches): computed again from its inputs, still a
                 // reuse.
-                let (frames, _) = self.compute(id)?;
+                let (frames, _) = self.compute(id, false)?;
                 let mut st = slot.state.lock().map_err(|_| poisoned())?;
                 st.reasons
                     .push("its table is not cached: computed again from its inputs".into());
@@ -1200,7 +1244,7 @@ impl Engine<'_> {
                     "cached output of `{}` unusable ({why}); running it again",
                     s.name
                 ));
-                let (mut frames, mut summary) = self.compute(id)?;
+                let (mut frames, mut summary) = self.compute(id, false)?;
                 summary.content = Some(slot.content.clone());
                 self.keep(
                     id,
@@ -1315,6 +1359,19 @@ mod tests {
             .with_column(Column::new_scalar("c".into(), Scalar::from(1i64), 4))
             .unwrap();
         assert_eq!(held_size(&with_constant), held_size(&table));
+    }
+
+    #[test]
+    fn a_stage_consumes_its_first_input_only_as_its_last_reader() {
+        // Readers left of tables 0, 1 and 2.
+        let left = |j: usize| [1, 2, 1][j];
+        assert!(first_read_last(&[0, 1], left));
+        assert!(first_read_last(&[2], left));
+        // Another stage still to run reads table 1.
+        assert!(!first_read_last(&[1, 0], left));
+        // The stage reads table 0 twice: consuming the first would take the second.
+        assert!(!first_read_last(&[0, 0], left));
+        assert!(!first_read_last(&[], left));
     }
 
     #[test]

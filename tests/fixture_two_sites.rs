@@ -190,3 +190,52 @@ fn same_inputs_give_byte_identical_tables_whatever_the_threads() {
     let second: Vec<_> = tables.iter().map(|t| hash(t)).collect();
     assert_eq!(first, second);
 }
+
+/// A dedupe consumes its raw table only when no other stage still needs it: here a stage that
+/// runs after the dedupe (it reads the dedupe's table too) still reads every raw row, and the
+/// dedupe's table is the one it makes when it is the raw table's only reader.
+#[test]
+fn a_raw_table_read_after_its_dedupe_is_still_whole() {
+    let alone = Workdir::from_fixture("two_sites");
+    assert_exit(&alone.run_pipeline(), 0);
+    let visits = alone.table("visits");
+    for threads in ["1", "2"] {
+        let w = Workdir::from_fixture("two_sites");
+        let yaml = std::fs::read_to_string(w.path("pipeline.yaml")).unwrap();
+        let after = "  - name: raw_and_kept\n    kind: sql\n    inputs: [visits_raw, visits]\n    query: >\n      SELECT r.subject, r.date, r.SRCLINE, v.height\n      FROM visits_raw r LEFT JOIN visits v ON r.subject = v.subject AND r.date = v.date\n    publish: true\n    sort_by: [subject, date, SRCLINE]\n";
+        w.write("pipeline.yaml", format!("{yaml}{after}").as_bytes());
+        let o = w.run(&[
+            "--threads",
+            threads,
+            "run",
+            "pipeline.yaml",
+            "--run-date",
+            "2026-11-25",
+        ]);
+        assert_exit(&o, 0);
+        assert!(
+            w.table("visits").equals_missing(&visits),
+            "threads {threads}"
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.path("out/current/manifest.json")).unwrap())
+                .unwrap();
+        let raw_rows = manifest["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "visits_raw")
+            .unwrap()["rows_out"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            raw_rows > visits.height() as u64,
+            "the fixture has duplicate visits"
+        );
+        assert_eq!(
+            w.table("raw_and_kept").height() as u64,
+            raw_rows,
+            "threads {threads}"
+        );
+    }
+}

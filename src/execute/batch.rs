@@ -599,7 +599,7 @@ impl Engine<'_> {
         self.lean_ingests.store(true, Ordering::Relaxed);
         let ingests: Vec<usize> = (0..n).filter(|&id| subject_of[id].is_some()).collect();
         concurrently(&ingests, self.workers, |&id| {
-            self.settle(id, self.stage(id)?, &bar)
+            self.settle(id, self.stage(id, false)?, &bar)
         })?;
         // Every later stage, in dependency order, decided as a run of all of them.
         let order: Vec<usize> = plan

@@ -171,8 +171,19 @@ pub trait Stage: Send + Sync + Debug {
     fn across_subjects(&self, _subject_columns: &[String]) -> Option<String> {
         Some("its kind does not say that it works subject by subject".into())
     }
+    /// True when this kind takes its first input's table for itself ([`Stage::run_owned`])
+    /// and lets go of each column once it is done with it. The engine then hands the table
+    /// over when the stage is its last reader, instead of holding it until the stage ends:
+    /// a table and what is made of it need not be in memory whole at once.
+    fn consumes_input(&self) -> bool {
+        false
+    }
     /// Builds the output table.
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> anyhow::Result<StageOutput>;
+    /// [`Stage::run`] on inputs the stage may consume (see [`Stage::consumes_input`]).
+    fn run_owned(&self, ctx: &StageCtx, inputs: Inputs) -> anyhow::Result<StageOutput> {
+        self.run(ctx, &inputs)
+    }
 }
 
 /// The list of stage kinds. The YAML `kind:` is the snake_case of the variant.
@@ -327,20 +338,29 @@ pub(crate) fn written_zeros<T: Copy + Default>(n: usize) -> Vec<T> {
 /// chunks by them; other columns (and columns chunked otherwise) are made one chunk first and
 /// then gathered, which copies the column (on the bench diary, 500 MB over nine columns).
 pub(crate) fn gather_rows(df: &DataFrame, rows: &IdxCa) -> PolarsResult<DataFrame> {
+    gather_rows_owned(df.clone(), rows)
+}
+
+/// [`gather_rows`] of a table the caller gives up: each of its columns is let go of as soon
+/// as it is gathered, so that (when nothing else holds them) the table's memory is freed
+/// while its rows are gathered rather than after.
+pub(crate) fn gather_rows_owned(df: DataFrame, rows: &IdxCa) -> PolarsResult<DataFrame> {
     use rayon::prelude::*;
     if df.columns().iter().all(|c| c.n_chunks() <= 1) {
         return df.take(rows);
     }
-    let located = Located::of(df, rows);
+    let located = Located::of(&df, rows);
     let columns = df
-        .columns()
-        .par_iter()
-        .map(
-            |c| match located.as_ref().map(|l| l.gather(c)).transpose()? {
-                Some(Some(gathered)) => Ok(gathered),
-                _ => c.rechunk().take(rows),
-            },
-        )
+        .into_columns()
+        .into_par_iter()
+        .map(|c| {
+            let gathered = match located.as_ref().map(|l| l.gather(&c)).transpose()? {
+                Some(Some(gathered)) => gathered,
+                _ => c.rechunk().take(rows)?,
+            };
+            drop(c);
+            Ok(gathered)
+        })
         .collect::<PolarsResult<Vec<_>>>()?;
     DataFrame::new(rows.len(), columns)
 }
