@@ -403,6 +403,9 @@ impl Dedupe {
             .collect()?;
         let (kept, superseded) =
             sorted.newest_of_keys(first_of_repeated.column(ROW)?.idx()?, input.height());
+        // The sorted keys (8 bytes a raw row, and the rows beside them) are done with: let go
+        // of before the gathers below, the stage's peak, rather than at its end.
+        drop(sorted);
         // A row's file and site are those of its run (a small table); its line is gathered
         // from the lines as they are (a chunk per file of an ingest), not copied into one
         // chunk first for the few rows set aside.
@@ -459,6 +462,7 @@ impl Dedupe {
         ])?;
         let dropped =
             dropped.select(["SRCFILE", "SRCLINE", "SITE", "FATE", "KEPTFILE", "KEPTLINE"])?;
+        drop((set_aside, superseded, collapsed, kept_of));
         // The kept rows come out in key order (missing keys first): the survivors already are,
         // and the tables a dedupe feeds are published sorted by their key, which then costs
         // no second sort.
