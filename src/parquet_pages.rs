@@ -324,6 +324,9 @@ impl PageNulls {
     }
 }
 
+/// Views whose keys [`dictionary_of_runs`] keeps.
+const VIEWS_KEPT: usize = 4096;
+
 /// `text` as a dictionary array (keys `u32`), built from its runs: each row is compared with the
 /// row before, and only a row that starts a run is looked up among the values seen. The values
 /// are in order of first appearance and null rows have null keys, as in the dictionary polars'
@@ -339,6 +342,12 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
     }
     let validity = text.validity();
     let mut seen: PlHashMap<&str, u32> = PlHashMap::default();
+    // The keys of views met before: a view holds a short text whole, and a longer one's place
+    // in the array's buffers, so rows of one view hold one text, found without hashing or
+    // comparing the text (a file's path, in every row of it, lies once in a buffer). Several
+    // views may hold one text; only the first few thousand are kept, so that a column of long
+    // texts each in its own place does not fill a second map.
+    let mut by_view: PlHashMap<u128, u32> = PlHashMap::default();
     let mut values = MutableBinaryViewArray::<str>::new();
     let mut keys = Vec::with_capacity(n);
     let mut key = 0u32;
@@ -354,19 +363,28 @@ pub fn dictionary_of_runs(text: &Utf8ViewArray) -> Option<DictionaryArray<u32>> 
             i += 1;
             continue;
         }
+        let view = views[i].as_u128();
         if before.is_none_or(|b| !crate::stages::same_text(text, b, i)) {
-            // SAFETY: `i < n`.
-            let value = unsafe { text.value_unchecked(i) };
-            key = *seen.entry(value).or_insert_with(|| {
-                values.push_value(value);
-                (values.len() - 1) as u32
-            });
+            key = match by_view.get(&view) {
+                Some(&known) => known,
+                None => {
+                    // SAFETY: `i < n`.
+                    let value = unsafe { text.value_unchecked(i) };
+                    let found = *seen.entry(value).or_insert_with(|| {
+                        values.push_value(value);
+                        (values.len() - 1) as u32
+                    });
+                    if by_view.len() < VIEWS_KEPT {
+                        by_view.insert(view, found);
+                    }
+                    found
+                }
+            };
             if n > 128 && 4 * values.len() > 3 * n {
                 return None;
             }
         }
         // The rows after it with the very same view hold the same text: one step for them.
-        let view = views[i].as_u128();
         let same = views[i + 1..]
             .iter()
             .enumerate()
@@ -1131,11 +1149,23 @@ mod tests {
             let pool = ["", "a", "nih", "site-b", "S-000123", "twelve-bytes", "thirteen-byte",
                 "a much longer value"];
             let mut values: Vec<Option<&str>> = Vec::new();
+            let mut picks: Vec<Option<IdxSize>> = Vec::new();
             for (v, len, null) in runs {
                 let value = (!null || v % 2 == 0).then_some(pool[v % pool.len()]);
                 values.extend(std::iter::repeat_n(value, len));
+                let pick = value.map(|_| (v % pool.len()) as IdxSize);
+                picks.extend(std::iter::repeat_n(pick, len));
             }
-            let df = DataFrame::new(values.len(), vec![text(&values).into_column()]).unwrap();
+            // The same values gathered from one column of the pool: the rows of a value share
+            // one view, a long value's included (as a file's path in a table made by a join).
+            let shared = Series::new("s".into(), pool)
+                .take(&IdxCa::from_iter_options("i".into(), picks.into_iter()))
+                .unwrap();
+            let df = DataFrame::new(
+                values.len(),
+                vec![text(&values).into_column(), shared.into_column()],
+            )
+            .unwrap();
             let (polars_bytes, our_bytes) = both_files(&df);
             prop_assert!(polars_bytes == our_bytes);
         }
