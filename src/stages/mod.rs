@@ -835,10 +835,21 @@ pub(crate) fn places_of_runs(
         )
     } else {
         let last = (sorted.len() - 1) as IdxSize;
-        let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)?
-            .apply_values(|p| p.min(last));
-        let found = sorted.take(&place)?.equal_missing(&run_values)?;
-        (place, found)
+        let look_up = |values: &Series| -> PolarsResult<(IdxCa, BooleanChunked)> {
+            let place = search_sorted(&sorted, values, SearchSortedSide::Left, false)?
+                .apply_values(|p| p.min(last));
+            let found = sorted.take(&place)?.equal_missing(values)?;
+            Ok((place, found))
+        };
+        match view_groups(&run_values) {
+            // Each distinct view looked up once (a text alternating row by row, as a lab's
+            // parameter in a table sorted by subject and date, has a run at every row).
+            Some((firsts, group)) => {
+                let (place, found) = look_up(&run_values.take(&firsts)?)?;
+                (place.take(&group)?, found.take(&group)?)
+            }
+            None => look_up(&run_values)?,
+        }
     };
     Ok(RunPlaces {
         run_of_row,
@@ -847,6 +858,39 @@ pub(crate) fn places_of_runs(
         found,
         sorted: sorted.len(),
     })
+}
+
+/// The rows of a text column of one chunk grouped by their view: the first row of each
+/// distinct view, and each row's group (missing rows make a group of their own). Rows of one
+/// view hold one text: a short text lies in its view whole, a longer one's view names its
+/// place in the buffers. `None` for other columns, and as soon as most rows so far have views
+/// of their own (each would be looked up anyway).
+fn view_groups(values: &Series) -> Option<(IdxCa, IdxCa)> {
+    use polars_arrow::array::Array;
+    let text = values.str().ok()?;
+    if text.chunks().len() != 1 {
+        return None;
+    }
+    let array = text.downcast_iter().next()?;
+    let views = array.views().as_slice();
+    let mut group_of: PlHashMap<Option<u128>, IdxSize> = PlHashMap::default();
+    let mut firsts: Vec<IdxSize> = Vec::new();
+    let mut groups: Vec<IdxSize> = Vec::with_capacity(views.len());
+    for (i, view) in views.iter().enumerate() {
+        let key = array.is_valid(i).then(|| view.as_u128());
+        let group = *group_of.entry(key).or_insert_with(|| {
+            firsts.push(i as IdxSize);
+            (firsts.len() - 1) as IdxSize
+        });
+        groups.push(group);
+        if i >= 1024 && 2 * firsts.len() > i {
+            return None;
+        }
+    }
+    Some((
+        IdxCa::from_vec("__first".into(), firsts),
+        IdxCa::from_vec("__group".into(), groups),
+    ))
 }
 
 /// Each value's place among `sorted` and whether it is there, as [`places_of_runs`] finds
@@ -1021,6 +1065,47 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(ours, want);
         }
+    }
+
+    /// Runs whose views repeat are looked up once per view ([`view_groups`]): the places
+    /// and the found flags are those a search of every run gives, missing values and values
+    /// not among the sorted ones included.
+    #[test]
+    fn runs_looked_up_by_view_find_what_searching_every_run_finds() {
+        let pool = Series::new(
+            "p".into(),
+            [
+                "a",
+                "nih",
+                "a much longer value",
+                "another long value here",
+                "zz",
+            ],
+        );
+        let picks = (0..5000u32).map(|i| (i % 7 != 3).then_some((i * 3 % 5) as IdxSize));
+        let values = pool
+            .take(&IdxCa::from_iter_options("i".into(), picks))
+            .unwrap();
+        let sorted = Series::new("s".into(), ["a", "a much longer value", "b", "nih"]);
+        let r = places_of_runs(&values, |_| Ok(sorted.clone())).unwrap();
+        let run_values = values.take(&r.first_rows).unwrap();
+        assert!(view_groups(&run_values).is_some(), "the views repeat");
+        let place = search_sorted(&sorted, &run_values, SearchSortedSide::Left, false)
+            .unwrap()
+            .apply_values(|p| p.min(3));
+        let found = sorted
+            .take(&place)
+            .unwrap()
+            .equal_missing(&run_values)
+            .unwrap();
+        let ours: Vec<Option<IdxSize>> = r.place.iter().collect();
+        assert_eq!(ours, place.iter().collect::<Vec<_>>());
+        let ours: Vec<Option<bool>> = r.found.iter().collect();
+        assert_eq!(ours, found.iter().collect::<Vec<_>>());
+        assert!(ours.contains(&Some(true)) && ours.contains(&Some(false)));
+        // Text each in its own place (no view repeats) is searched run by run.
+        let own: Vec<String> = (0..3000).map(|i| format!("value number {i:06}")).collect();
+        assert!(view_groups(&Series::new("o".into(), own)).is_none());
     }
 
     proptest::proptest! {
