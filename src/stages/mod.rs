@@ -338,29 +338,33 @@ pub(crate) fn written_zeros<T: Copy + Default>(n: usize) -> Vec<T> {
 /// chunks by them; other columns (and columns chunked otherwise) are made one chunk first and
 /// then gathered, which copies the column (on the bench diary, 500 MB over nine columns).
 pub(crate) fn gather_rows(df: &DataFrame, rows: &IdxCa) -> PolarsResult<DataFrame> {
+    // Columns of one chunk each: polars' take (one bounds check for the table). The caller
+    // keeps the table, so nothing is let go of column by column.
+    if df.columns().iter().all(|c| c.n_chunks() <= 1) {
+        return df.take(rows);
+    }
     gather_rows_owned(df.clone(), rows)
 }
 
 /// [`gather_rows`] of a table the caller gives up: each of its columns is let go of as soon
 /// as it is gathered, so that (when nothing else holds them) the table's memory is freed
 /// while its rows are gathered rather than after.
+///
+/// A table whose columns are each one chunk has no places to find ([`Located::of`]): each
+/// column is taken as polars' take would, still a column at a time (a raw table of one file).
 pub(crate) fn gather_rows_owned(df: DataFrame, rows: &IdxCa) -> PolarsResult<DataFrame> {
     use rayon::prelude::*;
-    if df.columns().iter().all(|c| c.n_chunks() <= 1) {
-        return df.take(rows);
-    }
     let located = Located::of(&df, rows);
     let columns = df
         .into_columns()
         .into_par_iter()
-        .map(|c| {
-            let gathered = match located.as_ref().map(|l| l.gather(&c)).transpose()? {
-                Some(Some(gathered)) => gathered,
-                _ => c.rechunk().take(rows)?,
-            };
-            drop(c);
-            Ok(gathered)
-        })
+        .map(
+            |c| match located.as_ref().map(|l| l.gather(&c)).transpose()? {
+                Some(Some(gathered)) => Ok(gathered),
+                // (A column of one chunk is not copied by `rechunk`.)
+                _ => c.rechunk().take(rows),
+            },
+        )
         .collect::<PolarsResult<Vec<_>>>()?;
     DataFrame::new(rows.len(), columns)
 }
