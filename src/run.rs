@@ -321,41 +321,47 @@ pub(crate) fn already_sorted(df: &DataFrame, keys: &[String]) -> anyhow::Result<
         true
     }
     // A block of rows at a time, a key at a time: the rows whose keys so far equal the row
-    // before's (`tied`) are compared by the next key; one out of order ends the check.
+    // before's (`tied`) are compared by the next key; one out of order ends the check. The
+    // blocks are checked on every core (a table sorted at the end of a stage is often checked
+    // while nothing else runs).
+    use rayon::prelude::*;
     const BLOCK: usize = 4096;
-    let mut tied: Vec<usize> = Vec::with_capacity(BLOCK);
-    for start in (1..df.height()).step_by(BLOCK) {
-        tied.clear();
-        tied.extend(start..(start + BLOCK).min(df.height()));
-        for key in &columns {
-            let in_order = match key {
-                Key::Text(t) => {
-                    let views = t.views().as_slice();
-                    sift(&mut tied, |i| {
-                        if views[i - 1].as_u128() == views[i].as_u128() {
-                            return Ordering::Equal;
-                        }
-                        // SAFETY: `i - 1` and `i` are rows of the table (below its height).
-                        unsafe {
-                            t.value_unchecked(i - 1)
-                                .as_bytes()
-                                .cmp(t.value_unchecked(i).as_bytes())
-                        }
-                    })
+    let in_order = (1..df.height())
+        .into_par_iter()
+        .step_by(BLOCK)
+        .all(|start| {
+            let mut tied: Vec<usize> = Vec::with_capacity(BLOCK);
+            tied.extend(start..(start + BLOCK).min(df.height()));
+            for key in &columns {
+                let in_order = match key {
+                    Key::Text(t) => {
+                        let views = t.views().as_slice();
+                        sift(&mut tied, |i| {
+                            if views[i - 1].as_u128() == views[i].as_u128() {
+                                return Ordering::Equal;
+                            }
+                            // SAFETY: `i - 1` and `i` are rows of the table (below its height).
+                            unsafe {
+                                t.value_unchecked(i - 1)
+                                    .as_bytes()
+                                    .cmp(t.value_unchecked(i).as_bytes())
+                            }
+                        })
+                    }
+                    Key::Small(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
+                    Key::Wide(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
+                    Key::Unsigned(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
+                };
+                if !in_order {
+                    return false;
                 }
-                Key::Small(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
-                Key::Wide(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
-                Key::Unsigned(v) => sift(&mut tied, |i| v[i - 1].cmp(&v[i])),
-            };
-            if !in_order {
-                return Ok(false);
+                if tied.is_empty() {
+                    break;
+                }
             }
-            if tied.is_empty() {
-                break;
-            }
-        }
-    }
-    Ok(true)
+            true
+        });
+    Ok(in_order)
 }
 
 /// The content key of published table `name` ([`TableRecord::content_key`]): made by the stage

@@ -31,19 +31,38 @@ fn default_date() -> String {
 /// Day number used for an unbounded window start (far before any plausible date).
 const OPEN_START: i32 = -1_000_000;
 
+/// Rows handed to one worker at a time when rows are given their window.
+const ROW_BLOCK: usize = 1 << 16;
+
+/// No window: the row's phase is missing.
+const NO_WINDOW: IdxSize = IdxSize::MAX;
+
 /// The phase (APHASEN, APHASE) of each row: the subject's window with the latest start on or
 /// before the day, if the day is not after that window's end.
 ///
 /// Subjects are numbered by their place among the windows' sorted subject ids, and each
 /// window and row gets one integer key, subject number * 2^32 + day (a row's subject is looked
-/// up once per run of rows of one subject). A binary search of every row's key among the sorted
-/// window keys then finds its window: the rows are neither hashed by subject nor sorted, so the
-/// cost is a few passes over them.
+/// up once per run of rows of one subject). Each row's window is then the last window whose key
+/// is at most the row's, found from the row before's (rows in subject and day order, as the
+/// daily tables come, move it forward a step at a time; rows in any other order are searched):
+/// one pass over the rows, in blocks on every core, where the rows are neither hashed by
+/// subject nor sorted.
 fn phase_of_rows(
     subject: &Column,
     date: &Column,
     phases: &DataFrame,
 ) -> PolarsResult<(Column, Column)> {
+    phase_of_rows_in_blocks(subject, date, phases, ROW_BLOCK)
+}
+
+/// [`phase_of_rows`], its rows given to the workers `block` at a time.
+fn phase_of_rows_in_blocks(
+    subject: &Column,
+    date: &Column,
+    phases: &DataFrame,
+    block: usize,
+) -> PolarsResult<(Column, Column)> {
+    use rayon::prelude::*;
     let n = subject.len();
     let none = || {
         (
@@ -74,10 +93,6 @@ fn phase_of_rows(
         .as_materialized_series()
         .unique()?
         .sort(Default::default())?;
-    // subject number * 2^32 + day + 2^31: ordered by subject, then day.
-    let key = |number: Expr, day: Expr| {
-        number.cast(DataType::Int64) * lit(1i64 << 32) + day.cast(DataType::Int64) + lit(1i64 << 31)
-    };
     let numbers = search_sorted(
         &ids,
         windows.column("__sid")?.as_materialized_series(),
@@ -88,112 +103,108 @@ fn phase_of_rows(
     windows.with_column(numbers.with_name("__number".into()).into_column())?;
     let windows = windows
         .lazy()
-        .with_column(key(col("__number"), col("__start")).alias("__key"))
+        .with_column(
+            (col("__number").cast(DataType::Int64) * lit(1i64 << 32)
+                + col("__start").cast(DataType::Int64)
+                + lit(1i64 << 31))
+            .alias("__key"),
+        )
         .sort(["__key"], Default::default())
         .collect()?;
+    let w_key: Vec<i64> = windows
+        .column("__key")?
+        .i64()?
+        .into_no_null_iter()
+        .collect();
+    let w_number: Vec<IdxSize> = windows
+        .column("__number")?
+        .idx()?
+        .into_no_null_iter()
+        .collect();
+    let w_end: Vec<Option<i32>> = windows.column("__end")?.i32()?.iter().collect();
 
     // Each run of rows of one subject is looked up once: a table sorted by subject has one
     // run per subject.
     let sid = subject.cast(&DataType::String)?;
-    let (place, found) =
-        crate::stages::places_by_run(sid.as_materialized_series(), |_| Ok(ids.clone()))?;
-    let rows = DataFrame::new(
-        n,
-        vec![
-            place.with_name("__number".into()).into_column(),
-            found.with_name("__found".into()).into_column(),
-            date.cast(&DataType::Date)?
-                .cast(&DataType::Int32)?
-                .with_name("__day".into()),
-        ],
-    )?;
-    let mut keyed = rows
-        .lazy()
-        .with_column(
-            when(col("__found").and(col("__day").is_not_null()))
-                .then(key(col("__number"), col("__day")))
-                .otherwise(lit(NULL).cast(DataType::Int64))
-                .alias("__key"),
+    let runs = crate::stages::places_of_runs(sid.as_materialized_series(), |_| Ok(ids.clone()))?;
+    let run_of_row = runs.run_of_row.rechunk();
+    let run_of_row = run_of_row.cont_slice()?;
+    let number_of_run: Vec<Option<IdxSize>> = runs
+        .place
+        .into_no_null_iter()
+        .zip(runs.found.iter())
+        .map(|(place, found)| (found == Some(true)).then_some(place))
+        .collect();
+    let day = date
+        .cast(&DataType::Date)?
+        .cast(&DataType::Int32)?
+        .as_materialized_series()
+        .rechunk();
+    let day = day.i32()?;
+    let day = day
+        .downcast_iter()
+        .next()
+        .ok_or_else(|| polars_err!(ComputeError: "a date column without values"))?;
+    let (days, day_validity) = (day.values().as_slice(), day.validity());
+
+    // Each row's window (its place in `windows`), or none.
+    let window_of_row: Vec<IdxSize> = (0..n)
+        .into_par_iter()
+        .with_min_len(block)
+        .with_max_len(block)
+        .map_init(
+            || 0usize,
+            |cursor, i| {
+                let Some(number) = number_of_run[run_of_row[i] as usize] else {
+                    return NO_WINDOW;
+                };
+                if day_validity.is_some_and(|v| !v.get_bit(i)) {
+                    return NO_WINDOW;
+                }
+                let d = days[i];
+                let key = i64::from(number) * (1i64 << 32) + i64::from(d) + (1i64 << 31);
+                let after = at_most(&w_key, key, cursor);
+                let Some(w) = after.checked_sub(1) else {
+                    return NO_WINDOW;
+                };
+                let inside = w_number[w] == number && w_end[w].is_none_or(|end| d <= end);
+                if inside { w as IdxSize } else { NO_WINDOW }
+            },
         )
-        .collect()?;
-    // Windows whose key is at most the row's: the last of them is the candidate.
-    let after = count_at_most(
-        windows.column("__key")?.as_materialized_series(),
-        keyed.column("__key")?.as_materialized_series(),
-    )?;
-    keyed.with_column(after.with_name("__after".into()).into_column())?;
-    let candidate = keyed
-        .clone()
-        .lazy()
-        .select([
-            when(col("__key").is_not_null().and(col("__after").gt(lit(0))))
-                .then(col("__after") - lit(1))
-                .otherwise(lit(NULL))
-                .cast(IDX_DTYPE)
-                .alias("__candidate"),
-        ])
-        .collect()?;
-    let window = windows
-        .select(["__number", "__start", "__end", "APHASEN", "APHASE"])?
-        .take(candidate.column("__candidate")?.idx()?)?;
-    let mut both = keyed.select(["__number", "__found", "__day"])?;
-    both.hstack_mut(&[
-        window
-            .column("__number")?
-            .clone()
-            .with_name("__wnumber".into()),
-        window.column("__start")?.clone(),
-        window.column("__end")?.clone(),
-        window.column("APHASEN")?.clone(),
-        window.column("APHASE")?.clone(),
-    ])?;
-    let inside = col("__found")
-        .and(col("__start").is_not_null())
-        .and(col("__wnumber").eq(col("__number")))
-        .and(col("__end").is_null().or(col("__day").lt_eq(col("__end"))));
-    let out = both
-        .lazy()
-        .select([
-            when(inside.clone())
-                .then(col("APHASEN"))
-                .otherwise(lit(NULL).cast(DataType::Int64))
-                .alias("APHASEN"),
-            when(inside)
-                .then(col("APHASE"))
-                .otherwise(lit(NULL).cast(DataType::String))
-                .alias("APHASE"),
-        ])
-        .collect()?;
+        .collect();
+    let has_window = polars_arrow::bitmap::Bitmap::from_trusted_len_iter(
+        window_of_row.iter().map(|&w| w != NO_WINDOW),
+    );
+    let take = IdxCa::from_vec_validity("__window".into(), window_of_row, Some(has_window));
+    let out = windows.select(["APHASEN", "APHASE"])?.take(&take)?;
     Ok((
         out.column("APHASEN")?.clone(),
         out.column("APHASE")?.clone(),
     ))
 }
 
-/// For each of `keys`, how many of `sorted` (ascending, no missing value) are at most it:
-/// polars' `search_sorted` on the right side. Keys in order (rows sorted by subject and date,
-/// as the daily tables come) are merged with `sorted` in one pass instead of each searched; a
-/// missing key gets 0 there (the caller ignores it).
-fn count_at_most(sorted: &Series, keys: &Series) -> PolarsResult<IdxCa> {
-    let (s, k) = (sorted.i64()?, keys.i64()?);
-    if s.null_count() > 0 || !crate::stages::non_decreasing(k.iter().flatten()) {
-        return search_sorted(sorted, keys, SearchSortedSide::Right, false);
-    }
-    let s: Vec<i64> = s.into_no_null_iter().collect();
-    let mut at_most = 0;
-    let counts: Vec<IdxSize> = k
-        .iter()
-        .map(|key| match key {
-            Some(key) => {
-                while at_most < s.len() && s[at_most] <= key {
-                    at_most += 1;
-                }
-                at_most as IdxSize
+/// How many of `sorted` (ascending) are at most `key`: polars' `search_sorted` on the right
+/// side. `cursor` holds the answer for the key before and is moved to this one's: a key at or
+/// after the one before (keys in order, as rows sorted by subject and date give them) is
+/// found a few steps on from it, any other key by a binary search.
+fn at_most(sorted: &[i64], key: i64, cursor: &mut usize) -> usize {
+    let from = (*cursor).min(sorted.len());
+    let found = if from == 0 || sorted[from - 1] <= key {
+        let mut i = from;
+        loop {
+            if i == sorted.len() || sorted[i] > key {
+                break i;
             }
-            None => 0,
-        })
-        .collect();
-    Ok(IdxCa::from_vec(keys.name().clone(), counts))
+            i += 1;
+            if i - from == 8 {
+                break i + sorted[i..].partition_point(|&s| s <= key);
+            }
+        }
+    } else {
+        sorted[..from].partition_point(|&s| s <= key)
+    };
+    *cursor = found;
+    found
 }
 
 impl Stage for AssignPhase {
@@ -366,13 +377,14 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The merge of keys in order, and the search of keys in any order, count what
-        /// polars' search counts (missing keys aside).
+        /// Keys in order, found a few steps on from the key before, and keys in any order,
+        /// searched, count what polars' search counts, whatever the cursor held before.
         #[test]
-        fn count_at_most_is_polars_search(
+        fn at_most_is_polars_search(
             sorted in proptest::collection::vec(-20i64..20, 0..40),
-            keys in proptest::collection::vec(proptest::option::of(-25i64..25), 0..80),
+            keys in proptest::collection::vec(-25i64..25, 0..80),
             in_order in proptest::bool::ANY,
+            cursor in 0usize..50,
         ) {
             let mut sorted = sorted;
             sorted.sort();
@@ -382,15 +394,13 @@ mod tests {
             }
             let s = Series::new("s".into(), &sorted);
             let k = Series::new("k".into(), &keys);
-            let ours: Vec<IdxSize> = count_at_most(&s, &k).unwrap().into_no_null_iter().collect();
             let polars: Vec<IdxSize> = search_sorted(&s, &k, SearchSortedSide::Right, false)
                 .unwrap()
                 .into_no_null_iter()
                 .collect();
-            for (i, key) in keys.iter().enumerate() {
-                if key.is_some() {
-                    proptest::prop_assert_eq!(ours[i], polars[i], "key {:?}", key);
-                }
+            let mut cursor = cursor;
+            for (key, want) in keys.iter().zip(polars) {
+                proptest::prop_assert_eq!(at_most(&sorted, *key, &mut cursor), want as usize, "key {}", key);
             }
         }
 
@@ -399,6 +409,7 @@ mod tests {
             spans in proptest::collection::vec((0usize..4, 0i32..40, 0i32..8, proptest::bool::ANY), 0..12),
             rows in proptest::collection::vec((0usize..6, proptest::option::of(-5i32..60)), 0..60),
             in_order in proptest::bool::ANY,
+            block in 1usize..20,
         ) {
             // Rows in subject and day order (as the daily tables come: the windows are merged
             // with them) or in any order (each row's window is searched).
@@ -435,15 +446,15 @@ mod tests {
                 Column::new("USUBJID".into(), subjects.clone()),
                 Column::new("ADT".into(), days.clone()).cast(&DataType::Date).unwrap(),
             ]).unwrap();
-            let stage = AssignPhase {
-                phases: "adph".into(),
-                subject: "USUBJID".into(),
-                date: "ADT".into(),
-            };
-            let inputs = Inputs {
-                tables: vec![("rows".into(), table), ("adph".into(), phases)],
-            };
-            let out = ctx_for(|c| stage.run(c, &inputs)).unwrap().table.collect().unwrap();
+            // The rows given to the workers a few at a time: blocks start in the middle of a
+            // subject's rows and of its windows.
+            let (aphasen, aphase) = phase_of_rows_in_blocks(
+                table.column("USUBJID").unwrap(),
+                table.column("ADT").unwrap(),
+                &phases,
+                block,
+            ).unwrap();
+            let out = DataFrame::new_infer_height(vec![aphasen, aphase]).unwrap();
             let got: Vec<Option<i64>> = out.column("APHASEN").unwrap().i64().unwrap().iter().collect();
             let labels: Vec<Option<String>> = out.column("APHASE").unwrap().str().unwrap()
                 .iter().map(|s| s.map(str::to_string)).collect();

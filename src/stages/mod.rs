@@ -614,6 +614,26 @@ pub(crate) fn distinct_rows(
     )))
 }
 
+/// A validity bitmap of `flags`, one bit per flag, its bytes packed on every core (flags
+/// filled in place by several workers, where a bitmap is grown one bit at a time).
+pub(crate) fn bitmap_of(flags: &[bool]) -> PolarsResult<polars_arrow::bitmap::Bitmap> {
+    use rayon::prelude::*;
+    const BYTES: usize = 1 << 13;
+    let mut bytes = vec![0u8; flags.len().div_ceil(8)];
+    bytes
+        .par_chunks_mut(BYTES)
+        .zip(flags.par_chunks(8 * BYTES))
+        .for_each(|(bytes, flags)| {
+            for (byte, eight) in bytes.iter_mut().zip(flags.chunks(8)) {
+                *byte = eight
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (bit, &f)| b | (u8::from(f) << bit));
+            }
+        });
+    polars_arrow::bitmap::Bitmap::try_new(bytes, flags.len())
+}
+
 /// Runs of consecutive equal rows: for each row of `df`, the number of its run of rows equal in
 /// every one of `columns` (missing equals missing), and the first row of each run. On a table
 /// sorted by those columns there is one run per distinct value, and work keyed by the run
@@ -897,16 +917,6 @@ fn view_groups(values: &Series) -> Option<(IdxCa, IdxCa)> {
     ))
 }
 
-/// Each value's place among `sorted` and whether it is there, as [`places_of_runs`] finds
-/// them once per run, given to every row of the run. A missing value is not found.
-pub(crate) fn places_by_run(
-    values: &Series,
-    sorted_of: impl FnOnce(&Series) -> PolarsResult<Series>,
-) -> PolarsResult<(IdxCa, BooleanChunked)> {
-    let r = places_of_runs(values, sorted_of)?;
-    Ok((r.place.take(&r.run_of_row)?, r.found.take(&r.run_of_row)?))
-}
-
 /// A stage context for unit tests of kinds: a minimal pipeline, run date 2026-11-25.
 #[cfg(test)]
 pub mod tests_support {
@@ -997,6 +1007,27 @@ mod tests {
         assert_eq!(ids(runs(&df.slice(3, 1), &["s"]).unwrap().0), [0]);
         let (run_of_row, first) = runs(&df.slice(0, 0), &["s"]).unwrap();
         assert_eq!((run_of_row.len(), first.len()), (0, 0));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// The bitmap packed on every core has the bits of a bitmap grown flag by flag, across
+        /// the workers' pieces (65,536 flags each) and in the last, partial byte.
+        #[test]
+        fn bitmap_of_flags_is_the_bitmap_grown_bit_by_bit(
+            len in 0usize..140_000,
+            seed in proptest::prelude::any::<u64>(),
+            every in 1u64..9,
+        ) {
+            let flags: Vec<bool> = (0..len as u64)
+                .map(|i| (i.wrapping_mul(seed | 1) >> 7) % every == 0)
+                .collect();
+            let ours = bitmap_of(&flags).unwrap();
+            let grown = polars_arrow::bitmap::Bitmap::from_iter(flags.iter().copied());
+            proptest::prop_assert_eq!(ours.len(), flags.len());
+            proptest::prop_assert!(ours.iter().eq(grown.iter()));
+            proptest::prop_assert_eq!(ours.unset_bits(), grown.unset_bits());
+        }
     }
 
     proptest::proptest! {

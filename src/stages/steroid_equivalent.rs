@@ -1076,157 +1076,253 @@ impl SteroidEquivalent {
         pieces: &DataFrame,
         weights: &DataFrame,
     ) -> PolarsResult<DataFrame> {
-        // The values of a column of one chunk without missing values (none is missing here).
-        fn values<T: PolarsNumericType>(ca: &ChunkedArray<T>) -> PolarsResult<&[T::Native]> {
-            if ca.is_empty() {
-                Ok(&[])
-            } else {
-                ca.cont_slice()
-            }
+        let window = (self.weight_before_days, self.weight_after_days);
+        days_of_pieces(pieces, weights, window, DAY_BLOCK)
+    }
+}
+
+/// Days made by one worker at a time, about (whole pieces at a time).
+const DAY_BLOCK: usize = 1 << 16;
+
+/// The output columns of [`days_of_pieces`] for a stretch of days, one slot per day.
+struct DaySlots<'a> {
+    piece: &'a mut [IdxSize],
+    adt: &'a mut [i32],
+    orders: &'a mut [i64],
+    mg: &'a mut [f64],
+    mg_kg: &'a mut [f64],
+    kg: &'a mut [f64],
+    weight_day: &'a mut [i32],
+    has_mg: &'a mut [bool],
+    has_weight: &'a mut [bool],
+    reason: &'a mut [IdxSize],
+}
+
+impl<'a> DaySlots<'a> {
+    /// The first `n` days' slots, and the rest.
+    fn split_at(self, n: usize) -> (DaySlots<'a>, DaySlots<'a>) {
+        let (piece, piece_rest) = self.piece.split_at_mut(n);
+        let (adt, adt_rest) = self.adt.split_at_mut(n);
+        let (orders, orders_rest) = self.orders.split_at_mut(n);
+        let (mg, mg_rest) = self.mg.split_at_mut(n);
+        let (mg_kg, mg_kg_rest) = self.mg_kg.split_at_mut(n);
+        let (kg, kg_rest) = self.kg.split_at_mut(n);
+        let (weight_day, weight_day_rest) = self.weight_day.split_at_mut(n);
+        let (has_mg, has_mg_rest) = self.has_mg.split_at_mut(n);
+        let (has_weight, has_weight_rest) = self.has_weight.split_at_mut(n);
+        let (reason, reason_rest) = self.reason.split_at_mut(n);
+        (
+            DaySlots {
+                piece,
+                adt,
+                orders,
+                mg,
+                mg_kg,
+                kg,
+                weight_day,
+                has_mg,
+                has_weight,
+                reason,
+            },
+            DaySlots {
+                piece: piece_rest,
+                adt: adt_rest,
+                orders: orders_rest,
+                mg: mg_rest,
+                mg_kg: mg_kg_rest,
+                kg: kg_rest,
+                weight_day: weight_day_rest,
+                has_mg: has_mg_rest,
+                has_weight: has_weight_rest,
+                reason: reason_rest,
+            },
+        )
+    }
+}
+
+/// [`SteroidEquivalent::days_with_weights`]: the days of `pieces` with their weights from
+/// `weights` within `window` (days before, days after), made on every core in stretches of
+/// whole pieces of about `block` days. Each piece finds its subject's weights itself, so a
+/// stretch may begin anywhere; the table is the same for any `block`.
+fn days_of_pieces(
+    pieces: &DataFrame,
+    weights: &DataFrame,
+    window: (u16, u16),
+    block: usize,
+) -> PolarsResult<DataFrame> {
+    use rayon::prelude::*;
+    // The values of a column of one chunk without missing values (none is missing here).
+    fn values<T: PolarsNumericType>(ca: &ChunkedArray<T>) -> PolarsResult<&[T::Native]> {
+        if ca.is_empty() {
+            Ok(&[])
+        } else {
+            ca.cont_slice()
         }
-        let column = |df: &DataFrame, name: &str, dtype: &DataType| -> PolarsResult<Series> {
-            Ok(df
-                .column(name)?
-                .cast(dtype)?
-                .as_materialized_series()
-                .rechunk())
-        };
-        let (p_sid, p_from, p_to) = (
-            column(pieces, "_sid", &DataType::Int64)?,
-            column(pieces, "_piece_from", &DataType::Int32)?,
-            column(pieces, "_piece_to", &DataType::Int32)?,
-        );
-        let (p_mg, p_mg_kg, p_n_kg, p_orders) = (
-            column(pieces, "_mg", &DataType::Float64)?,
-            column(pieces, "_mg_per_kg", &DataType::Float64)?,
-            column(pieces, "_n_per_kg", &DataType::Int64)?,
-            column(pieces, "NORDERS", &DataType::Int64)?,
-        );
-        let (w_sid, w_day, w_kg) = (
-            column(weights, "_sid", &DataType::Int64)?,
-            column(weights, "_wdt", &DataType::Int32)?,
-            column(weights, "_w", &DataType::Float64)?,
-        );
-        let (p_sid, p_from, p_to) = (
-            values(p_sid.i64()?)?,
-            values(p_from.i32()?)?,
-            values(p_to.i32()?)?,
-        );
-        let (p_mg, p_mg_kg) = (values(p_mg.f64()?)?, values(p_mg_kg.f64()?)?);
-        let (p_n_kg, p_orders) = (values(p_n_kg.i64()?)?, values(p_orders.i64()?)?);
-        let (w_sid, w_day, w_kg) = (
-            values(w_sid.i64()?)?,
-            values(w_day.i32()?)?,
-            values(w_kg.f64()?)?,
-        );
-        let (before, after) = (
-            i64::from(self.weight_before_days),
-            i64::from(self.weight_after_days),
-        );
-        let days: usize = p_from
-            .iter()
-            .zip(p_to)
-            .map(|(&f, &t)| (i64::from(t) - i64::from(f) + 1).max(0) as usize)
-            .sum();
-        let mut piece_of_day: Vec<IdxSize> = Vec::with_capacity(days);
-        let mut adt: Vec<i32> = Vec::with_capacity(days);
-        let mut orders: Vec<i64> = Vec::with_capacity(days);
-        let [mut mg, mut mg_kg, mut kg] = [(); 3].map(|_| Vec::<f64>::with_capacity(days));
-        let mut weight_day: Vec<i32> = Vec::with_capacity(days);
-        let [mut has_mg, mut has_weight] =
-            [(); 2].map(|_| polars_arrow::bitmap::MutableBitmap::with_capacity(days));
-        let mut reason: Vec<IdxSize> = Vec::with_capacity(days);
-        for (piece, &sid) in p_sid.iter().enumerate() {
+    }
+    let column = |df: &DataFrame, name: &str, dtype: &DataType| -> PolarsResult<Series> {
+        Ok(df
+            .column(name)?
+            .cast(dtype)?
+            .as_materialized_series()
+            .rechunk())
+    };
+    let (p_sid, p_from, p_to) = (
+        column(pieces, "_sid", &DataType::Int64)?,
+        column(pieces, "_piece_from", &DataType::Int32)?,
+        column(pieces, "_piece_to", &DataType::Int32)?,
+    );
+    let (p_mg, p_mg_kg, p_n_kg, p_orders) = (
+        column(pieces, "_mg", &DataType::Float64)?,
+        column(pieces, "_mg_per_kg", &DataType::Float64)?,
+        column(pieces, "_n_per_kg", &DataType::Int64)?,
+        column(pieces, "NORDERS", &DataType::Int64)?,
+    );
+    let (w_sid, w_day, w_kg) = (
+        column(weights, "_sid", &DataType::Int64)?,
+        column(weights, "_wdt", &DataType::Int32)?,
+        column(weights, "_w", &DataType::Float64)?,
+    );
+    let (p_sid, p_from, p_to) = (
+        values(p_sid.i64()?)?,
+        values(p_from.i32()?)?,
+        values(p_to.i32()?)?,
+    );
+    let (p_mg, p_mg_kg) = (values(p_mg.f64()?)?, values(p_mg_kg.f64()?)?);
+    let (p_n_kg, p_orders) = (values(p_n_kg.i64()?)?, values(p_orders.i64()?)?);
+    let (w_sid, w_day, w_kg) = (
+        values(w_sid.i64()?)?,
+        values(w_day.i32()?)?,
+        values(w_kg.f64()?)?,
+    );
+    let (before, after) = (i64::from(window.0), i64::from(window.1));
+    let days_of =
+        |piece: usize| (i64::from(p_to[piece]) - i64::from(p_from[piece]) + 1).max(0) as usize;
+    let days: usize = (0..p_sid.len()).map(days_of).sum();
+
+    let mut piece_of_day: Vec<IdxSize> = vec![0; days];
+    let mut adt: Vec<i32> = vec![0; days];
+    let mut orders: Vec<i64> = vec![0; days];
+    let [mut mg, mut mg_kg, mut kg] = [(); 3].map(|_| vec![0f64; days]);
+    let mut weight_day: Vec<i32> = vec![0; days];
+    let [mut has_mg, mut has_weight] = [(); 2].map(|_| vec![false; days]);
+    let mut reason: Vec<IdxSize> = vec![0; days];
+    // Stretches of whole pieces, each with the slots of its days.
+    let mut stretches: Vec<(std::ops::Range<usize>, DaySlots)> = Vec::new();
+    let mut rest = DaySlots {
+        piece: &mut piece_of_day,
+        adt: &mut adt,
+        orders: &mut orders,
+        mg: &mut mg,
+        mg_kg: &mut mg_kg,
+        kg: &mut kg,
+        weight_day: &mut weight_day,
+        has_mg: &mut has_mg,
+        has_weight: &mut has_weight,
+        reason: &mut reason,
+    };
+    let (mut first, mut in_stretch) = (0, 0);
+    for piece in 0..p_sid.len() {
+        in_stretch += days_of(piece);
+        if in_stretch >= block || piece + 1 == p_sid.len() {
+            let (slots, after_it) = rest.split_at(in_stretch);
+            stretches.push((first..piece + 1, slots));
+            rest = after_it;
+            (first, in_stretch) = (piece + 1, 0);
+        }
+    }
+    stretches.into_par_iter().for_each(|(range, out)| {
+        let mut k = 0;
+        for piece in range {
+            let sid = p_sid[piece];
             // This subject's weights, and the first of them after the day (moved forward).
             let first = w_sid.partition_point(|&s| s < sid);
             let last = first + w_sid[first..].partition_point(|&s| s == sid);
             let (w_day, w_kg) = (&w_day[first..last], &w_kg[first..last]);
             let mut next = 0;
             let per_kg = p_n_kg[piece] > 0;
-            let (from, to) = (p_from[piece], p_to[piece]);
-            let n = (i64::from(to) - i64::from(from) + 1).max(0) as usize;
-            piece_of_day.extend(std::iter::repeat_n(piece as IdxSize, n));
-            orders.extend(std::iter::repeat_n(p_orders[piece], n));
-            adt.extend(from..=to);
-            reason.extend(std::iter::repeat_n(IdxSize::from(!per_kg), n));
-            for day in from..=to {
+            let n = days_of(piece);
+            out.piece[k..k + n].fill(piece as IdxSize);
+            out.orders[k..k + n].fill(p_orders[piece]);
+            out.reason[k..k + n].fill(IdxSize::from(!per_kg));
+            for day in p_from[piece]..=p_to[piece] {
                 while next < w_day.len() && w_day[next] <= day {
                     next += 1;
                 }
                 let earlier = next
                     .checked_sub(1)
-                    .filter(|&k| i64::from(day) - i64::from(w_day[k]) <= before);
+                    .filter(|&j| i64::from(day) - i64::from(w_day[j]) <= before);
                 let later = (next < w_day.len()
                     && i64::from(w_day[next]) - i64::from(day) <= after)
                     .then_some(next);
-                let weight = earlier.or(later).map(|k| (w_kg[k], w_day[k]));
+                let weight = earlier.or(later).map(|j| (w_kg[j], w_day[j]));
                 let day_mg = match weight {
                     Some((w, _)) if per_kg => Some(p_mg[piece] + p_mg_kg[piece] * w),
                     None if per_kg => None,
                     _ => Some(p_mg[piece]),
                 };
-                mg.push(day_mg.unwrap_or(0.0));
-                has_mg.push(day_mg.is_some());
+                out.adt[k] = day;
+                out.mg[k] = day_mg.unwrap_or(0.0);
+                out.has_mg[k] = day_mg.is_some();
                 let (w, wd) = weight.unwrap_or((0.0, 0));
-                kg.push(w);
-                weight_day.push(wd);
-                has_weight.push(weight.is_some());
-                mg_kg.push(match (day_mg, weight) {
+                out.kg[k] = w;
+                out.weight_day[k] = wd;
+                out.has_weight[k] = weight.is_some();
+                out.mg_kg[k] = match (day_mg, weight) {
                     (Some(m), Some((w, _))) => m / w,
                     _ => 0.0,
-                });
+                };
+                k += 1;
             }
         }
-        let no_weight = format!(
-            "no weight within {} days before or {} days after",
-            self.weight_before_days, self.weight_after_days
-        );
-        // The reason is picked from its two texts by number: every row points at the one copy
-        // of its text, where a text made per row would copy about 60 bytes into each of
-        // millions of days.
-        let reasons = Series::new(
-            "WTREASON".into(),
-            [
-                format!("{no_weight}; an active order is dosed in mg/kg, so PREDMG is null too"),
-                no_weight,
-            ],
-        );
-        let has_weight: polars_arrow::bitmap::Bitmap = has_weight.into();
-        // Each day's reason, where it has no weight: 0 with an mg/kg order active, else 1.
-        let reason = reasons.take(&IdxCa::from_vec_validity(
-            "WTREASON".into(),
-            reason,
-            Some(!&has_weight),
-        ))?;
-        let has_mg: polars_arrow::bitmap::Bitmap = has_mg.into();
-        // PREDMG / WEIGHT_KG: missing where either is.
-        let has_mg_kg = &has_mg & &has_weight;
-        let subject = pieces
-            .column("subject")?
-            .take(&IdxCa::from_vec("subject".into(), piece_of_day))?;
-        let float = |name: &str, values: Vec<f64>, valid: &polars_arrow::bitmap::Bitmap| {
-            Float64Chunked::from_vec_validity(name.into(), values, Some(valid.clone()))
-                .into_column()
-        };
-        let date = |name: &str, values: Vec<i32>, valid: Option<polars_arrow::bitmap::Bitmap>| {
-            Int32Chunked::from_vec_validity(name.into(), values, valid)
-                .into_date()
-                .into_column()
-        };
-        DataFrame::new(
-            days,
-            vec![
-                subject.with_name("USUBJID".into()),
-                date("ADT", adt, None),
-                float("PREDMG", mg, &has_mg),
-                float("PREDMGKG", mg_kg, &has_mg_kg),
-                float("WEIGHT_KG", kg, &has_weight),
-                date("WEIGHT_DT", weight_day, Some(has_weight)),
-                Int64Chunked::from_vec("NORDERS".into(), orders).into_column(),
-                reason.with_name("WTREASON".into()).into_column(),
-            ],
-        )
-    }
+    });
+    let no_weight = format!(
+        "no weight within {} days before or {} days after",
+        window.0, window.1
+    );
+    // The reason is picked from its two texts by number: every row points at the one copy
+    // of its text, where a text made per row would copy about 60 bytes into each of
+    // millions of days.
+    let reasons = Series::new(
+        "WTREASON".into(),
+        [
+            format!("{no_weight}; an active order is dosed in mg/kg, so PREDMG is null too"),
+            no_weight,
+        ],
+    );
+    let has_weight = crate::stages::bitmap_of(&has_weight)?;
+    // Each day's reason, where it has no weight: 0 with an mg/kg order active, else 1.
+    let reason = reasons.take(&IdxCa::from_vec_validity(
+        "WTREASON".into(),
+        reason,
+        Some(!&has_weight),
+    ))?;
+    let has_mg = crate::stages::bitmap_of(&has_mg)?;
+    // PREDMG / WEIGHT_KG: missing where either is.
+    let has_mg_kg = &has_mg & &has_weight;
+    let subject = pieces
+        .column("subject")?
+        .take(&IdxCa::from_vec("subject".into(), piece_of_day))?;
+    let float = |name: &str, values: Vec<f64>, valid: &polars_arrow::bitmap::Bitmap| {
+        Float64Chunked::from_vec_validity(name.into(), values, Some(valid.clone())).into_column()
+    };
+    let date = |name: &str, values: Vec<i32>, valid: Option<polars_arrow::bitmap::Bitmap>| {
+        Int32Chunked::from_vec_validity(name.into(), values, valid)
+            .into_date()
+            .into_column()
+    };
+    DataFrame::new(
+        days,
+        vec![
+            subject.with_name("USUBJID".into()),
+            date("ADT", adt, None),
+            float("PREDMG", mg, &has_mg),
+            float("PREDMGKG", mg_kg, &has_mg_kg),
+            float("WEIGHT_KG", kg, &has_weight),
+            date("WEIGHT_DT", weight_day, Some(has_weight)),
+            Int64Chunked::from_vec("NORDERS".into(), orders).into_column(),
+            reason.with_name("WTREASON".into()).into_column(),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -2353,6 +2449,53 @@ stages:
                     _ => prop_assert_eq!(g, w, "row {}", i),
                 }
             }
+        }
+
+        /// The days made in stretches of a few pieces on every core are the days made in one
+        /// stretch: pieces of no day, subjects whose pieces and weights fall across stretches,
+        /// subjects without weights.
+        #[test]
+        fn days_made_in_stretches_are_the_days_made_in_one(
+            piece_rows in prop::collection::vec((0..4i64, -3..30i32, 0.0..3f64, 0.0..2f64, 0..2i64), 0..25),
+            weight_rows in prop::collection::vec((0..4i64, -40..60i32, 1..90u8), 0..12),
+            block in 1usize..40,
+        ) {
+            let mut piece_rows = piece_rows;
+            piece_rows.sort_by_key(|p| p.0);
+            // Pieces of a subject follow each other; one of zero days where the drawn length
+            // is negative.
+            let mut from_of = [0i32; 4];
+            let mut piece_list = Vec::new();
+            for (sid, len, mg, mg_kg, per_kg) in piece_rows {
+                let from = from_of[sid as usize];
+                let to = from + len.max(0) - i32::from(len < 0);
+                from_of[sid as usize] = to + 1;
+                piece_list.push((sid, from, to, mg, mg_kg, per_kg));
+            }
+            let mut weight_rows = weight_rows;
+            weight_rows.sort_by_key(|w| (w.0, w.1));
+            weight_rows.dedup_by_key(|w| (w.0, w.1));
+            let pieces = &piece_list;
+            let pieces = df!(
+                "subject" => pieces.iter().map(|p| format!("S-{}", p.0)).collect::<Vec<_>>(),
+                "_sid" => pieces.iter().map(|p| p.0).collect::<Vec<_>>(),
+                "_piece_from" => pieces.iter().map(|p| p.1).collect::<Vec<_>>(),
+                "_piece_to" => pieces.iter().map(|p| p.2).collect::<Vec<_>>(),
+                "_mg" => pieces.iter().map(|p| p.3).collect::<Vec<_>>(),
+                "_mg_per_kg" => pieces.iter().map(|p| p.4).collect::<Vec<_>>(),
+                "_n_per_kg" => pieces.iter().map(|p| p.5).collect::<Vec<_>>(),
+                "NORDERS" => pieces.iter().map(|p| 1 + p.5).collect::<Vec<_>>()
+            ).unwrap();
+            let weights = df!(
+                "_sid" => weight_rows.iter().map(|w| w.0).collect::<Vec<_>>(),
+                "_wdt" => weight_rows.iter().map(|w| w.1).collect::<Vec<_>>(),
+                "_w" => weight_rows.iter().map(|w| f64::from(w.2)).collect::<Vec<_>>()
+            ).unwrap();
+            let whole = days_of_pieces(&pieces, &weights, (20, 5), usize::MAX).unwrap();
+            let stretched = days_of_pieces(&pieces, &weights, (20, 5), block).unwrap();
+            prop_assert!(whole.equals_missing(&stretched), "{:?}\n{:?}", whole, stretched);
+            let days: i32 = piece_list.iter().map(|p| (p.2 - p.1 + 1).max(0)).sum();
+            prop_assert_eq!(whole.height(), days as usize);
         }
     }
 }
