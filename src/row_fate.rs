@@ -403,7 +403,7 @@ pub fn write_dropped(
 /// The runs of rows of one file in `df` (by SRCFILE, which must be text): each run's file,
 /// first row and length, in row order.
 pub(crate) fn file_runs(df: &DataFrame) -> PolarsResult<Vec<(String, usize, usize)>> {
-    let (_, first_rows) = crate::stages::runs(df, &["SRCFILE"])?;
+    let first_rows = crate::stages::run_starts(df, &["SRCFILE"])?;
     let files = df.column("SRCFILE")?.str()?;
     Ok(crate::stages::run_spans(&first_rows, df.height())
         .into_iter()

@@ -641,6 +641,24 @@ pub(crate) fn bitmap_of(flags: &[bool]) -> PolarsResult<polars_arrow::bitmap::Bi
 /// is still right, the runs just being shorter.
 pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, IdxCa)> {
     let n = df.height();
+    let first_rows = run_starts(df, columns)?;
+    let firsts: &[IdxSize] = match first_rows.is_empty() {
+        true => &[],
+        false => first_rows.cont_slice()?,
+    };
+    // Each run's number given to its rows, a run at a time.
+    let mut run_of_row: Vec<IdxSize> = Vec::with_capacity(n);
+    for (run, &first) in firsts.iter().enumerate() {
+        let end = firsts.get(run + 1).map_or(n, |&next| next as usize);
+        run_of_row.extend(std::iter::repeat_n(run as IdxSize, end - first as usize));
+    }
+    Ok((IdxCa::from_vec("__run".into(), run_of_row), first_rows))
+}
+
+/// The first row of each run of [`runs`], without numbering every row: where a caller needs
+/// only the runs (their first rows, their spans), not each row's run.
+pub(crate) fn run_starts(df: &DataFrame, columns: &[&str]) -> PolarsResult<IdxCa> {
+    let n = df.height();
     // Whether each row but the first differs from the row before in any of `columns`: the
     // table's rows after the first against its rows before the last (slices, not copies).
     let mut differs: Option<BooleanChunked> = None;
@@ -658,66 +676,24 @@ pub(crate) fn runs(df: &DataFrame, columns: &[&str]) -> PolarsResult<(IdxCa, Idx
             None => d,
         });
     }
-    let mut runs = RunNumbers {
-        run_of_row: Vec::with_capacity(n),
-        first_rows: Vec::new(),
-        run: 0,
-    };
+    let mut first_rows: Vec<IdxSize> = Vec::new();
     if n > 0 {
-        runs.run_of_row.push(0);
-        runs.first_rows.push(0);
+        first_rows.push(0);
     }
-    match differs {
-        Some(differs) => {
-            for a in differs.downcast_iter() {
-                if polars_arrow::array::Array::null_count(a) == 0 {
-                    // 64 rows at a time: a word without a run start (most words, on a table
-                    // sorted by `columns`) continues the run for all its rows.
-                    let words = a.values().chunks::<u64>();
-                    let (last, last_len) = (words.remainder(), words.remainder_len());
-                    for word in words {
-                        if word == 0 {
-                            runs.go_on(64);
-                        } else {
-                            (0..64).for_each(|bit| runs.next(word >> bit & 1 == 1));
-                        }
-                    }
-                    (0..last_len).for_each(|bit| runs.next(last >> bit & 1 == 1));
-                } else {
-                    a.iter().for_each(|b| runs.next(b == Some(true)));
-                }
-            }
+    if let Some(differs) = differs {
+        // Bit `i` of `differs` is row `i + 1`; a run starts at each set bit (not at a missing
+        // one), found a word at a time.
+        let mut row = 1;
+        for a in differs.downcast_iter() {
+            let starts = match a.validity() {
+                Some(valid) if valid.unset_bits() > 0 => a.values() & valid,
+                _ => a.values().clone(),
+            };
+            first_rows.extend(starts.true_idx_iter().map(|i| (row + i) as IdxSize));
+            row += a.len();
         }
-        None => runs.go_on(n.saturating_sub(1)),
     }
-    Ok((
-        IdxCa::from_vec("__run".into(), runs.run_of_row),
-        IdxCa::from_vec("__first".into(), runs.first_rows),
-    ))
-}
-
-/// [`runs`] as it numbers the rows: each row's run and the first row of each run.
-struct RunNumbers {
-    run_of_row: Vec<IdxSize>,
-    first_rows: Vec<IdxSize>,
-    run: IdxSize,
-}
-
-impl RunNumbers {
-    /// The next row, starting a run or not.
-    #[inline]
-    fn next(&mut self, start: bool) {
-        if start {
-            self.run += 1;
-            self.first_rows.push(self.run_of_row.len() as IdxSize);
-        }
-        self.run_of_row.push(self.run);
-    }
-
-    /// `rows` more rows of the current run.
-    fn go_on(&mut self, rows: usize) {
-        self.run_of_row.extend(std::iter::repeat_n(self.run, rows));
-    }
+    Ok(IdxCa::from_vec("__first".into(), first_rows))
 }
 
 /// Whether `values` never go down (each at least the one before it).
@@ -785,11 +761,31 @@ fn text_differs(text: &StringChunked) -> BooleanChunked {
             // with no rows: polars' bitmap then adds a byte it does not count, and the next
             // bit pushed lands after it.)
             if arr.len() > 1 {
-                // Neighbouring views read from the slice (not through the array per row).
+                // Neighbouring views read from the slice (not through the array per row), 64
+                // rows to a word: first whether their views differ, then, for those rows only,
+                // whether they still hold the same text (a longer one kept in two places).
                 let views = arr.views().as_slice();
-                out.extend_from_trusted_len_iter(
-                    (1..views.len()).map(|i| !same_viewed(arr, views[i - 1], views[i], i - 1, i)),
-                );
+                let pairs = views.len() - 1;
+                let mut k = 0;
+                while k < pairs {
+                    let bits = (pairs - k).min(64);
+                    let (before, after) = (&views[k..k + bits], &views[k + 1..k + 1 + bits]);
+                    let mut word = 0u64;
+                    for (j, (x, y)) in before.iter().zip(after).enumerate() {
+                        word |= u64::from(x.as_u128() != y.as_u128()) << j;
+                    }
+                    let mut differ = word;
+                    while differ != 0 {
+                        let j = differ.trailing_zeros() as usize;
+                        differ &= differ - 1;
+                        let i = k + j + 1;
+                        if same_viewed(arr, views[i - 1], views[i], i - 1, i) {
+                            word &= !(1u64 << j);
+                        }
+                    }
+                    out.extend_from_slice(&word.to_le_bytes(), 0, bits);
+                    k += bits;
+                }
             }
         } else {
             for i in 1..arr.len() {
@@ -1072,19 +1068,27 @@ mod tests {
     proptest::proptest! {
         /// Text compared view first gives polars' comparison of the rows with the rows before,
         /// on columns of several chunks, nulls, inline and long values, and equal long values
-        /// stored apart (in different chunks, and repeated within one).
+        /// stored apart (in different chunks, and repeated within one); chunks of more than
+        /// one 64-row word, and of a part of one.
         #[test]
         fn text_differs_is_polars_comparison(
-            parts in proptest::collection::vec(
-                proptest::collection::vec(proptest::option::of(0usize..6), 0..30), 1..5),
+            parts in proptest::collection::vec((
+                proptest::collection::vec(proptest::option::of(0usize..6), 0..150),
+                proptest::bool::ANY), 1..5),
         ) {
             let pool = ["", "S1", "twelve-bytes", "hamburg/diary_2019-03-31.csv",
                 "hamburg/diary_2019-07-01.csv", "nih/diary_2019-03-30.csv"];
             let mut column = Series::new_empty("t".into(), &DataType::String);
-            for part in &parts {
+            for (part, complete) in &parts {
                 // Each part is one chunk, its long values written in its own buffer (one copy
-                // per row).
-                let values: Vec<Option<&str>> = part.iter().map(|v| v.map(|i| pool[i])).collect();
+                // per row); some without a missing value (compared a word of rows at a time).
+                let values: Vec<Option<&str>> = part
+                    .iter()
+                    .map(|v| match (v, complete) {
+                        (None, true) => Some(pool[4]),
+                        _ => v.map(|i| pool[i]),
+                    })
+                    .collect();
                 column.append(&Series::new("t".into(), values)).unwrap();
             }
             // And a chunk of repeats of one stored value (views to the same bytes).

@@ -167,7 +167,7 @@ impl Stage for PhaseAnchors {
 }
 
 /// `rows`' subject column (`subject`, as USUBJID) with, when `date` is given, its date column
-/// (as __d), one row per run of consecutive rows of one subject ([`crate::stages::runs`]): the
+/// (as __d), one row per run of consecutive rows of one subject ([`crate::stages::run_starts`]): the
 /// run's earliest date, or its latest when the flag is set (missing dates left out, as the
 /// anchors' aggregates leave them out). The anchors are then aggregated over these rows,
 /// which give every subject the same earliest and latest date as all of its rows.
@@ -177,7 +177,7 @@ fn per_run(rows: LazyFrame, subject: &str, date: Option<(&str, bool)>) -> Polars
         columns.push(col(date).cast(DataType::Date).alias("__d"));
     }
     let rows = rows.select(columns).collect()?;
-    let (_, first_rows) = crate::stages::runs(&rows, &["USUBJID"])?;
+    let first_rows = crate::stages::run_starts(&rows, &["USUBJID"])?;
     let subjects = rows.column("USUBJID")?.take(&first_rows)?;
     let Some((_, latest)) = date else {
         return DataFrame::new(first_rows.len(), vec![subjects]);
