@@ -124,11 +124,27 @@ impl Stage for PhaseAnchors {
         // table: a subject whose demographics row was rejected still has its records phased.
         // Each table is taken a run of rows of one subject at a time (`per_run`), so a daily
         // table of millions of rows sorted by subject is a few thousand rows here.
-        let mut ids = vec![per_run(table(&self.subjects)?.clone().lazy(), subj, None)?.lazy()];
-        for a in &self.anchors {
-            for f in &a.from {
-                ids.push(per_run(table(&f.table)?.clone().lazy(), subj, None)?.lazy());
+        // The runs of a table (its first rows) are found once and serve every anchor that
+        // reads the whole table; a filtered table has runs of its own.
+        let mut known: std::collections::HashMap<String, IdxCa> = Default::default();
+        let mut runs_of = |name: &str| -> anyhow::Result<IdxCa> {
+            if let Some(first_rows) = known.get(name) {
+                return Ok(first_rows.clone());
             }
+            let first_rows = crate::stages::run_starts(&table(name)?.select([subj])?, &[subj])?;
+            known.insert(name.to_string(), first_rows.clone());
+            Ok(first_rows)
+        };
+        let mut tables: Vec<&str> = vec![&self.subjects];
+        for f in self.anchors.iter().flat_map(|a| &a.from) {
+            if !tables.contains(&f.table.as_str()) {
+                tables.push(&f.table);
+            }
+        }
+        let mut ids = Vec::new();
+        for name in tables {
+            let first_rows = runs_of(name)?;
+            ids.push(per_run(table(name)?.clone().lazy(), subj, None, Some(first_rows))?.lazy());
         }
         let mut out = concat(ids, UnionArgs::default())?
             .filter(col("USUBJID").is_not_null())
@@ -139,10 +155,14 @@ impl Stage for PhaseAnchors {
             let mut parts = Vec::new();
             for f in &a.from {
                 let mut lf = table(&f.table)?.clone().lazy();
-                if let Some(sql) = &f.filter {
-                    lf = lf.filter(polars::sql::sql_expr(sql)?);
-                }
-                parts.push(per_run(lf, subj, Some((&f.column, latest)))?.lazy());
+                let first_rows = match &f.filter {
+                    Some(sql) => {
+                        lf = lf.filter(polars::sql::sql_expr(sql)?);
+                        None
+                    }
+                    None => Some(runs_of(&f.table)?),
+                };
+                parts.push(per_run(lf, subj, Some((&f.column, latest)), first_rows)?.lazy());
             }
             let all = concat(parts, UnionArgs::default())?;
             let agg = if latest {
@@ -171,13 +191,24 @@ impl Stage for PhaseAnchors {
 /// run's earliest date, or its latest when the flag is set (missing dates left out, as the
 /// anchors' aggregates leave them out). The anchors are then aggregated over these rows,
 /// which give every subject the same earliest and latest date as all of its rows.
-fn per_run(rows: LazyFrame, subject: &str, date: Option<(&str, bool)>) -> PolarsResult<DataFrame> {
+///
+/// `first_rows`: the runs' first rows when they are known (the rows are a whole table's, whose
+/// runs were found before), else they are found here.
+fn per_run(
+    rows: LazyFrame,
+    subject: &str,
+    date: Option<(&str, bool)>,
+    first_rows: Option<IdxCa>,
+) -> PolarsResult<DataFrame> {
     let mut columns = vec![col(subject).alias("USUBJID")];
     if let Some((date, _)) = date {
         columns.push(col(date).cast(DataType::Date).alias("__d"));
     }
     let rows = rows.select(columns).collect()?;
-    let first_rows = crate::stages::run_starts(&rows, &["USUBJID"])?;
+    let first_rows = match first_rows {
+        Some(first_rows) => first_rows,
+        None => crate::stages::run_starts(&rows, &["USUBJID"])?,
+    };
     let subjects = rows.column("USUBJID")?.take(&first_rows)?;
     let Some((_, latest)) = date else {
         return DataFrame::new(first_rows.len(), vec![subjects]);
