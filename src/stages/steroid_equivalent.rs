@@ -2,6 +2,7 @@
 //! and mg/kg/day) per subject and day, from steroid orders and weights (DOMAIN.md 4.2).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::mem::MaybeUninit;
 
 use polars::prelude::*;
 use serde::Deserialize;
@@ -1084,18 +1085,20 @@ impl SteroidEquivalent {
 /// Days made by one worker at a time, about (whole pieces at a time).
 const DAY_BLOCK: usize = 1 << 16;
 
-/// The output columns of [`days_of_pieces`] for a stretch of days, one slot per day.
+/// The output columns of [`days_of_pieces`] for a stretch of days, one slot per day, each
+/// written once (the columns' spare capacity: allocated, not zeroed, so that the pages freed
+/// by earlier stages are reused rather than fresh ones faulted in).
 struct DaySlots<'a> {
-    piece: &'a mut [IdxSize],
-    adt: &'a mut [i32],
-    orders: &'a mut [i64],
-    mg: &'a mut [f64],
-    mg_kg: &'a mut [f64],
-    kg: &'a mut [f64],
-    weight_day: &'a mut [i32],
-    has_mg: &'a mut [bool],
-    has_weight: &'a mut [bool],
-    reason: &'a mut [IdxSize],
+    piece: &'a mut [MaybeUninit<IdxSize>],
+    adt: &'a mut [MaybeUninit<i32>],
+    orders: &'a mut [MaybeUninit<i64>],
+    mg: &'a mut [MaybeUninit<f64>],
+    mg_kg: &'a mut [MaybeUninit<f64>],
+    kg: &'a mut [MaybeUninit<f64>],
+    weight_day: &'a mut [MaybeUninit<i32>],
+    has_mg: &'a mut [MaybeUninit<bool>],
+    has_weight: &'a mut [MaybeUninit<bool>],
+    reason: &'a mut [MaybeUninit<IdxSize>],
 }
 
 impl<'a> DaySlots<'a> {
@@ -1199,26 +1202,26 @@ fn days_of_pieces(
         |piece: usize| (i64::from(p_to[piece]) - i64::from(p_from[piece]) + 1).max(0) as usize;
     let days: usize = (0..p_sid.len()).map(days_of).sum();
 
-    let mut piece_of_day: Vec<IdxSize> = vec![0; days];
-    let mut adt: Vec<i32> = vec![0; days];
-    let mut orders: Vec<i64> = vec![0; days];
-    let [mut mg, mut mg_kg, mut kg] = [(); 3].map(|_| vec![0f64; days]);
-    let mut weight_day: Vec<i32> = vec![0; days];
-    let [mut has_mg, mut has_weight] = [(); 2].map(|_| vec![false; days]);
-    let mut reason: Vec<IdxSize> = vec![0; days];
+    let mut piece_of_day: Vec<IdxSize> = Vec::with_capacity(days);
+    let mut adt: Vec<i32> = Vec::with_capacity(days);
+    let mut orders: Vec<i64> = Vec::with_capacity(days);
+    let [mut mg, mut mg_kg, mut kg] = [(); 3].map(|_| Vec::<f64>::with_capacity(days));
+    let mut weight_day: Vec<i32> = Vec::with_capacity(days);
+    let [mut has_mg, mut has_weight] = [(); 2].map(|_| Vec::<bool>::with_capacity(days));
+    let mut reason: Vec<IdxSize> = Vec::with_capacity(days);
     // Stretches of whole pieces, each with the slots of its days.
     let mut stretches: Vec<(std::ops::Range<usize>, DaySlots)> = Vec::new();
     let mut rest = DaySlots {
-        piece: &mut piece_of_day,
-        adt: &mut adt,
-        orders: &mut orders,
-        mg: &mut mg,
-        mg_kg: &mut mg_kg,
-        kg: &mut kg,
-        weight_day: &mut weight_day,
-        has_mg: &mut has_mg,
-        has_weight: &mut has_weight,
-        reason: &mut reason,
+        piece: &mut piece_of_day.spare_capacity_mut()[..days],
+        adt: &mut adt.spare_capacity_mut()[..days],
+        orders: &mut orders.spare_capacity_mut()[..days],
+        mg: &mut mg.spare_capacity_mut()[..days],
+        mg_kg: &mut mg_kg.spare_capacity_mut()[..days],
+        kg: &mut kg.spare_capacity_mut()[..days],
+        weight_day: &mut weight_day.spare_capacity_mut()[..days],
+        has_mg: &mut has_mg.spare_capacity_mut()[..days],
+        has_weight: &mut has_weight.spare_capacity_mut()[..days],
+        reason: &mut reason.spare_capacity_mut()[..days],
     };
     let (mut first, mut in_stretch) = (0, 0);
     for piece in 0..p_sid.len() {
@@ -1230,7 +1233,8 @@ fn days_of_pieces(
             (first, in_stretch) = (piece + 1, 0);
         }
     }
-    stretches.into_par_iter().for_each(|(range, out)| {
+    // Each stretch writes every one of its slots: each day of each of its pieces, in order.
+    let every_slot = stretches.into_par_iter().all(|(range, out)| {
         let mut k = 0;
         for piece in range {
             let sid = p_sid[piece];
@@ -1241,9 +1245,9 @@ fn days_of_pieces(
             let mut next = 0;
             let per_kg = p_n_kg[piece] > 0;
             let n = days_of(piece);
-            out.piece[k..k + n].fill(piece as IdxSize);
-            out.orders[k..k + n].fill(p_orders[piece]);
-            out.reason[k..k + n].fill(IdxSize::from(!per_kg));
+            out.piece[k..k + n].fill(MaybeUninit::new(piece as IdxSize));
+            out.orders[k..k + n].fill(MaybeUninit::new(p_orders[piece]));
+            out.reason[k..k + n].fill(MaybeUninit::new(IdxSize::from(!per_kg)));
             for day in p_from[piece]..=p_to[piece] {
                 while next < w_day.len() && w_day[next] <= day {
                     next += 1;
@@ -1260,21 +1264,40 @@ fn days_of_pieces(
                     None if per_kg => None,
                     _ => Some(p_mg[piece]),
                 };
-                out.adt[k] = day;
-                out.mg[k] = day_mg.unwrap_or(0.0);
-                out.has_mg[k] = day_mg.is_some();
+                out.adt[k].write(day);
+                out.mg[k].write(day_mg.unwrap_or(0.0));
+                out.has_mg[k].write(day_mg.is_some());
                 let (w, wd) = weight.unwrap_or((0.0, 0));
-                out.kg[k] = w;
-                out.weight_day[k] = wd;
-                out.has_weight[k] = weight.is_some();
-                out.mg_kg[k] = match (day_mg, weight) {
+                out.kg[k].write(w);
+                out.weight_day[k].write(wd);
+                out.has_weight[k].write(weight.is_some());
+                out.mg_kg[k].write(match (day_mg, weight) {
                     (Some(m), Some((w, _))) => m / w,
                     _ => 0.0,
-                };
+                });
                 k += 1;
             }
         }
+        k == out.piece.len()
     });
+    if !every_slot {
+        polars_bail!(ComputeError: "the steroid series' days were miscounted");
+    }
+    // SAFETY: the stretches' slots are the first `days` of each column's capacity, one
+    // stretch after another, and each stretch wrote every one of its slots of every column
+    // (checked above: its days fill its slots exactly, and each day writes each column).
+    unsafe {
+        piece_of_day.set_len(days);
+        adt.set_len(days);
+        orders.set_len(days);
+        mg.set_len(days);
+        mg_kg.set_len(days);
+        kg.set_len(days);
+        weight_day.set_len(days);
+        has_mg.set_len(days);
+        has_weight.set_len(days);
+        reason.set_len(days);
+    }
     let no_weight = format!(
         "no weight within {} days before or {} days after",
         window.0, window.1
