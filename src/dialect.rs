@@ -186,12 +186,8 @@ impl Dialect {
     /// [`Dialect::layout_date`] as days since 1970-01-01 (Arrow's `Date32`), without making
     /// the date: the same cells give a day, and the same day.
     #[inline]
-    pub fn layout_days(&self, cell: &str) -> Option<i32> {
-        let (y, m, d) = self
-            .date_layouts
-            .first()?
-            .as_ref()?
-            .parts(cell.as_bytes())?;
+    pub fn layout_days(&self, cell: impl AsRef<[u8]>) -> Option<i32> {
+        let (y, m, d) = self.date_layouts.first()?.as_ref()?.parts(cell.as_ref())?;
         days_from_civil(y, m, d)
     }
 
