@@ -588,19 +588,16 @@ impl<T: Default> Values<T> {
         }
         self.values.truncate(to);
         // A missing value dropped goes; the others move down by the drops before them.
+        let after = self.missing.partition_point(|&m| m < first);
         let mut before = 0;
-        let mut kept = self.missing.partition_point(|&m| m < first);
-        for k in kept..self.missing.len() {
-            let m = self.missing[k];
+        for m in self.missing.split_off(after) {
             while drops.get(before).is_some_and(|&at| at < m) {
                 before += 1;
             }
             if drops.get(before) != Some(&m) {
-                self.missing[kept] = m - before;
-                kept += 1;
+                self.missing.push(m - before);
             }
         }
-        self.missing.truncate(kept);
     }
 
     /// Which values are present (`None` when all are).
