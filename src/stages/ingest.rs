@@ -531,7 +531,7 @@ fn checked_text<'a>(c: &'a CompiledColumn, s: &'a str) -> Result<&'a str, Failur
 /// at the end); a subject column holds the index of its canonical id in the file's
 /// [`CellMemo`], made text when the buffer becomes a column.
 ///
-/// A row's cells are pushed as they are parsed, and taken out again ([`Buffer::keep_from`])
+/// A row's cells are pushed as they are parsed, and taken out again ([`Buffer::drop_failed`])
 /// when a later cell of the row fails: rows are rejected far less often than kept. Text cells
 /// wait for the end of their block instead (a text builder cannot take a value back).
 enum Buffer {
@@ -674,7 +674,7 @@ impl Buffer {
         }
     }
 
-    /// The values pushed so far (0 for text, which [`Buffer::keep_from`] leaves alone).
+    /// The values pushed so far (0 for text, which [`Buffer::drop_failed`] leaves alone).
     fn len(&self) -> usize {
         match self {
             Buffer::Str(_) => 0,
@@ -1966,7 +1966,7 @@ struct CellFailure {
 /// that have not failed at a column before it, in order, so each column's memo and the
 /// latest date see the cells that reading row by row would show them. Rows are rejected far
 /// less often than kept: a column's cells of a row that fails at a later column are pushed and
-/// then taken out again ([`Buffer::keep_from`]); text cells wait for the block's end instead.
+/// then taken out again ([`Buffer::drop_failed`]); text cells wait for the block's end instead.
 struct BlockParse<'p> {
     columns: &'p [CompiledColumn],
     mapping: &'p [Option<usize>],
