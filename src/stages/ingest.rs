@@ -1797,15 +1797,19 @@ fn parse_text(
             &mut late,
         );
         // The block's records in order: each rejected one goes to the rejects, each other
-        // one's line to the rows kept.
+        // one's line to the rows kept. The records rejected as a whole after the last record
+        // parsed come at `r` = the number parsed.
         let mut failures = failures.into_iter().peekable();
         let mut early = std::mem::take(&mut block.rejected).into_iter().peekable();
-        for (r, &line) in block.lines.iter().enumerate() {
+        for r in 0..=block.lines.len() {
             while let Some((_, e)) = early.next_if(|(before, _)| *before == r) {
                 rejects.push(
                     &file.rel, e.line, &file.site, "", &e.raw, "columns", e.reason,
                 );
             }
+            let Some(&line) = block.lines.get(r) else {
+                break;
+            };
             match failures.next_if(|f| f.row == r) {
                 Some(f) => rejects.push(
                     &file.rel,
@@ -1821,11 +1825,6 @@ fn parse_text(
                     accepted += 1;
                 }
             }
-        }
-        for (_, e) in early {
-            rejects.push(
-                &file.rel, e.line, &file.site, "", &e.raw, "columns", e.reason,
-            );
         }
         if lines.len() == piece_rows
             && let Some(hand) = pieces.as_mut()
@@ -2012,10 +2011,11 @@ impl BlockParse<'_> {
             from.push(buffer.len());
             let Some(idx) = *idx else {
                 // Not in the file: missing in every row.
-                let missing = rows.failed_at.iter().filter(|&&f| f > i).count();
                 match buffer {
-                    Buffer::Str(_) => texts.push((i, rows.each_row(i, |_| Cell::Null))),
-                    _ => (0..missing).for_each(|_| buffer.push(Cell::Null)),
+                    Buffer::Str(_) => {
+                        texts.push((i, rows.alive(i).map(|r| (r, Cell::Null)).collect()))
+                    }
+                    _ => rows.alive(i).for_each(|_| buffer.push(Cell::Null)),
                 }
                 continue;
             };
@@ -2069,11 +2069,9 @@ impl BlockParse<'_> {
                         cells.push(parse_cell(c, d, raw.text(c)?, memo)?);
                         Ok(())
                     });
-                    // The cells of the rows that reached this column, in order.
-                    let reached = rows.failed_at.iter().enumerate().filter(|(_, f)| **f >= i);
-                    let kept = reached.filter(|(_, f)| **f != i).map(|(r, _)| r);
+                    // The cells of the rows that read this column without failing, in order.
                     let mut these = Vec::with_capacity(cells.len());
-                    these.extend(kept.zip(cells));
+                    these.extend(rows.alive(i).zip(cells));
                     texts.push((i, these));
                 }
                 (_, buffer) => rows.each_cell(i, idx, |raw| {
@@ -2161,10 +2159,14 @@ impl<'t> BlockRows<'_, 't> {
         }
     }
 
-    /// `cell(r)` of each record `r` that has not failed before column `i`, in order.
-    fn each_row<'c>(&self, i: usize, cell: impl Fn(usize) -> Cell<'c>) -> Vec<(usize, Cell<'c>)> {
-        let reached = self.failed_at.iter().enumerate().filter(|(_, f)| **f > i);
-        reached.map(|(r, _)| (r, cell(r))).collect()
+    /// The records that have not failed at column `i` or before it, in order.
+    fn alive(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let alive = self
+            .failed_at
+            .iter()
+            .enumerate()
+            .filter(move |(_, f)| **f > i);
+        alive.map(|(r, _)| r)
     }
 }
 
