@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod log;
 pub mod manifest;
 pub mod memory;
+pub mod parquet_delta;
 pub mod parquet_keys;
 pub mod parquet_pages;
 pub mod plan;

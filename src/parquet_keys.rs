@@ -38,7 +38,7 @@ trait Hybridable: Copy + PartialEq + Default {
     fn repeated(out: &mut Vec<u8>, run: usize, value: Self, num_bits: usize);
 }
 
-fn uleb(out: &mut Vec<u8>, value: u64) {
+pub(crate) fn uleb(out: &mut Vec<u8>, value: u64) {
     let mut container = [0u8; 10];
     let used = uleb128::encode(value, &mut container);
     out.extend_from_slice(&container[..used]);
@@ -264,6 +264,75 @@ pub fn encode_bits(out: &mut Vec<u8>, bits: &Bitmap) {
     h.finish(out);
 }
 
+/// The rows of each data page of a flat column chunk of `rows` values of `value_bytes` bytes
+/// each, as polars' writer splits an array into pages (`estimated_bytes_size` of the values and
+/// validity, then `row_slice_ranges`: rows split evenly into pages of about `data_page_size`
+/// bytes).
+pub(crate) fn rows_per_page(
+    rows: usize,
+    value_bytes: usize,
+    validity: Option<&Bitmap>,
+    options: &WriteOptions,
+) -> usize {
+    let byte_size = rows * value_bytes + validity.map_or(0, |v| v.as_slice().0.len());
+    let bytes_per_row = if rows == 0 {
+        0
+    } else {
+        (byte_size as f64 / rows as f64) as usize
+    };
+    let max_page_size = options
+        .data_page_size
+        .unwrap_or(1024 * 1024)
+        .min(2usize.pow(31) - 2usize.pow(25));
+    (max_page_size / (bytes_per_row + 1)).max(1)
+}
+
+/// The validity of a page's rows (`length` rows from `offset`), as polars slices an array for
+/// each page: a validity without a missing value goes, and the page's definition levels are
+/// then one repeated run.
+pub(crate) fn page_validity(
+    validity: Option<&Bitmap>,
+    offset: usize,
+    length: usize,
+) -> Option<Bitmap> {
+    validity
+        .map(|v| v.clone().sliced(offset, length))
+        .filter(|v| v.unset_bits() > 0)
+}
+
+/// The definition levels of an optional flat column's page of `length` rows (`validity` from
+/// [`page_validity`]), with their length in front, as polars' writer puts them at the start of
+/// a V1 data page.
+pub(crate) fn definition_levels(buffer: &mut Vec<u8>, length: usize, validity: Option<&Bitmap>) {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; 4]);
+    match validity {
+        None => <bool as Hybridable>::repeated(buffer, length, true, 1),
+        Some(v) => encode_bits(buffer, v),
+    }
+    let levels = ((buffer.len() - start - 4) as i32).to_le_bytes();
+    buffer[start..start + 4].copy_from_slice(&levels);
+}
+
+/// The values of a page's rows that are not null: `values` itself when none is, else those
+/// rows' values copied into `scratch`.
+pub(crate) fn valid_values<'a, T: Copy>(
+    values: &'a [T],
+    validity: Option<&Bitmap>,
+    scratch: &'a mut Vec<T>,
+) -> &'a [T] {
+    match validity {
+        Some(v) if v.unset_bits() > 0 => {
+            scratch.clear();
+            for (start, len) in SlicesIterator::new(v) {
+                scratch.extend_from_slice(&values[start..start + len]);
+            }
+            scratch
+        }
+        _ => values,
+    }
+}
+
 /// The data pages of a dictionary column chunk of `dictionary`'s keys, laid out as polars'
 /// writer lays them out (its `serialize_keys`: rows split evenly into pages of about
 /// `data_page_size` bytes of keys, definition levels then the key width then the keys, a V1
@@ -281,50 +350,20 @@ pub fn dictionary_pages(
     let keys = dictionary.keys();
     let rows = keys.len();
     let validity = keys.validity();
-    // polars' `estimated_bytes_size` of the keys and `row_slice_ranges`.
-    let byte_size = rows * 4 + validity.map_or(0, |v| v.as_slice().0.len());
-    let bytes_per_row = if rows == 0 {
-        0
-    } else {
-        (byte_size as f64 / rows as f64) as usize
-    };
-    let max_page_size = options
-        .data_page_size
-        .unwrap_or(1024 * 1024)
-        .min(2usize.pow(31) - 2usize.pow(25));
-    let rows_per_page = (max_page_size / (bytes_per_row + 1)).max(1);
+    let rows_per_page = rows_per_page(rows, 4, validity, &options);
     let optional = type_.field_info.repetition != Repetition::Required;
     let mut pages = Vec::new();
     let mut valid_keys: Vec<u32> = Vec::new();
     for offset in (0..rows).step_by(rows_per_page) {
         let length = rows_per_page.min(rows - offset);
-        // As polars slices an array for each page: a validity without a missing value goes,
-        // and the page's definition levels are then one repeated run.
-        let page_validity = validity
-            .map(|v| v.clone().sliced(offset, length))
-            .filter(|v| v.unset_bits() > 0);
+        let page_validity = page_validity(validity, offset, length);
         let page_keys = &keys.values()[offset..offset + length];
         let mut buffer = Vec::new();
         if optional {
-            buffer.extend_from_slice(&[0; 4]);
-            match &page_validity {
-                None => <bool as Hybridable>::repeated(&mut buffer, length, true, 1),
-                Some(v) => encode_bits(&mut buffer, v),
-            }
-            let levels = ((buffer.len() - 4) as i32).to_le_bytes();
-            buffer[..4].copy_from_slice(&levels);
+            definition_levels(&mut buffer, length, page_validity.as_ref());
         }
         let nulls = page_validity.as_ref().map_or(0, |v| v.unset_bits());
-        let valid: &[u32] = match &page_validity {
-            Some(v) if nulls > 0 => {
-                valid_keys.clear();
-                for (start, len) in SlicesIterator::new(v) {
-                    valid_keys.extend_from_slice(&page_keys[start..start + len]);
-                }
-                &valid_keys
-            }
-            _ => page_keys,
-        };
+        let valid = valid_values(page_keys, page_validity.as_ref(), &mut valid_keys);
         let num_bits = (32 - valid.iter().copied().max().unwrap_or(0).leading_zeros()) as usize;
         buffer.push(num_bits as u8);
         encode_keys(&mut buffer, valid, num_bits);

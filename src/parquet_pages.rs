@@ -38,7 +38,10 @@
 //!   narrower range gets the dictionary polars' writer gives it, made the same way
 //!   ([`narrow_dictionary`]: the values present marked in a table, in ascending order), or,
 //!   where polars' writer would write it plain, is written plain (32 bits) or as differences
-//!   (64 bits).
+//!   (64 bits);
+//! - writes an integer or date column as differences wherever they take at most half the
+//!   bytes of its dictionary's keys ([`parquet_delta::pays`]: the days of a daily table, which
+//!   climb by one). Differences are encoded by [`parquet_delta`], not by polars' writer.
 //!
 //! The data pages of every dictionary built here are then made by [`parquet_keys`] rather than
 //! by polars' writer, the same bytes for fewer instructions; the dictionary page and the
@@ -52,7 +55,7 @@ use polars_parquet::write::{
     CompressedPage, CompressionOptions, Encoding, Page, ParquetType, WriteOptions,
 };
 
-use crate::parquet_keys;
+use crate::{parquet_delta, parquet_keys};
 
 /// The pages of one column chunk: one list per leaf column (one for every flat type).
 pub type ChunkPages = Vec<Vec<CompressedPage>>;
@@ -97,6 +100,7 @@ impl ColumnEncoder {
         use polars_parquet::write::array_to_columns;
         let mut encodings = self.encodings[i].clone();
         let mut dictionary = None;
+        let mut differences = false;
         if encodings == [Encoding::RleDictionary] {
             fn numbers<T: polars_arrow::types::NativeType>(
                 array: &dyn Array,
@@ -112,11 +116,23 @@ impl ColumnEncoder {
                 // An integer column of a narrow range gets the dictionary polars' writer gives
                 // it, marking the values present ([`narrow_dictionary`]); of a wide range (line
                 // numbers), polars would estimate the distinct values and hash every value.
-                ArrowDataType::Int64 => {
-                    numbers::<i64>(array).and_then(|i| integer_dictionary(i, 2048, |v| v as u64))
+                // A column whose differences take far fewer bytes than a dictionary's keys
+                // (the days of a daily table) is written as differences ([`parquet_delta`]).
+                ArrowDataType::Int64 => numbers::<i64>(array).and_then(|i| {
+                    if parquet_delta::pays(i) {
+                        return Some(None);
+                    }
+                    integer_dictionary(i, 2048, |v| v as u64)
+                }),
+                ArrowDataType::Int32 | ArrowDataType::Date32 => {
+                    numbers::<i32>(array).and_then(|i| {
+                        if parquet_delta::pays(i) {
+                            differences = true;
+                            return Some(None);
+                        }
+                        integer_dictionary(i, 512, |v| v as u32 as u64)
+                    })
                 }
-                ArrowDataType::Int32 | ArrowDataType::Date32 => numbers::<i32>(array)
-                    .and_then(|i| integer_dictionary(i, 512, |v| v as u32 as u64)),
                 ArrowDataType::Float32 => Some(None),
                 ArrowDataType::Utf8View => {
                     let text = array.as_any().downcast_ref::<Utf8ViewArray>();
@@ -128,8 +144,12 @@ impl ColumnEncoder {
             match few {
                 Some(Some(d)) => dictionary = Some(d),
                 // 64-bit integers that would be written plain (line numbers) are written as
-                // their differences instead ([`Encoding::DeltaBinaryPacked`]).
-                Some(None) if delta_encoded(array.dtype()) => {
+                // their differences instead ([`Encoding::DeltaBinaryPacked`]), as are
+                // 32-bit ones whose differences pay.
+                Some(None) if differences || delta_encoded(array.dtype()) => {
+                    if let Some(pages) = self.delta_chunk(i, array)? {
+                        return Ok(vec![pages]);
+                    }
                     encodings = vec![Encoding::DeltaBinaryPacked]
                 }
                 Some(None) => encodings = vec![Encoding::Plain],
@@ -172,6 +192,36 @@ impl ColumnEncoder {
 }
 
 impl ColumnEncoder {
+    /// The compressed pages of a flat integer column chunk (column `i`) written as differences
+    /// by [`parquet_delta`]; `None` when polars' writer must make them.
+    fn delta_chunk(
+        &self,
+        i: usize,
+        array: &dyn Array,
+    ) -> PolarsResult<Option<Vec<CompressedPage>>> {
+        let ParquetType::PrimitiveType(type_) = &self.types[i] else {
+            return Ok(None);
+        };
+        let any = array.as_any();
+        let pages = match array.dtype() {
+            ArrowDataType::Int64 => any
+                .downcast_ref::<PrimitiveArray<i64>>()
+                .and_then(|v| parquet_delta::delta_pages(v, type_, self.options)),
+            ArrowDataType::Int32 | ArrowDataType::Date32 => any
+                .downcast_ref::<PrimitiveArray<i32>>()
+                .and_then(|v| parquet_delta::delta_pages(v, type_, self.options)),
+            _ => None,
+        };
+        pages
+            .map(|pages| {
+                pages
+                    .into_iter()
+                    .map(|page| compressed(page, self.options.compression))
+                    .collect()
+            })
+            .transpose()
+    }
+
     /// The pages of a flat column chunk of `dictionary` (column `i`): the dictionary page and
     /// the statistics as polars' writer makes them (of the dictionary's values, whatever the
     /// keys: it is given the first row only), the data pages from [`parquet_keys`]. `None` when
@@ -979,15 +1029,16 @@ mod tests {
         // Chunks of one data page (200,000 rows) and of two (2 x 262,144 rows, no nulls, where
         // polars' footer counts are right): the same file, byte for byte. Integers of a narrow
         // range with and without nulls, dates, a constant, a column of values too many for a
-        // dictionary (written plain), one with no value, and text of runs with nulls.
+        // dictionary (written plain), one with no value, and text of runs with nulls. (Values
+        // in no order: values that climb are written as differences, which polars does not.)
         let frame = |n: usize, nulls: bool| {
             let some = |i: usize, every: usize| !nulls || !i.is_multiple_of(every);
             df!(
                 "score" => (0..n).map(|i| some(i, 7).then_some((i % 5) as i32)).collect::<Vec<_>>(),
                 "count" => (0..n).map(|i| (i / 40) as i64 % 3000).collect::<Vec<_>>(),
-                "day" => (0..n).map(|i| some(i, 11).then_some(18_000 + (i / 3) as i32 % 2000)).collect::<Vec<_>>(),
+                "day" => (0..n).map(|i| some(i, 11).then_some(18_000 + (i / 3 * 37) as i32 % 2000)).collect::<Vec<_>>(),
                 "constant" => vec![4i64; n],
-                "distinct" => (0..n).map(|i| some(i, 13).then_some(i as i32 % 60_000 - 100)).collect::<Vec<_>>(),
+                "distinct" => (0..n).map(|i| some(i, 13).then_some((i * 7_919 % 60_000) as i32 - 100)).collect::<Vec<_>>(),
                 "none" => vec![None::<i32>; n],
                 "t" => (0..n).map(|i| some(i, 9).then(|| format!("S-{:04}", i / 300))).collect::<Vec<_>>(),
             )
@@ -1087,6 +1138,62 @@ mod tests {
         assert!(ours.len() < theirs.len());
     }
 
+    #[test]
+    fn the_days_of_a_daily_table_are_written_as_their_differences() {
+        // Subjects' days, climbing by one with a day missing here and there, over several row
+        // groups and pages; some missing; beside them an item score (a few values, a
+        // dictionary as polars writes it) and days sorted by day first (long runs of one
+        // day: a dictionary as well).
+        let n = 700_000usize;
+        let subject_days = 1_800;
+        let day: Vec<Option<i32>> = (0..n)
+            .map(|i| {
+                let (s, d) = (i / subject_days, (i % subject_days) as i32);
+                (i % 1_013 != 5).then_some(14_000 + 3 * s as i32 + d + d / 50)
+            })
+            .collect();
+        let score: Vec<Option<i32>> = (0..n)
+            .map(|i| (i % 11 != 0).then_some((i % 5) as i32))
+            .collect();
+        let by_day: Vec<i32> = (0..n).map(|i| 14_000 + (i / 2_000) as i32).collect();
+        let df = df!("day" => &day, "score" => &score, "by_day" => &by_day)
+            .unwrap()
+            .lazy()
+            .with_columns([
+                col("day").cast(DataType::Date),
+                col("by_day").cast(DataType::Date),
+            ])
+            .collect()
+            .unwrap();
+        // Read back by polars as the table (`written` checks).
+        let (theirs, ours, a, b) = written(&df);
+        assert!(a.row_groups.len() > 1);
+        use polars_parquet_format::Encoding as E;
+        let encodings = chunk_encodings(&ours);
+        assert!(
+            encodings[0].contains(&E::DELTA_BINARY_PACKED),
+            "{encodings:?}"
+        );
+        assert_eq!(encodings[1..], chunk_encodings(&theirs)[1..]);
+        assert!(chunk_encodings(&theirs)[0].contains(&E::RLE_DICTIONARY));
+        // The statistics are polars' own: each chunk's smallest and largest day, its nulls.
+        for (x, y) in a.row_groups.iter().zip(&b.row_groups) {
+            for (p, q) in x.parquet_columns().iter().zip(y.parquet_columns()) {
+                let s = p.statistics(&a.footer_buf).unwrap().unwrap().serialize();
+                let t = q.statistics(&b.footer_buf).unwrap().unwrap().serialize();
+                assert_eq!((s.min_value, s.max_value), (t.min_value, t.max_value));
+            }
+        }
+        // Each group's days in far fewer bytes than the dictionary's keys.
+        let size = |f: &FileMetadata| -> i64 {
+            f.row_groups
+                .iter()
+                .map(|g| g.parquet_columns()[0].compressed_size())
+                .sum()
+        };
+        assert!(4 * size(&a) < size(&b), "{} against {}", size(&a), size(&b));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -1137,6 +1244,16 @@ mod tests {
             .collect()
             .unwrap();
             prop_assert_eq!(df.height(), n);
+            // Runs of scattered values: their differences do not pay, the columns are polars'.
+            for c in df.columns() {
+                let c = c.as_materialized_series().rechunk();
+                let pays = match c.dtype() {
+                    DataType::Int64 => parquet_delta::pays(c.i64().unwrap().downcast_iter().next().unwrap()),
+                    DataType::Int32 => parquet_delta::pays(c.i32().unwrap().downcast_iter().next().unwrap()),
+                    _ => parquet_delta::pays(c.date().unwrap().physical().downcast_iter().next().unwrap()),
+                };
+                prop_assume!(!pays);
+            }
             let (polars_bytes, our_bytes) = both_files(&df);
             prop_assert!(polars_bytes == our_bytes);
         }

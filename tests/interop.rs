@@ -25,11 +25,12 @@ fn independent_read(files: &[String]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// A 64-bit integer column of many values (line numbers) is written as differences
-/// (DELTA_BINARY_PACKED): pyarrow and DuckDB decode the values written, the extremes of the
-/// type next to each other (differences that wrap around) and missing values included.
+/// A 64-bit integer column of many values (line numbers) and the days of a daily table are
+/// written as differences (DELTA_BINARY_PACKED): pyarrow and DuckDB decode the values written,
+/// the extremes of the type next to each other (differences that wrap around) and missing
+/// values included.
 #[test]
-fn differences_of_64_bit_integers_read_the_same_in_pyarrow_and_duckdb() {
+fn differences_of_64_bit_integers_and_days_read_the_same_in_pyarrow_and_duckdb() {
     let w = Workdir::empty();
     let n = 300_000i64;
     let line: Vec<Option<i64>> = (0..n)
@@ -44,7 +45,20 @@ fn differences_of_64_bit_integers_read_the_same_in_pyarrow_and_duckdb() {
             _ => Some(-i),
         })
         .collect();
-    let mut df = df!("line" => &line, "extremes" => &extremes).unwrap();
+    // Subjects' days, climbing by one, a day skipped now and then, some missing.
+    let day: Vec<Option<i32>> = (0..n)
+        .map(|i| {
+            (i % 97 != 1).then_some(
+                15_000 + (i / 1_500) as i32 * 11 + (i % 1_500) as i32 + (i % 1_500) as i32 / 40,
+            )
+        })
+        .collect();
+    let mut df = df!("line" => &line, "extremes" => &extremes, "day" => &day)
+        .unwrap()
+        .lazy()
+        .with_column(col("day").cast(DataType::Date))
+        .collect()
+        .unwrap();
     let path = w.path("wide.parquet");
     let file = std::fs::File::create(&path).unwrap();
     studyflow::publish::ParquetSettings::published()
@@ -65,6 +79,13 @@ fn differences_of_64_bit_integers_read_the_same_in_pyarrow_and_duckdb() {
         let sum: i128 = values.iter().flatten().map(|&v| i128::from(v)).sum();
         assert_eq!(theirs["int_sums"][name], sum.to_string(), "{name}");
     }
+    let encodings = theirs["encodings"]["day"].to_string();
+    assert!(
+        encodings.contains("DELTA_BINARY_PACKED"),
+        "day: {encodings}"
+    );
+    let sum: i64 = day.iter().flatten().map(|&v| i64::from(v)).sum();
+    assert_eq!(theirs["int_sums"]["day"], sum.to_string());
 }
 
 #[test]

@@ -36,10 +36,11 @@ for path in sys.argv[1:]:
         for c in range(parquet.metadata.num_columns):
             chunk = parquet.metadata.row_group(g).column(c)
             encodings.setdefault(chunk.path_in_schema, set()).update(chunk.encodings)
+    # Dates as their days since 1970-01-01, as they are stored.
     int_sums = {
-        name: str(sum(v for v in table.column(name).to_pylist() if v is not None))
+        name: str(sum(v for v in table.column(name).cast("int32" if str(t) == "date32[day]" else t).to_pylist() if v is not None))
         for name, t in zip(table.column_names, table.schema.types)
-        if str(t) in ("int64", "int32")
+        if str(t) in ("int64", "int32", "date32[day]")
     }
     out[path] = {
         "encodings": {k: sorted(v) for k, v in encodings.items()},
