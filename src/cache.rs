@@ -509,20 +509,20 @@ fn in_pieces(table: &DataFrame) -> DataFrame {
 }
 
 /// A parsed file's table written to the file cache piece by piece ([`Cache::file_table_writer`]):
-/// Arrow IPC, one record batch per chunk of a piece, zstd as [`encode`], without the columns
+/// Arrow IPC, one record batch per chunk of a piece, LZ4 as [`encode`], without the columns
 /// that hold one value for the file ([`without_constants`]), into a temporary file that
 /// [`Cache::store_file_written`] renames to the entry's name.
 ///
 /// Integer columns whose declared bounds fit 8 or 16 bits (the diary's item scores, 0 to 4)
 /// are stored in that width ([`FileTableWriter::narrowing`]) and widened back to `Int32` when
-/// read. zstd's time grows with the bytes it is given: a raw diary file's table is about 40 %
+/// read. The codec's time grows with the bytes it is given: a raw diary file's table is about 40 %
 /// fewer bytes so, and compresses in about half the time to a smaller file (a bench diary
-/// file, 2.6 million rows: the scores 0.89 -> 0.62 MB each).
+/// file, 2.6 million rows, with zstd as the cache then had: the scores 0.89 -> 0.62 MB each).
 ///
 /// `SRCLINE` (when it has no missing value) is stored as the line less the row's number in
 /// the file: a file's lines follow its rows, so what is stored is a run of one value that
-/// grows by one at each rejected or blank line, which zstd takes in a few passes of its
-/// fastest kind (a bench diary file: 44 -> 3 ms and 2.6 -> 0.08 MB, where the lines
+/// grows by one at each rejected or blank line, which the codec takes in a few passes of its
+/// fastest kind (a bench diary file, with zstd: 44 -> 3 ms and 2.6 -> 0.08 MB, where the lines
 /// themselves, each a new value, were the costliest column).
 pub struct FileTableWriter {
     tmp: PathBuf,
@@ -653,10 +653,15 @@ pub fn parquet_looks_whole(path: &Path, bytes: u64) -> Result<(), String> {
     looks_whole(path, bytes, b"PAR1", "Parquet")
 }
 
-// Cache parts are Arrow IPC files, zstd at level 1: a cold run writes every cached stage's
-// output in that stage's thread, sharing the cores with the other stages. Level 1 costs about
-// half the CPU of the default level 3 for files a little larger; LZ4 (framed, with checksums) was no cheaper and
-// made files more than twice as large.
+// Cache parts are Arrow IPC files, LZ4: a cold run writes every cached stage's output and
+// every parsed file in that stage's thread, sharing the cores with the other stages. polars'
+// IPC writer compresses each buffer of a record batch on its own, and at zstd (level 1) it
+// made a new streaming context for each, copying the buffer into it: about 8 % of a
+// one-thread run's instructions on a 300-subject cohort. LZ4 (framed, with checksums): 3.8 %
+// fewer instructions for the run, 5 % less CPU and wall time over eight alternating pairs on
+// the bench cohort, for a file cache of 50 MB instead of 27 MB (stage entries 116 MB instead
+// of 106, most of them links to published tables). An earlier round measured the codecs on
+// one cached file with pyarrow's writer, which keeps its contexts, and kept zstd.
 // The part is streamed to its file through a hasher, not built in memory first: a buffer the
 // size of a large table, grown by doubling, cost page faults and copies worth several seconds
 // of a registry-scale run.
@@ -784,10 +789,9 @@ fn as_recorded(path: &Path, part: &Part, bytes: u64, hash: &blake3::Hash) -> Res
     Ok(())
 }
 
-/// The compression of Arrow IPC cache parts: zstd at level 1 (see [`encode`]).
+/// The compression of Arrow IPC cache parts: LZ4 (see [`encode`]).
 fn ipc_compression() -> PolarsResult<polars::io::ipc::IpcCompression> {
-    let level = polars::polars_utils::compression::ZstdLevel::try_new(1)?;
-    Ok(polars::io::ipc::IpcCompression::ZSTD(level))
+    Ok(polars::io::ipc::IpcCompression::LZ4)
 }
 
 /// A stage's rejected or set-aside rows, read a range of rows at a time: the table in memory,
