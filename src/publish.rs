@@ -311,6 +311,14 @@ impl TableWriter {
         })
     }
 
+    /// The writer, holding the rows that wait for a row group as they are rather than packed
+    /// in a file ([`Pending`]): for a table written on its own, whose waiting rows (at most a
+    /// row group's) are all it holds.
+    pub fn holding(mut self) -> TableWriter {
+        self.pending.held = Some(Vec::new());
+        self
+    }
+
     /// Appends `rows` to the table in `slot`, which `start` starts with their columns when it
     /// holds none yet.
     pub fn append(
@@ -504,11 +512,17 @@ fn packed(rows: &mut DataFrame) -> PolarsResult<Vec<u8>> {
 /// can be encoded a column at a time, reading back one column of every part. On the bench
 /// cohort in batches of 50 subjects the tables' waiting rows came to some 30 MB packed at
 /// once, held in memory until this file took them.
+///
+/// A table written alone ([`TableWriter::holding`]: the run's `duplicates`, written after the
+/// stages) holds its waiting rows as they are instead: at most a row group's, and packing
+/// each column of each part only to unpack it again cost more than encoding it.
 struct Pending {
     path: PathBuf,
     file: Option<File>,
     /// Per part, per column: where its packed bytes are in the file, and how many.
     parts: Vec<Vec<(u64, usize)>>,
+    /// The parts as they are, when they are held rather than packed.
+    held: Option<Vec<DataFrame>>,
 }
 
 impl Pending {
@@ -518,11 +532,17 @@ impl Pending {
             path: tmp_name(&table.with_file_name(format!("{}.pending", name.unwrap_or_default()))),
             file: None,
             parts: Vec::new(),
+            held: None,
         }
     }
 
-    /// Packs each column of `rows` and appends it to the file, which is created the first time.
+    /// Packs each column of `rows` and appends it to the file, which is created the first time
+    /// (or, held, keeps `rows`).
     fn push(&mut self, rows: &DataFrame) -> Result<(), RunError> {
+        if let Some(held) = &mut self.held {
+            held.push(rows.clone());
+            return Ok(());
+        }
         let file = match &mut self.file {
             Some(file) => file,
             none => none.insert(File::create(&self.path).map_err(|e| RunError::io(&self.path, e))?),
@@ -541,12 +561,22 @@ impl Pending {
     }
 
     /// Column `i` of every part, in order, each read back and unpacked as it is taken.
-    fn column(&self, i: usize) -> PolarsResult<impl Iterator<Item = PolarsResult<Series>> + '_> {
+    fn column(
+        &self,
+        i: usize,
+    ) -> PolarsResult<Box<dyn Iterator<Item = PolarsResult<Series>> + '_>> {
+        if let Some(held) = &self.held {
+            return Ok(Box::new(held.iter().map(move |part| {
+                let c = part.columns().get(i);
+                let c = c.ok_or_else(|| polars_err!(ColumnNotFound: "column {i}"))?;
+                Ok(c.as_materialized_series().clone())
+            })));
+        }
         let mut file = match self.parts.is_empty() {
             true => None,
             false => Some(File::open(&self.path)?),
         };
-        Ok(self.parts.iter().map(move |part| {
+        Ok(Box::new(self.parts.iter().map(move |part| {
             let (at, len) = part[i];
             let file = file
                 .as_mut()
@@ -559,11 +589,14 @@ impl Pending {
                 .into_columns()
                 .swap_remove(0)
                 .take_materialized_series())
-        }))
+        })))
     }
 
     /// Forgets every part and empties the file.
     fn clear(&mut self) -> Result<(), RunError> {
+        if let Some(held) = &mut self.held {
+            held.clear();
+        }
         if let Some(file) = &mut self.file {
             file.set_len(0)
                 .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
@@ -947,6 +980,46 @@ mod tests {
         polars_writer.finish().unwrap();
         drop(polars_writer);
         assert!(fs::read(&path).unwrap() == polars_bytes);
+    }
+
+    #[test]
+    fn a_writer_holding_its_waiting_rows_writes_the_file_of_one_packing_them() {
+        // Parts smaller and larger than a row group, an empty one, text with missing values:
+        // the same bytes whether the rows waiting for a group are packed in a file or held.
+        let dir = tempfile::tempdir().unwrap();
+        let part = |from: usize, n: usize| {
+            df!(
+                "SRCFILE" => (0..n).map(|i| format!("site/file_{}.csv", (from + i) / 50_000)).collect::<Vec<_>>(),
+                "SRCLINE" => (0..n).map(|i| (from + i) as i64 * 3 + 2).collect::<Vec<_>>(),
+                "REASON" => (0..n).map(|i| (i % 5 != 0).then_some("newer export")).collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        let write = |name: &str, hold: bool| {
+            let path = dir.path().join(name);
+            let mut writer = None;
+            let mut from = 0;
+            for n in [70_000usize, 0, 300_000, 5, 200_000, 90_000] {
+                TableWriter::append(&mut writer, part(from, n), |first| {
+                    let w = TableWriter::create(&path, &prov("fp"), first)?;
+                    Ok(if hold { w.holding() } else { w })
+                })
+                .unwrap();
+                from += n;
+                // A holding writer leaves no file of waiting rows beside the table.
+                let waiting = tmp_name(&dir.path().join(format!("{name}.pending")));
+                assert_eq!(waiting.exists(), !hold, "{name} at {from}");
+            }
+            let (bytes, _, rows) = writer.unwrap().finish().unwrap();
+            assert_eq!(rows, from as u64);
+            (bytes, fs::read(&path).unwrap())
+        };
+        let (packed, held) = (write("packed.parquet", false), write("held.parquet", true));
+        assert!(packed == held);
+        let back = ParquetReader::new(std::io::Cursor::new(&held.1))
+            .finish()
+            .unwrap();
+        assert_eq!(back.height(), 660_005);
     }
 
     #[test]

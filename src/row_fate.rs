@@ -391,7 +391,7 @@ pub fn write_dropped(
                 .rows(b.start + at, KEY_ROWS.min(b.len - at))
                 .map_err(anyhow::Error::msg)?;
             crate::publish::TableWriter::append(&mut writer, rows, |first| {
-                crate::publish::TableWriter::create(dest, prov, first)
+                crate::publish::TableWriter::create(dest, prov, first).map(|w| w.holding())
             })?;
         }
     }
