@@ -23,18 +23,17 @@
 //! page's last block.
 
 use polars_arrow::array::PrimitiveArray;
-use polars_parquet::parquet::CowBuffer;
 use polars_parquet::parquet::encoding::bitpacked::encode_pack;
 use polars_parquet::parquet::encoding::zigzag_leb128;
-use polars_parquet::parquet::metadata::Descriptor;
-use polars_parquet::parquet::page::{DataPage, DataPageHeader, DataPageHeaderV1};
 use polars_parquet::parquet::schema::Repetition;
 use polars_parquet::parquet::schema::types::PrimitiveType;
 use polars_parquet::parquet::statistics::PrimitiveStatistics;
 use polars_parquet::write::{Page, Version, WriteOptions};
 use polars_parquet_format::Encoding as FormatEncoding;
 
-use crate::parquet_keys::{definition_levels, page_validity, rows_per_page, uleb, valid_values};
+use crate::parquet_keys::{
+    data_page, definition_levels, page_validity, rows_per_page, uleb, valid_values,
+};
 
 /// Differences in a block, in one mini-block (polars' layout).
 const BLOCK: usize = 256;
@@ -215,24 +214,13 @@ pub fn delta_pages<T: DeltaInt>(
             }
             .serialize()
         });
-        let header = DataPageHeader::V1(DataPageHeaderV1 {
-            num_values: length as i32,
-            encoding: FormatEncoding::DELTA_BINARY_PACKED,
-            definition_level_encoding: FormatEncoding::RLE,
-            repetition_level_encoding: FormatEncoding::RLE,
-            statistics,
-        });
-        let descriptor = Descriptor {
-            primitive_type: type_.clone(),
-            max_def_level: 0,
-            max_rep_level: 0,
-        };
-        pages.push(Page::Data(DataPage::new(
-            header,
-            CowBuffer::Owned(buffer),
-            descriptor,
+        pages.push(data_page(
+            type_,
+            FormatEncoding::DELTA_BINARY_PACKED,
+            buffer,
             length,
-        )));
+            statistics,
+        ));
     }
     Some(pages)
 }
@@ -243,6 +231,7 @@ mod tests {
     use polars_arrow::array::Array;
     use polars_arrow::bitmap::{Bitmap, MutableBitmap};
     use polars_parquet::parquet::encoding::uleb128;
+    use polars_parquet::parquet::page::DataPageHeader;
     use polars_parquet::write::{
         CompressionOptions, Encoding, ParquetType, StatisticsOptions, array_to_columns,
         to_parquet_schema,

@@ -371,26 +371,44 @@ pub fn dictionary_pages(
             s.null_count = Some(nulls as i64);
             s
         });
-        let header = DataPageHeader::V1(DataPageHeaderV1 {
-            num_values: length as i32,
-            encoding: FormatEncoding::RLE_DICTIONARY,
-            definition_level_encoding: FormatEncoding::RLE,
-            repetition_level_encoding: FormatEncoding::RLE,
-            statistics,
-        });
-        let descriptor = Descriptor {
-            primitive_type: type_.clone(),
-            max_def_level: 0,
-            max_rep_level: 0,
-        };
-        pages.push(Page::Data(DataPage::new(
-            header,
-            CowBuffer::Owned(buffer),
-            descriptor,
+        pages.push(data_page(
+            type_,
+            FormatEncoding::RLE_DICTIONARY,
+            buffer,
             length,
-        )));
+            statistics,
+        ));
     }
     Some(pages)
+}
+
+/// A V1 data page of a flat column of `type_`: `length` rows, their definition levels and
+/// values in `buffer`, the values in `encoding`.
+pub(crate) fn data_page(
+    type_: &PrimitiveType,
+    encoding: FormatEncoding,
+    buffer: Vec<u8>,
+    length: usize,
+    statistics: Option<ParquetStatistics>,
+) -> Page {
+    let header = DataPageHeader::V1(DataPageHeaderV1 {
+        num_values: length as i32,
+        encoding,
+        definition_level_encoding: FormatEncoding::RLE,
+        repetition_level_encoding: FormatEncoding::RLE,
+        statistics,
+    });
+    let descriptor = Descriptor {
+        primitive_type: type_.clone(),
+        max_def_level: 0,
+        max_rep_level: 0,
+    };
+    Page::Data(DataPage::new(
+        header,
+        CowBuffer::Owned(buffer),
+        descriptor,
+        length,
+    ))
 }
 
 #[cfg(test)]

@@ -1086,6 +1086,45 @@ mod tests {
             .collect()
     }
 
+    /// `df` written both ways ([`written`]: ours read back as `df`), over several row groups,
+    /// its first column written as differences in ours; and the encodings of our chunks.
+    #[allow(clippy::type_complexity)]
+    fn first_column_as_differences(
+        df: &DataFrame,
+    ) -> (
+        Vec<u8>,
+        Vec<u8>,
+        FileMetadata,
+        FileMetadata,
+        Vec<Vec<polars_parquet_format::Encoding>>,
+    ) {
+        let (theirs, ours, a, b) = written(df);
+        assert!(a.row_groups.len() > 1);
+        let encodings = chunk_encodings(&ours);
+        let delta = polars_parquet_format::Encoding::DELTA_BINARY_PACKED;
+        assert!(encodings[0].contains(&delta), "{encodings:?}");
+        (theirs, ours, a, b, encodings)
+    }
+
+    /// Every column chunk of `a` has the smallest and largest value of `b`'s.
+    fn same_min_max(a: &FileMetadata, b: &FileMetadata) {
+        for (x, y) in a.row_groups.iter().zip(&b.row_groups) {
+            for (p, q) in x.parquet_columns().iter().zip(y.parquet_columns()) {
+                let s = p.statistics(&a.footer_buf).unwrap().unwrap().serialize();
+                let t = q.statistics(&b.footer_buf).unwrap().unwrap().serialize();
+                assert_eq!((s.min_value, s.max_value), (t.min_value, t.max_value));
+            }
+        }
+    }
+
+    /// The compressed bytes of the first column, over every row group.
+    fn first_column_bytes(f: &FileMetadata) -> i64 {
+        f.row_groups
+            .iter()
+            .map(|g| g.parquet_columns()[0].compressed_size())
+            .sum()
+    }
+
     #[test]
     fn many_64_bit_integers_are_written_as_their_differences() {
         // Line numbers of two files interleaved (a dedupe's kept rows), some missing, over
@@ -1105,36 +1144,19 @@ mod tests {
             "line32" => lines.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>(),
         )
         .unwrap();
-        // Read back by polars as the table (`written` checks), the statistics polars' own.
-        let (theirs, ours, a, b) = written(&df);
-        assert!(a.row_groups.len() > 1);
+        // Read back by polars as the table, the statistics polars' own.
+        let (theirs, ours, a, b, encodings) = first_column_as_differences(&df);
         use polars_parquet_format::Encoding as E;
-        let encodings = chunk_encodings(&ours);
-        assert!(
-            encodings[0].contains(&E::DELTA_BINARY_PACKED),
-            "{encodings:?}"
-        );
         assert!(
             !encodings[1].contains(&E::DELTA_BINARY_PACKED),
             "{encodings:?}"
         );
         assert!(encodings[1].contains(&E::PLAIN), "{encodings:?}");
         assert!(chunk_encodings(&theirs)[0].contains(&E::PLAIN));
-        for (x, y) in a.row_groups.iter().zip(&b.row_groups) {
-            for (p, q) in x.parquet_columns().iter().zip(y.parquet_columns()) {
-                let s = p.statistics(&a.footer_buf).unwrap().unwrap().serialize();
-                let t = q.statistics(&b.footer_buf).unwrap().unwrap().serialize();
-                assert_eq!((s.min_value, s.max_value), (t.min_value, t.max_value));
-            }
-        }
+        same_min_max(&a, &b);
         // Smaller than plain.
-        let size = |f: &FileMetadata| -> i64 {
-            f.row_groups
-                .iter()
-                .map(|g| g.parquet_columns()[0].compressed_size())
-                .sum()
-        };
-        assert!(size(&a) < size(&b), "{} against {}", size(&a), size(&b));
+        let (x, y) = (first_column_bytes(&a), first_column_bytes(&b));
+        assert!(x < y, "{x} against {y}");
         assert!(ours.len() < theirs.len());
     }
 
@@ -1165,33 +1187,16 @@ mod tests {
             ])
             .collect()
             .unwrap();
-        // Read back by polars as the table (`written` checks).
-        let (theirs, ours, a, b) = written(&df);
-        assert!(a.row_groups.len() > 1);
+        // Read back by polars as the table.
+        let (theirs, _, a, b, encodings) = first_column_as_differences(&df);
         use polars_parquet_format::Encoding as E;
-        let encodings = chunk_encodings(&ours);
-        assert!(
-            encodings[0].contains(&E::DELTA_BINARY_PACKED),
-            "{encodings:?}"
-        );
         assert_eq!(encodings[1..], chunk_encodings(&theirs)[1..]);
         assert!(chunk_encodings(&theirs)[0].contains(&E::RLE_DICTIONARY));
-        // The statistics are polars' own: each chunk's smallest and largest day, its nulls.
-        for (x, y) in a.row_groups.iter().zip(&b.row_groups) {
-            for (p, q) in x.parquet_columns().iter().zip(y.parquet_columns()) {
-                let s = p.statistics(&a.footer_buf).unwrap().unwrap().serialize();
-                let t = q.statistics(&b.footer_buf).unwrap().unwrap().serialize();
-                assert_eq!((s.min_value, s.max_value), (t.min_value, t.max_value));
-            }
-        }
+        // The statistics are polars' own: each chunk's smallest and largest day.
+        same_min_max(&a, &b);
         // Each group's days in far fewer bytes than the dictionary's keys.
-        let size = |f: &FileMetadata| -> i64 {
-            f.row_groups
-                .iter()
-                .map(|g| g.parquet_columns()[0].compressed_size())
-                .sum()
-        };
-        assert!(4 * size(&a) < size(&b), "{} against {}", size(&a), size(&b));
+        let (x, y) = (first_column_bytes(&a), first_column_bytes(&b));
+        assert!(4 * x < y, "{x} against {y}");
     }
 
     proptest! {
