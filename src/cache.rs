@@ -515,8 +515,8 @@ fn in_pieces(table: &DataFrame) -> DataFrame {
 ///
 /// Integer columns whose declared bounds fit 8 or 16 bits (the diary's item scores, 0 to 4)
 /// are stored in that width ([`FileTableWriter::narrowing`]) and widened back to `Int32` when
-/// read. The codec's time grows with the bytes it is given: a raw diary file's table is about 40 %
-/// fewer bytes so, and compresses in about half the time to a smaller file (a bench diary
+/// read. The codec's time grows with the bytes it is given: a raw diary file's table is about
+/// 40 % fewer bytes so, and compresses in about half the time to a smaller file (a bench diary
 /// file, 2.6 million rows, with zstd as the cache then had: the scores 0.89 -> 0.62 MB each).
 ///
 /// `SRCLINE` (when it has no missing value) is stored as the line less the row's number in

@@ -6,15 +6,16 @@
 //! date column) each of its 9.4 million values in `adster` is an 11-bit key, 14.6 MB for zstd
 //! to compress (0.93 MB after it); as differences a block of 256 days that climb by one is its
 //! smallest difference and a width of zero, and the column takes 1.9 MB before zstd and 0.11
-//! MB after it (the bench cohort; the diary table's days 12.2 -> 3.3 MB, 2.8 -> 0.9 MB). [`pays`] decides, column
-//! chunk by column chunk, from the bytes the differences would take against the dictionary's
-//! keys; the line numbers of a deduplicated table (64-bit, too many values for a dictionary)
-//! are written this way whatever the estimate.
+//! MB after it (the bench cohort; the diary table's days 12.2 -> 3.3 MB, 2.8 -> 0.9 MB).
+//! [`pays`] decides, column chunk by column chunk, from the bytes the differences would take
+//! against the dictionary's keys; the line numbers of a deduplicated table (64-bit, too many
+//! values for a dictionary) are written this way whatever the estimate.
 //!
 //! [`encode`] writes the bytes polars' own encoder of the format writes (blocks of 256
-//! differences, one mini-block each), but reads the values from a slice and packs a block 32
-//! values at a time, in the column's own width: polars' encoder took about 18 ns a value, the
-//! values through an iterator of 64-bit integers and the widths worked out value by value.
+//! differences, one mini-block each), but reads the values from a slice and packs a block in
+//! the column's own width (32 values at a time, 64 for 64-bit columns): polars' encoder took
+//! about 18 ns a value, the values through an iterator of 64-bit integers and the widths
+//! worked out value by value.
 //! (Blocks of 128 in four mini-blocks, as parquet-mr and Arrow C++ write them, were measured:
 //! the line numbers of the diary table took 10.5 MB after zstd against 9.8 MB this way, and
 //! its days 0.85 against 0.94 MB.) [`delta_pages`] lays the pages out as polars' writer lays
@@ -402,7 +403,8 @@ mod tests {
             let array = PrimitiveArray::new(ArrowDataType::Int64, values.clone().into(), None);
             let type_ = primitive(ArrowDataType::Int64);
             let page = array_to_columns(&array as &dyn Array, ParquetType::PrimitiveType(type_),
-                options(1 << 20), &[Encoding::DeltaBinaryPacked]).unwrap().pop().unwrap().next().unwrap().unwrap();
+                options(1 << 20), &[Encoding::DeltaBinaryPacked])
+                .unwrap().pop().unwrap().next().unwrap().unwrap();
             let Page::Data(page) = page else { panic!("a data page") };
             let levels = 4 + u32::from_le_bytes(page.buffer()[..4].try_into().unwrap()) as usize;
             prop_assert_eq!(decode(&page.buffer()[levels..], 64).0, values);
