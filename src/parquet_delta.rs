@@ -26,15 +26,12 @@
 use polars_arrow::array::PrimitiveArray;
 use polars_parquet::parquet::encoding::bitpacked::encode_pack;
 use polars_parquet::parquet::encoding::zigzag_leb128;
-use polars_parquet::parquet::schema::Repetition;
 use polars_parquet::parquet::schema::types::PrimitiveType;
 use polars_parquet::parquet::statistics::PrimitiveStatistics;
 use polars_parquet::write::{Page, Version, WriteOptions};
 use polars_parquet_format::Encoding as FormatEncoding;
 
-use crate::parquet_keys::{
-    data_page, definition_levels, page_validity, rows_per_page, uleb, valid_values,
-};
+use crate::parquet_keys::{flat_pages, uleb, valid_values};
 
 /// Differences in a block, in one mini-block (polars' layout).
 const BLOCK: usize = 256;
@@ -187,43 +184,28 @@ pub fn delta_pages<T: DeltaInt>(
     if options.version != Version::V1 || rows == 0 {
         return None;
     }
-    let validity = values.validity();
-    let rows_per_page = rows_per_page(rows, size_of::<T>(), validity, &options);
-    let optional = type_.field_info.repetition != Repetition::Required;
-    let mut pages = Vec::new();
-    let mut scratch: Vec<T> = Vec::new();
-    for offset in (0..rows).step_by(rows_per_page) {
-        let length = rows_per_page.min(rows - offset);
-        let page_validity = page_validity(validity, offset, length);
-        let mut buffer = Vec::new();
-        if optional {
-            definition_levels(&mut buffer, length, page_validity.as_ref());
-        }
-        let nulls = page_validity.as_ref().map_or(0, |v| v.unset_bits());
-        let page_values = &values.values()[offset..offset + length];
-        let valid = valid_values(page_values, page_validity.as_ref(), &mut scratch);
-        encode(&mut buffer, valid);
-        let range = (!valid.is_empty()).then(|| T::range(valid));
-        let statistics = options.has_statistics().then(|| {
-            let s = &options.statistics;
-            PrimitiveStatistics::<T> {
-                primitive_type: type_.clone(),
-                null_count: s.null_count.then_some(nulls as i64),
-                distinct_count: None,
-                min_value: range.map(|r| r.0).filter(|_| s.min_value),
-                max_value: range.map(|r| r.1).filter(|_| s.max_value),
-            }
-            .serialize()
-        });
-        pages.push(data_page(
-            type_,
-            FormatEncoding::DELTA_BINARY_PACKED,
-            buffer,
-            length,
-            statistics,
-        ));
-    }
-    Some(pages)
+    Some(flat_pages(
+        values.values(),
+        values.validity(),
+        type_,
+        &options,
+        FormatEncoding::DELTA_BINARY_PACKED,
+        |buffer, valid, nulls| {
+            encode(buffer, valid);
+            let range = (!valid.is_empty()).then(|| T::range(valid));
+            options.has_statistics().then(|| {
+                let s = &options.statistics;
+                PrimitiveStatistics::<T> {
+                    primitive_type: type_.clone(),
+                    null_count: s.null_count.then_some(nulls as i64),
+                    distinct_count: None,
+                    min_value: range.map(|r| r.0).filter(|_| s.min_value),
+                    max_value: range.map(|r| r.1).filter(|_| s.max_value),
+                }
+                .serialize()
+            })
+        },
+    ))
 }
 
 #[cfg(test)]

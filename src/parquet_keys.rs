@@ -268,7 +268,7 @@ pub fn encode_bits(out: &mut Vec<u8>, bits: &Bitmap) {
 /// each, as polars' writer splits an array into pages (`estimated_bytes_size` of the values and
 /// validity, then `row_slice_ranges`: rows split evenly into pages of about `data_page_size`
 /// bytes).
-pub(crate) fn rows_per_page(
+fn rows_per_page(
     rows: usize,
     value_bytes: usize,
     validity: Option<&Bitmap>,
@@ -290,11 +290,7 @@ pub(crate) fn rows_per_page(
 /// The validity of a page's rows (`length` rows from `offset`), as polars slices an array for
 /// each page: a validity without a missing value goes, and the page's definition levels are
 /// then one repeated run.
-pub(crate) fn page_validity(
-    validity: Option<&Bitmap>,
-    offset: usize,
-    length: usize,
-) -> Option<Bitmap> {
+fn page_validity(validity: Option<&Bitmap>, offset: usize, length: usize) -> Option<Bitmap> {
     validity
         .map(|v| v.clone().sliced(offset, length))
         .filter(|v| v.unset_bits() > 0)
@@ -303,7 +299,7 @@ pub(crate) fn page_validity(
 /// The definition levels of an optional flat column's page of `length` rows (`validity` from
 /// [`page_validity`]), with their length in front, as polars' writer puts them at the start of
 /// a V1 data page.
-pub(crate) fn definition_levels(buffer: &mut Vec<u8>, length: usize, validity: Option<&Bitmap>) {
+fn definition_levels(buffer: &mut Vec<u8>, length: usize, validity: Option<&Bitmap>) {
     let start = buffer.len();
     buffer.extend_from_slice(&[0; 4]);
     match validity {
@@ -348,43 +344,61 @@ pub fn dictionary_pages(
         return None;
     }
     let keys = dictionary.keys();
-    let rows = keys.len();
-    let validity = keys.validity();
-    let rows_per_page = rows_per_page(rows, 4, validity, &options);
+    Some(flat_pages(
+        keys.values(),
+        keys.validity(),
+        type_,
+        &options,
+        FormatEncoding::RLE_DICTIONARY,
+        |buffer, valid, nulls| {
+            let num_bits = (32 - valid.iter().copied().max().unwrap_or(0).leading_zeros()) as usize;
+            buffer.push(num_bits as u8);
+            encode_keys(buffer, valid, num_bits);
+            statistics.clone().map(|mut s| {
+                s.null_count = Some(nulls as i64);
+                s
+            })
+        },
+    ))
+}
+
+/// The V1 data pages of a flat column chunk of `values` (`validity`: which rows hold one),
+/// laid out as polars' writer lays them out: the rows of each page ([`rows_per_page`]), its
+/// definition levels for an optional column, then what `page` appends for the page's values
+/// that are not null (given with the page's null count), in `encoding`, with the statistics
+/// `page` returns.
+pub(crate) fn flat_pages<T: Copy>(
+    values: &[T],
+    validity: Option<&Bitmap>,
+    type_: &PrimitiveType,
+    options: &WriteOptions,
+    encoding: FormatEncoding,
+    mut page: impl FnMut(&mut Vec<u8>, &[T], usize) -> Option<ParquetStatistics>,
+) -> Vec<Page> {
+    let rows = values.len();
+    let rows_per_page = rows_per_page(rows, size_of::<T>(), validity, options);
     let optional = type_.field_info.repetition != Repetition::Required;
     let mut pages = Vec::new();
-    let mut valid_keys: Vec<u32> = Vec::new();
+    let mut scratch: Vec<T> = Vec::new();
     for offset in (0..rows).step_by(rows_per_page) {
         let length = rows_per_page.min(rows - offset);
         let page_validity = page_validity(validity, offset, length);
-        let page_keys = &keys.values()[offset..offset + length];
         let mut buffer = Vec::new();
         if optional {
             definition_levels(&mut buffer, length, page_validity.as_ref());
         }
         let nulls = page_validity.as_ref().map_or(0, |v| v.unset_bits());
-        let valid = valid_values(page_keys, page_validity.as_ref(), &mut valid_keys);
-        let num_bits = (32 - valid.iter().copied().max().unwrap_or(0).leading_zeros()) as usize;
-        buffer.push(num_bits as u8);
-        encode_keys(&mut buffer, valid, num_bits);
-        let statistics = statistics.clone().map(|mut s| {
-            s.null_count = Some(nulls as i64);
-            s
-        });
-        pages.push(data_page(
-            type_,
-            FormatEncoding::RLE_DICTIONARY,
-            buffer,
-            length,
-            statistics,
-        ));
+        let page_values = &values[offset..offset + length];
+        let valid = valid_values(page_values, page_validity.as_ref(), &mut scratch);
+        let statistics = page(&mut buffer, valid, nulls);
+        pages.push(data_page(type_, encoding, buffer, length, statistics));
     }
-    Some(pages)
+    pages
 }
 
 /// A V1 data page of a flat column of `type_`: `length` rows, their definition levels and
 /// values in `buffer`, the values in `encoding`.
-pub(crate) fn data_page(
+fn data_page(
     type_: &PrimitiveType,
     encoding: FormatEncoding,
     buffer: Vec<u8>,
