@@ -346,7 +346,8 @@ impl Spill {
     }
 
     /// Writes the rows of file `file` of `stage` to its spill file, piece by piece (`pieces`
-    /// calls its argument with each piece, in order): each piece's rows of each subject batch
+    /// calls its argument with each piece of the file, in order, in one pass over the file's
+    /// table or cache entry): each piece's rows of each subject batch
     /// become one record batch, and the file's index notes which record batches are whose.
     /// One spill file per file, not per file and batch: creating a file costs the kernel far
     /// more than writing a record batch (about 0.3-0.6 ms each on this machine's ext4, some
@@ -356,7 +357,7 @@ impl Spill {
         (stage, file): (usize, usize),
         column: &str,
         bounds: &[String],
-        pieces: &Pieces,
+        pieces: impl FnOnce(&mut dyn FnMut(DataFrame) -> anyhow::Result<()>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut blocks: BlocksOfBatches = vec![Vec::new(); bounds.len() + 1];
         let mut writer: Option<SpillWriter> = None;
@@ -448,11 +449,6 @@ fn write_ipc(path: &Path, rows: &mut DataFrame) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What [`Spill::write_file`] reads a file's rows with: it calls its argument with each piece
-/// of the file, in order.
-type Pieces<'a> =
-    dyn Fn(&mut dyn FnMut(DataFrame) -> anyhow::Result<()>) -> anyhow::Result<()> + 'a;
-
 /// A spill file written piece by piece: Arrow IPC, LZ4, one record batch per piece and batch.
 struct SpillWriter {
     path: PathBuf,
@@ -500,6 +496,15 @@ fn read_ipc_block_of(path: &Path, block: usize, only: Option<&str>) -> anyhow::R
     let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
     let mut reader = cache::ipc_file_reader(std::io::BufReader::new(f), only)
         .map_err(|e| spill_failed("reading", path, e))?;
+    block_of(&mut reader, block, path)
+}
+
+/// Record batch `block` of the spill file at `path`, read by `reader`.
+fn block_of<R: std::io::Read + std::io::Seek>(
+    reader: &mut polars_arrow::io::ipc::read::FileReader<R>,
+    block: usize,
+    path: &Path,
+) -> anyhow::Result<DataFrame> {
     reader.set_current_block(block);
     match reader.next() {
         Some(Ok(batch)) => Ok(DataFrame::from(batch)),
@@ -515,16 +520,7 @@ fn read_ipc_blocks(path: &Path, blocks: &[usize]) -> anyhow::Result<DataFrame> {
         .map_err(|e| spill_failed("reading", path, e))?;
     let mut rows: Option<DataFrame> = None;
     for &block in blocks {
-        reader.set_current_block(block);
-        let batch = match reader.next() {
-            Some(Ok(batch)) => DataFrame::from(batch),
-            Some(Err(e)) => return Err(spill_failed("reading", path, e).into()),
-            None => {
-                return Err(
-                    spill_failed("reading", path, format!("no record batch {block}")).into(),
-                );
-            }
-        };
+        let batch = block_of(&mut reader, block, path)?;
         match &mut rows {
             Some(r) => {
                 r.vstack_mut_owned(batch)?;
@@ -814,19 +810,14 @@ impl Engine<'_> {
                     .and_then(|e| Some((e, self.cache.file_table_pieces(e).ok()?)));
                 let Some((entry, pieces)) = cached else {
                     let t = file_table(id, f, None)?;
-                    spill.write_file((id, f), &column, &bounds, &|each| each(t.clone()))?;
-                    return Ok((id, f, t.clear(), None));
+                    let empty = t.clear();
+                    spill.write_file((id, f), &column, &bounds, |each| each(t))?;
+                    return Ok((id, f, empty, None));
                 };
                 let empty = cache::with_file_constants(entry, pieces.empty())
                     .map_err(RunError::Internal)?;
-                // The pieces opened (read and checked) above, read once.
-                let opened = Mutex::new(Some(pieces));
-                spill.write_file((id, f), &column, &bounds, &|each| {
-                    let pieces = opened
-                        .lock()
-                        .map_err(|_| poisoned())?
-                        .take()
-                        .ok_or_else(|| RunError::Internal("a file's pieces read twice".into()))?;
+                // The pieces opened (read and checked) above.
+                spill.write_file((id, f), &column, &bounds, |each| {
                     for piece in pieces {
                         each(piece.map_err(RunError::Internal)?)?;
                     }
@@ -1396,14 +1387,14 @@ mod tests {
     #[test]
     fn a_file_spilled_piece_by_piece_gives_each_batch_its_rows_in_file_order() {
         let dir = tempfile::tempdir().unwrap();
-        let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
+        let mut spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
         let subjects = ["A1", "E5", "C3", "A1", "B2", "D4", "E5", "C3", "B2", "A1"];
         let lines: Vec<i64> = (1..=10).collect();
         let table = df!("SRCLINE" => &lines, "subject" => subjects).unwrap();
         let bounds: Vec<String> = ["B2", "C3", "D4", "E5"].map(String::from).to_vec();
         let passes = std::sync::atomic::AtomicUsize::new(0);
         spill
-            .write_file((0, 0), "subject", &bounds, &|each| {
+            .write_file((0, 0), "subject", &bounds, |each| {
                 passes.fetch_add(1, Ordering::Relaxed);
                 // Pieces of 4, 4 and 2 rows.
                 for at in [0, 4, 8] {
@@ -1419,7 +1410,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(files, ["0-0.arrow"]);
-        let mut spill = spill;
         spill.empty[0] = Some(table.clear());
         let lines_of = |batch: usize| -> Vec<i64> {
             let rows = spill.read(0, batch, 1).unwrap();
