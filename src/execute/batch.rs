@@ -132,6 +132,17 @@ fn rows_by_batch(table: &DataFrame, column: &str, bounds: &[String]) -> PolarsRe
 /// ([`Spill::dropped_by_file`]).
 const SORTED_SLICE: usize = 1 << 16;
 
+/// The fewest rows of a record batch of set-aside rows in the spill ([`Spill::dropped_chunk`]).
+const MIN_DROPPED_CHUNK: usize = 1 << 8;
+
+/// Rows of set-aside rows of one file and batch per record batch of the spill, for a run in
+/// `batches` batches: a slice of [`SORTED_SLICE`] rows draws about `SORTED_SLICE / batches`
+/// rows from each batch, so a record batch of that many is decoded about once, and one held
+/// back per batch for the next slice comes to about a slice's rows.
+fn dropped_chunk(batches: usize) -> usize {
+    (SORTED_SLICE / batches.max(1)).max(MIN_DROPPED_CHUNK)
+}
+
 /// The ingests' rows, batch by batch, in Arrow IPC files of a folder of the run (removed when
 /// the batches are done, or when the run fails): one file for each file's rows of a batch, so
 /// that a file's table is read once and let go of, and a batch reads only its rows.
@@ -146,6 +157,9 @@ struct Spill {
     /// Of each file spilled (by stage and file), the record batches of its spill file that
     /// hold each subject batch's rows, in reading order ([`Spill::write_file`]).
     blocks: Mutex<BTreeMap<(usize, usize), BlocksOfBatches>>,
+    /// The most rows of one file a record batch of set-aside rows holds
+    /// ([`dropped_chunk`]).
+    dropped_chunk: usize,
 }
 
 /// Of each subject batch, the record batches of a spill file that hold its rows.
@@ -159,6 +173,7 @@ impl Spill {
             empty: vec![None; stages],
             entries: vec![BTreeMap::new(); stages],
             blocks: Mutex::new(BTreeMap::new()),
+            dropped_chunk: SORTED_SLICE,
         })
     }
 
@@ -183,9 +198,10 @@ impl Spill {
         write_ipc(&path, &mut rows)
     }
 
-    /// Keeps the rows batch `batch` of `stage` set aside, one record batch per run of rows of
-    /// one file (a stage sets rows aside in the order of its input, which an ingest reads file
-    /// after file); the file of each record batch ([`Dropped::files`]).
+    /// Keeps the rows batch `batch` of `stage` set aside, in record batches of rows of one file
+    /// (a stage sets rows aside in the order of its input, which an ingest reads file after
+    /// file), each run of a file's rows cut into record batches of at most
+    /// [`Spill::dropped_chunk`] rows; the file of each record batch ([`Dropped::files`]).
     fn write_dropped(
         &self,
         stage: usize,
@@ -205,9 +221,12 @@ impl Spill {
         let runs = crate::row_fate::file_runs(&rows)?;
         let mut w = SpillWriter::create(path, rows.schema())?;
         let mut files = Vec::with_capacity(runs.len());
+        let chunk = self.dropped_chunk.max(1);
         for (file, start, len) in runs {
-            w.write(&rows.slice(start as i64, len))?;
-            files.push(file);
+            for at in (start..start + len).step_by(chunk) {
+                w.write(&rows.slice(at as i64, chunk.min(start + len - at)))?;
+                files.push(file.clone());
+            }
         }
         w.finish()?;
         Ok(Some(files))
@@ -217,15 +236,15 @@ impl Spill {
     /// the order of the files' names, each file's blocks from every batch put together and its
     /// lines put in order: the order a whole run sets them aside in, which lets the run's
     /// `duplicates` be joined from them without a sort (`row_fate::all_dropped`). One file's
-    /// rows are held at a time. `false`, having handed nothing, when a batch's rows are not in
-    /// file blocks ([`Spill::stacked_parts`] then puts them together whole). The spill files
-    /// stay until the spill is removed.
+    /// rows are held at a time. `None`, having handed nothing, when a batch's rows are not in
+    /// file blocks ([`Spill::stacked_parts`] then puts them together whole); otherwise how
+    /// many record batches were decoded whole. The spill files stay until the spill is removed.
     fn dropped_by_file(
         &self,
         stage: usize,
         parts: &[Dropped],
         each: &mut dyn FnMut(DataFrame) -> anyhow::Result<()>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<usize>> {
         self.dropped_by_file_in(stage, parts, SORTED_SLICE, each)
     }
 
@@ -236,11 +255,12 @@ impl Spill {
         parts: &[Dropped],
         slice: usize,
         each: &mut dyn FnMut(DataFrame) -> anyhow::Result<()>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<usize>> {
+        let mut decoded = 0;
         let mut blocks: BTreeMap<&str, Vec<(usize, usize)>> = BTreeMap::new();
         for p in parts {
             let Some(files) = &p.files else {
-                return Ok(false);
+                return Ok(None);
             };
             for (block, file) in files.iter().enumerate() {
                 blocks.entry(file).or_default().push((p.batch, block));
@@ -251,17 +271,25 @@ impl Spill {
                 .iter()
                 .map(|&(batch, _)| self.part_path("dropped", stage, batch))
                 .collect();
-            // The line column of every batch's block of the file, put together, gives the
-            // order of the file's rows; the blocks' other columns are never held together
+            // The line column of every batch's record batches of the file, put together,
+            // gives the order of the file's rows; their other columns are never held together
             // (their lines interleave: the exports are not in subject order). Each slice of
-            // the order is gathered from the blocks it draws on, decoded one at a time, its
-            // rows copied out of them (on 10,000 subjects, holding one diary file's set-aside
-            // rows from every batch, about 650,000, set the run's peak).
+            // the order is gathered from the record batches it draws on, decoded one at a time,
+            // its rows copied out of them (on 10,000 subjects, holding one diary file's
+            // set-aside rows from every batch, about 650,000, set the run's peak). A batch's
+            // rows of a file come in lines ascending, so a slice draws on one or two record
+            // batches of each batch; the last one it drew on of each batch is kept for the next
+            // slice while those kept come to at most a slice's rows, so that a record batch is
+            // decoded about once (until 2026-11-29 a batch's rows of a file were one record
+            // batch, decoded whole for every slice: nine times over for a diary file's 570,000
+            // set-aside rows on the bench cohort, most of a batched run's last three seconds).
             let mut lines: Option<Series> = None;
             let mut starts = Vec::with_capacity(of_file.len() + 1);
             starts.push(0usize);
-            for (&(_, block), path) in of_file.iter().zip(&paths) {
-                let l = read_ipc_block_column(path, block, "SRCLINE")?;
+            let mut reader = BlockReader::default();
+            for (k, &(_, block)) in of_file.iter().enumerate() {
+                let l = reader.read(&paths[k], block, Some("SRCLINE"))?;
+                let l = l.column("SRCLINE")?.as_materialized_series().clone();
                 starts.push(starts[starts.len() - 1] + l.len());
                 match &mut lines {
                     Some(all) => {
@@ -278,8 +306,10 @@ impl Spill {
                 .into_no_null_iter()
                 .collect();
             drop(lines);
+            let mut reader = BlockReader::default();
+            let mut kept: BTreeMap<usize, DataFrame> = BTreeMap::new();
             for slice in order.chunks(slice.max(1)) {
-                // Each block's rows in the slice, and their places in it.
+                // Each record batch's rows in the slice, and their places in it.
                 let mut wanted: BTreeMap<usize, (Vec<IdxSize>, Vec<usize>)> = BTreeMap::new();
                 for (place, &row) in slice.iter().enumerate() {
                     let k = starts.partition_point(|&s| s <= row as usize) - 1;
@@ -290,10 +320,18 @@ impl Spill {
                 let mut gathered: Option<DataFrame> = None;
                 let mut from = vec![0 as IdxSize; slice.len()];
                 let mut n: IdxSize = 0;
+                let mut last_of_batch: BTreeMap<usize, (usize, DataFrame)> = BTreeMap::new();
                 for (k, (rows, places)) in wanted {
-                    let block = read_ipc_block(&paths[k], of_file[k].1)?;
+                    let block = match kept.remove(&k) {
+                        Some(b) => b,
+                        None => {
+                            decoded += 1;
+                            reader.read(&paths[k], of_file[k].1, None)?
+                        }
+                    };
                     let rows = IdxCa::from_vec("rows".into(), rows);
                     let piece = crate::publish::detached_take(&block, &rows)?;
+                    last_of_batch.insert(of_file[k].0, (k, block));
                     for place in places {
                         from[place] = n;
                         n += 1;
@@ -305,12 +343,20 @@ impl Spill {
                         None => gathered = Some(piece),
                     }
                 }
+                let mut held = 0;
+                for (k, block) in last_of_batch.into_values() {
+                    held += block.height();
+                    if held > slice.len() {
+                        break;
+                    }
+                    kept.insert(k, block);
+                }
                 if let Some(g) = gathered {
                     each(g.take(&IdxCa::from_vec("rows".into(), from))?)?;
                 }
             }
         }
-        Ok(true)
+        Ok(Some(decoded))
     }
 
     /// The `role` parts of `stage` of `batches`, one after the other (`None`: no batch made
@@ -480,25 +526,6 @@ impl SpillWriter {
     }
 }
 
-/// Record batch `block` of the spill file at `path`.
-fn read_ipc_block(path: &Path, block: usize) -> anyhow::Result<DataFrame> {
-    read_ipc_block_of(path, block, None)
-}
-
-/// Column `name` of record batch `block` of the spill file at `path`, only its buffers decoded.
-fn read_ipc_block_column(path: &Path, block: usize, name: &str) -> anyhow::Result<Series> {
-    let batch = read_ipc_block_of(path, block, Some(name))?;
-    Ok(batch.column(name)?.as_materialized_series().clone())
-}
-
-/// Record batch `block` of the spill file at `path`: every column, or column `only`.
-fn read_ipc_block_of(path: &Path, block: usize, only: Option<&str>) -> anyhow::Result<DataFrame> {
-    let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
-    let mut reader = cache::ipc_file_reader(std::io::BufReader::new(f), only)
-        .map_err(|e| spill_failed("reading", path, e))?;
-    block_of(&mut reader, block, path)
-}
-
 /// Record batch `block` of the spill file at `path`, read by `reader`.
 fn block_of<R: std::io::Read + std::io::Seek>(
     reader: &mut polars_arrow::io::ipc::read::FileReader<R>,
@@ -510,6 +537,35 @@ fn block_of<R: std::io::Read + std::io::Seek>(
         Some(Ok(batch)) => Ok(DataFrame::from(batch)),
         Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
         None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
+    }
+}
+
+/// Reads record batches of spill files, keeping the last file's reader open for the next
+/// record batch of the same file and columns.
+#[derive(Default)]
+struct BlockReader {
+    open: Option<(PathBuf, Option<String>, FileReaderOf)>,
+}
+
+type FileReaderOf = polars_arrow::io::ipc::read::FileReader<std::io::BufReader<std::fs::File>>;
+
+impl BlockReader {
+    /// Record batch `block` of the spill file at `path`: every column, or column `only`.
+    fn read(&mut self, path: &Path, block: usize, only: Option<&str>) -> anyhow::Result<DataFrame> {
+        if !matches!(&self.open, Some((p, o, _)) if p == path && o.as_deref() == only) {
+            self.open = None;
+        }
+        let (_, _, reader) = match &mut self.open {
+            Some(open) => open,
+            None => {
+                let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
+                let reader = cache::ipc_file_reader(std::io::BufReader::new(f), only)
+                    .map_err(|e| spill_failed("reading", path, e))?;
+                self.open
+                    .insert((path.to_path_buf(), only.map(str::to_string), reader))
+            }
+        };
+        block_of(reader, block, path)
     }
 }
 
@@ -797,6 +853,7 @@ impl Engine<'_> {
             ids.len()
         ));
         let mut spill = Spill::create(self.run_dir.join(".batches"), n)?;
+        spill.dropped_chunk = dropped_chunk(batches);
         // Each file's rows, cut by batch: a cached parse is read a piece at a time, so no
         // file's table is whole here (one parsed again is).
         type Spilled = (usize, usize, DataFrame, Option<cache::FileEntry>);
@@ -991,12 +1048,14 @@ impl Engine<'_> {
             let (path, file) = self.cache.stage_part_path(key, "dropped")?;
             let mut writer: Option<TableWriter> = None;
             let in_files = spill.dropped_by_file(id, parts, &mut |rows| {
+                // Written on its own, one stage at a time: the rows waiting for a row group
+                // are held as they are, not packed in a file and read back.
                 TableWriter::append(&mut writer, rows, |first| {
-                    TableWriter::create_part(&path, first)
+                    TableWriter::create_part(&path, first).map(TableWriter::holding)
                 })?;
                 Ok(())
             })?;
-            let Some(w) = writer.filter(|_| in_files) else {
+            let Some(w) = writer.filter(|_| in_files.is_some()) else {
                 return Ok(None);
             };
             let (bytes, blake3, rows) = w.finish()?;
@@ -1287,7 +1346,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert!(in_files);
+        assert!(in_files.is_some());
         let want = [
             ("a.csv", vec![1, 5]),
             ("b.csv", vec![2, 4, 9]),
@@ -1311,77 +1370,119 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert!(!in_files);
+        assert!(in_files.is_none());
         assert_eq!(handed, 0);
     }
 
     #[test]
     fn set_aside_rows_gathered_a_few_at_a_time_from_interleaved_batches_keep_their_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
         // Three batches whose lines of one file interleave, with a line in two batches (its
         // rows come in batch order, as a stable sort of the batches put together gives) and
         // a value that travels with each row.
         let rows = |files: &[&str], lines: &[i64], values: &[&str]| {
             df!("SRCFILE" => files, "SRCLINE" => lines, "VALUE" => values).unwrap()
         };
-        let mut parts = Vec::new();
-        for (batch, r) in [
-            (
-                0,
-                rows(
-                    &["a.csv", "a.csv", "a.csv"],
-                    &[1, 6, 7],
-                    &["a1", "a6", "a7"],
+        for chunk in [1, 2, 100] {
+            let mut spill = Spill::create(dir.path().join(format!(".batches-{chunk}")), 1).unwrap();
+            spill.dropped_chunk = chunk;
+            let mut parts = Vec::new();
+            for (batch, r) in [
+                (
+                    0,
+                    rows(
+                        &["a.csv", "a.csv", "a.csv"],
+                        &[1, 6, 7],
+                        &["a1", "a6", "a7"],
+                    ),
                 ),
-            ),
-            (
-                1,
-                rows(
-                    &["a.csv", "a.csv", "b.csv"],
-                    &[2, 6, 3],
-                    &["b2", "b6", "b3"],
+                (
+                    1,
+                    rows(
+                        &["a.csv", "a.csv", "b.csv"],
+                        &[2, 6, 3],
+                        &["b2", "b6", "b3"],
+                    ),
                 ),
-            ),
-            (2, rows(&["a.csv", "a.csv"], &[3, 9], &["c3", "c9"])),
-        ] {
-            let files = spill.write_dropped(0, batch, r).unwrap();
-            parts.push(Dropped { batch, files });
+                (2, rows(&["a.csv", "a.csv"], &[3, 9], &["c3", "c9"])),
+            ] {
+                let files = spill.write_dropped(0, batch, r).unwrap();
+                parts.push(Dropped { batch, files });
+            }
+            for slice in [1, 2, 3, 100] {
+                let mut got: Vec<(String, i64, String)> = Vec::new();
+                let mut sizes = Vec::new();
+                spill
+                    .dropped_by_file_in(0, &parts, slice, &mut |r| {
+                        sizes.push(r.height());
+                        let f = r.column("SRCFILE")?.str()?.clone();
+                        let l = r.column("SRCLINE")?.i64()?.clone();
+                        let v = r.column("VALUE")?.str()?.clone();
+                        for i in 0..r.height() {
+                            let text = |c: &StringChunked| c.get(i).unwrap_or_default().to_string();
+                            got.push((text(&f), l.get(i).unwrap_or_default(), text(&v)));
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                let want: Vec<(String, i64, String)> = [
+                    ("a.csv", 1, "a1"),
+                    ("a.csv", 2, "b2"),
+                    ("a.csv", 3, "c3"),
+                    ("a.csv", 6, "a6"),
+                    ("a.csv", 6, "b6"),
+                    ("a.csv", 7, "a7"),
+                    ("a.csv", 9, "c9"),
+                    ("b.csv", 3, "b3"),
+                ]
+                .map(|(f, l, v)| (f.to_string(), l, v.to_string()))
+                .to_vec();
+                assert_eq!(got, want, "slices of {slice}, record batches of {chunk}");
+                assert!(
+                    sizes.iter().all(|&n| n <= slice),
+                    "slices of {slice}: {sizes:?}"
+                );
+            }
         }
-        for slice in [1, 2, 3, 100] {
-            let mut got: Vec<(String, i64, String)> = Vec::new();
-            let mut sizes = Vec::new();
-            spill
-                .dropped_by_file_in(0, &parts, slice, &mut |r| {
-                    sizes.push(r.height());
-                    let f = r.column("SRCFILE")?.str()?.clone();
-                    let l = r.column("SRCLINE")?.i64()?.clone();
-                    let v = r.column("VALUE")?.str()?.clone();
-                    for i in 0..r.height() {
-                        let text = |c: &StringChunked| c.get(i).unwrap_or_default().to_string();
-                        got.push((text(&f), l.get(i).unwrap_or_default(), text(&v)));
-                    }
+    }
+
+    #[test]
+    fn set_aside_rows_of_many_batches_are_decoded_about_once() {
+        // Four batches of 100 set-aside rows of one file each, their lines interleaved (batch
+        // b holds lines 4i + b), gathered in slices of 100: a slice draws 25 rows from each
+        // batch. In record batches of 25 or 20 rows (the last one of each batch kept for the
+        // next slice), every record batch is decoded once, and the rows come in line order.
+        for chunk in [25, 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut spill = Spill::create(dir.path().join(".batches"), 1).unwrap();
+            spill.dropped_chunk = chunk;
+            let mut parts = Vec::new();
+            let mut record_batches = 0;
+            for batch in 0..4usize {
+                let lines: Vec<i64> = (0..100).map(|i| 4 * i + batch as i64).collect();
+                let files = spill
+                    .write_dropped(0, batch, part(&vec!["a.csv"; 100], &lines))
+                    .unwrap();
+                record_batches += files.as_ref().map_or(0, Vec::len);
+                parts.push(Dropped { batch, files });
+            }
+            assert_eq!(record_batches, 4 * 100usize.div_ceil(chunk));
+            let mut got: Vec<i64> = Vec::new();
+            let decoded = spill
+                .dropped_by_file_in(0, &parts, 100, &mut |r| {
+                    got.extend(r.column("SRCLINE")?.i64()?.into_no_null_iter());
                     Ok(())
                 })
                 .unwrap();
-            let want: Vec<(String, i64, String)> = [
-                ("a.csv", 1, "a1"),
-                ("a.csv", 2, "b2"),
-                ("a.csv", 3, "c3"),
-                ("a.csv", 6, "a6"),
-                ("a.csv", 6, "b6"),
-                ("a.csv", 7, "a7"),
-                ("a.csv", 9, "c9"),
-                ("b.csv", 3, "b3"),
-            ]
-            .map(|(f, l, v)| (f.to_string(), l, v.to_string()))
-            .to_vec();
-            assert_eq!(got, want, "slices of {slice}");
-            assert!(
-                sizes.iter().all(|&n| n <= slice),
-                "slices of {slice}: {sizes:?}"
+            assert_eq!(
+                got,
+                (0..400).collect::<Vec<i64>>(),
+                "record batches of {chunk}"
             );
+            assert_eq!(decoded, Some(record_batches), "record batches of {chunk}");
         }
+        assert_eq!(dropped_chunk(100), SORTED_SLICE / 100);
+        assert_eq!(dropped_chunk(1000), MIN_DROPPED_CHUNK);
     }
 
     #[test]
