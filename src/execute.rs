@@ -915,15 +915,16 @@ impl Engine<'_> {
             .source
             .clone()
             .ok_or_else(|| RunError::Internal(format!("`{}` has no source recipe", s.name)))?;
-        // A run in subject batches hashes a source's files, then parses them one at a time:
-        // each file's text, buffers and table are let go of before the next file is read.
-        // Otherwise each file is hashed, looked up and, without a cached parse, parsed in
-        // turn (two or more at once): a file read to be hashed is parsed from those bytes.
+        // A run in subject batches hashes a source's files, then parses them, each a piece at
+        // a time, never holding a file's text or table whole; as many at once as the pool has
+        // threads, across every ingest (the pool runs the parses). Otherwise each file is
+        // hashed, looked up and, without a cached parse, parsed in turn (two or more at once):
+        // a file read to be hashed is parsed from those bytes.
         let (states, parsed): (Vec<FileState>, Vec<Option<ParsedFile>>) =
             if self.lean_ingests.load(Ordering::Relaxed) {
                 let states = self.judge.files(id, source, &src)?;
                 let parsed = states
-                    .iter()
+                    .par_iter()
                     .map(|st| match st.cached {
                         Some(_) => Ok(None),
                         None => self.parse_and_store(id, &parser, &src, st, None).map(Some),
