@@ -343,6 +343,9 @@ impl Spill {
                         None => gathered = Some(piece),
                     }
                 }
+                // Only this slice's last record batches are kept (one kept before that this slice
+                // did not draw on is let go of, and read again if a later slice draws on it).
+                kept.clear();
                 let mut held = 0;
                 for (k, block) in last_of_batch.into_values() {
                     held += block.height();
