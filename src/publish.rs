@@ -499,7 +499,7 @@ pub(crate) fn detached_take(df: &DataFrame, rows: &IdxCa) -> PolarsResult<DataFr
 /// smaller than the rows, and in buffers of their own (a slice or gather of a batch's table
 /// keeps the batch's buffers). Not polars' IPC compression, which makes each buffer an LZ4
 /// frame with checksums of its content and of each block, computed on writing and again on
-/// reading: in batches of 50 that was 1.5 CPU seconds, and holding the waiting rows unpacked
+/// reading: in batches of 50 it cost 2-5 CPU seconds, and holding the waiting rows unpacked
 /// was 3 s faster, at twice the peak (2026-11-28). The packed rows are only ever read back by
 /// the run that wrote them.
 fn packed(rows: &mut DataFrame) -> PolarsResult<Vec<u8>> {
@@ -538,8 +538,8 @@ static UNPACKED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
 /// The rows of a [`TableWriter`] waiting for a row group, held in a temporary file beside the
 /// table's (`.<table>.pending.tmp-<pid>`, swept as any temporary file when a run is killed):
-/// each column of each part packed on its own (Arrow IPC in one LZ4 frame, [`packed`]), so that a group
-/// can be encoded a column at a time, reading back one column of every part. On the bench
+/// each column of each part packed on its own (Arrow IPC in one LZ4 frame, [`packed`]), so
+/// that a group can be encoded a column at a time, reading back one column of every part. On the bench
 /// cohort in batches of 50 subjects the tables' waiting rows came to some 30 MB packed at
 /// once, held in memory until this file took them.
 ///

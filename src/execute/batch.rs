@@ -144,8 +144,9 @@ fn dropped_chunk(batches: usize) -> usize {
 }
 
 /// The ingests' rows, batch by batch, in Arrow IPC files of a folder of the run (removed when
-/// the batches are done, or when the run fails): one file for each file's rows of a batch, so
-/// that a file's table is read once and let go of, and a batch reads only its rows.
+/// the batches are done, or when the run fails): one file per raw file, a record batch per
+/// piece of it and subject batch, so that a file's table is read once and let go of, and a
+/// batch reads only its record batches ([`Spill::blocks`]).
 struct Spill {
     dir: PathBuf,
     /// Of each ingest (by stage), an empty table of its columns, for a batch without rows.
@@ -236,7 +237,8 @@ impl Spill {
     /// the order of the files' names, each file's blocks from every batch put together and its
     /// lines put in order: the order a whole run sets them aside in, which lets the run's
     /// `duplicates` be joined from them without a sort (`row_fate::all_dropped`). One file's
-    /// rows are held at a time. `None`, having handed nothing, when a batch's rows are not in
+    /// lines, one slice of its rows and the record batches kept for the next slice are held at
+    /// a time. `None`, having handed nothing, when a batch's rows are not in
     /// file blocks ([`Spill::stacked_parts`] then puts them together whole); otherwise how
     /// many record batches were decoded whole. The spill files stay until the spill is removed.
     fn dropped_by_file(
@@ -280,7 +282,7 @@ impl Spill {
             // rows of a file come in lines ascending, so a slice draws on one or two record
             // batches of each batch; the last one it drew on of each batch is kept for the next
             // slice while those kept come to at most a slice's rows, so that a record batch is
-            // decoded about once (until 2026-11-29 a batch's rows of a file were one record
+            // decoded about once (until 2026-11-28 a batch's rows of a file were one record
             // batch, decoded whole for every slice: nine times over for a diary file's 570,000
             // set-aside rows on the bench cohort, most of a batched run's last three seconds).
             let mut lines: Option<Series> = None;
@@ -529,20 +531,6 @@ impl SpillWriter {
     }
 }
 
-/// Record batch `block` of the spill file at `path`, read by `reader`.
-fn block_of<R: std::io::Read + std::io::Seek>(
-    reader: &mut polars_arrow::io::ipc::read::FileReader<R>,
-    block: usize,
-    path: &Path,
-) -> anyhow::Result<DataFrame> {
-    reader.set_current_block(block);
-    match reader.next() {
-        Some(Ok(batch)) => Ok(DataFrame::from(batch)),
-        Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
-        None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
-    }
-}
-
 /// Reads record batches of spill files, keeping the last file's reader open for the next
 /// record batch of the same file and columns.
 #[derive(Default)]
@@ -568,18 +556,21 @@ impl BlockReader {
                     .insert((path.to_path_buf(), only.map(str::to_string), reader))
             }
         };
-        block_of(reader, block, path)
+        reader.set_current_block(block);
+        match reader.next() {
+            Some(Ok(batch)) => Ok(DataFrame::from(batch)),
+            Some(Err(e)) => Err(spill_failed("reading", path, e).into()),
+            None => Err(spill_failed("reading", path, format!("no record batch {block}")).into()),
+        }
     }
 }
 
 /// Record batches `blocks` of the spill file at `path`, one after the other.
 fn read_ipc_blocks(path: &Path, blocks: &[usize]) -> anyhow::Result<DataFrame> {
-    let f = std::fs::File::open(path).map_err(|e| RunError::io(path, e))?;
-    let mut reader = cache::ipc_file_reader(std::io::BufReader::new(f), None)
-        .map_err(|e| spill_failed("reading", path, e))?;
+    let mut reader = BlockReader::default();
     let mut rows: Option<DataFrame> = None;
     for &block in blocks {
-        let batch = block_of(&mut reader, block, path)?;
+        let batch = reader.read(path, block, None)?;
         match &mut rows {
             Some(r) => {
                 r.vstack_mut_owned(batch)?;
